@@ -1,0 +1,282 @@
+"""YAML configuration -> typed, validated objects. Every error names the file, the line and the key.
+
+PyYAML reads the file into nodes that remember their line; msgspec converts and validates the plain data;
+a failure's path (`$.trunks[1].role`) is mapped back to the line of that key in the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Listen",
+    "Route",
+    "SipSettings",
+    "Trunk",
+    "load_config",
+    "load_config_text",
+]
+
+
+class ConfigError(Exception):
+    """A configuration problem, located: `file:line: key: what is wrong`."""
+
+    def __init__(self, file: str, line: int | None, key: str, problem: str) -> None:
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {key}: {problem}")
+        self.file = file
+        self.line = line
+        self.key = key
+        self.problem = problem
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class SipSettings(_Base):
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    #: No response at all from a trunk within this many seconds: try the next trunk.
+    failover_timeout: float = 2.0
+    #: A B-leg ringing longer than this is cancelled and the caller gets 408.
+    no_answer_timeout: float = 120.0
+    max_udp_message: int = 16384
+    max_tcp_message: int = 65536
+    max_ruri_length: int = 512
+    #: With several workers each binds its own port (base + worker index) for the dialogs it owns.
+    worker_port_base: int = 5100
+    #: Seconds SIGTERM waits for calls in progress before stopping.
+    drain_grace: float = 30.0
+    #: Header names stirgate adds as `Server`/`User-Agent`; empty means none (no product fingerprint).
+    server_header: str = ""
+
+
+class Trunk(_Base):
+    name: str
+    role: Literal["customer", "carrier"]
+    sources: list[str] = []
+    destination: str | None = None
+    transport: Literal["udp", "tcp"] = "udp"
+
+
+class Route(_Base, rename={"from_": "from"}, kw_only=True):
+    from_: list[str] | None = None
+    prefix: str = ""
+    trunks: list[str]
+
+
+class LoggingSettings(_Base):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class _RawConfig(_Base):
+    listen: list[str] = msgspec.field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
+    unknown_source: Literal["reject", "drop"] = "reject"
+    sip: SipSettings = SipSettings()
+    trunks: list[Trunk] = []
+    routes: list[Route] = []
+    logging: LoggingSettings = LoggingSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    transport: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration the rest of stirgate reads."""
+
+    path: str
+    listen: tuple[Listen, ...]
+    unknown_source: str
+    sip: SipSettings
+    trunks: tuple[Trunk, ...]
+    routes: tuple[Route, ...]
+    logging: LoggingSettings
+
+    def trunk(self, name: str) -> Trunk:
+        for t in self.trunks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+# --- YAML with line numbers ---------------------------------------------------------------------------------
+
+
+def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _LOADER.construct_object(key_node, deep=True)
+            sub = f"{path}.{key}"
+            lines[sub] = key_node.start_mark.line + 1
+            out[key] = _to_python(value_node, sub, lines)
+            lines[sub] = key_node.start_mark.line + 1  # the key's own line, not its value's
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, f"{path}[{i}]", lines) for i, v in enumerate(node.value)]
+    return _LOADER.construct_object(node, deep=True)
+
+
+_LOADER = yaml.SafeLoader("")
+
+
+def _compose(text: str, file: str) -> tuple[Any, dict[str, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(file, line, "(yaml)", str(getattr(exc, "problem", exc))) from None
+    lines: dict[str, int] = {}
+    if node is None:
+        return {}, lines
+    return _to_python(node, "$", lines), lines
+
+
+_PATH_RE = re.compile(r" - at `(\$[^`]*)`$")
+_UNKNOWN_RE = re.compile(r"^Object contains unknown field `([^`]*)`")
+
+
+def _locate(exc: msgspec.ValidationError, file: str, lines: dict[str, int]) -> ConfigError:
+    message = str(exc)
+    path = "$"
+    m = _PATH_RE.search(message)
+    if m:
+        path = m.group(1)
+        message = message[: m.start()]
+    u = _UNKNOWN_RE.match(message)
+    if u:
+        path = f"{path}.{u.group(1)}"
+        message = "unknown key"
+    return ConfigError(file, _line_for(path, lines), _key_text(path), message)
+
+
+def _line_for(path: str, lines: dict[str, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        if cut <= 0:
+            break
+        path = path[:cut]
+    return lines.get("$")
+
+
+def _key_text(path: str) -> str:
+    return path[2:] if path.startswith("$.") else path
+
+
+# --- semantic checks ----------------------------------------------------------------------------------------
+
+
+def _parse_listen(text: str) -> Listen:
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in ("udp", "tcp") or not parts[2].isdigit():
+        raise ValueError("expected transport:host:port, e.g. udp:127.0.0.1:5060")
+    ipaddress.ip_address(parts[1])
+    port = int(parts[2])
+    if not 0 < port < 65536:
+        raise ValueError("port out of range")
+    return Listen(parts[0], parts[1], port)
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError("expected host:port, e.g. 127.0.0.20:5060")
+    if not 0 < int(port) < 65536:
+        raise ValueError("port out of range")
+    return host, int(port)
+
+
+def _validate(raw: _RawConfig, file: str, lines: dict[str, int]) -> Config:
+    def fail(path: str, problem: str) -> ConfigError:
+        return ConfigError(file, _line_for(path, lines), _key_text(path), problem)
+
+    listens: list[Listen] = []
+    for i, text in enumerate(raw.listen):
+        try:
+            listens.append(_parse_listen(text))
+        except ValueError as exc:
+            raise fail(f"$.listen[{i}]", str(exc)) from None
+    if not listens:
+        raise fail("$.listen", "at least one listen address is needed")
+    names: set[str] = set()
+    for i, trunk in enumerate(raw.trunks):
+        if trunk.name in names:
+            raise fail(f"$.trunks[{i}].name", f"duplicate trunk name {trunk.name!r}")
+        names.add(trunk.name)
+        for j, src in enumerate(trunk.sources):
+            try:
+                ipaddress.ip_network(src, strict=False)
+            except ValueError:
+                raise fail(f"$.trunks[{i}].sources[{j}]", f"not an address or CIDR: {src!r}") from None
+        if trunk.destination is not None:
+            try:
+                parse_hostport(trunk.destination)
+            except ValueError as exc:
+                raise fail(f"$.trunks[{i}].destination", str(exc)) from None
+    for i, route in enumerate(raw.routes):
+        for j, name in enumerate(route.from_ or []):
+            if name not in names:
+                raise fail(f"$.routes[{i}].from[{j}]", f"unknown trunk {name!r}")
+        if not route.trunks:
+            raise fail(f"$.routes[{i}].trunks", "a route needs at least one trunk")
+        for j, name in enumerate(route.trunks):
+            if name not in names:
+                raise fail(f"$.routes[{i}].trunks[{j}]", f"unknown trunk {name!r}")
+            trunk = next(t for t in raw.trunks if t.name == name)
+            if trunk.destination is None:
+                raise fail(f"$.routes[{i}].trunks[{j}]", f"trunk {name!r} has no destination")
+        if not all(c.isdigit() or c in "*#" for c in route.prefix):
+            raise fail(f"$.routes[{i}].prefix", "a prefix is digits only (no '+')")
+    s = raw.sip
+    for key in ("t1", "t2", "t4", "failover_timeout", "no_answer_timeout"):
+        if getattr(s, key) <= 0:
+            raise fail(f"$.sip.{key}", "must be positive")
+    return Config(
+        path=file,
+        listen=tuple(listens),
+        unknown_source=raw.unknown_source,
+        sip=raw.sip,
+        trunks=tuple(raw.trunks),
+        routes=tuple(raw.routes),
+        logging=raw.logging,
+    )
+
+
+def load_config_text(text: str, file: str = "<config>") -> Config:
+    data, lines = _compose(text, file)
+    if not isinstance(data, dict):
+        raise ConfigError(file, lines.get("$"), "(top level)", "expected a mapping of settings")
+    try:
+        raw = msgspec.convert(data, _RawConfig)
+    except msgspec.ValidationError as exc:
+        raise _locate(exc, file, lines) from None
+    return _validate(raw, file, lines)
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(str(p), None, "(file)", exc.strerror or str(exc)) from None
+    return load_config_text(text, str(p))

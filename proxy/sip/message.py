@@ -1,0 +1,446 @@
+"""SIP messages: ordered raw header lines with lazily parsed views of the few fields a B2BUA needs.
+
+Text is decoded as latin-1 so that every byte maps to one character and back: headers and bodies we do not
+own leave stirgate exactly as they arrived. Only the fields the call logic needs are parsed, and only when
+asked for (parsing every header into objects made a call several times dearer in measurements).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from proxy.sip.grammar import (
+    NameAddr,
+    ParseError,
+    Via,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+    split_commas,
+)
+
+__all__ = [
+    "COMPACT_FORMS",
+    "Header",
+    "Message",
+    "ParseError",
+    "Request",
+    "Response",
+    "canonical_name",
+    "frame_stream",
+    "parse",
+]
+
+#: RFC 3261 7.3.3 and later RFCs: one-letter forms, keyed by the compact letter.
+COMPACT_FORMS: dict[str, str] = {
+    "a": "accept-contact",
+    "b": "referred-by",
+    "c": "content-type",
+    "d": "request-disposition",
+    "e": "content-encoding",
+    "f": "from",
+    "i": "call-id",
+    "j": "reject-contact",
+    "k": "supported",
+    "l": "content-length",
+    "m": "contact",
+    "o": "event",
+    "r": "refer-to",
+    "s": "subject",
+    "t": "to",
+    "u": "allow-events",
+    "v": "via",
+    "x": "session-expires",
+    "y": "identity",
+}
+
+#: Spelling used when stirgate writes a header itself.
+_PRETTY: dict[str, str] = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "rack": "RAck",
+    "rseq": "RSeq",
+}
+
+_SIP_VERSION = "SIP/2.0"
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+
+
+def canonical_name(name: str) -> str:
+    """Lower-case header name with compact forms expanded, so `y`, `IDENTITY` and `Identity` are one name."""
+    key = name.strip().lower()
+    return COMPACT_FORMS.get(key, key)
+
+
+def pretty_name(key: str) -> str:
+    pretty = _PRETTY.get(key)
+    if pretty is not None:
+        return pretty
+    return "-".join(part.capitalize() for part in key.split("-"))
+
+
+class Header:
+    """One header line as it arrived (`raw`, folding included) with its canonical name and unfolded value."""
+
+    __slots__ = ("key", "raw", "value")
+
+    def __init__(self, key: str, raw: str, value: str) -> None:
+        self.key = key
+        self.raw = raw
+        self.value = value
+
+    @classmethod
+    def make(cls, key: str, value: str) -> Header:
+        return cls(key, f"{pretty_name(key)}: {value}", value)
+
+    def __repr__(self) -> str:
+        return f"Header({self.raw!r})"
+
+
+class Message:
+    """Common part of requests and responses: the header list and the body."""
+
+    __slots__ = ("_cseq", "_from", "_to", "_via", "body", "headers")
+
+    def __init__(self, headers: list[Header], body: bytes) -> None:
+        self.headers = headers
+        self.body = body
+        self._via: Via | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
+        self._cseq: tuple[int, str] | None = None
+
+    # --- generic access ---------------------------------------------------------------------------------------
+    def header(self, name: str) -> str | None:
+        """Value of the first header with this name (any spelling or compact form), or None."""
+        key = canonical_name(name)
+        for h in self.headers:
+            if h.key == key:
+                return h.value
+        return None
+
+    def headers_all(self, name: str) -> list[str]:
+        """Values of every header line with this name, in order (comma lists not split)."""
+        key = canonical_name(name)
+        return [h.value for h in self.headers if h.key == key]
+
+    def values(self, name: str) -> list[str]:
+        """Every comma-separated value of every header line with this name, in order."""
+        out: list[str] = []
+        for v in self.headers_all(name):
+            out.extend(split_commas(v))
+        return out
+
+    def count(self, name: str) -> int:
+        key = canonical_name(name)
+        return sum(1 for h in self.headers if h.key == key)
+
+    def has(self, name: str) -> bool:
+        key = canonical_name(name)
+        return any(h.key == key for h in self.headers)
+
+    def set_header(self, name: str, value: str) -> None:
+        """Replace every line with this name by one line (at the first one's place, else at the end)."""
+        key = canonical_name(name)
+        new = Header.make(key, value)
+        out: list[Header] = []
+        placed = False
+        for h in self.headers:
+            if h.key == key:
+                if not placed:
+                    out.append(new)
+                    placed = True
+            else:
+                out.append(h)
+        if not placed:
+            out.append(new)
+        self.headers = out
+        self._forget(key)
+
+    def add_header(self, name: str, value: str, first: bool = False) -> None:
+        key = canonical_name(name)
+        h = Header.make(key, value)
+        if first:
+            self.headers.insert(0, h)
+        else:
+            self.headers.append(h)
+        self._forget(key)
+
+    def remove_header(self, name: str) -> None:
+        key = canonical_name(name)
+        self.headers = [h for h in self.headers if h.key != key]
+        self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        if key == "via":
+            self._via = None
+        elif key == "from":
+            self._from = None
+        elif key == "to":
+            self._to = None
+        elif key == "cseq":
+            self._cseq = None
+
+    # --- lazily parsed views ----------------------------------------------------------------------------------
+    @property
+    def call_id(self) -> str:
+        v = self.header("call-id")
+        if v is None:
+            raise ParseError("missing Call-ID")
+        return v
+
+    @property
+    def via(self) -> Via:
+        """The top Via."""
+        if self._via is None:
+            for h in self.headers:
+                if h.key == "via":
+                    self._via = parse_via(split_commas(h.value)[0])
+                    break
+            else:
+                raise ParseError("missing Via")
+        return self._via
+
+    @property
+    def from_(self) -> NameAddr:
+        if self._from is None:
+            v = self.header("from")
+            if v is None:
+                raise ParseError("missing From")
+            self._from = parse_name_addr(v)
+        return self._from
+
+    @property
+    def to(self) -> NameAddr:
+        if self._to is None:
+            v = self.header("to")
+            if v is None:
+                raise ParseError("missing To")
+            self._to = parse_name_addr(v)
+        return self._to
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        if self._cseq is None:
+            v = self.header("cseq")
+            if v is None:
+                raise ParseError("missing CSeq")
+            self._cseq = parse_cseq(v)
+        return self._cseq
+
+    @property
+    def contact(self) -> NameAddr | None:
+        v = self.header("contact")
+        if v is None:
+            return None
+        first = split_commas(v)[0]
+        if first.strip() == "*":
+            return None
+        return parse_name_addr(first)
+
+    @property
+    def max_forwards(self) -> int | None:
+        v = self.header("max-forwards")
+        if v is None:
+            return None
+        v = v.strip()
+        if not v.isdigit() or not v.isascii():
+            raise ParseError("bad Max-Forwards")
+        return int(v)
+
+    # --- serialization ----------------------------------------------------------------------------------------
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """The message on the wire; Content-Length always states the body's real length."""
+        lines = [self._start_line()]
+        body = self.body
+        cl_done = False
+        for h in self.headers:
+            if h.key == "content-length":
+                if cl_done:
+                    continue
+                cl_done = True
+                if h.value.strip() == str(len(body)):
+                    lines.append(h.raw)
+                else:
+                    lines.append(f"Content-Length: {len(body)}")
+            else:
+                lines.append(h.raw)
+        if not cl_done:
+            lines.append(f"Content-Length: {len(body)}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("latin-1") + body
+
+    def iter_raw(self) -> Iterator[str]:
+        for h in self.headers:
+            yield h.raw
+
+
+class Request(Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(self, method: str, uri: str, headers: list[Header], body: bytes = b"") -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri} {_SIP_VERSION}"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(Message):
+    __slots__ = ("reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: list[Header], body: bytes = b"") -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+
+    def _start_line(self) -> str:
+        return f"{_SIP_VERSION} {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+class VersionError(ParseError):
+    """A request whose SIP version is not 2.0: answered 505, not 400."""
+
+    def __init__(self, request: Request) -> None:
+        super().__init__("SIP version not supported")
+        self.request = request
+
+
+def _split_head(data: bytes) -> tuple[str, bytes]:
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return data[:end].decode("latin-1"), data[end + 4 :]
+    # Tolerate bare LF line ends (RFC 3261 7: implementations should accept them).
+    end = data.find(b"\n\n")
+    if end >= 0:
+        return data[:end].decode("latin-1").replace("\r\n", "\n").replace("\n", "\r\n"), data[end + 2 :]
+    raise ParseError("no end of headers")
+
+
+def _parse_headers(lines: Iterable[str]) -> list[Header]:
+    headers: list[Header] = []
+    for line in lines:
+        if not line:
+            continue
+        first = line[0]
+        if first == " " or first == "\t":
+            # Folded continuation (RFC 3261 7.3.1): belongs to the previous header line.
+            if not headers:
+                raise ParseError("continuation line before any header")
+            prev = headers[-1]
+            prev.raw = prev.raw + "\r\n" + line
+            prev.value = (prev.value + " " + line.strip()).strip()
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise ParseError("header line without a name")
+        name = line[:colon].rstrip(" \t")
+        if not name or any(c not in _TOKEN_CHARS for c in name):
+            raise ParseError("bad header name")
+        key = name.lower()
+        key = COMPACT_FORMS.get(key, key)
+        headers.append(Header(key, line, line[colon + 1 :].strip(" \t")))
+    return headers
+
+
+def parse(data: bytes) -> Request | Response:
+    """One SIP message from one UDP datagram (or one framed TCP message).
+
+    Raises ParseError when no SIP message can be read. A body longer than Content-Length is cut to it
+    (RFC 3261 18.3); a body shorter than Content-Length is an error.
+    """
+    if not data:
+        raise ParseError("empty message")
+    head, body = _split_head(data)
+    lines = head.split("\r\n")
+    start = lines[0]
+    if start.startswith(_SIP_VERSION + " ") or start[:8].upper() == "SIP/2.0 ":
+        parts = start.split(" ", 2)
+        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
+            raise ParseError("bad status line")
+        status = int(parts[1])
+        if status < 100 or status > 699:
+            raise ParseError("bad status code")
+        msg: Request | Response = Response(status, parts[2] if len(parts) > 2 else "", _parse_headers(lines[1:]))
+    else:
+        parts = start.split(" ")
+        if len(parts) != 3:
+            raise ParseError("bad request line")
+        method, uri, version = parts
+        if not method or any(c not in _TOKEN_CHARS for c in method):
+            raise ParseError("bad method")
+        if not uri:
+            raise ParseError("empty Request-URI")
+        msg = Request(method, uri, _parse_headers(lines[1:]))
+        if version.upper() != _SIP_VERSION:
+            msg.body = body
+            raise VersionError(msg)
+    cl = msg.header("content-length")
+    if cl is not None:
+        cl = cl.strip()
+        if not cl.isdigit() or not cl.isascii():
+            raise ParseError("bad Content-Length")
+        n = int(cl)
+        if n > len(body):
+            raise ParseError("Content-Length larger than the body")
+        if n < len(body):
+            body = body[:n]
+    msg.body = body
+    return msg
+
+
+def frame_stream(buffer: bytearray, max_size: int) -> list[bytes]:
+    """Take every complete message off the front of a TCP stream buffer (RFC 3261 18.3: framed by Content-Length).
+
+    Leading CRLFs (keep-alives, RFC 5626) are skipped. Raises ParseError when the stream cannot be framed: the
+    caller closes the connection, since nothing after a framing error can be trusted.
+    """
+    out: list[bytes] = []
+    while True:
+        i = 0
+        while i + 1 < len(buffer) and buffer[i] == 13 and buffer[i + 1] == 10:
+            i += 2
+        if i:
+            del buffer[:i]
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > max_size:
+                raise ParseError("headers too large")
+            return out
+        head = bytes(buffer[:end])
+        length = _content_length(head)
+        if length is None:
+            raise ParseError("missing Content-Length on a stream transport")
+        total = end + 4 + length
+        if total > max_size:
+            raise ParseError("message too large")
+        if len(buffer) < total:
+            return out
+        out.append(bytes(buffer[:total]))
+        del buffer[:total]
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n")[1:]:
+        colon = line.find(b":")
+        if colon <= 0:
+            continue
+        name = line[:colon].strip().lower()
+        if name == b"content-length" or name == b"l":
+            value = line[colon + 1 :].strip()
+            if not value.isdigit():
+                raise ParseError("bad Content-Length")
+            return int(value)
+    return None

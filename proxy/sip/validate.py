@@ -1,0 +1,76 @@
+"""The checks a carrier edge makes before it spends anything on a request (REFERENCE.md robustness checklist).
+
+Each failure names the problem in the reason phrase, so the peer's engineer can see what was wrong.
+"""
+
+from __future__ import annotations
+
+from proxy.sip.grammar import ParseError, parse_name_addr, parse_uri
+from proxy.sip.message import Request
+
+__all__ = ["MAGIC_COOKIE", "MAX_RURI_LENGTH", "check_request"]
+
+MAGIC_COOKIE = "z9hG4bK"
+MAX_RURI_LENGTH = 512
+_ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
+_SINGLE = (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq"), ("max-forwards", "Max-Forwards"))
+
+
+def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, str] | None:
+    """None when the request is acceptable, else the (code, reason phrase) to answer with."""
+    counts: dict[str, int] = {}
+    for h in req.headers:
+        counts[h.key] = counts.get(h.key, 0) + 1
+    for key, name in _SINGLE:
+        n = counts.get(key, 0)
+        if n == 0 and key != "max-forwards":
+            return 400, f"Missing {name}"
+        if n > 1:
+            return 400, f"Duplicate {name}"
+    if not counts.get("via"):
+        return 400, "Missing Via"
+    try:
+        via = req.via
+    except ParseError:
+        return 400, "Bad Via"
+    branch = via.branch
+    if not branch or not branch.startswith(MAGIC_COOKIE):
+        return 400, "Via branch without z9hG4bK"
+    try:
+        num, method = req.cseq
+    except ParseError:
+        return 400, "Bad CSeq"
+    if method != req.method:
+        return 400, "CSeq method mismatch"
+    del num
+    if len(req.uri) > max_ruri:
+        return 414, "Request-URI Too Long"
+    try:
+        uri = parse_uri(req.uri)
+    except ParseError:
+        return 400, "Bad Request-URI"
+    if uri.scheme not in _ROUTABLE_SCHEMES:
+        return 416, "Unsupported URI Scheme"
+    for key, name in (("from", "From"), ("to", "To")):
+        try:
+            na = parse_name_addr(req.header(key) or "")
+            parse_uri(na.uri)
+        except ParseError:
+            return 400, f"Bad {name}"
+    contact = req.header("contact")
+    if contact is not None:
+        try:
+            req.contact  # noqa: B018 - parses and validates
+        except ParseError:
+            return 400, "Bad Contact"
+    try:
+        mf = req.max_forwards
+    except ParseError:
+        return 400, "Bad Max-Forwards"
+    if mf is not None and mf > 255:
+        return 400, "Bad Max-Forwards"
+    if mf == 0 and req.method not in ("ACK", "CANCEL"):
+        return 483, "Too Many Hops"
+    if counts.get("proxy-require"):
+        return 420, "Bad Extension"
+    return None
