@@ -1,0 +1,221 @@
+"""x5u certificate fetcher and cache: the only I/O in proxy.stir.
+
+- aiohttp GET with connect/read/total timeouts and a body size cap; no redirects (a 3xx could point the fetch
+  at an internal address the URL rules never saw), DNS answers filtered by the SSRF guard.
+- cachetools TLRUCache with a per-entry expiry: HTTP Cache-Control (s-maxage, max-age, no-store/no-cache) or
+  Expires, default 24 h, never past the validated chain's notAfter; failures are cached briefly.
+- One fetch in flight per URL: concurrent callers await the same task.
+The clock is injectable so cache expiry is testable without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from cachetools import TLRUCache
+
+from .certs import CertEntry, TrustStore
+from .x5u import DEFAULT_X5U_POLICY, X5uPolicy, check_x5u, is_forbidden_address
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSettings:
+    """Timeouts in seconds, sizes in bytes, TTLs in seconds. `ca_file`: extra CA for the x5u https server."""
+
+    connect_timeout: float = 2.0
+    read_timeout: float = 2.0
+    total_timeout: float = 4.0
+    max_bytes: int = 64 * 1024
+    default_ttl: float = 24 * 3600.0
+    max_ttl: float = 7 * 24 * 3600.0
+    failure_ttl: float = 10.0
+    cache_size: int = 10_000
+    ca_file: str | None = None
+
+
+def http_ttl(headers: Mapping[str, str], now: float, default: float) -> float:
+    """Freshness lifetime of a response per RFC 9111 §4.2.1 (shared cache: s-maxage first)."""
+    cc = headers.get("Cache-Control", "")
+    directives: dict[str, str] = {}
+    for part in cc.split(","):
+        name, _, value = part.strip().partition("=")
+        if name:
+            directives[name.lower()] = value.strip().strip('"')
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    for name in ("s-maxage", "max-age"):
+        if name in directives:
+            try:
+                return max(0.0, float(int(directives[name])))
+            except ValueError:
+                return 0.0
+    expires = headers.get("Expires")
+    if expires is not None:
+        try:
+            exp = email.utils.parsedate_to_datetime(expires).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return 0.0  # an invalid Expires means "already expired"
+        base = now
+        date = headers.get("Date")
+        if date:
+            try:
+                base = email.utils.parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError, IndexError):
+                base = now
+        return max(0.0, exp - base)
+    return default
+
+
+class _GuardedResolver(AbstractResolver):
+    """Drops non-public addresses from DNS answers, so a public-looking name cannot reach the inside."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        public = [a for a in answers if not is_forbidden_address(ipaddress.ip_address(a["host"]))]
+        if not public:
+            raise OSError(f"{host} resolves only to non-public addresses")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class CertFetcher:
+    """Fetches, validates (through the TrustStore) and caches x5u certificates."""
+
+    def __init__(
+        self,
+        trust: TrustStore,
+        policy: X5uPolicy = DEFAULT_X5U_POLICY,
+        settings: FetchSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.trust = trust
+        self.policy = policy
+        self.settings = settings or FetchSettings()
+        self._clock = clock
+        self._cache: TLRUCache[str, tuple[CertEntry, float]] = TLRUCache(
+            maxsize=self.settings.cache_size, ttu=lambda _k, v, _now: v[1], timer=clock
+        )
+        self._inflight: dict[str, asyncio.Task[CertEntry]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0  # HTTP requests actually sent (for tests and metrics)
+
+    def cached(self, url: str) -> CertEntry | None:
+        """The cached entry for url, if still fresh: what the synchronous verifier path uses."""
+        hit = self._cache.get(url)
+        return hit[0] if hit is not None else None
+
+    def put(self, entry: CertEntry, ttl: float) -> None:
+        """Cache an entry for ttl seconds (capped by notAfter when valid); ttl <= 0 does not cache."""
+        now = self._clock()
+        expires = now + ttl
+        if entry.ok:
+            expires = min(expires, entry.not_after)
+        if expires > now:
+            self._cache[entry.url] = (entry, expires)
+
+    async def get(self, url: str) -> CertEntry:
+        """The entry for url, fetching it at most once at a time."""
+        hit = self.cached(url)
+        if hit is not None:
+            return hit
+        task = self._inflight.get(url)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(url))
+            self._inflight[url] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(url, None))
+        return await asyncio.shield(task)
+
+    async def get_many(self, urls: Iterable[str]) -> dict[str, CertEntry]:
+        unique = list(dict.fromkeys(urls))
+        entries = await asyncio.gather(*(self.get(u) for u in unique))
+        return dict(zip(unique, entries, strict=True))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _session_for_fetch(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            s = self.settings
+            ctx = ssl.create_default_context()
+            if s.ca_file:
+                ctx.load_verify_locations(cafile=s.ca_file)
+            connector = aiohttp.TCPConnector(
+                ssl=ctx,
+                resolver=None if self.policy.allow_private else _GuardedResolver(),
+                limit=100,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=s.total_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def _fetch(self, url: str) -> CertEntry:
+        failure = check_x5u(url, self.policy)
+        if failure is not None:
+            entry = CertEntry(url, failures=(failure,))
+            self.put(entry, self.settings.failure_ttl)
+            return entry
+        try:
+            status, headers, body = await self._http_get(url)
+        except _TooLarge:
+            entry = CertEntry.fetch_failure(
+                url, "x5u-too-large", f"x5u body over {self.settings.max_bytes} bytes"
+            )
+        except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            detail = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+            entry = CertEntry.fetch_failure(url, "x5u-unreachable", f"x5u fetch failed: {detail}")
+        else:
+            if status != 200:
+                entry = CertEntry.fetch_failure(url, "x5u-http-status", f"x5u answered HTTP {status}")
+            else:
+                now = self._clock()
+                entry = self.trust.validate_body(url, body, now)
+                if entry.ok:
+                    ttl = min(http_ttl(headers, now, self.settings.default_ttl), self.settings.max_ttl)
+                    self.put(entry, ttl)
+                    return entry
+        self.put(entry, self.settings.failure_ttl)
+        return entry
+
+    async def _http_get(self, url: str) -> tuple[int, Mapping[str, str], bytes]:
+        session = self._session_for_fetch()
+        limit = self.settings.max_bytes
+        self.requests += 1
+        async with session.get(url, allow_redirects=False) as resp:
+            if resp.content_length is not None and resp.content_length > limit:
+                raise _TooLarge
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(16384):
+                size += len(chunk)
+                if size > limit:
+                    raise _TooLarge
+                chunks.append(chunk)
+            return resp.status, resp.headers, b"".join(chunks)
