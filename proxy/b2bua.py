@@ -1,0 +1,590 @@
+"""The B2BUA call: an A-leg dialog (stirgate as UAS) and a B-leg dialog (stirgate as UAC), relaying between them.
+
+Each leg has its own Call-ID, tags, CSeq space, Via and Contact (topology hiding); every header stirgate does
+not own is copied line for line, and bodies (SDP) are copied as bytes. The call is the transaction user of all
+its transactions; it never reads a clock or a socket.
+
+Leg 0 is A (the caller's side), leg 1 is B (the trunk the call was routed to).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
+
+from proxy.routing import TrunkTarget
+from proxy.sip.grammar import NameAddr, ParseError, parse_name_addr, parse_uri
+from proxy.sip.message import Header, Request, Response
+from proxy.sip.transaction import PROCEEDING, TRYING, Target, Transaction
+
+if TYPE_CHECKING:
+    from proxy.config import Trunk
+    from proxy.engine import Engine
+
+__all__ = ["OWNED_HEADERS", "Call", "Leg"]
+
+#: Headers each leg writes for itself; everything else crosses the B2BUA unchanged.
+OWNED_HEADERS: Final = frozenset(
+    {"via", "from", "to", "call-id", "cseq", "contact", "record-route", "route", "max-forwards", "content-length"}
+)
+#: Downstream answers that make stirgate try the next trunk (RFC 3261 16.7 for 503).
+FAILOVER_CODES: Final = frozenset({408, 500, 502, 503, 504})
+
+# Call states
+ROUTING: Final = "routing"
+CALLING: Final = "calling"
+EARLY: Final = "early"
+ANSWERED: Final = "answered"  # 2xx sent to A, its ACK not yet seen
+CONFIRMED: Final = "confirmed"
+CANCELLING: Final = "cancelling"
+ENDED: Final = "ended"
+
+
+def passthrough(headers: Iterable[Header]) -> list[Header]:
+    return [h for h in headers if h.key not in OWNED_HEADERS]
+
+
+def _is_ip_literal(host: str) -> bool:
+    return host.startswith("[") or (bool(host) and all(c.isdigit() or c == "." for c in host))
+
+
+def resolve_target(uri: str, transport: str, fallback: Target) -> Target:
+    """Where to send a request for this URI: its IP and port, else the fallback (no DNS on the hot path)."""
+    try:
+        u = parse_uri(uri)
+    except ParseError:
+        return fallback
+    if not _is_ip_literal(u.host):
+        return fallback
+    t = (u.param("transport") or transport).lower()
+    return (t if t in ("udp", "tcp") else transport, u.host.strip("[]"), u.port or 5060)
+
+
+def rewrite_uri_host(uri: str, host: str, port: int) -> str:
+    """`sip:user@old;params` -> `sip:user@host:port;params`: the trunk's address, the dialled user kept."""
+    colon = uri.find(":")
+    scheme = uri[:colon].lower() if colon > 0 else "sip"
+    rest = uri[colon + 1 :]
+    if scheme == "tel":
+        semi = rest.find(";")
+        number = rest if semi < 0 else rest[:semi]
+        return f"sip:{number}@{host}:{port};user=phone"
+    at = rest.rfind("@")
+    user = rest[: at + 1] if at >= 0 else ""
+    tail = rest[at + 1 :]
+    cut = len(tail)
+    for sep in ";?":
+        i = tail.find(sep)
+        if 0 <= i < cut:
+            cut = i
+    return f"{scheme}:{user}{host}:{port}{tail[cut:]}"
+
+
+class Leg:
+    """One dialog of the call, as stirgate sees it."""
+
+    __slots__ = (
+        "ack_bytes",
+        "call_id",
+        "contact",
+        "local_cseq",
+        "local_na",
+        "local_tag",
+        "pending_ack",
+        "remote_na",
+        "remote_tag",
+        "remote_target",
+        "retx",
+        "retx_interval",
+        "retx_started",
+        "route_set",
+        "target",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        call_id: str,
+        local_tag: str,
+        local_na: NameAddr,
+        remote_na: NameAddr,
+        remote_tag: str | None,
+        target: Target,
+        contact: str,
+    ) -> None:
+        self.call_id = call_id
+        self.local_tag = local_tag
+        self.local_na = local_na
+        self.remote_na = remote_na
+        self.remote_tag = remote_tag
+        self.remote_target = remote_na.uri
+        self.route_set: list[str] = []
+        self.local_cseq = 0
+        self.target = target
+        self.transport = target[0]
+        self.contact = contact
+        #: CSeq of an INVITE whose 2xx this leg has been sent -> CSeq of that INVITE on the other leg.
+        self.pending_ack: dict[int, int] = {}
+        self.ack_bytes = b""
+        self.retx: bytes | None = None
+        self.retx_interval = 0.0
+        self.retx_started = 0.0
+
+    def learn_remote(self, msg: Request | Response, route_reversed: bool) -> None:
+        """Remote target and route set from a dialog-forming message (RFC 3261 12.1)."""
+        contact = msg.contact
+        if contact is not None:
+            self.remote_target = contact.uri
+        rr = msg.values("record-route")
+        if rr:
+            self.route_set = list(reversed(rr)) if route_reversed else rr
+        first_hop = self.route_set[0] if self.route_set else None
+        if first_hop is not None:
+            try:
+                self.target = resolve_target(parse_name_addr(first_hop).uri, self.transport, self.target)
+            except ParseError:
+                pass
+        else:
+            self.target = resolve_target(self.remote_target, self.transport, self.target)
+
+    def request(self, method: str, cseq: int, branch: str, via_host: str, extra: list[Header], body: bytes,
+                max_forwards: int = 70) -> Request:
+        """A request inside this leg's dialog."""
+        headers = [Header.make("via", f"SIP/2.0/{self.transport.upper()} {via_host};branch={branch};rport")]
+        headers.extend(Header.make("route", r) for r in self.route_set)
+        headers.append(Header.make("max-forwards", str(max_forwards)))
+        headers.append(Header.make("from", self.local_na.format(tag=self.local_tag)))
+        headers.append(Header.make("to", self.remote_na.format(tag=self.remote_tag, drop_tag=self.remote_tag is None)))
+        headers.append(Header.make("call-id", self.call_id))
+        headers.append(Header.make("cseq", f"{cseq} {method}"))
+        if method in ("INVITE", "UPDATE", "SUBSCRIBE", "REFER", "NOTIFY"):
+            headers.append(Header.make("contact", self.contact))
+        headers.extend(extra)
+        return Request(method, self.remote_target, headers, body)
+
+
+class Call:
+    """One call through stirgate. Transaction user of every transaction on both legs."""
+
+    __slots__ = (
+        "a",
+        "a_invite",
+        "answered_at",
+        "b",
+        "b_invite",
+        "cancel_pending",
+        "created_at",
+        "deadlines",
+        "egress",
+        "end_reason",
+        "ended_at",
+        "engine",
+        "final_status",
+        "ingress",
+        "invite",
+        "source",
+        "state",
+        "target_index",
+        "targets",
+        "tried_call_ids",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        invite: Request,
+        a_invite: Transaction,
+        ingress: Trunk,
+        source: Target,
+        targets: tuple[TrunkTarget, ...],
+        now: float,
+    ) -> None:
+        self.engine = engine
+        self.invite: Request | None = invite
+        self.a_invite: Transaction | None = a_invite
+        self.b_invite: Transaction | None = None
+        self.ingress = ingress
+        self.source = source
+        self.targets = targets
+        self.target_index = 0
+        self.egress: TrunkTarget | None = None
+        self.state = ROUTING
+        self.cancel_pending = False
+        self.deadlines: dict[str, float] = {}
+        self.created_at = now
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self.final_status: int | None = None
+        self.end_reason = ""
+        self.tried_call_ids: list[str] = []
+        from_na = invite.from_
+        a_target = resolve_target(invite.contact.uri if invite.contact else from_na.uri, source[0], source)
+        self.a = Leg(invite.call_id, engine.new_tag(), invite.to, from_na, from_na.tag, a_target,
+                     engine.contact_for(source[0]))
+        self.a.route_set = invite.values("record-route")
+        if invite.contact is not None:
+            self.a.remote_target = invite.contact.uri
+        self.b: Leg | None = None
+
+    # --- B-leg set-up -----------------------------------------------------------------------------------------
+    def start(self, now: float, extra: list[Header] | None = None) -> None:
+        """Send the B-leg INVITE to the current target trunk."""
+        invite = self.invite
+        assert invite is not None
+        engine = self.engine
+        target = self.targets[self.target_index]
+        self.egress = target
+        dest: Target = (target.transport, target.host, target.port)
+        a = self.a
+        b = Leg(engine.new_call_id(), engine.new_tag(), a.remote_na, a.local_na, None, dest,
+                engine.contact_for(target.transport))
+        b.remote_target = rewrite_uri_host(invite.uri, target.host, target.port)
+        b.local_cseq = invite.cseq[0]
+        self.b = b
+        self.tried_call_ids.append(b.call_id)
+        engine.calls[b.call_id] = (self, 1)
+        mf = invite.max_forwards
+        headers = passthrough(invite.headers)
+        if extra:
+            headers.extend(extra)
+        req = b.request("INVITE", b.local_cseq, engine.new_branch(), engine.via_host(b.transport), headers,
+                        invite.body, max_forwards=(mf if mf is not None else 70) - 1)
+        txn = engine.txns.send_request(req, dest, self, now)
+        txn.peer = self.a_invite
+        if self.a_invite is not None:
+            self.a_invite.peer = txn
+        self.b_invite = txn
+        self.state = CALLING
+        engine.queue.start(self, "failover", now + engine.settings.failover_timeout)
+        engine.queue.start(self, "noanswer", now + engine.settings.no_answer_timeout)
+
+    def _try_next(self, now: float, status: int, reason: str) -> None:
+        """This trunk failed: try the next one, or answer the caller with `status`."""
+        old = self.b_invite
+        if old is not None:
+            old.peer = None
+            old.tu = None
+            old.terminate()
+        self.b_invite = None
+        self.deadlines.pop("failover", None)
+        self.deadlines.pop("noanswer", None)
+        if self.target_index + 1 < len(self.targets) and self.state != CANCELLING:
+            self.target_index += 1
+            self.engine.stats["failovers"] += 1
+            self.start(now)
+            return
+        self._answer_a(status, reason, now)
+        self._end(f"failed:{status}", now)
+
+    def _answer_a(self, status: int, reason: str, now: float, headers: list[Header] | None = None) -> None:
+        txn = self.a_invite
+        if txn is not None and txn.state == PROCEEDING:
+            resp = self.engine.make_response(txn.request, status, reason, self.a.local_tag, headers)
+            self.engine.txns.respond(txn, resp, now)
+            self.final_status = status
+
+    # --- transaction user -------------------------------------------------------------------------------------
+    def on_response(self, txn: Transaction, resp: Response, now: float) -> None:
+        if self.state == ENDED:
+            return
+        if txn is self.b_invite:
+            self._on_b_invite_response(resp, now)
+            return
+        if txn.method == "CANCEL":
+            return
+        peer = txn.peer
+        if peer is None or peer.state not in (PROCEEDING, TRYING):
+            if resp.status >= 200 and txn.method == "INVITE":
+                self._ack_other_leg(txn, resp, now)
+            return
+        if resp.status == 100:
+            return
+        x = self._leg_of(peer)
+        assert x is not None
+        out = self._relay_response(peer.request, resp, x)
+        if txn.method == "INVITE" and 200 <= resp.status < 300:
+            x_cseq = peer.request.cseq[0]
+            x.pending_ack[x_cseq] = txn.request.cseq[0]
+            self._start_retx(x, out, now)
+        self.engine.txns.respond(peer, out, now)
+        if txn.method == "BYE" and resp.status >= 200:
+            self._end("bye", now)
+
+    def _leg_of(self, txn: Transaction) -> Leg | None:
+        """The leg a transaction belongs to, by its Call-ID."""
+        return self.a if txn.request.call_id == self.a.call_id else self.b
+
+    def on_timeout(self, txn: Transaction, now: float) -> None:
+        if self.state == ENDED:
+            return
+        if txn is self.b_invite:
+            self._try_next(now, 503, "Service Unavailable")
+            return
+        if not txn.is_client:
+            return  # our non-2xx was never ACKed: nothing to undo
+        peer = txn.peer
+        if peer is not None and peer.state in (PROCEEDING, TRYING):
+            resp = self.engine.make_response(peer.request, 408, "Request Timeout", None)
+            self.engine.txns.respond(peer, resp, now)
+        if txn.method == "BYE":
+            self._end("bye-timeout", now)
+
+    def on_timer(self, kind: str, now: float) -> None:
+        if self.state == ENDED:
+            return
+        if kind == "failover":
+            if self.state == CALLING:
+                self._try_next(now, 503, "Service Unavailable")
+        elif kind == "noanswer":
+            if self.state in (CALLING, EARLY):
+                self._cancel_b(now)
+                self._answer_a(408, "Request Timeout", now)
+                self.end_reason = "no-answer"
+        elif kind == "reap":
+            self._end(self.end_reason or "cancelled", now)
+        elif kind == "retx0" or kind == "retx1":
+            leg = self.a if kind == "retx0" else self.b
+            if leg is None or leg.retx is None:
+                return
+            if now - leg.retx_started >= 64 * self.engine.settings.t1:
+                self._hangup_unacked(now)
+                return
+            self.engine.send(leg.retx, leg.target)
+            leg.retx_interval = min(leg.retx_interval * 2, self.engine.settings.t2)
+            self.engine.queue.start(self, kind, now + leg.retx_interval)
+
+    # --- B-leg INVITE responses -------------------------------------------------------------------------------
+    def _on_b_invite_response(self, resp: Response, now: float) -> None:
+        status = resp.status
+        self.deadlines.pop("failover", None)
+        b = self.b
+        assert b is not None
+        if status == 100:
+            return
+        if status < 200:
+            if resp.to.tag is not None:
+                b.remote_tag = resp.to.tag
+                b.learn_remote(resp, route_reversed=True)
+            if self.state == CANCELLING or self.cancel_pending:
+                self._send_cancel(now)
+                return
+            self.state = EARLY
+            a_txn = self.a_invite
+            if a_txn is not None and a_txn.state == PROCEEDING:
+                self.engine.txns.respond(a_txn, self._relay_response(a_txn.request, resp, self.a), now)
+            return
+        if status < 300:
+            self.deadlines.pop("noanswer", None)
+            b.remote_tag = resp.to.tag
+            b.learn_remote(resp, route_reversed=True)
+            if self.state in (ANSWERED, CONFIRMED):
+                if b.ack_bytes:
+                    self.engine.send(b.ack_bytes, b.target)  # the 2xx was retransmitted: our ACK was lost
+                return
+            if self.state == CANCELLING:
+                # The callee answered as we cancelled: accept and hang up at once (RFC 3261 9.1 race).
+                self._ack_b_initial(b.local_cseq, [], b"", now)
+                self._bye_leg(b, now)
+                self._end(self.end_reason or "cancelled", now)
+                return
+            a_txn = self.a_invite
+            assert a_txn is not None
+            out = self._relay_response(a_txn.request, resp, self.a)
+            self.a.pending_ack[a_txn.request.cseq[0]] = b.local_cseq
+            self.state = ANSWERED
+            self.answered_at = now
+            self.final_status = status
+            self.engine.stats["answered"] += 1
+            self.engine.txns.respond(a_txn, out, now)
+            self._start_retx(self.a, out, now)
+            self.invite = None  # no failover after an answer: free the original INVITE
+            return
+        # Final failure from this trunk.
+        self.deadlines.pop("noanswer", None)
+        if self.state == CANCELLING:
+            self._end(self.end_reason or "cancelled", now)
+            return
+        if status in FAILOVER_CODES and self.target_index + 1 < len(self.targets):
+            self._try_next(now, status, resp.reason)
+            return
+        a_txn = self.a_invite
+        if a_txn is not None and a_txn.state == PROCEEDING:
+            if status == 503:
+                # RFC 3261 16.7: a downstream 503 is not ours to pass upstream.
+                out = self.engine.make_response(a_txn.request, 500, "Server Internal Error", self.a.local_tag)
+            else:
+                out = self._relay_response(a_txn.request, resp, self.a)
+            self.final_status = out.status
+            self.engine.txns.respond(a_txn, out, now)
+        self._end(f"rejected:{status}", now)
+
+    # --- ACK, CANCEL, BYE -------------------------------------------------------------------------------------
+    def on_ack(self, req: Request, leg_index: int, now: float) -> None:
+        """An ACK for a 2xx arrived on `leg_index`: stop retransmitting and ACK the other leg."""
+        x = self.a if leg_index == 0 else self.b
+        y = self.b if leg_index == 0 else self.a
+        if x is None or y is None:
+            return
+        cseq = req.cseq[0]
+        y_cseq = x.pending_ack.pop(cseq, None)
+        if y_cseq is None:
+            if x.retx is None and y.ack_bytes:
+                return  # retransmitted ACK: the other leg already has ours
+            return
+        self.deadlines.pop("retx0" if leg_index == 0 else "retx1", None)
+        x.retx = None
+        if self.state == ANSWERED and leg_index == 0:
+            self.state = CONFIRMED
+        mf = req.max_forwards
+        ack = y.request("ACK", y_cseq, self.engine.new_branch(), self.engine.via_host(y.transport),
+                        passthrough(req.headers), req.body, max_forwards=(mf if mf is not None else 70) - 1)
+        y.ack_bytes = ack.to_bytes()
+        self.engine.send(y.ack_bytes, y.target)
+
+    def _ack_b_initial(self, cseq: int, headers: list[Header], body: bytes, now: float) -> None:
+        b = self.b
+        assert b is not None
+        ack = b.request("ACK", cseq, self.engine.new_branch(), self.engine.via_host(b.transport), headers, body)
+        b.ack_bytes = ack.to_bytes()
+        self.engine.send(b.ack_bytes, b.target)
+
+    def _ack_other_leg(self, txn: Transaction, resp: Response, now: float) -> None:
+        """A 2xx for a relayed re-INVITE whose server side is gone: ACK it so the far end stops."""
+        if resp.status >= 300:
+            return
+        y = self.b if resp.call_id == (self.b.call_id if self.b else None) else self.a
+        if y is None:
+            return
+        ack = y.request("ACK", txn.request.cseq[0], self.engine.new_branch(), self.engine.via_host(y.transport),
+                        [], b"")
+        self.engine.send(ack.to_bytes(), y.target)
+
+    def on_stray_2xx(self, resp: Response, leg_index: int, now: float) -> None:
+        """A 2xx retransmission after its transaction ended: re-send the ACK we sent for it."""
+        leg = self.a if leg_index == 0 else self.b
+        if leg is not None and leg.ack_bytes:
+            self.engine.send(leg.ack_bytes, leg.target)
+
+    def on_cancel(self, now: float) -> None:
+        """The caller cancelled the INVITE (the CANCEL itself is already answered 200)."""
+        if self.state not in (ROUTING, CALLING, EARLY):
+            return
+        self._answer_a(487, "Request Terminated", now)
+        self.end_reason = "cancelled"
+        self._cancel_b(now)
+
+    def _cancel_b(self, now: float) -> None:
+        self.deadlines.pop("failover", None)
+        self.deadlines.pop("noanswer", None)
+        prev = self.state
+        self.state = CANCELLING
+        txn = self.b_invite
+        if txn is None or prev == ROUTING:
+            self._end(self.end_reason or "cancelled", now)
+            return
+        if txn.state == PROCEEDING:
+            self._send_cancel(now)
+        else:
+            # RFC 3261 9.1: no CANCEL before a provisional response; send it when one arrives.
+            self.cancel_pending = True
+        self.engine.queue.start(self, "reap", now + 64 * self.engine.settings.t1)
+
+    def _send_cancel(self, now: float) -> None:
+        txn = self.b_invite
+        if txn is None or (not self.cancel_pending and self.state != CANCELLING):
+            return
+        self.cancel_pending = False
+        inv = txn.request
+        headers = [h for h in inv.headers if h.key in ("via", "from", "to", "call-id", "route", "max-forwards")]
+        headers.append(Header.make("cseq", f"{inv.cseq[0]} CANCEL"))
+        cancel = Request("CANCEL", inv.uri, headers)
+        c = self.engine.txns.send_request(cancel, txn.target, self, now)
+        c.peer = None
+
+    def on_request(self, txn: Transaction, req: Request, leg_index: int, now: float) -> None:
+        """An in-dialog request from leg `leg_index` (BYE, re-INVITE, UPDATE, PRACK, INFO, ...): relay it."""
+        engine = self.engine
+        x = self.a if leg_index == 0 else self.b
+        y = self.b if leg_index == 0 else self.a
+        if x is None or y is None or y.remote_tag is None or self.state in (ENDED, CANCELLING):
+            engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+            return
+        if req.to.tag != x.local_tag:
+            engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+            return
+        if req.method == "BYE":
+            self.deadlines.pop("retx0", None)
+            self.deadlines.pop("retx1", None)
+            self.end_reason = "bye-a" if leg_index == 0 else "bye-b"
+        if req.method == "INVITE" and req.contact is not None:
+            x.remote_target = req.contact.uri  # target refresh
+        y.local_cseq += 1
+        mf = req.max_forwards
+        out = y.request(req.method, y.local_cseq, engine.new_branch(), engine.via_host(y.transport),
+                        passthrough(req.headers), req.body, max_forwards=(mf if mf is not None else 70) - 1)
+        client = engine.txns.send_request(out, y.target, self, now)
+        client.peer = txn
+        txn.peer = client
+        if req.method == "INVITE":
+            engine.txns.respond(txn, engine.make_response(req, 100, "Trying", None), now)
+
+    def _bye_leg(self, leg: Leg, now: float) -> None:
+        leg.local_cseq += 1
+        bye = leg.request("BYE", leg.local_cseq, self.engine.new_branch(), self.engine.via_host(leg.transport),
+                          [Header.make("reason", 'SIP;cause=408;text="ACK Timeout"')], b"")
+        self.engine.txns.send_request(bye, leg.target, self, now)
+
+    def _hangup_unacked(self, now: float) -> None:
+        """RFC 3261 13.3.1.4: a 2xx never ACKed ends the dialog with BYE on both legs."""
+        self._bye_leg(self.a, now)
+        if self.b is not None and self.b.remote_tag is not None:
+            self._bye_leg(self.b, now)
+        self._end("ack-timeout", now)
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def _start_retx(self, leg: Leg, resp: Response, now: float) -> None:
+        if leg.transport != "udp":
+            return
+        leg.retx = resp.to_bytes()
+        leg.retx_interval = self.engine.settings.t1
+        leg.retx_started = now
+        kind = "retx0" if leg is self.a else "retx1"
+        self.engine.queue.start(self, kind, now + leg.retx_interval)
+
+    def _relay_response(self, req: Request, resp: Response, x: Leg) -> Response:
+        """`resp` (from the other leg) rewritten as the answer to `req` on leg `x`."""
+        headers = [h for h in req.headers if h.key == "via"]
+        if req.method == "INVITE" and req.to.tag is None:
+            headers.extend(h for h in req.headers if h.key == "record-route")
+        for h in req.headers:
+            if h.key == "from" or h.key == "call-id" or h.key == "cseq":
+                headers.append(h)
+            elif h.key == "to":
+                headers.append(h if req.to.tag is not None else Header.make("to", req.to.format(tag=x.local_tag)))
+        if resp.has("contact"):
+            headers.append(Header.make("contact", x.contact))
+        headers.extend(passthrough(resp.headers))
+        return Response(resp.status, resp.reason, headers, resp.body)
+
+    def _end(self, reason: str, now: float) -> None:
+        if self.state == ENDED:
+            return
+        self.state = ENDED
+        if not self.end_reason:
+            self.end_reason = reason
+        self.ended_at = now
+        self.deadlines.clear()
+        calls = self.engine.calls
+        calls.pop(self.a.call_id, None)
+        for cid in self.tried_call_ids:
+            calls.pop(cid, None)
+        # Break the call <-> transaction links so the call is freed by reference counting, not the GC.
+        for txn in (self.a_invite, self.b_invite):
+            if txn is not None:
+                txn.peer = None
+                txn.tu = None
+        self.a_invite = None
+        self.b_invite = None
+        self.invite = None
+        self.engine.call_ended(self)
+

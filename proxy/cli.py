@@ -1,0 +1,61 @@
+"""`stirgate` command line: run, check-config, and the STIR/SHAKEN tools when present."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from proxy.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from proxy.server import run
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"stirgate: {exc}", file=sys.stderr)
+        return 2
+    return run(config, workers=args.workers)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"stirgate: {exc}", file=sys.stderr)
+        return 2
+    print(f"{config.path}: OK ({len(config.trunks)} trunks, {len(config.routes)} routes)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stirgate", description="STIR/SHAKEN call-authentication gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the B2BUA")
+    run.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    run.add_argument("--workers", type=int, default=1, help="worker processes sharing the ports (SO_REUSEPORT)")
+    run.set_defaults(func=_cmd_run)
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("-c", "--config", required=True)
+    check.set_defaults(func=_cmd_check_config)
+    try:
+        from proxy.stir import commands as stir_commands
+    except ImportError:
+        pass
+    else:
+        stir_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The sans-I/O SIP engine: bytes and addresses in, bytes and addresses out, time passed in.
+
+`receive(data, source, now)` takes one datagram (or one framed TCP message); `handle_timer(now)` runs what is
+due; `outbox` holds what to send. The asyncio transport is a thin loop around these; tests drive the engine in
+memory with a fake clock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import count
+
+from proxy.b2bua import Call
+from proxy.config import Config, Trunk
+from proxy.routing import Router, dialled_digits
+from proxy.sip.grammar import ParseError, parse_uri
+from proxy.sip.message import Header, Request, Response, VersionError, canonical_name, parse
+from proxy.sip.timers import TimerQueue
+from proxy.sip.transaction import Target, TimerConfig, TransactionLayer
+from proxy.sip.validate import check_request
+
+__all__ = ["Engine", "EngineSettings"]
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, NOTIFY, REFER"
+_IN_DIALOG_ONLY = frozenset({"BYE", "UPDATE", "PRACK", "INFO", "NOTIFY", "REFER"})
+_NOT_RELAYED = frozenset({"REGISTER", "SUBSCRIBE", "MESSAGE", "PUBLISH"})
+_STATS = (
+    "requests",
+    "responses",
+    "invites",
+    "answered",
+    "calls_ended",
+    "failovers",
+    "rejected_unknown_source",
+    "dropped_unknown_source",
+    "bad_requests",
+    "unparseable",
+    "oversize",
+    "stray_responses",
+    "not_accepting",
+    "internal_errors",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    failover_timeout: float = 2.0
+    no_answer_timeout: float = 120.0
+    max_message: int = 65536
+    max_ruri_length: int = 512
+    reject_unknown_source: bool = True
+    server_header: str = ""
+
+    @classmethod
+    def from_config(cls, config: Config) -> EngineSettings:
+        s = config.sip
+        return cls(
+            t1=s.t1,
+            t2=s.t2,
+            t4=s.t4,
+            failover_timeout=s.failover_timeout,
+            no_answer_timeout=s.no_answer_timeout,
+            max_message=max(s.max_udp_message, s.max_tcp_message),
+            max_ruri_length=s.max_ruri_length,
+            reject_unknown_source=config.unknown_source == "reject",
+            server_header=s.server_header,
+        )
+
+
+class Engine:
+    """Every call and transaction of one worker."""
+
+    def __init__(self, config: Config, local: dict[str, tuple[str, int]],
+                 settings: EngineSettings | None = None) -> None:
+        self.config = config
+        self.settings = settings or EngineSettings.from_config(config)
+        self.router = Router(config)
+        self.local = local
+        self.queue = TimerQueue()
+        self.txns = TransactionLayer(TimerConfig(self.settings.t1, self.settings.t2, self.settings.t4), self.queue)
+        self.outbox = self.txns.outbox
+        self.calls: dict[str, tuple[Call, int]] = {}
+        self.accepting = True
+        self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
+        self.call_end_hooks: list[Callable[[Call], None]] = []
+        self._prefix = os.urandom(5).hex()
+        self._seq = count(1)
+        self._contacts = {t: f"<sip:{h}:{p}{'' if t == 'udp' else ';transport=' + t}>" for t, (h, p) in local.items()}
+        self._via_hosts = {t: f"{h}:{p}" for t, (h, p) in local.items()}
+
+    # --- identifiers ------------------------------------------------------------------------------------------
+    def new_branch(self) -> str:
+        return f"z9hG4bK{self._prefix}{next(self._seq):x}"
+
+    def new_tag(self) -> str:
+        return f"{self._prefix}{next(self._seq):x}"
+
+    def new_call_id(self) -> str:
+        return f"{self._prefix}-{next(self._seq):x}"
+
+    def contact_for(self, transport: str) -> str:
+        return self._contacts.get(transport) or self._contacts["udp"]
+
+    def via_host(self, transport: str) -> str:
+        return self._via_hosts.get(transport) or self._via_hosts["udp"]
+
+    # --- I/O boundary -----------------------------------------------------------------------------------------
+    def send(self, data: bytes, target: Target) -> None:
+        self.outbox.append((data, target))
+
+    def next_deadline(self) -> float | None:
+        return self.queue.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        self.queue.fire_due(now)
+
+    def active_calls(self) -> int:
+        return len({id(c) for c, _ in self.calls.values()})
+
+    def receive(self, data: bytes, source: Target, now: float) -> None:
+        """One message from `source`. Never raises: bad input is answered or dropped and counted."""
+        if len(data) > self.settings.max_message:
+            self.stats["oversize"] += 1
+            return
+        if not data.strip(b"\r\n \t\x00"):
+            return  # keep-alive
+        try:
+            msg = parse(data)
+        except VersionError as exc:
+            self._reply_stateless(exc.request, source, 505, "Version Not Supported")
+            return
+        except ParseError as exc:
+            self.stats["unparseable"] += 1
+            self._answer_unparseable(data, source, str(exc))
+            return
+        try:
+            if isinstance(msg, Response):
+                self.stats["responses"] += 1
+                self._on_response(msg, source, now)
+            else:
+                self.stats["requests"] += 1
+                self._on_request(msg, source, now)
+        except ParseError as exc:
+            self.stats["bad_requests"] += 1
+            if isinstance(msg, Request) and msg.method != "ACK":
+                self._reply_stateless(msg, source, 400, f"Bad Request ({exc})")
+        except Exception:
+            self.stats["internal_errors"] += 1
+            raise
+
+    # --- requests ---------------------------------------------------------------------------------------------
+    def _on_request(self, req: Request, source: Target, now: float) -> None:
+        trunk = self.router.trunk_for_source(source[1])
+        if trunk is None:
+            if self.settings.reject_unknown_source and req.method != "ACK":
+                self.stats["rejected_unknown_source"] += 1
+                self._reply_stateless(req, source, 403, "Forbidden")
+            else:
+                self.stats["dropped_unknown_source"] += 1
+            return
+        problem = check_request(req, self.settings.max_ruri_length)
+        if problem is not None:
+            self.stats["bad_requests"] += 1
+            if req.method != "ACK":
+                self._reply_stateless(req, source, problem[0], problem[1])
+            return
+        txns = self.txns
+        if txns.match_server(req, now):
+            return  # a retransmission, answered by its transaction
+        method = req.method
+        to_tag = req.to.tag
+        if method == "ACK":
+            entry = self.calls.get(req.call_id)
+            if entry is not None and to_tag is not None:
+                entry[0].on_ack(req, entry[1], now)
+            return
+        if method == "CANCEL":
+            self._on_cancel(req, source, now)
+            return
+        if to_tag is not None:
+            entry = self.calls.get(req.call_id)
+            txn = txns.create_server(req, source, entry[0] if entry else None)
+            if entry is None:
+                txns.respond(txn, self.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+                return
+            entry[0].on_request(txn, req, entry[1], now)
+            return
+        if method == "INVITE":
+            self._on_invite(req, source, trunk, now)
+        elif method == "OPTIONS":
+            txn = txns.create_server(req, source, None)
+            extra = [Header.make("allow", ALLOW), Header.make("accept", "application/sdp")]
+            txns.respond(txn, self.make_response(req, 200, "OK", self.new_tag(), extra), now)
+        elif method in _IN_DIALOG_ONLY:
+            txn = txns.create_server(req, source, None)
+            txns.respond(txn, self.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+        else:
+            txn = txns.create_server(req, source, None)
+            txns.respond(txn, self.make_response(req, 405, "Method Not Allowed", self.new_tag(),
+                                                 [Header.make("allow", ALLOW)]), now)
+
+    def _on_invite(self, req: Request, source: Target, trunk: Trunk, now: float) -> None:
+        self.stats["invites"] += 1
+        txns = self.txns
+        txn = txns.create_server(req, source, None)
+        if not self.accepting:
+            self.stats["not_accepting"] += 1
+            txns.respond(txn, self.make_response(req, 503, "Service Unavailable", self.new_tag(),
+                                                 [Header.make("retry-after", "5")]), now)
+            return
+        if req.call_id in self.calls:
+            # Same Call-ID, new branch, no To tag: a loop or a confused peer, not a new call.
+            txns.respond(txn, self.make_response(req, 482, "Loop Detected", self.new_tag()), now)
+            return
+        txns.respond(txn, self.make_response(req, 100, "Trying", None), now)
+        try:
+            user = parse_uri(req.uri).user
+        except ParseError:
+            user = None
+        targets = self.router.route(trunk, dialled_digits(user))
+        if not targets:
+            txns.respond(txn, self.make_response(req, 404, "No Route", self.new_tag()), now)
+            return
+        call = Call(self, req, txn, trunk, source, targets, now)
+        txn.tu = call
+        self.calls[req.call_id] = (call, 0)
+        call.start(now)
+
+    def _on_cancel(self, req: Request, source: Target, now: float) -> None:
+        txns = self.txns
+        via = req.via
+        invite_txn = txns.find_server(via.branch or "", via.sent_by, "INVITE")
+        txn = txns.create_server(req, source, None)
+        if invite_txn is None:
+            txns.respond(txn, self.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+            return
+        txns.respond(txn, self.make_response(req, 200, "OK", None), now)
+        call = invite_txn.tu
+        if isinstance(call, Call):
+            call.on_cancel(now)
+
+    # --- responses --------------------------------------------------------------------------------------------
+    def _on_response(self, resp: Response, source: Target, now: float) -> None:
+        if self.router.trunk_for_source(source[1]) is None:
+            self.stats["dropped_unknown_source"] += 1
+            return
+        if self.txns.match_client(resp, now):
+            return
+        self.stats["stray_responses"] += 1
+        if 200 <= resp.status < 300 and resp.cseq[1] == "INVITE":
+            entry = self.calls.get(resp.call_id)
+            if entry is not None:
+                entry[0].on_stray_2xx(resp, entry[1], now)
+
+    # --- building responses -----------------------------------------------------------------------------------
+    def make_response(self, req: Request, status: int, reason: str, to_tag: str | None,
+                      extra: list[Header] | None = None) -> Response:
+        """A response stirgate writes itself (RFC 3261 8.2.6.2: Via, From, To, Call-ID, CSeq copied)."""
+        headers: list[Header] = []
+        for h in req.headers:
+            key = h.key
+            if key == "via" or key == "from" or key == "call-id" or key == "cseq":
+                headers.append(h)
+            elif key == "to":
+                if to_tag is not None and status > 100 and req.to.tag is None:
+                    headers.append(Header.make("to", req.to.format(tag=to_tag)))
+                else:
+                    headers.append(h)
+        if self.settings.server_header:
+            headers.append(Header.make("server", self.settings.server_header))
+        if extra:
+            headers.extend(extra)
+        return Response(status, reason, headers)
+
+    def _reply_stateless(self, req: Request, source: Target, status: int, reason: str) -> None:
+        try:
+            resp = self.make_response(req, status, reason, self.new_tag() if status > 100 else None)
+        except ParseError:
+            resp = Response(status, reason, [h for h in req.headers if h.key in ("via", "from", "to", "call-id",
+                                                                                    "cseq")])
+        if not any(h.key == "via" for h in resp.headers):
+            return  # nowhere to address it
+        self.send(resp.to_bytes(), source)
+
+    def _answer_unparseable(self, data: bytes, source: Target, problem: str) -> None:
+        """400 for a request we could not parse, when its Via, Call-ID and CSeq can still be picked out."""
+        text = data[:8192].decode("latin-1")
+        lines = text.replace("\r\n", "\n").split("\n")
+        first = lines[0]
+        if first.startswith("SIP/") or first.startswith("ACK "):
+            return
+        keep: list[Header] = []
+        for line in lines[1:]:
+            if not line:
+                break
+            name, sep, value = line.partition(":")
+            if not sep:
+                continue
+            key = canonical_name(name)
+            if key in ("via", "from", "to", "call-id", "cseq"):
+                keep.append(Header(key, line, value.strip()))
+        keys = {h.key for h in keep}
+        if not {"via", "call-id", "cseq"} <= keys:
+            return
+        if any(h.key == "cseq" and "ACK" in h.value for h in keep):
+            return
+        reason = "Bad Request (" + "".join(c for c in problem if c.isprintable() and c not in "\r\n")[:60] + ")"
+        self.send(Response(400, reason, keep).to_bytes(), source)
+
+    def call_ended(self, call: Call) -> None:
+        self.stats["calls_ended"] += 1
+        for hook in self.call_end_hooks:
+            hook(call)

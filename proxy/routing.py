@@ -1,0 +1,79 @@
+"""Which trunk a packet came from, and which trunks a dialled number goes to. Built once per config."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from proxy.config import Config, Trunk, parse_hostport
+
+__all__ = ["Router", "TrunkTarget", "dialled_digits"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkTarget:
+    trunk: Trunk
+    host: str
+    port: int
+    transport: str
+
+
+def dialled_digits(user: str | None) -> str:
+    """R-URI user part as a routing key: user parameters and a leading '+' dropped, separators removed."""
+    if not user:
+        return ""
+    user = user.split(";", 1)[0]
+    if user.startswith("+"):
+        user = user[1:]
+    return "".join(c for c in user if c not in "-.() ")
+
+
+class Router:
+    __slots__ = ("_by_host", "_networks", "_routes", "targets")
+
+    def __init__(self, config: Config) -> None:
+        self._by_host: dict[str, Trunk] = {}
+        nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Trunk]] = []
+        for trunk in config.trunks:
+            for src in trunk.sources:
+                net = ipaddress.ip_network(src, strict=False)
+                if net.num_addresses == 1:
+                    self._by_host.setdefault(str(net.network_address), trunk)
+                else:
+                    nets.append((net, trunk))
+        nets.sort(key=lambda item: item[0].prefixlen, reverse=True)
+        self._networks = nets
+        self.targets: dict[str, TrunkTarget] = {}
+        for trunk in config.trunks:
+            if trunk.destination is not None:
+                host, port = parse_hostport(trunk.destination)
+                self.targets[trunk.name] = TrunkTarget(trunk, host, port, trunk.transport)
+        # Per ingress trunk: (prefix, targets) longest prefix first.
+        self._routes: dict[str, list[tuple[str, tuple[TrunkTarget, ...]]]] = {}
+        for trunk in config.trunks:
+            table = [
+                (r.prefix, tuple(self.targets[n] for n in r.trunks))
+                for r in config.routes
+                if r.from_ is None or trunk.name in r.from_
+            ]
+            table.sort(key=lambda item: len(item[0]), reverse=True)
+            self._routes[trunk.name] = table
+
+    def trunk_for_source(self, host: str) -> Trunk | None:
+        trunk = self._by_host.get(host)
+        if trunk is not None or not self._networks:
+            return trunk
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        for net, t in self._networks:
+            if addr in net:
+                return t
+        return None
+
+    def route(self, ingress: Trunk, dialled: str) -> tuple[TrunkTarget, ...]:
+        for prefix, targets in self._routes.get(ingress.name, ()):
+            if dialled.startswith(prefix):
+                return targets
+        return ()

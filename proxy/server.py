@@ -1,0 +1,129 @@
+"""Process life cycle: workers, event loop, signals, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+
+import structlog
+
+from proxy.config import Config
+from proxy.engine import Engine
+from proxy.transport import SipServer
+
+__all__ = ["configure_logging", "run"]
+
+log = structlog.get_logger("stirgate")
+
+
+def configure_logging(level: str) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _tune_gc() -> None:
+    """Calls and transactions are freed by reference counting; the cyclic GC only costs time on the hot path."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
+async def _serve(config: Config, worker: int, workers: int) -> int:
+    loop = asyncio.get_running_loop()
+    udp_listens = [(x.transport, x.host, x.port) for x in config.listen]
+    first_udp = next((x for x in config.listen if x.transport == "udp"), config.listen[0])
+    first_tcp = next((x for x in config.listen if x.transport == "tcp"), None)
+    private: tuple[str, int] | None = None
+    local = {"udp": (first_udp.host, first_udp.port)}
+    if first_tcp is not None:
+        local["tcp"] = (first_tcp.host, first_tcp.port)
+    if workers > 1:
+        private = (first_udp.host, config.sip.worker_port_base + worker)
+        local["udp"] = private
+    engine = Engine(config, local)
+    server = SipServer(engine, loop, config.sip.max_tcp_message)
+    await server.start(udp_listens, reuse_port=workers > 1, private_udp=private)
+    stop = asyncio.Event()
+    drained = asyncio.Event()
+
+    def on_term() -> None:
+        if not engine.accepting:
+            stop.set()  # a second SIGTERM: stop now
+            return
+        log.info("draining", worker=worker, active_calls=engine.active_calls())
+        engine.accepting = False
+        stop.set()
+
+    def check_drained() -> None:
+        if not engine.accepting and not engine.calls:
+            drained.set()
+
+    server.on_idle = check_drained
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop.add_signal_handler(signal.SIGINT, on_term)
+    _tune_gc()
+    log.info("listening", worker=worker, listen=[f"{t}:{h}:{p}" for t, h, p in udp_listens],
+             trunks=len(config.trunks))
+    await stop.wait()
+    check_drained()
+    try:
+        await asyncio.wait_for(drained.wait(), timeout=config.sip.drain_grace)
+    except TimeoutError:
+        log.warning("drain_timeout", worker=worker, active_calls=engine.active_calls())
+    server.close()
+    log.info("stopped", worker=worker, **engine.stats)
+    return 0
+
+
+def _run_worker(config: Config, worker: int, workers: int) -> int:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        log.warning("uvloop_missing")
+    return asyncio.run(_serve(config, worker, workers))
+
+
+def run(config: Config, workers: int = 1) -> int:
+    configure_logging(config.logging.level)
+    if workers <= 1:
+        return _run_worker(config, 0, 1)
+    children: list[int] = []
+    for i in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run_worker(config, i, workers)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    rc = 0
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        rc = rc or os.waitstatus_to_exitcode(status)
+    return rc

@@ -1,0 +1,202 @@
+"""asyncio adapters around the sans-I/O engine: sockets in, sockets out, one timer handle. Nothing else.
+
+UDP datagrams and TCP messages (framed by Content-Length) go to `Engine.receive`; whatever the engine put in its
+outbox is sent at once; one `call_at` handle tracks the engine's earliest deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import structlog
+
+from proxy.engine import Engine
+from proxy.sip.message import ParseError, frame_stream
+from proxy.sip.transaction import Target
+
+__all__ = ["SipServer"]
+
+log = structlog.get_logger("stirgate.transport")
+
+#: Timers are coalesced to this resolution: one wake-up per 10 ms at most, whatever the call rate.
+TIMER_RESOLUTION = 0.01
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.server.on_message(data, ("udp", addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp_error", error=str(exc))
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, server: SipServer, peer: tuple[str, int] | None = None) -> None:
+        self.server = server
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.peer = peer
+        self.pending: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        self.server.tcp_connections[self.peer] = self
+        for data in self.pending:
+            transport.write(data)
+        self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            messages = frame_stream(self.buffer, self.server.max_tcp_message)
+        except ParseError as exc:
+            log.info("tcp_framing_error", peer=self.peer, error=str(exc))
+            self.server.engine.stats["unparseable"] += 1
+            if self.transport is not None:
+                self.transport.close()
+            return
+        assert self.peer is not None
+        source: Target = ("tcp", self.peer[0], self.peer[1])
+        for msg in messages:
+            self.server.on_message(msg, source)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.server.tcp_connections.get(self.peer) is self:
+            del self.server.tcp_connections[self.peer]
+        self.transport = None
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+        else:
+            self.pending.append(data)
+
+
+class SipServer:
+    """Binds the configured addresses and pumps bytes between them and one Engine."""
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, max_tcp_message: int = 65536) -> None:
+        self.engine = engine
+        self.loop = loop
+        self.max_tcp_message = max_tcp_message
+        self.udp: asyncio.DatagramTransport | None = None
+        self.udp_private: asyncio.DatagramTransport | None = None
+        self.tcp_servers: list[asyncio.Server] = []
+        self.tcp_connections: dict[tuple[str, int], _TcpConnection] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self.on_idle: Callable[[], None] | None = None
+
+    async def start(self, listens: list[tuple[str, str, int]], reuse_port: bool,
+                    private_udp: tuple[str, int] | None = None) -> None:
+        for transport, host, port in listens:
+            if transport == "udp":
+                sock = _udp_socket(host, port, reuse_port)
+                udp, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
+                self.udp = udp
+            else:
+                server = await self.loop.create_server(lambda: _TcpConnection(self), host, port,
+                                                       reuse_port=reuse_port, reuse_address=True, backlog=1024)
+                self.tcp_servers.append(server)
+        if private_udp is not None:
+            sock = _udp_socket(private_udp[0], private_udp[1], False)
+            udp, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
+            self.udp_private = udp
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for t in (self.udp, self.udp_private):
+            if t is not None:
+                t.close()
+        for server in self.tcp_servers:
+            server.close()
+        for conn in list(self.tcp_connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+
+    # --- the pump ---------------------------------------------------------------------------------------------
+    def on_message(self, data: bytes, source: Target) -> None:
+        try:
+            self.engine.receive(data, source, self.loop.time())
+        except Exception:
+            log.exception("engine_error", source=source)
+        self.flush()
+
+    def on_timer(self) -> None:
+        self._timer = None
+        try:
+            self.engine.handle_timer(self.loop.time())
+        except Exception:
+            log.exception("timer_error")
+        self.flush()
+
+    def flush(self) -> None:
+        outbox = self.engine.outbox
+        if outbox:
+            udp = self.udp
+            private = self.udp_private
+            for data, target in outbox:
+                transport, host, port = target
+                if transport == "udp":
+                    # Requests leave from this worker's own port (so answers come back to it); responses from
+                    # the shared port the request arrived on.
+                    sock = private if private is not None and not data.startswith(b"SIP/2.0 ") else udp
+                    if sock is not None:
+                        sock.sendto(data, (host, port))
+                else:
+                    self._send_tcp(data, host, port)
+            outbox.clear()
+        deadline = self.engine.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is None or deadline < self._timer_at - TIMER_RESOLUTION:
+            if self._timer is not None:
+                self._timer.cancel()
+            at = max(deadline, self.loop.time()) + TIMER_RESOLUTION
+            self._timer_at = at
+            self._timer = self.loop.call_at(at, self.on_timer)
+        if self.on_idle is not None:
+            self.on_idle()
+
+    def _send_tcp(self, data: bytes, host: str, port: int) -> None:
+        conn = self.tcp_connections.get((host, port))
+        if conn is None:
+            conn = _TcpConnection(self, (host, port))
+            self.tcp_connections[(host, port)] = conn
+            conn.pending.append(data)
+            self.loop.create_task(self._connect(conn, host, port))
+            return
+        conn.send(data)
+
+    async def _connect(self, conn: _TcpConnection, host: str, port: int) -> None:
+        try:
+            await asyncio.wait_for(self.loop.create_connection(lambda: conn, host, port), timeout=5.0)
+        except (TimeoutError, OSError) as exc:
+            log.info("tcp_connect_failed", host=host, port=port, error=str(exc))
+            if self.tcp_connections.get((host, port)) is conn:
+                del self.tcp_connections[(host, port)]
+
+
+def _udp_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+        except OSError:
+            pass
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
