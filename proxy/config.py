@@ -43,7 +43,7 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     pass
 
 
-class SipSettings(_Base):
+class SipSettings(_Base, frozen=True):
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
@@ -62,7 +62,7 @@ class SipSettings(_Base):
     server_header: str = ""
 
 
-class Trunk(_Base):
+class Trunk(_Base, frozen=True):
     name: str
     role: Literal["customer", "carrier"]
     sources: list[str] = []
@@ -70,17 +70,17 @@ class Trunk(_Base):
     transport: Literal["udp", "tcp"] = "udp"
 
 
-class Route(_Base, rename={"from_": "from"}, kw_only=True):
+class Route(_Base, frozen=True, rename={"from_": "from"}, kw_only=True):
     from_: list[str] | None = None
     prefix: str = ""
     trunks: list[str]
 
 
-class LoggingSettings(_Base):
+class LoggingSettings(_Base, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class _RawConfig(_Base):
+class _RawConfig(_Base, frozen=True):
     listen: list[str] = msgspec.field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
     unknown_source: Literal["reject", "drop"] = "reject"
     sip: SipSettings = SipSettings()

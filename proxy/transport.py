@@ -28,7 +28,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: SipServer) -> None:
         self.server = server
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.server.on_message(data, ("udp", addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
