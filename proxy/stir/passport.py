@@ -239,7 +239,7 @@ def _bad(check: str, detail: str) -> Failure:
 
 
 def header_failures(header: JwsHeader) -> list[Failure]:
-    """JOSE header rules: ES256, typ passport, a known ppt, an x5u."""
+    """JOSE header rules: ES256, typ passport, a known ppt (x5u is the verifier's 436 check)."""
     out = []
     if header.alg != ALG:
         out.append(_bad("jws-alg", f"alg {header.alg!r} is not ES256"))
@@ -247,8 +247,6 @@ def header_failures(header: JwsHeader) -> list[Failure]:
         out.append(_bad("jws-typ", f"typ {header.typ!r} is not 'passport'"))
     if header.ppt not in KNOWN_PPTS:
         out.append(_bad("jws-ppt", f"ppt {header.ppt!r} is not one of shaken, div, rcd"))
-    if not header.x5u:
-        out.append(_bad("jws-x5u", "x5u missing or empty"))
     return out
 
 

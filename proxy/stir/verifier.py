@@ -298,17 +298,20 @@ class Verifier:
             return _result(index, [exc.failure])
         header, claims = jws.header, jws.claims
         failures = header_failures(header)
+        x5u = header.x5u
+        x5u_failure = (
+            check_x5u(x5u, s.x5u_policy)
+            if x5u
+            else _bad("x5u-missing", "PASSporT header has no x5u", Outcome.BAD_INFO)
+        )
+        if x5u_failure is not None:
+            failures.append(x5u_failure)
         failures.extend(self._param_failures(ih, jws))
         failures.extend(claim_failures(header, claims))
-        x5u = header.x5u
         entry: CertEntry | None = None
-        if x5u:
-            policy_failure = check_x5u(x5u, s.x5u_policy)
-            if policy_failure is not None:
-                failures.append(policy_failure)
-            else:
-                entry = certs_by_url.get(x5u)
-                failures.extend(self._cert_failures(x5u, entry, jws, now))
+        if x5u and x5u_failure is None:
+            entry = certs_by_url.get(x5u)
+            failures.extend(self._cert_failures(x5u, entry, jws, now))
         failures.extend(self._freshness_failures(claims.iat, date_check, now))
         failures.extend(self._match_failures(jws, call_orig, call_dest))
         notes = entry.notes if entry is not None else ()
