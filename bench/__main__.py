@@ -1,0 +1,294 @@
+"""python -m bench: sweep the call rate through stirgate, Kamailio and Sippy; print and save the figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .procs import Addr
+from .step import StepResult, as_dict, run_step
+from .suts import REPO, SUT, Kamailio, Sippy, Stirgate
+
+LADDER = [50, 100, 250, 500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000,
+          12000, 14000, 16000, 20000]
+QUICK_LADDER = [50, 100, 250, 500, 1000, 2000, 4000, 6000, 8000, 10000, 12000, 16000, 20000]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="SIPp UAC -> SUT -> SIPp UAS over UDP (INVITE, 200, ACK, immediate BYE), sweeping the "
+                    "call rate. A step passes with < 0.1%% failed calls, >= 97%% of the target rate answered "
+                    "and INVITE->200 p99 <= 200 ms. CPU per call = the SUT's own utime+stime (all its "
+                    "processes) over the step / successful calls.")
+    p.add_argument("--sut", default="stirgate,kamailio,sippy",
+                   help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all)")
+    p.add_argument("--workers", type=int, default=1, choices=(1, 2), help="stirgate worker processes")
+    p.add_argument("--uacs", type=int, default=None, choices=(1, 2),
+                   help="SIPp UACs (source addresses) sharing the load, for every SUT (default: --workers; "
+                        "SO_REUSEPORT pins one source to one stirgate worker)")
+    p.add_argument("--quick", action="store_true", help="short sweep (~2 minutes): 4 s steps, coarse ladder")
+    p.add_argument("--duration", type=float, default=None, help="seconds of traffic per step (default 10, quick 4)")
+    p.add_argument("--max-rate", type=float, default=None, help="highest rate tried (default 20000, quick 12000)")
+    p.add_argument("--start-rate", type=float, default=500, help="first rate of the ladder (default 500)")
+    p.add_argument("--common-rate", type=float, default=1000,
+                   help="rate at which CPU per call is compared (default 1000)")
+    p.add_argument("--rates", default=None, help="explicit comma-separated rates instead of the sweep")
+    p.add_argument("--refine", type=int, default=None,
+                   help="bisection steps between the last pass and the first failure (default 2, quick 0)")
+    p.add_argument("--confirm", type=int, default=None,
+                   help="re-runs of a failed ladder step before giving up (noise; default 1, quick 0)")
+    p.add_argument("--drain", type=float, default=1.0, help="seconds after the UACs end still counted as CPU")
+    p.add_argument("--port-offset", type=int, default=0,
+                   help="add N to every SIP port (run beside tests that hold the TOPOLOGY.md addresses)")
+    p.add_argument("--stirgate-listen", default="127.0.0.1:5060")
+    p.add_argument("--peer-listen", default="127.0.0.1:5070", help="Kamailio / Sippy listen address")
+    p.add_argument("--uac", default="127.0.0.10:5060,127.0.0.11:5060", help="UAC addresses (first --uacs used)")
+    p.add_argument("--uas", default="127.0.0.20:5060", help="UAS address (the carrier trunk)")
+    p.add_argument("--log-level", default="warning",
+                   help="stirgate logging level for the run (default warning: Kamailio's relay logs nothing "
+                        "per call either)")
+    p.add_argument("--busy-wait", type=float, default=60.0,
+                   help="seconds to wait for a busy address before a step gives up")
+    p.add_argument("--out", default="bench-results", help="directory for the JSON and per-step files")
+    a = p.parse_args(argv)
+    a.uacs = a.uacs or a.workers
+    a.duration = a.duration or (4.0 if a.quick else 10.0)
+    a.max_rate = a.max_rate or (12000.0 if a.quick else 20000.0)
+    a.refine = (0 if a.quick else 2) if a.refine is None else a.refine
+    a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
+    return a
+
+
+class Sweep:
+    def __init__(self, sut: SUT, args: argparse.Namespace, rundir: Path, uacs: list[Addr], uas: Addr) -> None:
+        self.sut = sut
+        self.args = args
+        self.rundir = rundir
+        self.uacs = uacs
+        self.uas = uas
+        self.steps: list[StepResult] = []
+        self.n = 0
+
+    def run(self, rate: float, confirm: int = 0) -> StepResult:
+        rate = float(round(rate))
+        for attempt in range(confirm + 1 + 2):
+            self.n += 1
+            d = self.rundir / self.sut.name / f"{self.n:02d}-{rate:.0f}cps"
+            r = run_step(self.sut, rate, self.args.duration, d, uac_addrs=self.uacs, uas_addr=self.uas,
+                         drain=self.args.drain, busy_wait=self.args.busy_wait,
+                         tail=3.0 if self.args.quick else 6.0)
+            self.steps.append(r)
+            print("  " + r.summary(), flush=True)
+            if r.error and "busy" in r.error:
+                break
+            if r.error and attempt < 2:
+                time.sleep(2)
+                continue  # a step that could not run says nothing about the SUT: run it again
+            if r.passed or attempt >= confirm:
+                break
+            print(f"  {self.sut.name}: confirming the failure at {rate:.0f} cps", flush=True)
+        return r
+
+    def passed(self, rate: float) -> StepResult | None:
+        ok = [s for s in self.steps if s.passed and s.rate == round(rate)]
+        return ok[-1] if ok else None
+
+    def best(self) -> StepResult | None:
+        ok = [s for s in self.steps if s.passed]
+        return max(ok, key=lambda s: s.rate) if ok else None
+
+    def sweep(self) -> None:
+        a = self.args
+        if a.rates:
+            for r in (float(x) for x in a.rates.split(",")):
+                self.run(r)
+            return
+        ladder = QUICK_LADDER if a.quick else LADDER
+        rungs = sorted({r for r in ladder if r <= a.max_rate} | {a.start_rate, a.common_rate})
+        rungs = [r for r in rungs if r <= a.max_rate]
+        i = rungs.index(a.start_rate)
+        first_fail: float | None = None
+        r = self.run(rungs[i], a.confirm)
+        if r.passed:
+            while i + 1 < len(rungs):
+                i += 1
+                r = self.run(rungs[i], a.confirm)
+                if not r.passed:
+                    first_fail = rungs[i]
+                    break
+        else:
+            first_fail = rungs[i]
+            while i > 0:
+                i -= 1
+                r = self.run(rungs[i], a.confirm)
+                if r.passed:
+                    break
+                first_fail = rungs[i]
+        best = self.best()
+        if best and a.common_rate <= best.rate and not self.passed(a.common_rate):
+            self.run(a.common_rate)
+        lo = best.rate if best else 0.0
+        for _ in range(a.refine):
+            if first_fail is None:
+                break
+            grain = 50 if first_fail > 500 else 10
+            mid = round((lo + first_fail) / 2 / grain) * grain
+            if mid <= lo or mid >= first_fail or (first_fail - lo) <= max(grain, 0.05 * lo):
+                break
+            if self.run(mid).passed:
+                lo = mid
+            else:
+                first_fail = mid
+
+
+def version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=20, text=True)
+        text = (out.stdout or out.stderr).strip().splitlines()
+        return next((ln.strip() for ln in text if ln.strip()), "?")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def fmt(x: float | None, unit: str = "") -> str:
+    return "n/a" if x is None else f"{x:,.0f}{unit}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = (REPO / args.out) if not os.path.isabs(args.out) else Path(args.out)
+    rundir = out / f"bench-{stamp}"
+    rundir.mkdir(parents=True, exist_ok=True)
+    off = args.port_offset
+    uacs = [Addr.parse(x).offset(off) for x in args.uac.split(",")][: args.uacs]
+    if len(uacs) < args.uacs:
+        print(f"--uacs {args.uacs} needs as many --uac addresses", file=sys.stderr)
+        return 2
+    uas = Addr.parse(args.uas).offset(off)
+    names = [s.strip() for s in args.sut.split(",") if s.strip()]
+    suts: list[SUT] = []
+    for name in names:
+        if name == "stirgate":
+            suts.append(Stirgate(Addr.parse(args.stirgate_listen).offset(off), uas, uacs, rundir,
+                                 workers=args.workers, log_level=args.log_level))
+        elif name == "kamailio":
+            suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir))
+        elif name == "sippy":
+            suts.append(Sippy(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir))
+        else:
+            print(f"unknown SUT {name!r} (stirgate, kamailio, sippy)", file=sys.stderr)
+            return 2
+
+    print(f"bench: {', '.join(names)}; {args.uacs} UAC(s) {', '.join(map(str, uacs))} -> SUT -> UAS {uas}; "
+          f"{args.duration:g} s steps; stirgate workers {args.workers}; files in {rundir}", flush=True)
+    sweeps: dict[str, Sweep] = {}
+    skipped: dict[str, str] = {}
+    for sut in suts:
+        why = sut.available()
+        if why:
+            print(f"{sut.name}: skipped: {why}", flush=True)
+            skipped[sut.name] = why
+            continue
+        print(f"{sut.label}:", flush=True)
+        sw = Sweep(sut, args, rundir, uacs, uas)
+        sweeps[sut.name] = sw
+        try:
+            sw.sweep()
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            break
+
+    # CPU per call compared like for like: at the common rate, or (when one of the pair cannot pass it)
+    # at the highest rate both pass, measuring the faster one there if needed.
+    ratios: dict[str, Any] = {}
+    sg = sweeps.get("stirgate")
+    if sg is not None and sg.best() is not None and not args.rates:
+        for peer in ("kamailio", "sippy"):
+            pw = sweeps.get(peer)
+            if pw is None or pw.best() is None:
+                continue
+            rate = min(args.common_rate, sg.best().rate, pw.best().rate)  # type: ignore[union-attr]
+            for sw in (sg, pw):
+                if not sw.passed(rate):
+                    print(f"{sw.sut.label}: CPU at {rate:.0f} cps for the comparison with {peer}", flush=True)
+                    sw.run(rate, args.confirm)
+            a, b = sg.passed(rate), pw.passed(rate)
+            entry: dict[str, Any] = {"cpu_rate_cps": rate}
+            if a and b and a.cpu_us_per_call and b.cpu_us_per_call:
+                entry["cpu_ratio"] = round(a.cpu_us_per_call / b.cpu_us_per_call, 3)
+            ba, bb = sg.best(), pw.best()
+            if ba and bb:
+                entry["max_rate_ratio"] = round(ba.rate / bb.rate, 3)
+                if ba.cpu_us_per_call and bb.cpu_us_per_call:
+                    entry["cpu_ratio_at_max_rates"] = round(ba.cpu_us_per_call / bb.cpu_us_per_call, 3)
+            ratios[f"stirgate/{peer}"] = entry
+
+    summary: dict[str, Any] = {}
+    for name, sw in sweeps.items():
+        best = sw.best()
+        common = sw.passed(args.common_rate)
+        summary[name] = {
+            "label": sw.sut.label,
+            "max_passing_cps": best.rate if best else None,
+            "cpu_us_per_call_at_common_rate": common.cpu_us_per_call if common else None,
+            "cpu_us_per_call_at_max_rate": best.cpu_us_per_call if best else None,
+            "p99_ms_at_max_rate": best.p99_ms if best else None,
+            "steps": len(sw.steps),
+        }
+
+    print()
+    print(f"Results ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, {args.duration:g} s steps, "
+          f"{args.uacs} UAC(s), stirgate --workers {args.workers}):")
+    hdr = f"| system | highest passing rate | CPU/call at {args.common_rate:.0f} cps | CPU/call at highest rate |"
+    print(hdr)
+    print("|---|---|---|---|")
+    for name, s in summary.items():
+        print(f"| {s['label']} | {fmt(s['max_passing_cps'], ' cps')} | "
+              f"{fmt(s['cpu_us_per_call_at_common_rate'], ' µs')} | {fmt(s['cpu_us_per_call_at_max_rate'], ' µs')} |")
+    for name, why in skipped.items():
+        print(f"| {name} | skipped: {why} | | |")
+    for pair, e in ratios.items():
+        bits = []
+        if "cpu_ratio" in e:
+            bits.append(f"CPU/call {e['cpu_ratio']:.2f} (at {e['cpu_rate_cps']:.0f} cps)")
+        if "max_rate_ratio" in e:
+            bits.append(f"highest passing rate {e['max_rate_ratio']:.2f}")
+        if "cpu_ratio_at_max_rates" in e:
+            bits.append(f"CPU/call at each one's highest rate {e['cpu_ratio_at_max_rates']:.2f}")
+        print(f"{pair}: " + "; ".join(bits))
+
+    doc = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_end": os.getloadavg()},
+        "args": vars(args),
+        "criteria": {"failed_calls_pct_below": 0.1, "rate_reached_pct_min": 97, "invite_200_p99_ms_max": 200},
+        "versions": {
+            "sipp": version(["sipp", "-v"]),
+            "kamailio": version(["kamailio", "-v"]),
+            "stirgate_git": version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+            "python": platform.python_version(),
+        },
+        "addresses": {"uacs": [str(a) for a in uacs], "uas": str(uas),
+                      "suts": {s.name: str(s.listen) for s in suts}},
+        "skipped": skipped,
+        "summary": summary,
+        "ratios": ratios,
+        "steps": [as_dict(s) for sw in sweeps.values() for s in sw.steps],
+    }
+    path = out / f"bench-{stamp}.json"
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"\nJSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

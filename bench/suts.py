@@ -1,0 +1,278 @@
+"""The systems under test: how to configure, start, probe and stop each one."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .procs import Addr, stop_process, udp_bound
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+PEERS = Path(os.environ.get("STIRGATE_PEERS_DIR", REPO.parent / "shared" / "peers"))
+
+
+def sip_probe(src: Addr, dst: Addr, max_forwards: int = 70, timeout: float = 0.5) -> int | None:
+    """Send one OPTIONS from `src` to `dst`; the status code of the first response, or None."""
+    branch = f"z9hG4bK-bench-{random.getrandbits(48):x}"
+    msg = (
+        f"OPTIONS sip:{dst} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {src};branch={branch};rport\r\n"
+        f"From: <sip:bench@{src.host}>;tag=bench{random.getrandbits(32):x}\r\n"
+        f"To: <sip:{dst}>\r\n"
+        f"Call-ID: bench-probe-{random.getrandbits(64):x}@{src.host}\r\n"
+        f"CSeq: 1 OPTIONS\r\n"
+        f"Max-Forwards: {max_forwards}\r\n"
+        f"Content-Length: 0\r\n\r\n"
+    ).encode()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((src.host, src.port))
+        s.settimeout(timeout)
+        s.sendto(msg, (dst.host, dst.port))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data, _ = s.recvfrom(65535)
+            except (TimeoutError, ConnectionRefusedError):
+                return None
+            parts = data.split(b" ", 2)
+            if len(parts) >= 2 and parts[0] == b"SIP/2.0" and branch.encode() in data:
+                try:
+                    return int(parts[1])
+                except ValueError:
+                    continue
+        return None
+    finally:
+        s.close()
+
+
+class SUT:
+    """One system under test, restarted for every step so that steps do not inherit load."""
+
+    name = "?"
+    label = "?"
+
+    def __init__(self, listen: Addr, uas: Addr, uacs: list[Addr], workdir: Path) -> None:
+        self.listen = listen
+        self.uas = uas
+        self.uacs = uacs
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+        self._log = None
+
+    # --- overridden -----------------------------------------------------------------------------------
+    def available(self) -> str | None:
+        """None when the SUT can run here, else why not."""
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, object]:
+        return {"listen": str(self.listen), "command": " ".join(self.command())}
+
+    # --- common ---------------------------------------------------------------------------------------
+    def start(self, stepdir: Path, ready_timeout: float = 20.0) -> None:
+        self.log_path = stepdir / f"{self.name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} at start: see {self.log_path}")
+            if self.ready():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready within {ready_timeout:.0f} s: see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, term_wait=8.0)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def sockets_on_listen(self) -> int:
+        return udp_bound(self.listen.host, self.listen.port)
+
+
+class Stirgate(SUT):
+    name = "stirgate"
+
+    def __init__(self, *a: object, workers: int = 1, log_level: str = "warning", **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.workers = workers
+        self.log_level = log_level
+        self.label = f"stirgate ({workers} worker{'s' if workers > 1 else ''})"
+        self.config = self.workdir / "stirgate-bench.yaml"
+        self.exe = VENV_BIN / "stirgate"
+
+    def available(self) -> str | None:
+        if not self.exe.exists():
+            return f"{self.exe} not installed"
+        try:
+            r = subprocess.run([str(self.exe), "--help"], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"stirgate --help failed: {e}"
+        if r.returncode != 0:
+            return f"stirgate --help exited {r.returncode}: {r.stderr.decode(errors='replace')[-300:]}"
+        return None
+
+    def write_config(self) -> None:
+        sources = ", ".join(sorted({a.host for a in self.uacs}))
+        self.config.write_text(
+            f"""# Generated by `python -m bench`: stirgate between the SIPp UAC(s) and the SIPp UAS.
+listen:
+  - udp:{self.listen}
+
+unknown_source: reject
+
+sip:
+  t1: 0.5
+  t2: 4.0
+  t4: 5.0
+  failover_timeout: 2.0
+  no_answer_timeout: 120
+
+trunks:
+  - name: customer
+    role: customer
+    sources: [{sources}]
+    destination: {self.uacs[0]}
+    transport: udp
+  - name: carrier
+    role: carrier
+    sources: [{self.uas.host}]
+    destination: {self.uas}
+    transport: udp
+
+routes:
+  - from: [customer]
+    prefix: ""
+    trunks: [carrier]
+  - from: [carrier]
+    prefix: ""
+    trunks: [customer]
+
+logging:
+  level: {self.log_level}
+"""
+        )
+
+    def command(self) -> list[str]:
+        return [str(self.exe), "run", "-c", str(self.config), "--workers", str(self.workers)]
+
+    def start(self, stepdir: Path, ready_timeout: float = 20.0) -> None:
+        self.write_config()
+        super().start(stepdir, ready_timeout)
+
+    def ready(self) -> bool:
+        # Probe from each UAC's own address: SO_REUSEPORT hashes the address pair, so this reaches the
+        # very worker that will serve that UAC.
+        return all(sip_probe(src, self.listen) == 200 for src in self.uacs)
+
+
+class Kamailio(SUT):
+    name = "kamailio"
+    label = "Kamailio 5.6 (plain relay)"
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.config = self.workdir / "kamailio-bench.cfg"
+        self.exe = shutil.which("kamailio") or "/usr/sbin/kamailio"
+
+    def available(self) -> str | None:
+        if not os.access(self.exe, os.X_OK):
+            return "kamailio not installed (make sysdeps-bench)"
+        if not (PEERS / "kamailio.cfg.in").exists():
+            return f"{PEERS / 'kamailio.cfg.in'} missing"
+        return None
+
+    def write_config(self) -> None:
+        text = (PEERS / "kamailio.cfg.in").read_text()
+        cache = self.workdir / "kamailio-cache"
+        cache.mkdir(exist_ok=True)
+        for key, val in {
+            "@NEXTHOP@": f"sip:{self.uas}",
+            "@X5U@": "https://127.0.0.1:8443/sp.pem",
+            "@KEY@": str(self.workdir / "unused.key"),
+            "@CERT@": str(self.workdir / "unused.pem"),
+            "@CACHE@": str(cache),
+            "@CTL@": str(self.workdir / "kamailio-ctl.sock"),
+        }.items():
+            text = text.replace(key, val)
+        # The template listens on 127.0.0.1:5070; follow --port-offset / --peer-listen.
+        text = text.replace("udp:127.0.0.1:5070", f"udp:{self.listen}")
+        text = text.replace('alias="127.0.0.1:5070"', f'alias="{self.listen}"')
+        self.config.write_text(text)
+
+    def command(self) -> list[str]:
+        return [self.exe, "-DD", "-E", "-m", "4096", "-M", "32", "-f", str(self.config)]
+
+    def start(self, stepdir: Path, ready_timeout: float = 20.0) -> None:
+        self.write_config()
+        super().start(stepdir, ready_timeout)
+
+    def ready(self) -> bool:
+        # Max-Forwards 0 gets "483 Too Many Hops" from the request route: any answer means it routes.
+        return sip_probe(Addr(self.uacs[0].host, 0), self.listen, max_forwards=0) is not None
+
+
+class Sippy(SUT):
+    name = "sippy"
+    label = "Sippy B2BUA 2.5 (b2bua_simple)"
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.exe = VENV_BIN / "b2bua_simple"
+        self._bound_since: float | None = None
+
+    def available(self) -> str | None:
+        if not self.exe.exists():
+            return f"{self.exe} missing: {VENV_BIN / 'pip'} install sippy"
+        return None
+
+    def command(self) -> list[str]:
+        return [
+            str(self.exe), "-f", "-l", self.listen.host, "-p", str(self.listen.port),
+            "-n", str(self.uas), "-L", str(self.workdir / "sippy.log"),
+        ]
+
+    def start(self, stepdir: Path, ready_timeout: float = 20.0) -> None:
+        self._bound_since = None
+        super().start(stepdir, ready_timeout)
+
+    def ready(self) -> bool:
+        # b2bua_simple may not answer OPTIONS at all: ready once its socket is bound and it either
+        # answers a probe or has been bound for a second.
+        if self.sockets_on_listen() == 0:
+            return False
+        if sip_probe(Addr(self.uacs[0].host, 0), self.listen, max_forwards=0, timeout=0.3) is not None:
+            return True
+        now = time.monotonic()
+        if self._bound_since is None:
+            self._bound_since = now
+        return now - self._bound_since > 1.0
