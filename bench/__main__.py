@@ -52,9 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--peer-listen", default="127.0.0.1:5070", help="Kamailio / Sippy listen address")
     p.add_argument("--uac", default="127.0.0.10:5060,127.0.0.11:5060", help="UAC addresses (first --uacs used)")
     p.add_argument("--uas", default="127.0.0.20:5060", help="UAS address (the carrier trunk)")
-    p.add_argument("--log-level", default="warning",
-                   help="stirgate logging level for the run (default warning: Kamailio's relay logs nothing "
-                        "per call either)")
+    p.add_argument("--log-level", default="info",
+                   help="stirgate logging level (default info, as shipped in examples/loopback.yaml)")
     p.add_argument("--busy-wait", type=float, default=60.0,
                    help="seconds to wait for a busy address before a step gives up")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and per-step files")
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name == "stirgate":
             suts.append(Stirgate(Addr.parse(args.stirgate_listen).offset(off), uas, uacs, rundir,
-                                 workers=args.workers, log_level=args.log_level))
+                                 workers=args.workers, log_level=args.log_level, worker_port_base=5100 + off))
         elif name == "kamailio":
             suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir))
         elif name == "sippy":
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     hdr = f"| system | highest passing rate | CPU/call at {args.common_rate:.0f} cps | CPU/call at highest rate |"
     print(hdr)
     print("|---|---|---|---|")
-    for name, s in summary.items():
+    for s in summary.values():
         print(f"| {s['label']} | {fmt(s['max_passing_cps'], ' cps')} | "
               f"{fmt(s['cpu_us_per_call_at_common_rate'], ' µs')} | {fmt(s['cpu_us_per_call_at_max_rate'], ' µs')} |")
     for name, why in skipped.items():

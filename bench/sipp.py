@@ -56,7 +56,7 @@ def _repartition(row: dict[str, str]) -> list[tuple[float, float, int]]:
     """SIPp's ResponseTimeRepartition1 (INVITE->200, every answered call) as (from, to, count) buckets."""
     out: list[tuple[float, float, int]] = []
     lo = 0.0
-    for k, v in row.items():
+    for k in row:
         m = re.fullmatch(r"ResponseTimeRepartition1_(<|>=)(\d+)", k)
         if not m:
             continue

@@ -48,6 +48,7 @@ class StepResult:
     uas: dict[str, Any] = field(default_factory=dict)
     sut_log_warnings: int = 0
     sut_log_sample: list[str] = field(default_factory=list)
+    sut_stats: list[dict[str, Any]] = field(default_factory=list)  # stirgate's own counters, per worker
     listen_sockets: int = 0
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -106,7 +107,7 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
     per_uac_calls = max(1, round(rate * duration / n))
     res = StepResult(sut=sut.name, rate=rate, duration=duration, target_calls=per_uac_calls * n)
 
-    busy = wait_free([sut.listen, uas_addr, *uac_addrs], busy_wait)
+    busy = wait_free([sut.listen, *sut.extra_addrs(), uas_addr, *uac_addrs], busy_wait)
     if busy:
         res.error = f"address busy (someone else is using it): {', '.join(map(str, busy))}"
         return res
@@ -135,7 +136,7 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
             raise RuntimeError(f"{sut.name} exited during the step (code {sut.proc.returncode})")
         if sut.sockets_on_listen() > res.listen_sockets:
             raise RuntimeError(f"another process bound {sut.listen} during the step: figures unusable")
-    except Exception as e:  # noqa: BLE001 - a step that cannot run is reported, the sweep goes on
+    except Exception as e:  # a step that cannot run is reported, the sweep goes on
         res.error = str(e)
         return res
     finally:
@@ -187,6 +188,7 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
     res.uac_counts = merged
     res.uas = uas.results()
     res.sut_log_warnings, res.sut_log_sample = _log_warnings(sut.log_path)
+    res.sut_stats = sut.engine_stats()
 
     if res.created == 0:
         res.reasons.append("no call created (see the uac*/screen.txt files)")

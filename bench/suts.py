@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -115,6 +116,13 @@ class SUT:
         assert self.proc is not None
         return self.proc.pid
 
+    def extra_addrs(self) -> list[Addr]:
+        """Other UDP addresses the SUT binds (must be free before a step)."""
+        return []
+
+    def engine_stats(self) -> list[dict[str, object]]:
+        return []
+
     def sockets_on_listen(self) -> int:
         return udp_bound(self.listen.host, self.listen.port)
 
@@ -122,9 +130,11 @@ class SUT:
 class Stirgate(SUT):
     name = "stirgate"
 
-    def __init__(self, *a: object, workers: int = 1, log_level: str = "warning", **kw: object) -> None:
+    def __init__(self, *a: object, workers: int = 1, log_level: str = "info", worker_port_base: int = 5100,
+                 **kw: object) -> None:
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.workers = workers
+        self.worker_port_base = worker_port_base
         self.log_level = log_level
         self.label = f"stirgate ({workers} worker{'s' if workers > 1 else ''})"
         self.config = self.workdir / "stirgate-bench.yaml"
@@ -151,11 +161,8 @@ listen:
 unknown_source: reject
 
 sip:
-  t1: 0.5
-  t2: 4.0
-  t4: 5.0
-  failover_timeout: 2.0
-  no_answer_timeout: 120
+  worker_port_base: {self.worker_port_base}   # with --workers N, worker i owns UDP port base+i for its B-legs
+  drain_grace: 2.0          # SIGTERM between steps: do not wait 30 s for calls an overload left behind
 
 trunks:
   - name: customer
@@ -184,6 +191,28 @@ logging:
 
     def command(self) -> list[str]:
         return [str(self.exe), "run", "-c", str(self.config), "--workers", str(self.workers)]
+
+    def extra_addrs(self) -> list[Addr]:
+        if self.workers <= 1:
+            return []
+        return [Addr(self.listen.host, self.worker_port_base + i) for i in range(self.workers)]
+
+    def engine_stats(self) -> list[dict[str, object]]:
+        """The per-worker counters stirgate logs when it stops (event "stopped", level info)."""
+        out: list[dict[str, object]] = []
+        if self.log_path is None or not self.log_path.exists():
+            return out
+        with open(self.log_path, errors="replace") as f:
+            for line in f:
+                if '"stopped"' not in line:
+                    continue
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if ev.get("event") == "stopped":
+                    out.append({k: v for k, v in ev.items() if k not in ("event", "level", "timestamp", "logger")})
+        return out
 
     def start(self, stepdir: Path, ready_timeout: float = 20.0) -> None:
         self.write_config()
