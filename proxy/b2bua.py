@@ -362,8 +362,8 @@ class Call:
         if status == 100:
             return
         if status < 200:
-            if resp.to.tag is not None:
-                b.remote_tag = resp.to.tag
+            if resp.to_tag is not None:
+                b.remote_tag = resp.to_tag
                 b.learn_remote(resp, route_reversed=True)
             if self.state == CANCELLING or self.cancel_pending:
                 self._send_cancel(now)
@@ -375,7 +375,7 @@ class Call:
             return
         if status < 300:
             self.deadlines.pop("noanswer", None)
-            b.remote_tag = resp.to.tag
+            b.remote_tag = resp.to_tag
             b.learn_remote(resp, route_reversed=True)
             if self.state in (ANSWERED, CONFIRMED):
                 if b.ack_bytes:
@@ -509,7 +509,7 @@ class Call:
         if x is None or y is None or y.remote_tag is None or self.state in (ENDED, CANCELLING):
             engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
             return
-        if req.to.tag != x.local_tag:
+        if req.to_tag != x.local_tag:
             engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
             return
         if req.method == "BYE":
@@ -554,13 +554,13 @@ class Call:
     def _relay_response(self, req: Request, resp: Response, x: Leg) -> Response:
         """`resp` (from the other leg) rewritten as the answer to `req` on leg `x`."""
         headers = [h for h in req.headers if h.key == "via"]
-        if req.method == "INVITE" and req.to.tag is None:
+        if req.method == "INVITE" and req.to_tag is None:
             headers.extend(h for h in req.headers if h.key == "record-route")
         for h in req.headers:
             if h.key == "from" or h.key == "call-id" or h.key == "cseq":
                 headers.append(h)
             elif h.key == "to":
-                headers.append(h if req.to.tag is not None else Header.make("to", req.to.format(tag=x.local_tag)))
+                headers.append(h if req.to_tag is not None else Header.make("to", req.to.format(tag=x.local_tag)))
         if resp.has("contact"):
             headers.append(Header.make("contact", x.contact))
         headers.extend(passthrough(resp.headers))

@@ -173,7 +173,7 @@ class Engine:
         if txns.match_server(req, now):
             return  # a retransmission, answered by its transaction
         method = req.method
-        to_tag = req.to.tag
+        to_tag = req.to_tag
         if method == "ACK":
             entry = self.calls.get(req.call_id)
             if entry is not None and to_tag is not None:
@@ -233,8 +233,8 @@ class Engine:
 
     def _on_cancel(self, req: Request, source: Target, now: float) -> None:
         txns = self.txns
-        via = req.via
-        invite_txn = txns.find_server(via.branch or "", via.sent_by, "INVITE")
+        branch, sent_by = req.via_key
+        invite_txn = txns.find_server(branch, sent_by, "INVITE")
         txn = txns.create_server(req, source, None)
         if invite_txn is None:
             txns.respond(txn, self.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
@@ -267,7 +267,7 @@ class Engine:
             if key == "via" or key == "from" or key == "call-id" or key == "cseq":
                 headers.append(h)
             elif key == "to":
-                if to_tag is not None and status > 100 and req.to.tag is None:
+                if to_tag is not None and status > 100 and req.to_tag is None:
                     headers.append(Header.make("to", req.to.format(tag=to_tag)))
                 else:
                     headers.append(h)

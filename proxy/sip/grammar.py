@@ -6,7 +6,8 @@ Each keeps enough of the original text to write the value back unchanged apart f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 __all__ = [
     "NameAddr",
@@ -91,15 +92,14 @@ def _split_semis(text: str) -> list[str]:
     return out
 
 
-def _param(params: list[tuple[str, str | None]], name: str) -> str | None:
+def _param(params: tuple[tuple[str, str | None], ...], name: str) -> str | None:
     for k, v in params:
         if k == name:
             return v if v is not None else ""
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Via:
+class Via(NamedTuple):
     transport: str
     host: str
     port: int | None
@@ -107,10 +107,10 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return _param(list(self.params), "branch")
+        return _param(self.params, "branch")
 
     def param(self, name: str) -> str | None:
-        return _param(list(self.params), name)
+        return _param(self.params, name)
 
     @property
     def sent_by(self) -> str:
@@ -120,8 +120,8 @@ class Via:
 def parse_via(value: str) -> Via:
     """One Via value: `SIP/2.0/UDP host[:port];params`."""
     value = value.strip()
-    slash2 = _nth_index(value, "/", 2)
-    if slash2 < 0:
+    slash2 = value.find("/", value.find("/") + 1)
+    if slash2 <= 0:
         raise GrammarError("Via without protocol")
     proto = value[:slash2].replace(" ", "").replace("\t", "").upper()
     if not proto.startswith("SIP/"):
@@ -141,15 +141,6 @@ def parse_via(value: str) -> Via:
     if not host:
         raise GrammarError("Via without sent-by host")
     return Via(transport, host, port, tuple(params))
-
-
-def _nth_index(s: str, ch: str, n: int) -> int:
-    idx = -1
-    for _ in range(n):
-        idx = s.find(ch, idx + 1)
-        if idx < 0:
-            return -1
-    return idx
 
 
 def _split_host_port(hostport: str) -> tuple[str, int | None]:
@@ -179,8 +170,7 @@ def _port(text: str) -> int:
     return port
 
 
-@dataclass(frozen=True, slots=True)
-class Uri:
+class Uri(NamedTuple):
     scheme: str
     user: str | None
     host: str
@@ -189,10 +179,12 @@ class Uri:
     raw: str
 
     def param(self, name: str) -> str | None:
-        return _param(list(self.params), name)
+        return _param(self.params, name)
 
 
-_KNOWN_SCHEMES = frozenset({"sip", "sips", "tel"})
+_COMMON_SCHEMES = frozenset({"sip", "sips", "tel"})
+_SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*")
+_BAD_URI_CHARS = re.compile(r'[ \t<>"]')
 
 
 def parse_uri(text: str) -> Uri:
@@ -202,7 +194,7 @@ def parse_uri(text: str) -> Uri:
     if colon <= 0:
         raise GrammarError("URI without scheme")
     scheme = text[:colon].lower()
-    if not scheme[0].isalpha() or any(not (c.isalnum() or c in "+-.") for c in scheme):
+    if scheme not in _COMMON_SCHEMES and not _SCHEME_RE.fullmatch(scheme):
         raise GrammarError("bad URI scheme")
     rest = text[colon + 1 :]
     if scheme not in ("sip", "sips"):
@@ -214,7 +206,7 @@ def parse_uri(text: str) -> Uri:
                 raise GrammarError("empty tel URI")
             return Uri(scheme, number, "", None, tuple(params), text)
         return Uri(scheme, None, rest, None, (), text)
-    if any(c in rest for c in " \t<>\""):
+    if _BAD_URI_CHARS.search(rest):
         raise GrammarError("illegal character in SIP URI")
     q = rest.find("?")
     if q >= 0:
@@ -235,8 +227,7 @@ def parse_uri(text: str) -> Uri:
     return Uri(scheme, user, host.lower(), port, tuple(params), text)
 
 
-@dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(NamedTuple):
     """From/To/Contact/Route value. `prefix` is the text up to the end of the URI (display name and angle
     brackets as written); `params` are the header parameters after it."""
 
@@ -247,10 +238,10 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return _param(list(self.params), "tag")
+        return _param(self.params, "tag")
 
     def param(self, name: str) -> str | None:
-        return _param(list(self.params), name)
+        return _param(self.params, name)
 
     def format(self, tag: str | None = None, drop_tag: bool = False) -> str:
         """The value written back: same prefix, same params, with the tag replaced, added or dropped."""
@@ -298,6 +289,8 @@ def parse_name_addr(value: str) -> NameAddr:
 
 
 def _find_unquoted(value: str, ch: str) -> int:
+    if '"' not in value:
+        return value.find(ch)
     quoted = False
     i = 0
     while i < len(value):

@@ -7,6 +7,7 @@ asked for (parsing every header into objects made a call several times dearer in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 from proxy.sip.grammar import (
@@ -54,6 +55,11 @@ COMPACT_FORMS: dict[str, str] = {
     "y": "identity",
 }
 
+#: Names the code asks for by canonical key: looked up without normalising again.
+_CANONICAL = frozenset(
+    {"via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length", "record-route", "route"}
+)
+
 #: Spelling used when stirgate writes a header itself.
 _PRETTY: dict[str, str] = {
     "call-id": "Call-ID",
@@ -64,7 +70,24 @@ _PRETTY: dict[str, str] = {
 }
 
 _SIP_VERSION = "SIP/2.0"
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+#: Header names as written -> canonical key. Names repeat from message to message, so this turns the per-line
+#: validation and lower-casing into one dict lookup. Bounded: a hostile peer cannot grow it without limit.
+_KEY_CACHE: dict[str, str] = {}
+_KEY_CACHE_MAX = 4096
+
+
+def _key_for(name: str) -> str:
+    key = _KEY_CACHE.get(name)
+    if key is None:
+        stripped = name.rstrip(" \t")
+        if not stripped or not _TOKEN_RE.fullmatch(stripped):
+            raise ParseError("bad header name")
+        key = stripped.lower()
+        key = COMPACT_FORMS.get(key, key)
+        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+            _KEY_CACHE[name] = key
+    return key
 
 
 def canonical_name(name: str) -> str:
@@ -75,9 +98,11 @@ def canonical_name(name: str) -> str:
 
 def pretty_name(key: str) -> str:
     pretty = _PRETTY.get(key)
-    if pretty is not None:
-        return pretty
-    return "-".join(part.capitalize() for part in key.split("-"))
+    if pretty is None:
+        pretty = "-".join(part.capitalize() for part in key.split("-"))
+        if len(_PRETTY) < _KEY_CACHE_MAX:
+            _PRETTY[key] = pretty
+    return pretty
 
 
 class Header:
@@ -101,7 +126,7 @@ class Header:
 class Message:
     """Common part of requests and responses: the header list and the body."""
 
-    __slots__ = ("_cseq", "_from", "_to", "_via", "body", "headers")
+    __slots__ = ("_cseq", "_from", "_to", "_to_tag", "_via", "_via_key", "body", "headers")
 
     def __init__(self, headers: list[Header], body: bytes) -> None:
         self.headers = headers
@@ -110,11 +135,13 @@ class Message:
         self._from: NameAddr | None = None
         self._to: NameAddr | None = None
         self._cseq: tuple[int, str] | None = None
+        self._via_key: tuple[str, str] | None = None
+        self._to_tag: str | None | bool = False  # False: not looked at yet
 
     # --- generic access ---------------------------------------------------------------------------------------
     def header(self, name: str) -> str | None:
         """Value of the first header with this name (any spelling or compact form), or None."""
-        key = canonical_name(name)
+        key = name if name in _CANONICAL else canonical_name(name)
         for h in self.headers:
             if h.key == key:
                 return h.value
@@ -175,10 +202,12 @@ class Message:
     def _forget(self, key: str) -> None:
         if key == "via":
             self._via = None
+            self._via_key = None
         elif key == "from":
             self._from = None
         elif key == "to":
             self._to = None
+            self._to_tag = False
         elif key == "cseq":
             self._cseq = None
 
@@ -201,6 +230,44 @@ class Message:
             else:
                 raise ParseError("missing Via")
         return self._via
+
+    @property
+    def via_key(self) -> tuple[str, str]:
+        """(branch, sent-by) of the top Via: what transaction matching needs, without a full Via parse."""
+        key = self._via_key
+        if key is None:
+            for h in self.headers:
+                if h.key == "via":
+                    key = _fast_via_key(h.value)
+                    break
+            else:
+                raise ParseError("missing Via")
+            if key is None:
+                via = self.via
+                key = (via.branch or "", via.sent_by)
+            self._via_key = key
+        return key
+
+    @property
+    def to_tag(self) -> str | None:
+        tag = self._to_tag
+        if tag is False:
+            v = self.header("to")
+            if v is None:
+                raise ParseError("missing To")
+            tag = _fast_tag(v)
+            if tag is False:
+                tag = self.to.tag
+            self._to_tag = tag
+        return tag  # type: ignore[return-value]
+
+    @property
+    def from_tag(self) -> str | None:
+        v = self.header("from")
+        if v is None:
+            raise ParseError("missing From")
+        tag = _fast_tag(v)
+        return self.from_.tag if tag is False else tag  # type: ignore[return-value]
 
     @property
     def from_(self) -> NameAddr:
@@ -280,6 +347,41 @@ class Message:
             yield h.raw
 
 
+def _fast_via_key(value: str) -> tuple[str, str] | None:
+    """Branch and sent-by of a plain `SIP/2.0/UDP host:port;...;branch=x` value; None means: parse it fully."""
+    if "," in value or '"' in value:
+        return None
+    b = value.find(";branch=")
+    if b < 0:
+        return None
+    end = value.find(";", b + 8)
+    branch = value[b + 8 :] if end < 0 else value[b + 8 : end]
+    sp = value.find(" ")
+    semi = value.find(";")
+    if sp < 0 or semi < sp or not value.startswith("SIP/2.0/"):
+        return None
+    sent_by = value[sp + 1 : semi]
+    if " " in sent_by or "\t" in sent_by or not sent_by or " " in branch:
+        return None
+    return branch, sent_by
+
+
+def _fast_tag(value: str) -> str | None | bool:
+    """The tag parameter of a plain name-addr; False means: parse it fully."""
+    if '"' in value:
+        return False
+    gt = value.rfind(">")
+    tail = value[gt + 1 :] if gt >= 0 else value
+    i = tail.find(";tag=")
+    if i < 0:
+        return None if "tag" not in tail.lower() else False
+    end = tail.find(";", i + 5)
+    tag = tail[i + 5 :] if end < 0 else tail[i + 5 : end]
+    if not tag or " " in tag:
+        return False
+    return tag
+
+
 class Request(Message):
     __slots__ = ("method", "uri")
 
@@ -346,12 +448,7 @@ def _parse_headers(lines: Iterable[str]) -> list[Header]:
         colon = line.find(":")
         if colon <= 0:
             raise ParseError("header line without a name")
-        name = line[:colon].rstrip(" \t")
-        if not name or any(c not in _TOKEN_CHARS for c in name):
-            raise ParseError("bad header name")
-        key = name.lower()
-        key = COMPACT_FORMS.get(key, key)
-        headers.append(Header(key, line, line[colon + 1 :].strip(" \t")))
+        headers.append(Header(_key_for(line[:colon]), line, line[colon + 1 :].strip(" \t")))
     return headers
 
 
@@ -379,7 +476,7 @@ def parse(data: bytes) -> Request | Response:
         if len(parts) != 3:
             raise ParseError("bad request line")
         method, uri, version = parts
-        if not method or any(c not in _TOKEN_CHARS for c in method):
+        if not _TOKEN_RE.fullmatch(method):
             raise ParseError("bad method")
         if not uri:
             raise ParseError("empty Request-URI")

@@ -125,8 +125,8 @@ class Transaction:
         "interval",
         "is_client",
         "key",
-        "layer",
         "last_response",
+        "layer",
         "method",
         "peer",
         "request",
@@ -318,9 +318,9 @@ class TransactionLayer:
     # --- server side ------------------------------------------------------------------------------------------
     @staticmethod
     def server_key(req: Request) -> tuple[str, str, str]:
-        via = req.via
+        branch, sent_by = req.via_key
         method = "INVITE" if req.method == "ACK" else req.method
-        return (via.branch or "", via.sent_by, method)
+        return (branch, sent_by, method)
 
     def match_server(self, req: Request, now: float) -> bool:
         """Feed a request to its server transaction if it has one. True when it was absorbed there."""
@@ -358,8 +358,7 @@ class TransactionLayer:
     # --- client side ------------------------------------------------------------------------------------------
     def send_request(self, req: Request, target: Target, tu: TransactionUser, now: float) -> Transaction:
         """Start a client transaction for `req` (its top Via already carries a fresh branch)."""
-        via = req.via
-        key = (via.branch or "", req.method, "")
+        key = (req.via_key[0], req.method, "")
         if req.method == "INVITE":
             txn = Transaction(self, key, CLIENT_INVITE, CALLING, req, target, tu, True)
             retransmit, timeout = "A", "B"
@@ -377,7 +376,7 @@ class TransactionLayer:
     def match_client(self, resp: Response, now: float) -> bool:
         """Feed a response to its client transaction. False when none matches (a stray or late 2xx)."""
         try:
-            branch = resp.via.branch or ""
+            branch = resp.via_key[0]
             method = resp.cseq[1]
         except ValueError:
             return False

@@ -13,14 +13,16 @@ __all__ = ["MAGIC_COOKIE", "MAX_RURI_LENGTH", "check_request"]
 MAGIC_COOKIE = "z9hG4bK"
 MAX_RURI_LENGTH = 512
 _ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
+_COUNTED = ("to", "from", "call-id", "cseq", "max-forwards", "via", "proxy-require")
 _SINGLE = (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq"), ("max-forwards", "Max-Forwards"))
 
 
 def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, str] | None:
     """None when the request is acceptable, else the (code, reason phrase) to answer with."""
-    counts: dict[str, int] = {}
+    counts = dict.fromkeys(_COUNTED, 0)
     for h in req.headers:
-        counts[h.key] = counts.get(h.key, 0) + 1
+        if h.key in counts:
+            counts[h.key] += 1
     for key, name in _SINGLE:
         n = counts.get(key, 0)
         if n == 0 and key != "max-forwards":
@@ -30,10 +32,12 @@ def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, s
     if not counts.get("via"):
         return 400, "Missing Via"
     try:
-        via = req.via
+        branch, _ = req.via_key
+        to_tag = req.to_tag
+        if to_tag is None:
+            req.via  # noqa: B018 - an out-of-dialog request gets the full Via parse
     except ParseError:
         return 400, "Bad Via"
-    branch = via.branch
     if not branch or not branch.startswith(MAGIC_COOKIE):
         return 400, "Via branch without z9hG4bK"
     try:
@@ -52,13 +56,15 @@ def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, s
     if uri.scheme not in _ROUTABLE_SCHEMES:
         return 416, "Unsupported URI Scheme"
     for key, name in (("from", "From"), ("to", "To")):
+        if to_tag is not None:
+            break  # in-dialog: the dialog's INVITE was checked in full
         try:
             na = parse_name_addr(req.header(key) or "")
             parse_uri(na.uri)
         except ParseError:
             return 400, f"Bad {name}"
     contact = req.header("contact")
-    if contact is not None:
+    if contact is not None and to_tag is None:
         try:
             req.contact  # noqa: B018 - parses and validates
         except ParseError:
