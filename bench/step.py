@@ -50,6 +50,8 @@ class StepResult:
     sut_log_sample: list[str] = field(default_factory=list)
     sut_stats: list[dict[str, Any]] = field(default_factory=list)  # stirgate's own counters, per worker
     listen_sockets: int = 0
+    uac_addrs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
     error: str | None = None
@@ -123,6 +125,10 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
         busy0, total0 = system_busy()
         t0 = time.monotonic()
         time_limit = duration * 1.3 + tail
+        if sut.step_uacs:
+            uac_addrs = sut.step_uacs
+        res.uac_addrs = [str(a) for a in uac_addrs]
+        res.notes.extend(sut.notes)
         for i, a in enumerate(uac_addrs):
             u = UAC(i, a, sut.listen, rate / n, per_uac_calls, stepdir, time_limit)
             u.start()

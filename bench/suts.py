@@ -20,6 +20,13 @@ PEERS = Path(os.environ.get("STIRGATE_PEERS_DIR", REPO.parent / "shared" / "peer
 
 def sip_probe(src: Addr, dst: Addr, max_forwards: int = 70, timeout: float = 0.5) -> int | None:
     """Send one OPTIONS from `src` to `dst`; the status code of the first response, or None."""
+    got = sip_probe_full(src, dst, max_forwards, timeout)
+    return None if got is None else got[0]
+
+
+def sip_probe_full(src: Addr, dst: Addr, max_forwards: int = 70,
+                   timeout: float = 0.5) -> tuple[int, bytes] | None:
+    """Send one OPTIONS from `src` to `dst`; (status, raw response) of the first response, or None."""
     branch = f"z9hG4bK-bench-{random.getrandbits(48):x}"
     msg = (
         f"OPTIONS sip:{dst} SIP/2.0\r\n"
@@ -45,12 +52,23 @@ def sip_probe(src: Addr, dst: Addr, max_forwards: int = 70, timeout: float = 0.5
             parts = data.split(b" ", 2)
             if len(parts) >= 2 and parts[0] == b"SIP/2.0" and branch.encode() in data:
                 try:
-                    return int(parts[1])
+                    return int(parts[1]), data
                 except ValueError:
                     continue
         return None
+    except OSError:
+        return None  # source address busy
     finally:
         s.close()
+
+
+def to_tag(response: bytes) -> str:
+    for line in response.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() in (b"to", b"t"):
+            _, _, tag = value.partition(b";tag=")
+            return tag.split(b";")[0].strip().decode(errors="replace")
+    return ""
 
 
 class SUT:
@@ -65,6 +83,8 @@ class SUT:
         self.uacs = uacs
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
+        self.step_uacs: list[Addr] | None = None  # UAC addresses chosen at start (None: as configured)
+        self.notes: list[str] = []
         self.log_path: Path | None = None
         self._log = None
 
@@ -84,6 +104,8 @@ class SUT:
 
     # --- common ---------------------------------------------------------------------------------------
     def start(self, stepdir: Path, ready_timeout: float = 20.0) -> None:
+        self.step_uacs = None
+        self.notes = []
         self.log_path = stepdir / f"{self.name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -221,7 +243,43 @@ logging:
     def ready(self) -> bool:
         # Probe from each UAC's own address: SO_REUSEPORT hashes the address pair, so this reaches the
         # very worker that will serve that UAC.
-        return all(sip_probe(src, self.listen) == 200 for src in self.uacs)
+        if not all(sip_probe(src, self.listen) == 200 for src in self.uacs):
+            return False
+        if self.workers > 1:
+            self.balance()
+        return True
+
+    def balance(self) -> None:
+        """With N workers, give the N UACs source ports that land on N different workers.
+
+        SO_REUSEPORT picks the socket by a hash of the address pair: two source addresses land on the
+        same worker half of the time. A worker is recognised by the per-process prefix of the tags it
+        makes (stirgate's engine: 10 hex digits, then a counter); a probe answered by the same prefix
+        came from the same worker. If this cannot be told, the configured ports are kept and a note says so.
+        """
+        chosen: list[Addr] = []
+        seen: set[str] = set()
+        for base in self.uacs:
+            pick = None
+            for k in range(0, 40):
+                cand = Addr(base.host, base.port + k)
+                got = sip_probe_full(cand, self.listen)
+                if got is None or got[0] != 200:
+                    continue
+                worker = to_tag(got[1])[:10]
+                if not worker:
+                    break
+                if worker not in seen or len(seen) >= self.workers:
+                    pick = cand
+                    seen.add(worker)
+                    break
+            if pick is None:
+                self.notes.append(f"could not place UAC {base} on its own worker: configured port kept")
+                pick = base
+            chosen.append(pick)
+        self.step_uacs = chosen
+        if len(seen) < min(self.workers, len(self.uacs)):
+            self.notes.append(f"UACs reach {len(seen)} worker(s) only")
 
 
 class Kamailio(SUT):

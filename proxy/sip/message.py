@@ -136,7 +136,7 @@ class Message:
         self._to: NameAddr | None = None
         self._cseq: tuple[int, str] | None = None
         self._via_key: tuple[str, str] | None = None
-        self._to_tag: str | None | bool = False  # False: not looked at yet
+        self._to_tag: str | bool | None = False  # False: not looked at yet
 
     # --- generic access ---------------------------------------------------------------------------------------
     def header(self, name: str) -> str | None:
@@ -366,7 +366,7 @@ def _fast_via_key(value: str) -> tuple[str, str] | None:
     return branch, sent_by
 
 
-def _fast_tag(value: str) -> str | None | bool:
+def _fast_tag(value: str) -> str | bool | None:
     """The tag parameter of a plain name-addr; False means: parse it fully."""
     if '"' in value:
         return False
