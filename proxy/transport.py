@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from typing import cast
 
 import structlog
 
@@ -44,13 +45,12 @@ class _TcpConnection(asyncio.Protocol):
         self.pending: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
         self.server.tcp_connections[self.peer] = self
         for data in self.pending:
-            transport.write(data)
+            self.transport.write(data)
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
