@@ -56,6 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="stirgate logging level (default info, as shipped in examples/loopback.yaml)")
     p.add_argument("--busy-wait", type=float, default=60.0,
                    help="seconds to wait for a busy address before a step gives up")
+    p.add_argument("--keep-traces", action="store_true", help="keep SIPp's per-call RTT files")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and per-step files")
     a = p.parse_args(argv)
     a.uacs = a.uacs or a.workers
@@ -83,7 +84,7 @@ class Sweep:
             d = self.rundir / self.sut.name / f"{self.n:02d}-{rate:.0f}cps"
             r = run_step(self.sut, rate, self.args.duration, d, uac_addrs=self.uacs, uas_addr=self.uas,
                          drain=self.args.drain, busy_wait=self.args.busy_wait,
-                         tail=3.0 if self.args.quick else 6.0)
+                         tail=3.0 if self.args.quick else 6.0, keep_traces=self.args.keep_traces)
             self.steps.append(r)
             print("  " + r.summary(), flush=True)
             if r.error and "busy" in r.error:
@@ -155,6 +156,33 @@ def version(cmd: list[str]) -> str:
         return next((ln.strip() for ln in text if ln.strip()), "?")
     except (OSError, subprocess.TimeoutExpired):
         return "?"
+
+
+def describe_failure(f: StepResult) -> str:
+    c, u = f.uac_counts, f.uas.get("counts", {})
+
+    def pick(d: dict[str, int], suffix: str, what: str) -> int:
+        return sum(v for k, v in d.items() if k.endswith(suffix) and what in k)
+
+    bits = [
+        f"{f.failed} failed of {f.created}",
+        f"p50/p99/max {f.p50_ms}/{f.p99_ms}/{f.max_ms} ms",
+        f"UAC: INVITE retrans {pick(c, '_Retrans', 'INVITE')}, BYE retrans {pick(c, '_Retrans', 'BYE')}, "
+        f"200 retrans received {pick(c, '_Retrans', '_200_')}, unexpected {pick(c, '_Unexp', '')}, "
+        f"timeouts {pick(c, '_Timeout', '')}",
+        f"UAS: INVITE retrans received {pick(u, '_Retrans', 'INVITE')}, "
+        f"200 retrans sent {pick(u, '_Retrans', '_200_')}, "
+        f"ACK missing {max(0, pick(u, '_Recv', 'INVITE') - pick(u, '_Recv', 'ACK'))}, "
+        f"BYE timeouts {pick(u, '_Timeout', 'BYE')}",
+        f"SUT CPU {f.sut_cpu_pct:.0f}% of a core, others {f.others_cpu_pct:.0f}% of the machine",
+    ]
+    if f.sut_stats:
+        keys = ("invites", "answered", "calls_ended", "stray_responses", "internal_errors", "not_accepting")
+        tot = {k: sum(int(w.get(k, 0)) for w in f.sut_stats) for k in keys}
+        bits.append("stirgate counters " + ", ".join(f"{k} {v}" for k, v in tot.items()))
+    if f.sut_log_warnings:
+        bits.append(f"{f.sut_log_warnings} warning/error log lines")
+    return "; ".join(bits)
 
 
 def fmt(x: float | None, unit: str = "") -> str:
@@ -264,6 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         if "cpu_ratio_at_max_rates" in e:
             bits.append(f"CPU/call at each one's highest rate {e['cpu_ratio_at_max_rates']:.2f}")
         print(f"{pair}: " + "; ".join(bits))
+
+    print()
+    print("Behaviour at the first failing rate (retransmissions show where messages were late or lost):")
+    for name, sw in sweeps.items():
+        best = sw.best()
+        fails = [x for x in sw.steps if not x.passed and not x.error and (best is None or x.rate > best.rate)]
+        if not fails:
+            continue
+        f = min(fails, key=lambda x: x.rate)
+        print(f"  {name} at {f.rate:.0f} cps: {describe_failure(f)}")
 
     doc = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

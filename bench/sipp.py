@@ -139,6 +139,7 @@ class UACResult:
     dead_call_msgs: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     rtts_ms: list[int] = field(default_factory=list)
+    by_second: dict[int, tuple[int, int]] = field(default_factory=dict)  # second -> (answers, max ms)
     rt_buckets: list[tuple[float, float, int]] = field(default_factory=list)  # (from ms, to ms, calls)
     answered_rate: float = 0.0  # INVITE->200 answers per second over the answering span
     elapsed_s: float = 0.0
@@ -148,7 +149,8 @@ class UACResult:
 
 class UAC:
     def __init__(self, idx: int, addr: Addr, target: Addr, rate: float, calls: int, stepdir: Path,
-                 time_limit: float) -> None:
+                 time_limit: float, keep_traces: bool = False) -> None:
+        self.keep_traces = keep_traces
         self.addr = addr
         self.target = target
         self.rate = rate
@@ -200,9 +202,14 @@ class UAC:
                 for line in fh:
                     parts = line.strip().split(";")
                     if len(parts) >= 3 and parts[2] == "1":
-                        times.append(float(parts[0]))
-                        r.rtts_ms.append(int(float(parts[1])))
-            f.unlink()  # large at high rates; the statistics above are kept
+                        t, rt = float(parts[0]), int(float(parts[1]))
+                        times.append(t)
+                        r.rtts_ms.append(rt)
+                        sec = int(t // 1000)
+                        n, mx = r.by_second.get(sec, (0, 0))
+                        r.by_second[sec] = (n + 1, max(mx, rt))
+            if not self.keep_traces:
+                f.unlink()  # large at high rates; the statistics above are kept
         if len(times) >= 2:
             span = (max(times) - min(times)) / 1000.0
             r.answered_rate = (len(times) - 1) / span if span > 0 else 0.0

@@ -32,6 +32,7 @@ class StepResult:
     p50_ms: float | None = None
     p99_ms: float | None = None
     max_ms: float | None = None
+    slow_seconds: list[list[int]] = field(default_factory=list)  # [second, answers, max ms] with max >= 100 ms
     answered: int = 0                   # INVITEs answered 200 (SIPp's repartition count)
     slow_answers: int = 0               # of which took >= 200 ms
     sut_cpu_s: float = 0.0
@@ -60,13 +61,16 @@ class StepResult:
         p99 = "-" if self.p99_ms is None else f"{self.p99_ms:.0f}"
         cpu = "-" if self.cpu_us_per_call is None else f"{self.cpu_us_per_call:.0f}"
         verdict = "PASS" if self.passed else "fail"
+        split = ""
+        if len(self.sut_stats) > 1:
+            split = "  per worker " + "/".join(str(w.get("invites", "?")) for w in self.sut_stats) + " INVITEs"
         why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
         if self.error:
             why = f" (error: {self.error})"
         return (f"{self.sut:<9} {self.rate:>7.0f} cps  {verdict}  ok {self.successful}/{self.target_calls}"
                 f"  fail {self.fail_pct:.3f}%  rate {self.achieved_pct:.1f}%  p99 {p99} ms"
                 f"  cpu {cpu} us/call  sut {self.sut_cpu_pct:.0f}%  others {self.others_cpu_pct:.0f}%"
-                f"  retrans uac {self.uac_retransmissions} uas {self.uas.get('retransmissions_sent', 0)}{why}")
+                f"  retrans uac {self.uac_retransmissions} uas {self.uas.get('retransmissions_sent', 0)}{split}{why}")
 
 
 def percentile(values: list[int], q: float) -> float | None:
@@ -103,7 +107,7 @@ def _log_warnings(path: Path | None, limit: int = 8) -> tuple[int, list[str]]:
 
 
 def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs: list[Addr],
-             uas_addr: Addr, drain: float, busy_wait: float, tail: float) -> StepResult:
+             uas_addr: Addr, drain: float, busy_wait: float, tail: float, keep_traces: bool = False) -> StepResult:
     stepdir.mkdir(parents=True, exist_ok=True)
     n = len(uac_addrs)
     per_uac_calls = max(1, round(rate * duration / n))
@@ -130,7 +134,7 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
         res.uac_addrs = [str(a) for a in uac_addrs]
         res.notes.extend(sut.notes)
         for i, a in enumerate(uac_addrs):
-            u = UAC(i, a, sut.listen, rate / n, per_uac_calls, stepdir, time_limit)
+            u = UAC(i, a, sut.listen, rate / n, per_uac_calls, stepdir, time_limit, keep_traces)
             u.start()
             uacs.append(u)
         results: list[UACResult] = [u.wait() for u in uacs]
@@ -164,6 +168,15 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
     res.p50_ms = percentile(rtts, 0.50)
     res.p99_ms = percentile(rtts, 0.99)
     res.max_ms = float(max(rtts)) if rtts else None
+    # Seconds of the step (from each UAC's start) whose slowest answer took 100 ms or more: stalls show here.
+    slow_secs: dict[int, list[int]] = {}
+    for r in results:
+        for sec, (cnt, mx) in r.by_second.items():
+            if mx >= 100:
+                cur = slow_secs.setdefault(sec, [0, 0])
+                cur[0] += cnt
+                cur[1] = max(cur[1], mx)
+    res.slow_seconds = [[sec, c, m] for sec, (c, m) in sorted(slow_secs.items())]
     # The pass test uses SIPp's repartition, which counts every answered call (the RTT file may miss the
     # last few): p99 <= 200 ms <=> under 1 % of the answers took 200 ms or more.
     buckets: dict[tuple[float, float], int] = {}
