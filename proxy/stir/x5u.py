@@ -1,8 +1,8 @@
 """x5u URL rules (REFERENCE.md, STI-VS): what the verifier may fetch, checked before any I/O.
 
 https only on 443/8443, no userinfo/query/fragment, an optional host allow-list, and an SSRF guard refusing
-loopback/private/link-local targets. The guard can be lifted explicitly (`allow_private=True`) for tests and
-the loopback demo, never implicitly.
+loopback/private/link-local targets. The guard can be lifted explicitly (`allow_private=True`, and
+`allow_any_port=True` for servers on random test ports) for tests and the loopback demo, never implicitly.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class X5uPolicy:
     allow_userinfo: bool = False
     allow_query: bool = False
     allow_fragment: bool = False
+    allow_any_port: bool = False
     max_length: int = 2048
 
 
@@ -90,7 +91,7 @@ def check_x5u(url: str, policy: X5uPolicy = DEFAULT_X5U_POLICY) -> Failure | Non
     if "#" in url and not policy.allow_fragment:
         return _fail("x5u-fragment", "x5u carries a fragment")
     effective = port if port is not None else _DEFAULT_PORTS.get(scheme, 0)
-    if effective not in policy.ports:
+    if effective not in policy.ports and not policy.allow_any_port:
         return _fail("x5u-port", f"x5u port {effective} not allowed")
     if not _host_allowed(host, policy.allowed_hosts):
         return _fail("x5u-host", f"x5u host {host!r} not in the allow-list")

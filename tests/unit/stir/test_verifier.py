@@ -111,25 +111,81 @@ CASES: list[tuple[str, Build, int, str]] = [
     ("orig-mismatch", lambda p: ident(_tok(p, c=claims(orig={"tn": "15550109999"}))), 438, "orig-mismatch"),
     ("dest-mismatch", lambda p: ident(_tok(p, c=claims(dest={"tn": ["15550109999"]}))), 438, "dest-mismatch"),
     ("orig-empty", lambda p: ident(_tok(p, c=claims(orig={}))), 438, "orig-missing"),
-    ("orig-missing", lambda p: ident(_tok(p, c={k: v for k, v in claims().items() if k != "orig"})), 438, "orig-missing"),
+    (
+        "orig-missing",
+        lambda p: ident(_tok(p, c={k: v for k, v in claims().items() if k != "orig"})),
+        438,
+        "orig-missing",
+    ),
     ("orig-json-string", lambda p: ident(_tok(p, c=claims(orig='{"tn":"15550100000"}'))), 438, "payload-type"),
     ("orig-tn-number", lambda p: ident(_tok(p, c=claims(orig={"tn": 15550100000}))), 438, "payload-type"),
     ("dest-empty", lambda p: ident(_tok(p, c=claims(dest={"tn": []}))), 438, "dest-missing"),
     ("dest-tn-string", lambda p: ident(_tok(p, c=claims(dest={"tn": DEST}))), 438, "payload-type"),
-    ("attest-missing", lambda p: ident(_tok(p, c={k: v for k, v in claims().items() if k != "attest"})), 438, "attest-missing"),
+    (
+        "attest-missing",
+        lambda p: ident(_tok(p, c={k: v for k, v in claims().items() if k != "attest"})),
+        438,
+        "attest-missing",
+    ),
     ("attest-empty", lambda p: ident(_tok(p, c=claims(attest=""))), 438, "attest-invalid"),
     ("attest-invalid", lambda p: ident(_tok(p, c=claims(attest="D"))), 438, "attest-invalid"),
-    ("origid-missing", lambda p: ident(_tok(p, c={k: v for k, v in claims().items() if k != "origid"})), 438, "origid-missing"),
+    (
+        "origid-missing",
+        lambda p: ident(_tok(p, c={k: v for k, v in claims().items() if k != "origid"})),
+        438,
+        "origid-missing",
+    ),
     ("info-differs", lambda p: ident(_tok(p), info="https://other.example.com/sp.pem"), 438, "info-x5u-mismatch"),
-    ("x5u-http", lambda p: ident(_tok(p, header(x5u="http://cert.example.com/sp.pem")), info="http://cert.example.com/sp.pem"), 436, "x5u-scheme"),
-    ("x5u-port", lambda p: ident(_tok(p, header(x5u="https://cert.example.com:8080/sp.pem")), info="https://cert.example.com:8080/sp.pem"), 436, "x5u-port"),
-    ("x5u-userinfo", lambda p: ident(_tok(p, header(x5u="https://u:p@cert.example.com/sp.pem")), info="https://u:p@cert.example.com/sp.pem"), 436, "x5u-userinfo"),
-    ("x5u-query", lambda p: ident(_tok(p, header(x5u="https://cert.example.com/sp.pem?a=1")), info="https://cert.example.com/sp.pem?a=1"), 436, "x5u-query"),
-    ("x5u-loopback", lambda p: ident(_tok(p, header(x5u="https://127.0.0.1/sp.pem")), info="https://127.0.0.1/sp.pem"), 436, "x5u-ssrf"),
-    ("x5u-private", lambda p: ident(_tok(p, header(x5u="https://10.1.2.3/sp.pem")), info="https://10.1.2.3/sp.pem"), 436, "x5u-ssrf"),
+    (
+        "x5u-http",
+        lambda p: ident(_tok(p, header(x5u="http://cert.example.com/sp.pem")), info="http://cert.example.com/sp.pem"),
+        436,
+        "x5u-scheme",
+    ),
+    (
+        "x5u-port",
+        lambda p: ident(
+            _tok(p, header(x5u="https://cert.example.com:8080/sp.pem")), info="https://cert.example.com:8080/sp.pem"
+        ),
+        436,
+        "x5u-port",
+    ),
+    (
+        "x5u-userinfo",
+        lambda p: ident(
+            _tok(p, header(x5u="https://u:p@cert.example.com/sp.pem")), info="https://u:p@cert.example.com/sp.pem"
+        ),
+        436,
+        "x5u-userinfo",
+    ),
+    (
+        "x5u-query",
+        lambda p: ident(
+            _tok(p, header(x5u="https://cert.example.com/sp.pem?a=1")), info="https://cert.example.com/sp.pem?a=1"
+        ),
+        436,
+        "x5u-query",
+    ),
+    (
+        "x5u-loopback",
+        lambda p: ident(_tok(p, header(x5u="https://127.0.0.1/sp.pem")), info="https://127.0.0.1/sp.pem"),
+        436,
+        "x5u-ssrf",
+    ),
+    (
+        "x5u-private",
+        lambda p: ident(_tok(p, header(x5u="https://10.1.2.3/sp.pem")), info="https://10.1.2.3/sp.pem"),
+        436,
+        "x5u-ssrf",
+    ),
     ("x5u-empty", lambda p: ident(_tok(p, header(x5u="")), info="https://cert.example.com/sp.pem"), 436, "x5u-missing"),
     ("x5u-garbage", lambda p: ident(_tok(p, header(x5u="not a url")), info="not a url"), 436, "x5u-scheme"),
-    ("x5u-not-fetched", lambda p: ident(_tok(p, header(x5u="https://cert.example.net/sp.pem")), info="https://cert.example.net/sp.pem"), 436, "x5u-not-fetched"),
+    (
+        "x5u-not-fetched",
+        lambda p: ident(_tok(p, header(x5u="https://cert.example.net/sp.pem")), info="https://cert.example.net/sp.pem"),
+        436,
+        "x5u-not-fetched",
+    ),
     ("compact-form", lambda p: ident(_tok(p).split(".")[0] + ".." + _tok(p).split(".")[2]), 438, "jws-compact"),
 ]
 
@@ -282,7 +338,11 @@ def test_revoked_cert_is_437(pki: Pki, tmp_path: object) -> None:
 
 @pytest.mark.parametrize(
     ("body", "check"),
-    [(b"", "x5u-empty"), (b"garbage", "x5u-not-certificate"), (b"-----BEGIN CERTIFICATE-----\nxx\n", "x5u-not-certificate")],
+    [
+        (b"", "x5u-empty"),
+        (b"garbage", "x5u-not-certificate"),
+        (b"-----BEGIN CERTIFICATE-----\nxx\n", "x5u-not-certificate"),
+    ],
 )
 def test_garbage_cert_body_is_436(pki: Pki, body: bytes, check: str) -> None:
     entry = pki.trust.validate_body(X5U, body, NOW)

@@ -47,7 +47,10 @@ def test_allow_list_and_test_override() -> None:
     failure = check_x5u("https://evil.example.org/a.pem", policy)
     assert failure is not None and failure.check == "x5u-host"
     assert check_x5u("https://127.0.0.1:8443/sp.pem", X5uPolicy(allow_private=True)) is None
-    assert check_x5u("http://127.0.0.1:8080/sp.pem", X5uPolicy(allow_private=True, schemes=("http",), ports=(8080,))) is None
+    assert (
+        check_x5u("http://127.0.0.1:8080/sp.pem", X5uPolicy(allow_private=True, schemes=("http",), ports=(8080,)))
+        is None
+    )
 
 
 @pytest.mark.parametrize(
