@@ -17,7 +17,10 @@ from proxy.sip.grammar import NameAddr, ParseError, parse_name_addr, parse_uri
 from proxy.sip.message import Header, Request, Response
 from proxy.sip.transaction import PROCEEDING, TRYING, Target, Transaction
 
+from proxy.stir.signer import SignedCall
+
 if TYPE_CHECKING:
+    from proxy.authentication import InboundOutcome
     from proxy.config import Trunk
     from proxy.engine import Engine
 
@@ -180,13 +183,16 @@ class Call:
         "ended_at",
         "engine",
         "final_status",
+        "inbound",
         "ingress",
         "invite",
+        "signed",
         "source",
         "state",
         "target_index",
         "targets",
         "tried_call_ids",
+        "verify_waited",
     )
 
     def __init__(
@@ -217,6 +223,11 @@ class Call:
         self.final_status: int | None = None
         self.end_reason = ""
         self.tried_call_ids: list[str] = []
+        #: STI-VS verdict and the header edits it asks for (calls from carrier trunks).
+        self.inbound: InboundOutcome | None = None
+        #: STI-AS result: None not tried yet, False could not sign.
+        self.signed: SignedCall | bool | None = None
+        self.verify_waited = False
         from_na = invite.from_
         a_target = resolve_target(invite.contact.uri if invite.contact else from_na.uri, source[0], source)
         self.a = Leg(invite.call_id, engine.new_tag(), invite.to, from_na, from_na.tag, a_target,
@@ -227,7 +238,7 @@ class Call:
         self.b: Leg | None = None
 
     # --- B-leg set-up -----------------------------------------------------------------------------------------
-    def start(self, now: float, extra: list[Header] | None = None) -> None:
+    def start(self, now: float) -> None:
         """Send the B-leg INVITE to the current target trunk."""
         invite = self.invite
         assert invite is not None
@@ -236,7 +247,29 @@ class Call:
         self.egress = target
         dest: Target = (target.transport, target.host, target.port)
         a = self.a
-        b = Leg(engine.new_call_id(), engine.new_tag(), a.remote_na, a.local_na, None, dest,
+        headers = passthrough(invite.headers)
+        from_na = a.remote_na
+        inbound = self.inbound
+        if inbound is not None:
+            if inbound.pai is not None:
+                values = iter(inbound.pai)
+                headers = [Header.make("p-asserted-identity", next(values, h.value))
+                           if h.key == "p-asserted-identity" else h for h in headers]
+            if inbound.from_value is not None:
+                from_na = parse_name_addr(inbound.from_value)
+            headers.extend(inbound.extra)
+        auth = engine.auth
+        if auth.signs(self.ingress, target.trunk):
+            if self.signed is None:
+                self.signed = auth.sign(invite, self.ingress, now + engine.wall_offset) or False
+            signed = self.signed
+            has_identity = any(h.key == "identity" for h in headers)
+            if isinstance(signed, SignedCall) and not (has_identity and auth.keeps_existing(self.ingress)):
+                headers = [h for h in headers if h.key != "identity"]
+                headers.append(Header.make("identity", signed.identity))
+                if signed.date is not None and not any(h.key == "date" for h in headers):
+                    headers.append(Header.make("date", signed.date))
+        b = Leg(engine.new_call_id(), engine.new_tag(), from_na, a.local_na, None, dest,
                 engine.contact_for(target.transport))
         b.remote_target = rewrite_uri_host(invite.uri, target.host, target.port)
         b.local_cseq = invite.cseq[0]
@@ -244,9 +277,6 @@ class Call:
         self.tried_call_ids.append(b.call_id)
         engine.calls[b.call_id] = (self, 1)
         mf = invite.max_forwards
-        headers = passthrough(invite.headers)
-        if extra:
-            headers.extend(extra)
         req = b.request("INVITE", b.local_cseq, engine.new_branch(), engine.via_host(b.transport), headers,
                         invite.body, max_forwards=(mf if mf is not None else 70) - 1)
         txn = engine.txns.send_request(req, dest, self, now)
@@ -275,6 +305,11 @@ class Call:
             return
         self._answer_a(status, reason, now)
         self._end(f"failed:{status}", now)
+
+    def reject(self, status: int, reason: str, headers: list[Header] | None, now: float) -> None:
+        """Refuse the call before any B-leg exists (verification or policy)."""
+        self._answer_a(status, reason, now, headers)
+        self._end(f"rejected:{status}", now)
 
     def _answer_a(self, status: int, reason: str, now: float, headers: list[Header] | None = None) -> None:
         txn = self.a_invite
@@ -332,7 +367,10 @@ class Call:
     def on_timer(self, kind: str, now: float) -> None:
         if self.state == ENDED:
             return
-        if kind == "failover":
+        if kind == "verify":
+            if self.state == ROUTING:
+                self.engine.admit(self, now)
+        elif kind == "failover":
             if self.state == CALLING:
                 self._try_next(now, 503, "Service Unavailable")
         elif kind == "noanswer":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -62,12 +64,91 @@ class SipSettings(_Base, frozen=True):
     server_header: str = ""
 
 
+class AttestationSettings(_Base, frozen=True):
+    """What a customer trunk may claim: A for the TNs it owns, B (known customer) or C for the rest."""
+
+    numbers: list[str] = []
+    prefixes: list[str] = []
+    numbers_file: str | None = None
+    prefixes_file: str | None = None
+    known_customer: bool = True
+
+
+class TrunkSignSettings(_Base, frozen=True):
+    """STI-AS for calls from this (customer) trunk that leave through a carrier trunk."""
+
+    profile: str
+    #: No attestation rules: gateway traffic, attested C.
+    attestation: AttestationSettings | None = None
+    origid: str | None = None
+    add_date: bool = False
+    #: An Identity already on the INVITE: keep it (transit) or replace it with ours.
+    existing_identity: Literal["keep", "replace"] = "keep"
+
+
+class TrunkVerifySettings(_Base, frozen=True):
+    """STI-VS for calls from this (carrier) trunk."""
+
+    #: off: no verification; tag: verstat towards the customer, call forwarded; reject: failures get the
+    #: REFERENCE.md SIP code with an RFC 9410 Reason header.
+    mode: Literal["off", "tag", "reject"] = "tag"
+    #: A call with no Identity at all: tag it No-TN-Validation, or reject it 428.
+    on_missing: Literal["tag", "reject"] = "tag"
+    #: Some carriers pass TN-Validation-Passed only for attestation A (others get No-TN-Validation).
+    passed_only_for_attest_a: bool = False
+    #: Also add P-Attestation-Indicator and P-Origination-Id towards the customer.
+    attestation_headers: bool = False
+
+
 class Trunk(_Base, frozen=True):
     name: str
     role: Literal["customer", "carrier"]
     sources: list[str] = []
     destination: str | None = None
     transport: Literal["udp", "tcp"] = "udp"
+    sign: TrunkSignSettings | None = None
+    verify: TrunkVerifySettings = TrunkVerifySettings()
+
+
+class SigningProfileSettings(_Base, frozen=True):
+    name: str
+    key: str
+    x5u: str
+
+
+class StirVerifySettings(_Base, frozen=True):
+    iat_max_age: int = 60
+    iat_future_skew: int = 5
+    date_iat_tolerance: int = 60
+    require_date: bool = False
+    multi_header: Literal["any", "all"] = "any"
+    fetch_timeout: float = 2.0
+    max_cert_bytes: int = 65536
+    cache_ttl: float = 86400.0
+    failure_ttl: float = 10.0
+    cache_size: int = 10000
+    #: The longest a call waits for its x5u certificate before the fetch counts as failed (436).
+    wait_timeout: float = 3.0
+    x5u_allowed_hosts: list[str] = []
+    #: Labs and tests only: x5u on loopback/private addresses and any port.
+    x5u_allow_private: bool = False
+    x5u_allow_any_port: bool = False
+    #: CA bundle for the x5u https server's certificate (default: the system's).
+    x5u_ca_file: str | None = None
+    #: Accept a TNAuthList without an SPC (the libstirshaken test vectors have one).
+    lenient_tnauthlist: bool = False
+
+
+class StirSettings(_Base, frozen=True):
+    #: Completes national numbers (e.g. "1" for NANP 10-digit numbers); empty: no completion.
+    country_code: str = ""
+    #: Which header's user part is the calling TN, first match wins.
+    orig_order: list[Literal["pai", "from"]] = msgspec.field(default_factory=lambda: ["pai", "from"])
+    #: STI-CA roots: PEM files or folders of them.
+    trust_anchors: list[str] = []
+    crl_dir: str | None = None
+    signing_profiles: list[SigningProfileSettings] = []
+    verify: StirVerifySettings = StirVerifySettings()
 
 
 class Route(_Base, frozen=True, rename={"from_": "from"}, kw_only=True):
@@ -86,6 +167,7 @@ class _RawConfig(_Base, frozen=True):
     sip: SipSettings = SipSettings()
     trunks: list[Trunk] = []
     routes: list[Route] = []
+    stir: StirSettings = StirSettings()
     logging: LoggingSettings = LoggingSettings()
 
 
@@ -106,6 +188,7 @@ class Config:
     sip: SipSettings
     trunks: tuple[Trunk, ...]
     routes: tuple[Route, ...]
+    stir: StirSettings
     logging: LoggingSettings
 
     def trunk(self, name: str) -> Trunk:
@@ -247,6 +330,7 @@ def _validate(raw: _RawConfig, file: str, lines: dict[str, int]) -> Config:
                 raise fail(f"$.routes[{i}].trunks[{j}]", f"trunk {name!r} has no destination")
         if not all(c.isdigit() or c in "*#" for c in route.prefix):
             raise fail(f"$.routes[{i}].prefix", "a prefix is digits only (no '+')")
+    _validate_stir(raw, fail)
     s = raw.sip
     for key in ("t1", "t2", "t4", "failover_timeout", "no_answer_timeout"):
         if getattr(s, key) <= 0:
@@ -258,8 +342,31 @@ def _validate(raw: _RawConfig, file: str, lines: dict[str, int]) -> Config:
         sip=raw.sip,
         trunks=tuple(raw.trunks),
         routes=tuple(raw.routes),
+        stir=raw.stir,
         logging=raw.logging,
     )
+
+
+def _validate_stir(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> None:
+    stir = raw.stir
+    profiles: set[str] = set()
+    for i, prof in enumerate(stir.signing_profiles):
+        if prof.name in profiles:
+            raise fail(f"$.stir.signing_profiles[{i}].name", f"duplicate profile {prof.name!r}")
+        profiles.add(prof.name)
+        if not prof.x5u.startswith("https://"):
+            raise fail(f"$.stir.signing_profiles[{i}].x5u", "an x5u URL must be https://")
+    for i, trunk in enumerate(raw.trunks):
+        if trunk.sign is not None:
+            if trunk.sign.profile not in profiles:
+                raise fail(f"$.trunks[{i}].sign.profile", f"unknown signing profile {trunk.sign.profile!r}")
+            if trunk.sign.origid is not None:
+                try:
+                    uuid.UUID(trunk.sign.origid)
+                except ValueError:
+                    raise fail(f"$.trunks[{i}].sign.origid", "origid must be a UUID") from None
+    if stir.country_code and not stir.country_code.isdigit():
+        raise fail("$.stir.country_code", "digits only, e.g. \"1\"")
 
 
 def load_config_text(text: str, file: str = "<config>") -> Config:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
 
-from proxy.b2bua import Call
+from proxy.authentication import Authenticator
+from proxy.b2bua import ROUTING, Call
 from proxy.config import Config, Trunk
 from proxy.routing import Router, dialled_digits
 from proxy.sip.grammar import ParseError, parse_uri
@@ -41,6 +42,7 @@ _STATS = (
     "stray_responses",
     "not_accepting",
     "internal_errors",
+    "verification_rejected",
 )
 
 
@@ -51,6 +53,7 @@ class EngineSettings:
     t4: float = 5.0
     failover_timeout: float = 2.0
     no_answer_timeout: float = 120.0
+    max_udp_message: int = 16384
     max_message: int = 65536
     max_ruri_length: int = 512
     reject_unknown_source: bool = True
@@ -65,6 +68,7 @@ class EngineSettings:
             t4=s.t4,
             failover_timeout=s.failover_timeout,
             no_answer_timeout=s.no_answer_timeout,
+            max_udp_message=s.max_udp_message,
             max_message=max(s.max_udp_message, s.max_tcp_message),
             max_ruri_length=s.max_ruri_length,
             reject_unknown_source=config.unknown_source == "reject",
@@ -88,6 +92,11 @@ class Engine:
         self.accepting = True
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.call_end_hooks: list[Callable[[Call], None]] = []
+        self.auth = Authenticator(config)
+        #: Wall-clock seconds minus the engine's clock: PASSporT iat is wall time, timers are monotonic.
+        self.wall_offset = 0.0
+        #: (A-leg Call-ID, Identity values) whose certificates the transport must fetch, then `resume`.
+        self.fetch_requests: list[tuple[str, list[str]]] = []
         self._prefix = os.urandom(5).hex()
         self._seq = count(1)
         self._contacts = {t: f"<sip:{h}:{p}{'' if t == 'udp' else ';transport=' + t}>" for t, (h, p) in local.items()}
@@ -124,8 +133,10 @@ class Engine:
 
     def receive(self, data: bytes, source: Target, now: float) -> None:
         """One message from `source`. Never raises: bad input is answered or dropped and counted."""
-        if len(data) > self.settings.max_message:
+        limit = self.settings.max_udp_message if source[0] == "udp" else self.settings.max_message
+        if len(data) > limit:
             self.stats["oversize"] += 1
+            self._answer_unparseable(data, source, "", 513, "Message Too Large")
             return
         if not data.strip(b"\r\n \t\x00"):
             return  # keep-alive
@@ -229,7 +240,40 @@ class Engine:
         call = Call(self, req, txn, trunk, source, targets, now)
         txn.tu = call
         self.calls[req.call_id] = (call, 0)
+        self.admit(call, now)
+
+    def admit(self, call: Call, now: float) -> None:
+        """Verify (calls from carrier trunks) and then start the B-leg, or reject.
+
+        When the x5u certificate is not cached, the call waits: the transport fetches it and calls `resume`;
+        the call's "verify" timer bounds the wait, after which a missing certificate fails as 436.
+        """
+        invite = call.invite
+        assert invite is not None
+        auth = self.auth
+        if auth.verifies(call.ingress):
+            if not call.verify_waited:
+                values = auth.identity_values(invite)
+                if auth.missing_certs(values):
+                    call.verify_waited = True
+                    self.fetch_requests.append((invite.call_id, values))
+                    self.queue.start(call, "verify", now + auth.wait_timeout)
+                    return
+            call.deadlines.pop("verify", None)
+            outcome = auth.verify(invite, call.ingress, now + self.wall_offset)
+            call.inbound = outcome
+            if outcome.reject is not None:
+                self.stats["verification_rejected"] += 1
+                extra = [Header.make("reason", outcome.reason_header)] if outcome.reason_header else None
+                call.reject(outcome.reject[0], outcome.reject[1], extra, now)
+                return
         call.start(now)
+
+    def resume(self, call_id: str, now: float) -> None:
+        """The certificates a waiting call needed are fetched (or failed): carry on with it."""
+        entry = self.calls.get(call_id)
+        if entry is not None and entry[0].state == ROUTING and entry[0].verify_waited:
+            self.admit(entry[0], now)
 
     def _on_cancel(self, req: Request, source: Target, now: float) -> None:
         txns = self.txns
@@ -287,8 +331,10 @@ class Engine:
             return  # nowhere to address it
         self.send(resp.to_bytes(), source)
 
-    def _answer_unparseable(self, data: bytes, source: Target, problem: str) -> None:
-        """400 for a request we could not parse, when its Via, Call-ID and CSeq can still be picked out."""
+    def _answer_unparseable(self, data: bytes, source: Target, problem: str, status: int = 400,
+                            reason: str = "") -> None:
+        """An error answer (400 by default) for a request we could not take, when its Via, Call-ID and CSeq
+        can still be picked out of the bytes."""
         text = data[:8192].decode("latin-1")
         lines = text.replace("\r\n", "\n").split("\n")
         first = lines[0]
@@ -309,8 +355,9 @@ class Engine:
             return
         if any(h.key == "cseq" and "ACK" in h.value for h in keep):
             return
-        reason = "Bad Request (" + "".join(c for c in problem if c.isprintable() and c not in "\r\n")[:60] + ")"
-        self.send(Response(400, reason, keep).to_bytes(), source)
+        if not reason:
+            reason = "Bad Request (" + "".join(c for c in problem if c.isprintable() and c not in "\r\n")[:60] + ")"
+        self.send(Response(status, reason, keep).to_bytes(), source)
 
     def call_ended(self, call: Call) -> None:
         self.stats["calls_ended"] += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -97,6 +98,7 @@ class SipServer:
 
     async def start(self, listens: list[tuple[str, str, int]], reuse_port: bool,
                     private_udp: tuple[str, int] | None = None) -> None:
+        self.sync_wall_clock()
         for transport, host, port in listens:
             if transport == "udp":
                 sock = _udp_socket(host, port, reuse_port)
@@ -131,8 +133,25 @@ class SipServer:
             log.exception("engine_error", source=source)
         self.flush()
 
+    async def _fetch_certs(self, call_id: str, values: list[str]) -> None:
+        """Fetch a waiting call's x5u certificates off the SIP path, then let the engine carry on."""
+        verifier = self.engine.auth.verifier
+        if verifier is not None:
+            try:
+                await asyncio.wait_for(verifier.prepare(values), timeout=self.engine.auth.wait_timeout)
+            except asyncio.TimeoutError:
+                log.info("x5u_fetch_timeout", call_id=call_id)
+            except Exception:
+                log.exception("x5u_fetch_error", call_id=call_id)
+        self.engine.resume(call_id, self.loop.time())
+        self.flush()
+
+    def sync_wall_clock(self) -> None:
+        self.engine.wall_offset = time.time() - self.loop.time()
+
     def on_timer(self) -> None:
         self._timer = None
+        self.sync_wall_clock()
         try:
             self.engine.handle_timer(self.loop.time())
         except Exception:
@@ -140,6 +159,10 @@ class SipServer:
         self.flush()
 
     def flush(self) -> None:
+        if self.engine.fetch_requests:
+            for call_id, values in self.engine.fetch_requests:
+                self.loop.create_task(self._fetch_certs(call_id, values))
+            self.engine.fetch_requests.clear()
         outbox = self.engine.outbox
         if outbox:
             udp = self.udp

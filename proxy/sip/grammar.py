@@ -182,6 +182,7 @@ class Uri(NamedTuple):
         return _param(self.params, name)
 
 
+_DISPLAY_TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ \t]+")
 _COMMON_SCHEMES = frozenset({"sip", "sips", "tel"})
 _SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*")
 _BAD_URI_CHARS = re.compile(r'[ \t<>"]')
@@ -265,8 +266,13 @@ def parse_name_addr(value: str) -> NameAddr:
         if gt < 0:
             raise GrammarError("unterminated <")
         display = value[:lt].strip() or None
-        if display is not None and display.startswith('"') and not (display.endswith('"') and len(display) > 1):
-            raise GrammarError("unterminated display name")
+        if display is not None:
+            if display.startswith('"'):
+                if not (display.endswith('"') and len(display) > 1):
+                    raise GrammarError("unterminated display name")
+            elif not _DISPLAY_TOKENS.fullmatch(display):
+                # RFC 3261 25.1: an unquoted display name is tokens only (no comma, no quote, no angle).
+                raise GrammarError("display name must be quoted")
         uri = value[lt + 1 : gt].strip()
         prefix = value[: gt + 1]
         tail = value[gt + 1 :].strip()
@@ -282,7 +288,8 @@ def parse_name_addr(value: str) -> NameAddr:
     semi = value.find(";")
     uri = value if semi < 0 else value[:semi]
     uri = uri.strip()
-    if not uri or " " in uri:
+    if not uri or " " in uri or "?" in uri or "," in uri:
+        # RFC 3261 20: a URI with headers or commas must be in <...>.
         raise GrammarError("bad addr-spec")
     params = parse_params(value[semi + 1 :]) if semi >= 0 else []
     return NameAddr(uri, uri, None, tuple(params))

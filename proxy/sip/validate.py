@@ -13,8 +13,9 @@ __all__ = ["MAGIC_COOKIE", "MAX_RURI_LENGTH", "check_request"]
 MAGIC_COOKIE = "z9hG4bK"
 MAX_RURI_LENGTH = 512
 _ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
-_COUNTED = ("to", "from", "call-id", "cseq", "max-forwards", "via", "proxy-require")
-_SINGLE = (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq"), ("max-forwards", "Max-Forwards"))
+_COUNTED = ("to", "from", "call-id", "cseq", "max-forwards", "via", "proxy-require", "content-length")
+_SINGLE = (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq"), ("max-forwards", "Max-Forwards"),
+           ("content-length", "Content-Length"))
 
 
 def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, str] | None:
@@ -25,7 +26,7 @@ def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, s
             counts[h.key] += 1
     for key, name in _SINGLE:
         n = counts.get(key, 0)
-        if n == 0 and key != "max-forwards":
+        if n == 0 and key not in ("max-forwards", "content-length"):
             return 400, f"Missing {name}"
         if n > 1:
             return 400, f"Duplicate {name}"

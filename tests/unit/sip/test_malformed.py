@@ -46,7 +46,10 @@ def test_bytes_match_manifest(name: str) -> None:
     assert hashlib.sha256(data).hexdigest() == ENTRIES[name]["sha256"]
 
 
-@pytest.mark.parametrize("name", sorted(ENTRIES))
+SIZE_LIMITED = sorted(n for n, m in ENTRIES.items() if m["outcome"] == 513)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ENTRIES if n not in SIZE_LIMITED))
 def test_outcome(name: str) -> None:
     expected = ENTRIES[name]["outcome"]
     kind, value = observe(_data(name))
@@ -92,3 +95,19 @@ def test_byte_flips_never_raise_other_errors(path: Path, flips: list[tuple[int, 
 @given(st.binary(max_size=2048))
 def test_random_datagrams_never_raise_other_errors(data: bytes) -> None:
     _never_crashes(data)
+
+
+@pytest.mark.parametrize("name", SIZE_LIMITED)
+def test_oversize_udp_gets_513_from_the_engine(name: str) -> None:
+    """Size limits belong to the transport's edge: the engine answers 513 and takes nothing else from it."""
+    from proxy.config import load_config_text
+    from proxy.engine import Engine
+
+    config = load_config_text(
+        "trunks:\n  - {name: t, role: customer, sources: ['127.0.0.0/8'], destination: '127.0.0.20:5060'}\n"
+        "routes:\n  - {trunks: [t]}\n"
+    )
+    engine = Engine(config, {"udp": ("127.0.0.1", 5060)})
+    engine.receive(_data(name), ("udp", "127.0.0.10", 5060), 0.0)
+    assert [parse(d).status for d, _ in engine.outbox] == [513]  # type: ignore[union-attr]
+    assert engine.stats["oversize"] == 1 and not engine.calls

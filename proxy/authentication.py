@@ -1,0 +1,232 @@
+"""STIR/SHAKEN on a call: which calls are signed or verified, and what that changes on the B-leg.
+
+The glue between the SIP engine and `proxy.stir` (which knows nothing of SIP messages): it reads the
+numbers and Identity headers off an INVITE, asks the verifier or signer, and turns the answer into header
+edits or a rejection. Pure: the certificate fetch happens in the transport adapter, the engine waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.config import Config, Trunk
+from proxy.sip.grammar import ParseError, parse_name_addr, parse_uri, split_commas
+from proxy.sip.message import Header, Request
+from proxy.stir.certs import CertEntry, TrustStore
+from proxy.stir.errors import SigningError
+from proxy.stir.fetcher import CertFetcher, FetchSettings
+from proxy.stir.signer import AttestationRules, SignedCall, Signers, SigningProfile, TrunkSigning
+from proxy.stir.tn import TNPolicy, orig_tn, try_canonical_tn
+from proxy.stir.verifier import (
+    VERSTAT_NONE,
+    VERSTAT_PASSED,
+    VerificationResult,
+    Verifier,
+    VerifierSettings,
+    x5u_of,
+)
+from proxy.stir.x5u import X5uPolicy
+
+__all__ = ["Authenticator", "InboundOutcome", "add_verstat"]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundOutcome:
+    """What verification does to a call: reject it, or forward it with these header edits."""
+
+    result: VerificationResult
+    reject: tuple[int, str] | None = None
+    reason_header: str | None = None
+    #: Replacement values for every P-Asserted-Identity line (same order), or None to leave them.
+    pai: tuple[str, ...] | None = None
+    #: Replacement From value on the B-leg, or None.
+    from_value: str | None = None
+    extra: tuple[Header, ...] = ()
+
+
+def add_verstat(value: str, verstat: str) -> str:
+    """`verstat=` as a URI parameter (3GPP TS 24.229) on a name-addr, replacing one already there.
+
+    A carrier's own verstat can never be smuggled through: any existing one is dropped first.
+    """
+    na = parse_name_addr(value)
+    uri = na.uri
+    semi = uri.find(";")
+    if semi >= 0:
+        kept = [p for p in uri[semi + 1 :].split(";") if p and not p.lower().startswith("verstat")]
+        uri = ";".join([uri[:semi], *kept])
+    uri = f"{uri};verstat={verstat}"
+    display = f"{na.display} " if na.display else ""
+    params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in na.params)
+    return f"{display}<{uri}>{params}"
+
+
+def _user(uri_or_name_addr: str | None) -> str | None:
+    if not uri_or_name_addr:
+        return None
+    try:
+        na = parse_name_addr(uri_or_name_addr)
+        uri = parse_uri(na.uri)
+    except ParseError:
+        return None
+    return uri.user
+
+
+class Authenticator:
+    """Built once per config: signing keys loaded, trust anchors read, the certificate cache created."""
+
+    def __init__(self, config: Config) -> None:
+        stir = config.stir
+        self.tn_policy = TNPolicy(country_code=stir.country_code, orig_order=tuple(stir.orig_order))
+        v = stir.verify
+        self.wait_timeout = v.wait_timeout
+        self.verifier: Verifier | None = None
+        self.fetcher: CertFetcher | None = None
+        if stir.trust_anchors:
+            trust = TrustStore.from_paths(stir.trust_anchors, stir.crl_dir, lenient_tnauthlist=v.lenient_tnauthlist)
+            policy = X5uPolicy(
+                allowed_hosts=tuple(v.x5u_allowed_hosts),
+                allow_private=v.x5u_allow_private,
+                allow_any_port=v.x5u_allow_any_port,
+            )
+            fetch = FetchSettings(
+                connect_timeout=v.fetch_timeout,
+                read_timeout=v.fetch_timeout,
+                total_timeout=v.fetch_timeout * 2,
+                max_bytes=v.max_cert_bytes,
+                default_ttl=v.cache_ttl,
+                failure_ttl=v.failure_ttl,
+                cache_size=v.cache_size,
+                ca_file=v.x5u_ca_file,
+            )
+            self.fetcher = CertFetcher(trust, policy, fetch)
+            settings = VerifierSettings(
+                iat_max_age=v.iat_max_age,
+                iat_future_skew=v.iat_future_skew,
+                date_iat_tolerance=v.date_iat_tolerance,
+                require_date=v.require_date,
+                multi_header=v.multi_header,
+                tn_policy=self.tn_policy,
+                x5u_policy=policy,
+            )
+            self.verifier = Verifier(settings, self.fetcher)
+        self.signers = Signers(
+            [SigningProfile(p.name, p.key, p.x5u) for p in stir.signing_profiles], self.tn_policy
+        )
+        self.trunk_signing: dict[str, TrunkSigning] = {}
+        for trunk in config.trunks:
+            if trunk.sign is None:
+                continue
+            att = trunk.sign.attestation
+            rules = None
+            if att is not None:
+                listed = AttestationRules.from_lists(att.numbers, att.prefixes, tn_policy=self.tn_policy)
+                from_files = AttestationRules.from_files(att.numbers_file, att.prefixes_file,
+                                                         tn_policy=self.tn_policy)
+                rules = AttestationRules(listed.numbers | from_files.numbers,
+                                         listed.prefixes + from_files.prefixes, att.known_customer)
+            self.trunk_signing[trunk.name] = TrunkSigning(
+                trunk=trunk.name,
+                profile=trunk.sign.profile,
+                attestation=rules,
+                origid=trunk.sign.origid,
+                add_date=trunk.sign.add_date,
+                existing_identity=trunk.sign.existing_identity,
+            )
+
+    # --- reading the call -------------------------------------------------------------------------------------
+    @staticmethod
+    def identity_values(invite: Request) -> list[str]:
+        """Every Identity header value (`y` included), comma-joined ones split."""
+        out: list[str] = []
+        for h in invite.headers:
+            if h.key == "identity":
+                out.extend(split_commas(h.value))
+        return out
+
+    def orig_tn(self, invite: Request) -> str | None:
+        pai = invite.header("p-asserted-identity")
+        if pai is not None:
+            pai = split_commas(pai)[0]
+        return orig_tn(_user(pai), _user(invite.header("from")), self.tn_policy)
+
+    def dest_tns(self, invite: Request) -> list[str]:
+        out = []
+        for candidate in (_user(f"<{invite.uri}>"), _user(invite.header("to"))):
+            tn = try_canonical_tn(candidate, self.tn_policy)
+            if tn is not None and tn not in out:
+                out.append(tn)
+        return out
+
+    # --- STI-VS -----------------------------------------------------------------------------------------------
+    def verifies(self, ingress: Trunk) -> bool:
+        return self.verifier is not None and ingress.role == "carrier" and ingress.verify.mode != "off"
+
+    def missing_certs(self, values: Sequence[str]) -> bool:
+        """True when a certificate must be fetched before `verify` can give a real answer."""
+        assert self.verifier is not None
+        return bool(values) and self.verifier.cached_certs(values) is None
+
+    def certs_for(self, values: Sequence[str]) -> dict[str, CertEntry]:
+        """Whatever is cached now (a URL still missing fails verification as 436)."""
+        out: dict[str, CertEntry] = {}
+        if self.fetcher is None:
+            return out
+        for value in values:
+            url = x5u_of(value)
+            if url is not None:
+                entry = self.fetcher.cached(url)
+                if entry is not None:
+                    out[url] = entry
+        return out
+
+    def verify(self, invite: Request, ingress: Trunk, wall_now: float) -> InboundOutcome:
+        assert self.verifier is not None
+        values = self.identity_values(invite)
+        result = self.verifier.verify(values, self.orig_tn(invite), self.dest_tns(invite), invite.header("date"),
+                                      wall_now, self.certs_for(values))
+        settings = ingress.verify
+        if result.status == "missing":
+            if settings.on_missing == "reject":
+                return InboundOutcome(result, reject=(428, "Use Identity Header"))
+        elif not result.passed and settings.mode == "reject":
+            code = result.sip_code or 438
+            return InboundOutcome(result, reject=(code, result.reason or "Invalid Identity Header"),
+                                  reason_header=result.reason_header())
+        verstat = result.verstat
+        if verstat == VERSTAT_PASSED and settings.passed_only_for_attest_a and result.attest != "A":
+            verstat = VERSTAT_NONE
+        pais = invite.headers_all("p-asserted-identity")
+        extra: list[Header] = []
+        if settings.attestation_headers and result.passed:
+            if result.attest:
+                extra.append(Header.make("p-attestation-indicator", result.attest))
+            if result.origid:
+                extra.append(Header.make("p-origination-id", result.origid))
+        try:
+            if pais:
+                return InboundOutcome(result, pai=tuple(add_verstat(v, verstat) for v in pais), extra=tuple(extra))
+            return InboundOutcome(result, from_value=add_verstat(invite.header("from") or "", verstat),
+                                  extra=tuple(extra))
+        except ParseError:
+            return InboundOutcome(result, extra=tuple(extra))
+
+    # --- STI-AS -----------------------------------------------------------------------------------------------
+    def signs(self, ingress: Trunk, egress: Trunk) -> bool:
+        return ingress.name in self.trunk_signing and egress.role == "carrier"
+
+    def sign(self, invite: Request, ingress: Trunk, wall_now: float) -> SignedCall | None:
+        """The Identity (and Date) for the B-leg, or None when the call cannot be signed (no usable TN)."""
+        trunk = self.trunk_signing[ingress.name]
+        orig = self.orig_tn(invite)
+        dests = self.dest_tns(invite)
+        if orig is None or not dests:
+            return None
+        try:
+            return self.signers.sign_call(trunk, orig, dests, wall_now)
+        except SigningError:
+            return None
+
+    def keeps_existing(self, ingress: Trunk) -> bool:
+        return self.trunk_signing[ingress.name].existing_identity == "keep"
