@@ -16,7 +16,6 @@ from proxy.routing import TrunkTarget
 from proxy.sip.grammar import NameAddr, ParseError, parse_name_addr, parse_uri
 from proxy.sip.message import Header, Request, Response
 from proxy.sip.transaction import PROCEEDING, TRYING, Target, Transaction
-
 from proxy.stir.signer import SignedCall
 
 if TYPE_CHECKING:

@@ -139,7 +139,7 @@ class SipServer:
         if verifier is not None:
             try:
                 await asyncio.wait_for(verifier.prepare(values), timeout=self.engine.auth.wait_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.info("x5u_fetch_timeout", call_id=call_id)
             except Exception:
                 log.exception("x5u_fetch_error", call_id=call_id)

@@ -7,6 +7,7 @@ throughput), and the JWS header segment is precomputed per profile and ppt.
 from __future__ import annotations
 
 import email.utils
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ def decide_attestation(rules: AttestationRules | None, orig_tn: str) -> Attestat
     return "B" if rules.known_customer else "C"
 
 
+@functools.lru_cache(maxsize=1024)
 def trunk_origid(trunk: str, configured: str | None = None) -> str:
     """The configured origid (validated as a UUID) or one derived from the trunk name."""
     if configured:

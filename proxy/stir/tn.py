@@ -60,6 +60,13 @@ def canonical_tn(value: str, policy: TNPolicy = DEFAULT_TN_POLICY) -> str:
 
     Raises TNError when nothing number-like remains, so a caller cannot compare garbage by accident.
     """
+    # Fast path: already canonical (what PASSporT claims carry), the per-call common case.
+    if (
+        value.isdigit()
+        and len(value) <= policy.max_length
+        and (not policy.country_code or len(value) != policy.national_length)
+    ):
+        return value
     user, _ = user_part(value)
     # User parameters (RFC 4904 ;tgrp= ;trunk-context=, tel ;phone-context= ;ext=) and URI headers.
     for stop in (";", "?"):

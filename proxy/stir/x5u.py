@@ -7,6 +7,7 @@ loopback/private/link-local targets. The guard can be lifted explicitly (`allow_
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
@@ -65,6 +66,7 @@ def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)  # pure and per-URL: memoised off the per-call path
 def check_x5u(url: str, policy: X5uPolicy = DEFAULT_X5U_POLICY) -> Failure | None:
     """None when the URL may be fetched, else the 436 failure that forbids it. Pure: no DNS."""
     if not url:
