@@ -48,7 +48,11 @@ venv-test: sysdeps-test $(VENV)/.stamp-test
 certs: venv
 	@[ -f demo-certs/sp.pem ] || $(VENV)/bin/stirgate certs init demo-certs
 
+# The demo x5u server (https://127.0.0.1:8443/sp.pem) runs beside stirgate so the default config signs and
+# verifies out of the box; it stops with stirgate.
 run: venv certs
+	@$(PY) -m proxy.stir.x5u_server --dir demo-certs --listen 127.0.0.1:8443 & x5u=$$!; \
+	trap 'kill $$x5u 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/stirgate run -c $(CONFIG)
 
 # --- checking -----------------------------------------------------------------------------------------------
