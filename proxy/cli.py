@@ -6,27 +6,41 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from proxy.config import ConfigError, load_config
+from proxy.config import Config, ConfigError, load_config
 
 __all__ = ["main"]
+
+
+def _load(path: str) -> Config | None:
+    """The config, with its keys, trust anchors and lists loaded once to prove they are usable."""
+    from proxy.authentication import Authenticator
+    from proxy.stir.errors import SigningError, StirError
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"stirgate: {exc}", file=sys.stderr)
+        return None
+    try:
+        Authenticator(config)
+    except (OSError, ValueError, SigningError, StirError) as exc:
+        print(f"stirgate: {path}: stir: {exc}", file=sys.stderr)
+        return None
+    return config
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from proxy.server import run
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"stirgate: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     return run(config, workers=args.workers)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"stirgate: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     print(f"{config.path}: OK ({len(config.trunks)} trunks, {len(config.routes)} routes)")
     return 0
