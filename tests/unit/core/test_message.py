@@ -262,7 +262,9 @@ def test_to_bytes_fixes_wrong_length_after_body_edit_and_drops_duplicate_cl() ->
     m.body = b"xyz"
     out = m.to_bytes()
     assert out.count(b"Content-Length") == 1
-    assert out.endswith(b"Content-Length: 3\r\n\r\nxyz")
+    assert b"\r\nContent-Length: 3\r\n" in out  # at the first Content-Length's place
+    assert out.endswith(b"\r\n\r\nxyz")
+    assert parse(out).body == b"xyz"
 
 
 # --- bare LF ------------------------------------------------------------------------------------------------------
