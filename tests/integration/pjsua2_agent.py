@@ -1,0 +1,235 @@
+"""One pjsua2 call between two UAs, run as its own process (pjsua2 allows one Endpoint per process).
+
+Both UAs live in one Endpoint, each on its own UDP transport and account: the caller on 127.0.0.10:PORT and the
+callee on 127.0.0.20:PORT. The caller calls sip:DIALLED@TARGET (stirgate, or the callee directly) with an
+`X-Stirgate-Test: 42` header; the callee answers 180 then 200; once both calls are CONFIRMED the caller hangs up;
+the agent waits for both to be DISCONNECTED. pjlib runs no thread: the agent polls `libHandleEvents` in a
+bounded loop. The null audio device is used; media sockets are bound to the UAs' loopback addresses.
+
+Prints one JSON object on stdout (the last line): what each side saw, the caller's INVITE as sent (captured from
+pjsip's message log at level 5) and the callee's INVITE as received (`rdata.wholeMsg`).
+
+    python tests/integration/pjsua2_agent.py --target 127.0.0.1:5060 --port 5060 [--log FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from typing import Any
+
+import pjsua2 as pj
+
+CALLER_IP = "127.0.0.10"
+CALLEE_IP = "127.0.0.20"
+DIALLED = "15551230002"
+CUSTOM_NAME, CUSTOM_VALUE = "X-Stirgate-Test", "42"
+
+# pjsip's message log: "TX 1234 bytes Request msg INVITE/cseq=1 (tdta0x...) to UDP 127.0.0.1:5060:\r\n<msg>\n--end msg--"
+_TX = re.compile(r"TX (\d+) bytes Request msg INVITE/cseq=\d+ \([^)]*\) to (\w+) ([\d.]+):(\d+):\r?\n", re.S)
+
+
+class LogCapture(pj.LogWriter):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[str] = []
+
+    def write(self, entry: Any) -> None:
+        self.entries.append(entry.msg)
+
+    def sent_invites(self, host: str, port: int) -> list[str]:
+        """The INVITEs transmitted to host:port, whole, as pjsip logged them (the exact bytes it sent)."""
+        out = []
+        for text in self.entries:
+            m = _TX.search(text)
+            if not m or m.group(3) != host or int(m.group(4)) != port:
+                continue
+            size = int(m.group(1))
+            out.append(text[m.end() : m.end() + size])
+        return out
+
+
+class Call(pj.Call):  # type: ignore[misc]
+    def __init__(self, agent: Agent, side: str, acc: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(acc, call_id)
+        self.agent = agent
+        self.side = side
+        self.states: list[str] = []
+        self.disconnected = False
+        self.confirmed = False
+        self.last_status: int | None = None
+
+    def onCallState(self, prm: Any) -> None:
+        ci = self.getInfo()
+        self.states.append(ci.stateText)
+        self.confirmed = self.confirmed or ci.state == pj.PJSIP_INV_STATE_CONFIRMED
+        self.disconnected = ci.state == pj.PJSIP_INV_STATE_DISCONNECTED
+        self.last_status = ci.lastStatusCode
+        self.agent.event(f"{self.side}: state {ci.stateText} ({ci.lastStatusCode} {ci.lastReason})")
+
+
+class CalleeAccount(pj.Account):  # type: ignore[misc]
+    def __init__(self, agent: Agent) -> None:
+        super().__init__()
+        self.agent = agent
+
+    def onIncomingCall(self, prm: Any) -> None:
+        self.agent.callee_invite = prm.rdata.wholeMsg
+        self.agent.callee_src = prm.rdata.srcAddress
+        call = Call(self.agent, "callee", self, prm.callId)
+        self.agent.callee_call = call
+        self.agent.event(f"callee: incoming call from {prm.rdata.srcAddress}")
+        ring = pj.CallOpParam()
+        ring.statusCode = 180
+        call.answer(ring)
+        ok = pj.CallOpParam()
+        ok.statusCode = 200
+        call.answer(ok)
+
+
+class Agent:
+    def __init__(self, port: int, media_ports: tuple[int, int]) -> None:
+        self.port = port
+        self.media_ports = media_ports
+        self.events: list[str] = []
+        self.t0 = time.monotonic()
+        self.callee_invite: str | None = None
+        self.callee_src: str | None = None
+        self.caller_call: Call | None = None
+        self.callee_call: Call | None = None
+        self.log = LogCapture()
+        self.ep = pj.Endpoint()
+
+    def event(self, text: str) -> None:
+        self.events.append(f"{time.monotonic() - self.t0:7.3f} {text}")
+
+    def start(self) -> None:
+        ep = self.ep
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.userAgent = "stirgate-it-pjsua2"
+        cfg.logConfig.level = 5
+        cfg.logConfig.consoleLevel = 5
+        cfg.logConfig.msgLogging = True
+        cfg.logConfig.writer = self.log
+        cfg.logConfig.decor = 0
+        cfg.medConfig.hasIoqueue = True
+        cfg.medConfig.noVad = True
+        ep.libInit(cfg)
+        self.transports = {}
+        for side, ip in (("caller", CALLER_IP), ("callee", CALLEE_IP)):
+            tc = pj.TransportConfig()
+            tc.boundAddress = ip
+            tc.publicAddress = ip
+            tc.port = self.port
+            self.transports[side] = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+        ep.audDevManager().setNullDev()
+        ep.libStart()
+
+        def account(side: str, ip: str, user: str, media_port: int, acc: pj.Account) -> pj.Account:
+            ac = pj.AccountConfig()
+            ac.idUri = f"sip:{user}@{ip}:{self.port}"
+            ac.sipConfig.transportId = self.transports[side]
+            ac.mediaConfig.transportConfig.boundAddress = ip
+            ac.mediaConfig.transportConfig.publicAddress = ip
+            ac.mediaConfig.transportConfig.port = media_port
+            ac.mediaConfig.transportConfig.portRange = 8
+            ac.natConfig.sdpNatRewriteUse = False
+            ac.natConfig.viaRewriteUse = False
+            ac.natConfig.contactRewriteUse = False
+            acc.create(ac)
+            return acc
+
+        self.caller_acc = account("caller", CALLER_IP, "15551230001", self.media_ports[0], pj.Account())
+        self.callee_acc = account("callee", CALLEE_IP, DIALLED, self.media_ports[1], CalleeAccount(self))
+        self.callee_acc.setDefault()
+
+    def poll_until(self, done: Any, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if done():
+                return True
+            self.ep.libHandleEvents(10)
+        return bool(done())
+
+    def run(self, target: str, seconds: float) -> dict[str, Any]:
+        call = Call(self, "caller", self.caller_acc)
+        self.caller_call = call
+        prm = pj.CallOpParam(True)
+        hdr = pj.SipHeader()
+        hdr.hName = CUSTOM_NAME
+        hdr.hValue = CUSTOM_VALUE
+        prm.txOption.headers.append(hdr)
+        call.makeCall(f"sip:{DIALLED}@{target}", prm)
+        self.event(f"caller: INVITE to {target}")
+
+        def confirmed(c: Call | None) -> bool:
+            return c is not None and c.confirmed
+
+        def ended(c: Call | None) -> bool:
+            return c is not None and c.disconnected
+
+        both_confirmed = self.poll_until(lambda: confirmed(self.caller_call) and confirmed(self.callee_call),
+                                         seconds)  # fmt: skip
+        if both_confirmed:
+            call.hangup(pj.CallOpParam(True))
+            self.event("caller: hang up")
+        else:
+            self.ep.hangupAllCalls()
+        both_ended = self.poll_until(lambda: ended(self.caller_call) and ended(self.callee_call)
+                                     or (not both_confirmed and ended(self.caller_call)), seconds)  # fmt: skip
+        host, _, port = target.rpartition(":")
+        sent = self.log.sent_invites(host, int(port))
+        return {
+            "both_confirmed": both_confirmed,
+            "both_ended": both_ended,
+            "caller_states": self.caller_call.states if self.caller_call else [],
+            "callee_states": self.callee_call.states if self.callee_call else [],
+            "caller_last_status": self.caller_call.last_status if self.caller_call else None,
+            "caller_invite_sent": sent[0] if sent else None,
+            "caller_invites_sent": len(sent),
+            "callee_invite_received": self.callee_invite,
+            "callee_src": self.callee_src,
+            "events": self.events,
+        }
+
+    def close(self) -> None:
+        self.caller_call = None
+        self.callee_call = None
+        self.ep.hangupAllCalls()
+        self.poll_until(lambda: False, 0.05)
+        del self.caller_acc
+        del self.callee_acc
+        self.ep.libDestroy()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True, help="host:port the caller sends its INVITE to")
+    ap.add_argument("--port", type=int, default=5060, help="SIP port of both UAs")
+    ap.add_argument("--media-ports", default="40000,40100", help="RTP base ports of caller,callee")
+    ap.add_argument("--seconds", type=float, default=15.0, help="bound for each phase")
+    ap.add_argument("--log", help="write pjsip's log here")
+    args = ap.parse_args()
+    media = tuple(int(p) for p in args.media_ports.split(","))
+    agent = Agent(args.port, (media[0], media[1]))
+    try:
+        agent.start()
+        result = agent.run(args.target, args.seconds)
+    finally:
+        if args.log:
+            with open(args.log, "w") as fh:
+                fh.write("\n".join(agent.log.entries))
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    agent.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""SIPp calls through a live stirgate (issue 2, Tests): one test per scenario pair in sipp_scenarios/.
+
+Topology (../shared/TOPOLOGY.md): SIPp UAC as the customer trunk on 127.0.0.10, stirgate on 127.0.0.1, SIPp UAS as
+the carrier on 127.0.0.20 (or the second carrier on 127.0.0.21). Every SIPp runs a few calls under
+`-timeout 30s -timeout_error`; exit code 0 means every call followed its scenario, including the SDP and header
+checks inside the scenarios. The tests then read SIPp's message traces for what a scenario cannot say alone
+(bytes on both legs, one INVITE at the UAS, the B2BUA's own identifiers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration import harness
+from tests.integration.conftest import QUICK_TIMERS, StirgateFactory
+from tests.integration.harness import (
+    CARRIER2_IP,
+    CARRIER_IP,
+    CUSTOMER_IP,
+    SIP_PORT,
+    STIRGATE_IP,
+    UNKNOWN_IP,
+    Sipp,
+    SippResult,
+)
+
+STIRGATE = (STIRGATE_IP, SIP_PORT)
+
+
+def uac(tmp_path: Path, scenario: str, *, ip: str = CUSTOMER_IP, **kw: object) -> Sipp:
+    return Sipp(scenario, ip, tmp_path, remote=STIRGATE, **kw)  # type: ignore[arg-type]
+
+
+def uas(tmp_path: Path, scenario: str, *, ip: str = CARRIER_IP, **kw: object) -> Sipp:
+    return Sipp(scenario, ip, tmp_path, **kw)  # type: ignore[arg-type]
+
+
+def run_pair(callee: Sipp, caller: Sipp) -> tuple[SippResult, SippResult]:
+    """Start the UAS (bound before anything is sent), run the UAC to its end, then collect the UAS."""
+    with harness.running(callee):
+        caller.start()
+        caller_result = caller.wait()
+        callee_result = callee.wait()
+    return caller_result, callee_result
+
+
+def assert_passed(*results: SippResult, calls: int = 1) -> None:
+    for r in results:
+        assert r.returncode == 0 and r.failed in (0, None), r.summary()
+        assert r.successful == calls, r.summary()
+
+
+def final_response(r: SippResult, method: str = "INVITE") -> int | None:
+    finals = [m.status for m in r.responses() if m.method == method and (m.status or 0) >= 200]
+    return finals[0] if finals else None
+
+
+def only(messages: list[harness.TracedMessage], what: str, r: SippResult) -> harness.TracedMessage:
+    assert len(messages) == 1, f"expected exactly one {what}, got {len(messages)}\n{r.summary()}"
+    return messages[0]
+
+
+def tag_of(value: str) -> str:
+    for param in value.split(";")[1:]:
+        key, _, val = param.strip().partition("=")
+        if key.lower() == "tag":
+            return val
+    return ""
+
+
+def assert_sdp_relayed(caller: SippResult, callee: SippResult) -> None:
+    """The offer and the answer cross stirgate byte for byte (pytest's own check beside the scenarios')."""
+    offer_sent = caller.requests("INVITE", "sent")[0].body
+    offer_seen = callee.requests("INVITE")[0].body
+    assert offer_sent and offer_seen == offer_sent
+    answers_sent = [m.body for m in callee.responses("sent") if m.method == "INVITE" and m.body]
+    answers_seen = [m.body for m in caller.responses() if m.method == "INVITE" and m.body]
+    assert answers_sent and answers_seen and set(answers_seen) <= set(answers_sent)
+
+
+# ----------------------------------------------------------------------------------------------- basic calls
+def test_basic_call_caller_hangs_up(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_basic.xml"), uac(tmp_path, "uac_basic.xml"))
+    assert_passed(caller, callee)
+    assert final_response(caller) == 200
+    assert_sdp_relayed(caller, callee)
+
+    # A B2BUA: the B-leg is stirgate's own dialog (new Call-ID, new From tag, its Via and Contact).
+    a_inv = caller.requests("INVITE", "sent")[0]
+    b_inv = only(callee.requests("INVITE"), "INVITE at the UAS", callee)
+    assert b_inv.header("Call-ID") != a_inv.header("Call-ID")
+    assert tag_of(b_inv.header("From")) and tag_of(b_inv.header("From")) != tag_of(a_inv.header("From"))
+    assert len(b_inv.headers("Via")) == 1 and CUSTOMER_IP not in b_inv.header("Via"), b_inv.header("Via")
+    assert CUSTOMER_IP not in b_inv.header("Contact"), b_inv.header("Contact")
+    assert b_inv.header("Max-Forwards") == "69"
+    assert b_inv.header("Subject") == a_inv.header("Subject")
+    # The caller's in-dialog requests go to stirgate's Contact, and the BYE reached the callee.
+    ok = [m for m in caller.responses() if m.status == 200 and m.method == "INVITE"][0]
+    assert STIRGATE_IP in ok.header("Contact") and CARRIER_IP not in ok.header("Contact"), ok.header("Contact")
+    only(callee.requests("BYE"), "BYE at the UAS", callee)
+    only(callee.requests("ACK"), "ACK at the UAS", callee)
+
+
+def test_basic_call_callee_hangs_up(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_callee_bye.xml"), uac(tmp_path, "uac_callee_bye.xml"))
+    assert_passed(caller, callee)
+    bye = only(caller.requests("BYE"), "BYE at the caller", caller)
+    a_inv = caller.requests("INVITE", "sent")[0]
+    assert bye.header("Call-ID") == a_inv.header("Call-ID")  # mapped back to the A-leg dialog
+    assert [m.status for m in callee.responses() if m.method == "BYE"] == [200]
+
+
+def test_busy_486(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_busy.xml"), uac(tmp_path, "uac_busy.xml"))
+    assert_passed(caller, callee)
+    assert final_response(caller) == 486
+    only(callee.requests("ACK"), "ACK (hop by hop) at the UAS", callee)
+
+
+def test_cancel_while_ringing(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_ring.xml"), uac(tmp_path, "uac_cancel.xml"))
+    assert_passed(caller, callee)
+    assert final_response(caller) == 487
+    assert final_response(caller, "CANCEL") == 200
+    only(callee.requests("CANCEL"), "CANCEL at the UAS", callee)
+
+
+def test_reinvite_with_sdp(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_reinvite.xml"), uac(tmp_path, "uac_reinvite.xml"))
+    assert_passed(caller, callee)
+    sent = caller.requests("INVITE", "sent")
+    seen = callee.requests("INVITE")
+    assert len(seen) == 2, callee.summary()
+    assert seen[1].body == sent[-1].body  # the re-INVITE's offer, byte for byte
+    assert tag_of(seen[1].header("To"))  # in-dialog on the B-leg
+
+
+def test_update_with_sdp(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_update.xml"), uac(tmp_path, "uac_update.xml"))
+    assert_passed(caller, callee)
+    upd = only(callee.requests("UPDATE"), "UPDATE at the UAS", callee)
+    assert upd.body == caller.requests("UPDATE", "sent")[0].body
+
+
+def test_183_with_sdp_then_200(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_183_sdp.xml"), uac(tmp_path, "uac_183_sdp.xml"))
+    assert_passed(caller, callee)
+    early = [m for m in caller.responses() if m.status == 183]
+    assert early and early[0].body == [m for m in callee.responses("sent") if m.status == 183][0].body
+
+
+def test_callee_never_answers_408(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    """no_answer_timeout is 2 s here: stirgate cancels the B-leg and answers 408 to the caller."""
+    caller, callee = run_pair(uas(tmp_path, "uas_ring.xml"), uac(tmp_path, "uac_no_answer.xml"))
+    assert_passed(caller, callee)
+    assert final_response(caller) == 408
+    only(callee.requests("CANCEL"), "CANCEL (from stirgate) at the UAS", callee)
+
+
+# ----------------------------------------------------------------------------------------------- routing
+def test_failover_to_second_carrier(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    """Nothing listens on the first carrier (127.0.0.20): the call goes to the second (127.0.0.21)."""
+    assert not harness.is_bound(CARRIER_IP, SIP_PORT), f"something listens on {CARRIER_IP}:{SIP_PORT}"
+    caller, callee = run_pair(uas(tmp_path, "uas_basic.xml", ip=CARRIER2_IP), uac(tmp_path, "uac_basic.xml"))
+    assert_passed(caller, callee)
+    assert final_response(caller) == 200
+    only(callee.requests("INVITE"), "INVITE at the second carrier", callee)
+
+
+def test_no_trunk_alive_503(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    for ip in (CARRIER_IP, CARRIER2_IP):
+        assert not harness.is_bound(ip, SIP_PORT), f"something listens on {ip}:{SIP_PORT}"
+    caller = uac(tmp_path, "uac_503.xml").start().wait()
+    assert_passed(caller)
+    assert final_response(caller) == 503
+
+
+def test_unknown_source_403(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller = uac(tmp_path, "uac_403.xml", ip=UNKNOWN_IP).start().wait()
+    assert_passed(caller)
+    resp = [m for m in caller.responses() if m.status == 403]
+    assert resp and resp[0].body == b"", caller.summary()
+
+
+# ----------------------------------------------------------------------------------------------- transport
+def test_retransmitted_invite_absorbed(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    """The caller retransmits its INVITE while the callee rings: exactly one INVITE reaches the UAS."""
+    caller, callee = run_pair(
+        uas(tmp_path, "uas_ring_answer.xml"),
+        uac(tmp_path, "uac_retransmit.xml", extra=("-nr",)),
+    )
+    copies = caller.requests("INVITE", "sent")
+    assert len(copies) >= 2 and len({m.raw for m in copies}) == 1, caller.summary()
+    invites = callee.requests("INVITE")
+    assert len(invites) == 1, f"{len(invites)} INVITEs reached the UAS\n{callee.summary()}"
+    assert_passed(caller, callee)
+
+
+def test_call_over_tcp(stirgate_factory: StirgateFactory, sipp_bin: str, tmp_path: Path) -> None:
+    """Customer -> stirgate over TCP, stirgate -> carrier over TCP (the carrier trunk's transport)."""
+    stirgate_factory(sip=QUICK_TIMERS, trunks={"carrier": {"transport": "tcp"}})
+    caller, callee = run_pair(uas(tmp_path, "uas_basic.xml", transport="t1"),
+                              uac(tmp_path, "uac_basic.xml", transport="t1"))  # fmt: skip
+    assert_passed(caller, callee)
+    assert {m.transport for m in caller.messages + callee.messages} == {"TCP"}
+    assert_sdp_relayed(caller, callee)
+
+
+# ----------------------------------------------------------------------------------------------- headers, load
+def test_custom_header_passes_unchanged(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_custom_header.xml"), uac(tmp_path, "uac_custom_header.xml"))
+    assert_passed(caller, callee)
+    sent = caller.requests("INVITE", "sent")[0].headers("X-Custom-Header")
+    assert sent and callee.requests("INVITE")[0].headers("X-Custom-Header") == sent
+
+
+@pytest.mark.parametrize("calls", [20])
+def test_uas_answering_directly_several_calls(stirgate: harness.Stirgate, tmp_path: Path, calls: int) -> None:
+    """The throughput pair, a few calls at 20 calls/s: all complete (no timing asserted)."""
+    caller, callee = run_pair(
+        uas(tmp_path, "uas_answer.xml", calls=calls),
+        uac(tmp_path, "uac_basic.xml", calls=calls, extra=("-r", "20", "-l", "10")),
+    )
+    assert_passed(caller, callee, calls=calls)
+    assert len({m.header("Call-ID") for m in callee.requests("INVITE")}) == calls
