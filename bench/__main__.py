@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="bisection steps between the last pass and the first failure (default 2, quick 0)")
     p.add_argument("--confirm", type=int, default=None,
                    help="re-runs of a failed ladder step before giving up (noise; default 1, quick 0)")
+    p.add_argument("--pairs", type=int, default=None,
+                   help="extra alternating stirgate/peer steps at the comparison rate for the CPU ratio "
+                        "(median of the pairs; default 2, quick 0)")
     p.add_argument("--drain", type=float, default=1.0, help="seconds after the UACs end still counted as CPU")
     p.add_argument("--port-offset", type=int, default=0,
                    help="add N to every SIP port (run beside tests that hold the TOPOLOGY.md addresses)")
@@ -64,6 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.max_rate = a.max_rate or (12000.0 if a.quick else 20000.0)
     a.refine = (0 if a.quick else 2) if a.refine is None else a.refine
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
+    a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     return a
 
 
@@ -248,10 +253,25 @@ def main(argv: list[str] | None = None) -> int:
                 if not sw.passed(rate):
                     print(f"{sw.sut.label}: CPU at {rate:.0f} cps for the comparison with {peer}", flush=True)
                     sw.run(rate, args.confirm)
+            # Paired, alternating re-measurements: the background load drifts, so each pair of steps run
+            # back to back gives one ratio; the median of those ratios is the figure.
+            pair_ratios: list[float] = []
             a, b = sg.passed(rate), pw.passed(rate)
-            entry: dict[str, Any] = {"cpu_rate_cps": rate}
             if a and b and a.cpu_us_per_call and b.cpu_us_per_call:
-                entry["cpu_ratio"] = round(a.cpu_us_per_call / b.cpu_us_per_call, 3)
+                pair_ratios.append(a.cpu_us_per_call / b.cpu_us_per_call)
+            for k in range(args.pairs):
+                print(f"CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps: stirgate then {peer}", flush=True)
+                a, b = sg.run(rate), pw.run(rate)
+                if a.passed and b.passed and a.cpu_us_per_call and b.cpu_us_per_call:
+                    pair_ratios.append(a.cpu_us_per_call / b.cpu_us_per_call)
+            entry: dict[str, Any] = {"cpu_rate_cps": rate}
+            if pair_ratios:
+                entry["cpu_ratio"] = round(statistics.median(pair_ratios), 3)
+                entry["cpu_ratio_pairs"] = [round(x, 3) for x in pair_ratios]
+                entry["cpu_us_stirgate"] = statistics.median(
+                    x.cpu_us_per_call for x in sg.steps if x.passed and x.rate == rate and x.cpu_us_per_call)
+                entry[f"cpu_us_{peer}"] = statistics.median(
+                    x.cpu_us_per_call for x in pw.steps if x.passed and x.rate == rate and x.cpu_us_per_call)
             ba, bb = sg.best(), pw.best()
             if ba and bb:
                 entry["max_rate_ratio"] = round(ba.rate / bb.rate, 3)
@@ -266,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         summary[name] = {
             "label": sw.sut.label,
             "max_passing_cps": best.rate if best else None,
-            "cpu_us_per_call_at_common_rate": common.cpu_us_per_call if common else None,
+            "cpu_us_per_call_at_common_rate": statistics.median(
+                x.cpu_us_per_call for x in sw.steps if x.passed and x.rate == args.common_rate and x.cpu_us_per_call
+            ) if common else None,
             "cpu_us_per_call_at_max_rate": best.cpu_us_per_call if best else None,
             "p99_ms_at_max_rate": best.p99_ms if best else None,
             "steps": len(sw.steps),
@@ -286,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     for pair, e in ratios.items():
         bits = []
         if "cpu_ratio" in e:
-            bits.append(f"CPU/call {e['cpu_ratio']:.2f} (at {e['cpu_rate_cps']:.0f} cps)")
+            pairs = ", ".join(f"{x:.2f}" for x in e["cpu_ratio_pairs"])
+            bits.append(f"CPU/call {e['cpu_ratio']:.2f} at {e['cpu_rate_cps']:.0f} cps (median of pairs {pairs})")
         if "max_rate_ratio" in e:
             bits.append(f"highest passing rate {e['max_rate_ratio']:.2f}")
         if "cpu_ratio_at_max_rates" in e:
