@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,32 @@ def stirgate_factory(tmp_path: Path) -> Iterator[StirgateFactory]:
             problems.append(f"stirgate died during the test (exit {rc}):\n{sg.log_tail()}")
         elif rc != 0:
             problems.append(f"stirgate exited {rc} on SIGTERM (expected 0):\n{sg.log_tail()}")
+        problems += log_problems(sg)
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+def log_problems(sg: harness.Stirgate) -> list[str]:
+    """What stirgate's own log says went wrong: lines that are not JSON (a traceback), error-level events,
+    internal errors counted at stop, calls still active when it drained (state not freed at the call's end)."""
+    problems = []
+    for line in sg.log_path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            problems.append(f"stirgate wrote a non-JSON log line: {line[:300]}")
+            continue
+        if not isinstance(event, dict):
+            continue
+        if str(event.get("level", "")).lower() in ("error", "critical", "exception"):
+            problems.append(f"stirgate logged an error: {line[:600]}")
+        if event.get("event") == "draining" and event.get("active_calls", 0):
+            problems.append(f"calls still active after every call ended: {line[:300]}")
+        if event.get("event") == "stopped" and event.get("internal_errors", 0):
+            problems.append(f"internal errors counted: {line[:600]}")
+    return problems[:20]
 
 
 QUICK_TIMERS = {"failover_timeout": 1.0, "no_answer_timeout": 2.0}

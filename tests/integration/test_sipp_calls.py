@@ -70,6 +70,19 @@ def tag_of(value: str) -> str:
     return ""
 
 
+def assert_in_dialog(req: harness.TracedMessage, side: SippResult, r: SippResult) -> None:
+    """An in-dialog request received by `side` carries that side's dialog: same Call-ID as its INVITE,
+    From/To tags swapped or kept as the direction requires, and a CSeq of its own method."""
+    inv = side.requests("INVITE")[0] if side.requests("INVITE") else side.requests("INVITE", "sent")[0]
+    ok = [m for m in side.messages if not m.is_request and m.method == "INVITE" and m.status == 200][0]
+    local_tag = tag_of(ok.header("To")) if inv.direction == "received" else tag_of(inv.header("From"))
+    assert req.header("Call-ID") == inv.header("Call-ID"), r.summary()
+    assert tag_of(req.header("To")) == local_tag, f"To tag of {req.method} is not ours\n{r.summary()}"
+    remote_tag = tag_of(inv.header("From")) if inv.direction == "received" else tag_of(ok.header("To"))
+    assert tag_of(req.header("From")) == remote_tag, f"From tag of {req.method} is not the peer's\n{r.summary()}"
+    assert req.header("CSeq").split()[-1] == req.method
+
+
 def assert_sdp_relayed(caller: SippResult, callee: SippResult) -> None:
     """The offer and the answer cross stirgate byte for byte (pytest's own check beside the scenarios')."""
     offer_sent = caller.requests("INVITE", "sent")[0].body
@@ -99,16 +112,19 @@ def test_basic_call_caller_hangs_up(stirgate: harness.Stirgate, tmp_path: Path) 
     # The caller's in-dialog requests go to stirgate's Contact, and the BYE reached the callee.
     ok = [m for m in caller.responses() if m.status == 200 and m.method == "INVITE"][0]
     assert STIRGATE_IP in ok.header("Contact") and CARRIER_IP not in ok.header("Contact"), ok.header("Contact")
-    only(callee.requests("BYE"), "BYE at the UAS", callee)
-    only(callee.requests("ACK"), "ACK at the UAS", callee)
+    assert_in_dialog(only(callee.requests("BYE"), "BYE at the UAS", callee), callee, callee)
+    assert_in_dialog(only(callee.requests("ACK"), "ACK at the UAS", callee), callee, callee)
+    b_bye = callee.requests("BYE")[0]
+    assert int(b_bye.header("CSeq").split()[0]) > int(b_inv.header("CSeq").split()[0])
+    # stirgate answers the INVITE with 100 Trying itself.
+    assert caller.responses()[0].status == 100, caller.summary()
 
 
 def test_basic_call_callee_hangs_up(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     caller, callee = run_pair(uas(tmp_path, "uas_callee_bye.xml"), uac(tmp_path, "uac_callee_bye.xml"))
     assert_passed(caller, callee)
     bye = only(caller.requests("BYE"), "BYE at the caller", caller)
-    a_inv = caller.requests("INVITE", "sent")[0]
-    assert bye.header("Call-ID") == a_inv.header("Call-ID")  # mapped back to the A-leg dialog
+    assert_in_dialog(bye, caller, caller)  # mapped back to the A-leg dialog
     assert [m.status for m in callee.responses() if m.method == "BYE"] == [200]
 
 
@@ -116,7 +132,11 @@ def test_busy_486(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     caller, callee = run_pair(uas(tmp_path, "uas_busy.xml"), uac(tmp_path, "uac_busy.xml"))
     assert_passed(caller, callee)
     assert final_response(caller) == 486
-    only(callee.requests("ACK"), "ACK (hop by hop) at the UAS", callee)
+    ack = only(callee.requests("ACK"), "ACK (hop by hop) at the UAS", callee)
+    # RFC 3261 17.1.1.3: the ACK for a non-2xx has the INVITE's branch and CSeq number.
+    inv = callee.requests("INVITE")[0]
+    assert ack.header("Via") == inv.header("Via"), callee.summary()
+    assert ack.header("CSeq").split()[0] == inv.header("CSeq").split()[0]
 
 
 def test_cancel_while_ringing(stirgate: harness.Stirgate, tmp_path: Path) -> None:
@@ -134,13 +154,14 @@ def test_reinvite_with_sdp(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     seen = callee.requests("INVITE")
     assert len(seen) == 2, callee.summary()
     assert seen[1].body == sent[-1].body  # the re-INVITE's offer, byte for byte
-    assert tag_of(seen[1].header("To"))  # in-dialog on the B-leg
+    assert_in_dialog(seen[1], callee, callee)
 
 
 def test_update_with_sdp(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     caller, callee = run_pair(uas(tmp_path, "uas_update.xml"), uac(tmp_path, "uac_update.xml"))
     assert_passed(caller, callee)
     upd = only(callee.requests("UPDATE"), "UPDATE at the UAS", callee)
+    assert_in_dialog(upd, callee, callee)
     assert upd.body == caller.requests("UPDATE", "sent")[0].body
 
 
