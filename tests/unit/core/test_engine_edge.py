@@ -373,3 +373,35 @@ def test_build_request_helper_is_valid() -> None:
     m = parse(build_request("INFO", "sip:x@127.0.0.1", via=["SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1"], from_="<sip:a@h>;tag=1",
                             to="<sip:b@h>", call_id="c", cseq=1))
     assert isinstance(m, Request) and check_request(m) is None
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: when a call ends (here: B hangs up) while an in-dialog request from A is "
+                   "still relayed to B, B's later answer is dropped (Call.on_response returns when ENDED) and A's "
+                   "server transaction is never answered: it stays in Trying forever (leak; A gets no final)")
+def test_pending_relayed_request_answered_when_call_ends(h: Harness) -> None:
+    caller, callee = established_call(h)
+    outs = h.feed(caller.request("INFO"), A)
+    info = req_of(outs.to(B).one())
+    outs = h.feed(callee.request("BYE"), B)
+    bye = req_of(outs.to(A).one())
+    h.feed(caller.reply(bye, 200), A)
+    outs = h.feed(callee.reply(info, 481), B)
+    outs += h.settle()
+    assert outs.to(A).responses()  # A's INFO gets a final response (the relayed 481, or 481/408 of our own)
+    h.settle()
+    h.assert_clean()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: INFO from A in the early dialog, then B rejects the INVITE: the relayed "
+                   "INFO's server transaction on A is never answered and never removed (leak)")
+def test_early_info_then_rejection_leaks_nothing(h: Harness) -> None:
+    caller, outs = start_call(h)
+    callee = Callee(h, b_invite(outs))
+    outs = h.feed(callee.reply(None, 180), B)
+    caller.learn(resp_of(outs.to(A).one()))
+    outs = h.feed(caller.request("INFO"), A)
+    info = req_of(outs.to(B).one())
+    h.feed(callee.reply(None, 486), B)
+    h.feed(callee.reply(info, 200), B)
+    h.settle(1000)
+    h.assert_clean()
