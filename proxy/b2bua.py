@@ -47,7 +47,7 @@ def passthrough(headers: Iterable[Header]) -> list[Header]:
 
 
 def _is_ip_literal(host: str) -> bool:
-    return host.startswith("[") or (bool(host) and all(c.isdigit() or c == "." for c in host))
+    return host.startswith("[") or host.replace(".", "").isdigit()
 
 
 def resolve_target(uri: str, transport: str, fallback: Target) -> Target:
@@ -228,12 +228,13 @@ class Call:
         self.signed: SignedCall | bool | None = None
         self.verify_waited = False
         from_na = invite.from_
-        a_target = resolve_target(invite.contact.uri if invite.contact else from_na.uri, source[0], source)
+        contact = invite.contact
+        a_target = resolve_target(contact.uri if contact else from_na.uri, source[0], source)
         self.a = Leg(invite.call_id, engine.new_tag(), invite.to, from_na, from_na.tag, a_target,
                      engine.contact_for(source[0]))
         self.a.route_set = invite.values("record-route")
-        if invite.contact is not None:
-            self.a.remote_target = invite.contact.uri
+        if contact is not None:
+            self.a.remote_target = contact.uri
         self.b: Leg | None = None
 
     # --- B-leg set-up -----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from proxy.authentication import Authenticator
 from proxy.b2bua import ROUTING, Call
 from proxy.config import Config, Trunk
 from proxy.routing import Router, dialled_digits
-from proxy.sip.grammar import ParseError, parse_uri
+from proxy.sip.grammar import ParseError
 from proxy.sip.message import Header, Request, Response, VersionError, canonical_name, parse
 from proxy.sip.timers import TimerQueue
 from proxy.sip.transaction import Target, TimerConfig, TransactionLayer
@@ -230,7 +230,7 @@ class Engine:
             return
         txns.respond(txn, self.make_response(req, 100, "Trying", None), now)
         try:
-            user = parse_uri(req.uri).user
+            user = req.ruri.user
         except ParseError:
             user = None
         targets = self.router.route(trunk, dialled_digits(user))

@@ -13,9 +13,11 @@ from collections.abc import Iterable, Iterator
 from proxy.sip.grammar import (
     NameAddr,
     ParseError,
+    Uri,
     Via,
     parse_cseq,
     parse_name_addr,
+    parse_uri,
     parse_via,
     split_commas,
 )
@@ -126,7 +128,7 @@ class Header:
 class Message:
     """Common part of requests and responses: the header list and the body."""
 
-    __slots__ = ("_cseq", "_from", "_to", "_to_tag", "_via", "_via_key", "body", "headers")
+    __slots__ = ("_contact", "_cseq", "_from", "_index", "_to", "_to_tag", "_via", "_via_key", "body", "headers")
 
     def __init__(self, headers: list[Header], body: bytes) -> None:
         self.headers = headers
@@ -137,15 +139,21 @@ class Message:
         self._cseq: tuple[int, str] | None = None
         self._via_key: tuple[str, str] | None = None
         self._to_tag: str | bool | None = False  # False: not looked at yet
+        #: First header per key, built on the first lookup: the B2BUA asks one message for many fields.
+        self._index: dict[str, Header] | None = None
+        self._contact: NameAddr | bool | None = False
 
     # --- generic access ---------------------------------------------------------------------------------------
     def header(self, name: str) -> str | None:
         """Value of the first header with this name (any spelling or compact form), or None."""
-        key = name if name in _CANONICAL else canonical_name(name)
-        for h in self.headers:
-            if h.key == key:
-                return h.value
-        return None
+        index = self._index
+        if index is None:
+            index = {}
+            for h in reversed(self.headers):
+                index[h.key] = h
+            self._index = index
+        found = index.get(name if name in _CANONICAL else canonical_name(name))
+        return None if found is None else found.value
 
     def headers_all(self, name: str) -> list[str]:
         """Values of every header line with this name, in order (comma lists not split)."""
@@ -200,6 +208,7 @@ class Message:
         self._forget(key)
 
     def _forget(self, key: str) -> None:
+        self._index = None
         if key == "via":
             self._via = None
             self._via_key = None
@@ -208,6 +217,8 @@ class Message:
         elif key == "to":
             self._to = None
             self._to_tag = False
+        elif key == "contact":
+            self._contact = False
         elif key == "cseq":
             self._cseq = None
 
@@ -298,13 +309,16 @@ class Message:
 
     @property
     def contact(self) -> NameAddr | None:
-        v = self.header("contact")
-        if v is None:
-            return None
-        first = split_commas(v)[0]
-        if first.strip() == "*":
-            return None
-        return parse_name_addr(first)
+        contact = self._contact
+        if contact is False:
+            v = self.header("contact")
+            if v is None:
+                contact = None
+            else:
+                first = split_commas(v)[0]
+                contact = None if first.strip() == "*" else parse_name_addr(first)
+            self._contact = contact
+        return contact  # type: ignore[return-value]
 
     @property
     def max_forwards(self) -> int | None:
@@ -383,12 +397,21 @@ def _fast_tag(value: str) -> str | bool | None:
 
 
 class Request(Message):
-    __slots__ = ("method", "uri")
+    __slots__ = ("_ruri", "method", "uri")
 
     def __init__(self, method: str, uri: str, headers: list[Header], body: bytes = b"") -> None:
         super().__init__(headers, body)
         self.method = method
         self.uri = uri
+        self._ruri: Uri | None = None
+
+    @property
+    def ruri(self) -> Uri:
+        """The Request-URI, parsed once."""
+        ruri = self._ruri
+        if ruri is None:
+            ruri = self._ruri = parse_uri(self.uri)
+        return ruri
 
     def _start_line(self) -> str:
         return f"{self.method} {self.uri} {_SIP_VERSION}"

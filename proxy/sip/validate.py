@@ -5,7 +5,7 @@ Each failure names the problem in the reason phrase, so the peer's engineer can 
 
 from __future__ import annotations
 
-from proxy.sip.grammar import ParseError, parse_name_addr, parse_uri
+from proxy.sip.grammar import ParseError, parse_uri
 from proxy.sip.message import Request
 
 __all__ = ["MAGIC_COOKIE", "MAX_RURI_LENGTH", "check_request"]
@@ -51,7 +51,7 @@ def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, s
     if len(req.uri) > max_ruri:
         return 414, "Request-URI Too Long"
     try:
-        uri = parse_uri(req.uri)
+        uri = req.ruri
     except ParseError:
         return 400, "Bad Request-URI"
     if uri.scheme not in _ROUTABLE_SCHEMES:
@@ -60,7 +60,7 @@ def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, s
         if to_tag is not None:
             break  # in-dialog: the dialog's INVITE was checked in full
         try:
-            na = parse_name_addr(req.header(key) or "")
+            na = req.from_ if key == "from" else req.to
             parse_uri(na.uri)
         except ParseError:
             return 400, f"Bad {name}"
