@@ -7,11 +7,11 @@ import pytest
 from proxy.sip.message import Request, Response, parse
 
 from .sipfake import (
-    A,
-    B,
     B2,
     SDP_A,
     SDP_B,
+    A,
+    B,
     Callee,
     Caller,
     Harness,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from proxy.sip.message import ParseError, Request, Response, parse
 
-from .sipfake import A, B, B2, SDP_A, SDP_B, Caller, Harness, build_response, make_engine
+from .sipfake import B2, SDP_A, SDP_B, A, B, Caller, Harness, build_response, make_engine
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
