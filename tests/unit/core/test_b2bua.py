@@ -127,7 +127,7 @@ def test_b_leg_hides_a_leg_identifiers(h: Harness) -> None:
 
 def test_sdp_byte_identical_both_ways(h: Harness) -> None:
     odd_sdp = b"v=0\r\no=- 0 0 IN IP4 127.0.0.10\r\ns=\xe9\xff weird\r\na=x:\x00\x01\r\n\r\nm=audio 9 RTP/AVP 0\n"
-    caller, outs = start_call(h, body=odd_sdp)
+    _caller, outs = start_call(h, body=odd_sdp)
     binv = b_invite(outs)
     assert binv.body == odd_sdp
     assert outs.to(B).one().data.endswith(b"\r\n\r\n" + odd_sdp)
@@ -150,14 +150,14 @@ UNKNOWN = [
 
 
 def test_unknown_headers_identical_on_b_leg(h: Harness) -> None:
-    caller, outs = start_call(h, extra=UNKNOWN)
+    _caller, outs = start_call(h, extra=UNKNOWN)
     raw = outs.to(B).one().data.decode("latin-1").split("\r\n")
     positions = [raw.index(line) for line in UNKNOWN]  # every line byte-identical
     assert positions == sorted(positions)  # and in the same order
 
 
 def test_unknown_headers_in_responses_relayed(h: Harness) -> None:
-    caller, outs = start_call(h)
+    _caller, outs = start_call(h)
     callee = Callee(h, b_invite(outs))
     outs = h.feed(callee.reply(None, 180, extra=["X-Ring: 1", "P-Early-Media: supported", "Require: 100rel",
                                                 "RSeq: 1"]), B)
@@ -234,7 +234,7 @@ def test_503_from_carrier_fails_over_to_carrier2(h: Harness) -> None:
 
 
 def test_503_from_last_trunk_becomes_500(h: Harness) -> None:
-    caller, outs = start_call(h)
+    _caller, outs = start_call(h)
     outs = h.feed(Callee(h, b_invite(outs)).reply(None, 503), B)
     outs = h.feed(Callee(h, b_invite(outs, B2), addr=B2).reply(None, 503, "Service Unavailable"), B2)
     assert outs.to(A).statuses() == [500]
@@ -245,7 +245,7 @@ def test_503_from_last_trunk_becomes_500(h: Harness) -> None:
 
 @pytest.mark.parametrize("code", [404, 480, 486, 603])
 def test_non_failover_codes_relayed_without_failover(h: Harness, code: int) -> None:
-    caller, outs = start_call(h)
+    _caller, outs = start_call(h)
     outs = h.feed(Callee(h, b_invite(outs)).reply(None, code), B)
     assert outs.to(A).statuses() == [code]
     assert outs.to(B2) == []
@@ -536,7 +536,8 @@ def test_prack_with_rack_relayed(h: Harness) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: after an early-dialog PRACK (or UPDATE/INFO) was relayed, the ACK for "
-                   "B's 2xx to the initial INVITE carries the B-leg's latest CSeq (b.local_cseq, here 2) instead of the "
+                   "B's 2xx to the initial INVITE carries the B-leg's latest CSeq (b.local_cseq, here 2) instead of "
+                   "the "
                    "INVITE's CSeq number (1): _on_b_invite_response stores pending_ack = b.local_cseq (RFC 3261 "
                    "13.2.2.4: the ACK's CSeq number is the INVITE's); B cannot match the ACK")
 @pytest.mark.parametrize("method", ["PRACK", "UPDATE"])
@@ -569,7 +570,7 @@ def test_183_with_sdp_relayed(h: Harness) -> None:
 
 
 def test_in_dialog_request_with_wrong_to_tag_481(h: Harness) -> None:
-    caller, callee = established_call(h)
+    caller, _callee = established_call(h)
     caller.remote_tag = "not-ours"
     outs = h.feed(caller.request("INFO"), A)
     assert outs.to(A).statuses() == [481] and outs.to(B) == []
@@ -647,7 +648,7 @@ def test_a_never_acks_200_bye_on_both_legs(h: Harness) -> None:
                    "(RFC 3261 13.2.2.4: the UAC core MUST ACK every 2xx); compare the 200/CANCEL race, which ACKs then "
                    "BYEs")
 def test_a_never_acks_b_gets_ack_before_bye(h: Harness) -> None:
-    caller, outs = start_call(h)
+    _caller, outs = start_call(h)
     callee = Callee(h, b_invite(outs))
     h.feed(callee.reply(None, 200, body=SDP_B), B)
     outs = h.run_until(h.now + 64 * T1 + 1)
@@ -729,7 +730,8 @@ def test_request_after_call_ended_481(h: Harness) -> None:
 def test_invite_without_route_404(h: Harness) -> None:
     from .sipfake import loopback_config
 
-    cfg = loopback_config(**{"    prefix: \"\"\n    trunks: [carrier, carrier2]": "    prefix: \"44\"\n    trunks: [carrier]"})
+    old = '    prefix: ""\n    trunks: [carrier, carrier2]'
+    cfg = loopback_config(**{old: '    prefix: "44"\n    trunks: [carrier]'})
     h = Harness(make_engine(cfg))
     caller, outs = start_call(h)
     assert outs.to(A).statuses() == [100, 404]

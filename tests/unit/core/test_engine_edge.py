@@ -148,7 +148,7 @@ def test_ack_from_unknown_source_not_answered(h: Harness) -> None:
 
 
 def test_response_from_unknown_source_dropped(h: Harness) -> None:
-    caller, outs = start_call(h)
+    _caller, outs = start_call(h)
     binv = b_invite(outs)
     outs = h.feed(Callee(h, binv).reply(None, 200, body=SDP_B), ("udp", "192.0.2.66", 5060))
     assert outs == []
@@ -221,7 +221,7 @@ def test_cancel_after_answer_gets_200_changes_nothing(h: Harness) -> None:
 
 
 def test_bye_timeout_on_b_408_to_a_call_ends(h: Harness) -> None:
-    caller, callee = established_call(h)
+    caller, _callee = established_call(h)
     h.feed(caller.request("BYE"), A)
     outs = h.run_until(h.now + 64 * T1)
     assert len(outs.to(B).requests("BYE")) > 3
@@ -346,7 +346,7 @@ def test_late_200_from_abandoned_trunk_is_acked_and_hung_up_there(h: Harness) ->
                    "terminated at once (Call._try_next), so timer D no longer absorbs the trunk's retransmitted 503: "
                    "it is counted stray and never re-ACKed")
 def test_retransmitted_503_after_failover_is_reacked(h: Harness) -> None:
-    caller, outs = start_call(h)
+    _caller, outs = start_call(h)
     callee = Callee(h, b_invite(outs))
     h.feed(callee.reply(None, 503), B)
     outs = h.feed(callee.reply(None, 503), B)
@@ -360,7 +360,7 @@ def test_sdp_a_constant_is_what_callers_send() -> None:
 
 
 def test_b_initiated_reinvite_sdp_with_unknown_headers(h: Harness) -> None:
-    caller, callee = established_call(h)
+    _caller, callee = established_call(h)
     outs = h.feed(callee.request("INVITE", body=SDP_B, extra=["X-Carrier: 7", "Session-Expires: 1800;refresher=uac"]),
                   B)
     raw = outs.to(A).one().data.decode("latin-1").split("\r\n")
@@ -370,7 +370,8 @@ def test_b_initiated_reinvite_sdp_with_unknown_headers(h: Harness) -> None:
 def test_build_request_helper_is_valid() -> None:
     from proxy.sip.validate import check_request
 
-    m = parse(build_request("INFO", "sip:x@127.0.0.1", via=["SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1"], from_="<sip:a@h>;tag=1",
+    m = parse(build_request("INFO", "sip:x@127.0.0.1", via=["SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1"],
+                            from_="<sip:a@h>;tag=1",
                             to="<sip:b@h>", call_id="c", cseq=1))
     assert isinstance(m, Request) and check_request(m) is None
 

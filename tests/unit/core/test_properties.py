@@ -285,7 +285,7 @@ class CallModel:
             self.step(("a_pending",))
             self.step(("b_pending",))
             if self.binvs:
-                inv, src = self.binvs[-1]
+                inv, _src = self.binvs[-1]
                 if inv.call_id not in self.b_final:
                     self.step(("b", 486))
             if self.a_final is not None and not self.a_acked:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -179,7 +180,7 @@ def test_client_non_invite_timer_e_capped_at_t2_and_timer_f() -> None:
     sends = r.run_to(100.0)
     times = [t for t, _ in sends]
     assert times[:6] == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5]  # 0.5, 1, 2, 4 then T2=4 each
-    assert all(b - a <= T2 + 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a <= T2 + 1e-9 for a, b in itertools.pairwise(times))
     assert times[-1] < 32.0
     assert r.tu.timeouts == [32.0]
     assert len(r.layer) == 0
@@ -194,7 +195,7 @@ def test_client_non_invite_proceeding_retransmits_every_t2() -> None:
     assert txn.state == tx.PROCEEDING
     times = [t for t, _ in r.run_to(20.0)]
     assert times[0] == 0.5
-    assert [round(b - a, 6) for a, b in zip(times[1:], times[2:], strict=False)] == [T2] * (len(times) - 2)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(times[1:])] == [T2] * (len(times) - 2)
 
 
 def test_client_non_invite_final_timer_k() -> None:
@@ -270,7 +271,7 @@ def test_server_invite_g_interval_capped_at_t2() -> None:
     r.layer.respond(txn, response(inv, 500), 0.0)
     r.sent()
     times = [t for t, _ in r.run_to(31.0)]
-    gaps = [round(b - a, 6) for a, b in zip(times, times[1:], strict=False)]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
     assert gaps[:3] == [1.0, 2.0, 4.0]
     assert set(gaps[3:]) == {T2}
 
