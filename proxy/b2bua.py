@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 from proxy.routing import TrunkTarget
 from proxy.sip.grammar import NameAddr, ParseError, parse_name_addr, parse_uri
 from proxy.sip.message import Header, Request, Response
+from proxy.sip.transaction import CALLING as TXN_CALLING
 from proxy.sip.transaction import PROCEEDING, TRYING, Target, Transaction
 from proxy.stir.signer import SignedCall
 
@@ -62,6 +63,14 @@ def resolve_target(uri: str, transport: str, fallback: Target) -> Target:
     return (t if t in ("udp", "tcp") else transport, u.host.strip("[]"), u.port or 5060)
 
 
+def _first_hop(route: str, transport: str, fallback: Target) -> Target:
+    """Where a request with this route set goes: its first (loose-routing) hop."""
+    try:
+        return resolve_target(parse_name_addr(route).uri, transport, fallback)
+    except ParseError:
+        return fallback
+
+
 def rewrite_uri_host(uri: str, host: str, port: int) -> str:
     """`sip:user@old;params` -> `sip:user@host:port;params`: the trunk's address, the dialled user kept."""
     colon = uri.find(":")
@@ -89,6 +98,7 @@ class Leg:
         "ack_bytes",
         "call_id",
         "contact",
+        "invite_cseq",
         "local_cseq",
         "local_na",
         "local_tag",
@@ -98,7 +108,6 @@ class Leg:
         "remote_target",
         "retx",
         "retx_interval",
-        "retx_started",
         "route_set",
         "target",
         "transport",
@@ -122,6 +131,7 @@ class Leg:
         self.remote_target = remote_na.uri
         self.route_set: list[str] = []
         self.local_cseq = 0
+        self.invite_cseq = 0
         self.target = target
         self.transport = target[0]
         self.contact = contact
@@ -130,7 +140,6 @@ class Leg:
         self.ack_bytes = b""
         self.retx: bytes | None = None
         self.retx_interval = 0.0
-        self.retx_started = 0.0
 
     def learn_remote(self, msg: Request | Response, route_reversed: bool) -> None:
         """Remote target and route set from a dialog-forming message (RFC 3261 12.1)."""
@@ -175,6 +184,7 @@ class Call:
         "b",
         "b_invite",
         "cancel_pending",
+        "cancel_sent",
         "created_at",
         "deadlines",
         "egress",
@@ -190,7 +200,7 @@ class Call:
         "state",
         "target_index",
         "targets",
-        "tried_call_ids",
+        "tried_legs",
         "verify_waited",
     )
 
@@ -215,13 +225,15 @@ class Call:
         self.egress: TrunkTarget | None = None
         self.state = ROUTING
         self.cancel_pending = False
+        self.cancel_sent = False
         self.deadlines: dict[str, float] = {}
         self.created_at = now
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self.final_status: int | None = None
         self.end_reason = ""
-        self.tried_call_ids: list[str] = []
+        #: Every B-leg tried (failover): a late 2xx from an abandoned trunk is ACKed and hung up there.
+        self.tried_legs: list[Leg] = []
         #: STI-VS verdict and the header edits it asks for (calls from carrier trunks).
         self.inbound: InboundOutcome | None = None
         #: STI-AS result: None not tried yet, False could not sign.
@@ -232,9 +244,12 @@ class Call:
         a_target = resolve_target(contact.uri if contact else from_na.uri, source[0], source)
         self.a = Leg(invite.call_id, engine.new_tag(), invite.to, from_na, from_na.tag, a_target,
                      engine.contact_for(source[0]))
-        self.a.route_set = invite.values("record-route")
         if contact is not None:
             self.a.remote_target = contact.uri
+        record_route = invite.values("record-route")
+        if record_route:
+            self.a.route_set = record_route
+            self.a.target = _first_hop(record_route[0], self.a.transport, self.a.target)
         self.b: Leg | None = None
 
     # --- B-leg set-up -----------------------------------------------------------------------------------------
@@ -272,9 +287,9 @@ class Call:
         b = Leg(engine.new_call_id(), engine.new_tag(), from_na, a.local_na, None, dest,
                 engine.contact_for(target.transport))
         b.remote_target = rewrite_uri_host(invite.uri, target.host, target.port)
-        b.local_cseq = invite.cseq[0]
+        b.local_cseq = b.invite_cseq = invite.cseq[0]
         self.b = b
-        self.tried_call_ids.append(b.call_id)
+        self.tried_legs.append(b)
         engine.calls[b.call_id] = (self, 1)
         mf = invite.max_forwards
         req = b.request("INVITE", b.local_cseq, engine.new_branch(), engine.via_host(b.transport), headers,
@@ -294,7 +309,9 @@ class Call:
         if old is not None:
             old.peer = None
             old.tu = None
-            old.terminate()
+            if old.state in (TXN_CALLING, PROCEEDING):
+                old.terminate()  # no final yet: stop retransmitting; a late 2xx is handled as stray
+            # else: Completed, its timer D still absorbs and re-ACKs retransmitted finals
         self.b_invite = None
         self.deadlines.pop("failover", None)
         self.deadlines.pop("noanswer", None)
@@ -320,10 +337,9 @@ class Call:
 
     # --- transaction user -------------------------------------------------------------------------------------
     def on_response(self, txn: Transaction, resp: Response, now: float) -> None:
-        if self.state == ENDED:
-            return
         if txn is self.b_invite:
-            self._on_b_invite_response(resp, now)
+            if self.state != ENDED:
+                self._on_b_invite_response(resp, now)
             return
         if txn.method == "CANCEL":
             return
@@ -337,7 +353,7 @@ class Call:
         x = self._leg_of(peer)
         assert x is not None
         out = self._relay_response(peer.request, resp, x)
-        if txn.method == "INVITE" and 200 <= resp.status < 300:
+        if txn.method == "INVITE" and 200 <= resp.status < 300 and self.state != ENDED:
             x_cseq = peer.request.cseq[0]
             x.pending_ack[x_cseq] = txn.request.cseq[0]
             self._start_retx(x, out, now)
@@ -350,10 +366,9 @@ class Call:
         return self.a if txn.request.call_id == self.a.call_id else self.b
 
     def on_timeout(self, txn: Transaction, now: float) -> None:
-        if self.state == ENDED:
-            return
         if txn is self.b_invite:
-            self._try_next(now, 503, "Service Unavailable")
+            if self.state != ENDED:
+                self._try_next(now, 503, "Service Unavailable")
             return
         if not txn.is_client:
             return  # our non-2xx was never ACKed: nothing to undo
@@ -380,12 +395,13 @@ class Call:
                 self.end_reason = "no-answer"
         elif kind == "reap":
             self._end(self.end_reason or "cancelled", now)
+        elif kind == "ackwait0" or kind == "ackwait1":
+            leg = self.a if kind == "ackwait0" else self.b
+            if leg is not None and leg.retx is not None:
+                self._hangup_unacked(now)
         elif kind == "retx0" or kind == "retx1":
             leg = self.a if kind == "retx0" else self.b
             if leg is None or leg.retx is None:
-                return
-            if now - leg.retx_started >= 64 * self.engine.settings.t1:
-                self._hangup_unacked(now)
                 return
             self.engine.send(leg.retx, leg.target)
             leg.retx_interval = min(leg.retx_interval * 2, self.engine.settings.t2)
@@ -398,6 +414,8 @@ class Call:
         b = self.b
         assert b is not None
         if status == 100:
+            if self.cancel_pending:
+                self._send_cancel(now)  # RFC 3261 9.1: any provisional, 100 included, allows the CANCEL
             return
         if status < 200:
             if resp.to_tag is not None:
@@ -421,14 +439,16 @@ class Call:
                 return
             if self.state == CANCELLING:
                 # The callee answered as we cancelled: accept and hang up at once (RFC 3261 9.1 race).
-                self._ack_b_initial(b.local_cseq, [], b"", now)
+                self._ack_b_initial(self._b_invite_cseq(), [], b"", now)
                 self._bye_leg(b, now)
                 self._end(self.end_reason or "cancelled", now)
                 return
             a_txn = self.a_invite
             assert a_txn is not None
             out = self._relay_response(a_txn.request, resp, self.a)
-            self.a.pending_ack[a_txn.request.cseq[0]] = b.local_cseq
+            b_invite = self.b_invite
+            assert b_invite is not None
+            self.a.pending_ack[a_txn.request.cseq[0]] = b_invite.request.cseq[0]
             self.state = ANSWERED
             self.answered_at = now
             self.final_status = status
@@ -470,6 +490,7 @@ class Call:
                 return  # retransmitted ACK: the other leg already has ours
             return
         self.deadlines.pop("retx0" if leg_index == 0 else "retx1", None)
+        self.deadlines.pop("ackwait0" if leg_index == 0 else "ackwait1", None)
         x.retx = None
         if self.state == ANSWERED and leg_index == 0:
             self.state = CONFIRMED
@@ -478,6 +499,12 @@ class Call:
                         passthrough(req.headers), req.body, max_forwards=(mf if mf is not None else 70) - 1)
         y.ack_bytes = ack.to_bytes()
         self.engine.send(y.ack_bytes, y.target)
+
+    def _b_invite_cseq(self) -> int:
+        """CSeq of the B-leg's initial INVITE (later early-dialog requests moved b.local_cseq on)."""
+        b = self.b
+        assert b is not None
+        return b.invite_cseq
 
     def _ack_b_initial(self, cseq: int, headers: list[Header], body: bytes, now: float) -> None:
         b = self.b
@@ -498,8 +525,22 @@ class Call:
         self.engine.send(ack.to_bytes(), y.target)
 
     def on_stray_2xx(self, resp: Response, leg_index: int, now: float) -> None:
-        """A 2xx retransmission after its transaction ended: re-send the ACK we sent for it."""
+        """A 2xx after its transaction ended: re-send our ACK, or, from a trunk we had given up on (failover),
+        ACK it and hang up there."""
         leg = self.a if leg_index == 0 else self.b
+        if leg_index == 1 and leg is not None and resp.call_id != leg.call_id:
+            leg = next((old for old in self.tried_legs if old.call_id == resp.call_id), None)
+            if leg is None:
+                return
+            if not leg.ack_bytes:
+                leg.remote_tag = resp.to_tag
+                leg.learn_remote(resp, route_reversed=True)
+                ack = leg.request("ACK", resp.cseq[0], self.engine.new_branch(), self.engine.via_host(leg.transport),
+                                  [], b"")
+                leg.ack_bytes = ack.to_bytes()
+                self.engine.send(leg.ack_bytes, leg.target)
+                self._bye_leg(leg, now, "SIP;cause=200;text=\"Call completed elsewhere\"")
+                return
         if leg is not None and leg.ack_bytes:
             self.engine.send(leg.ack_bytes, leg.target)
 
@@ -529,9 +570,10 @@ class Call:
 
     def _send_cancel(self, now: float) -> None:
         txn = self.b_invite
-        if txn is None or (not self.cancel_pending and self.state != CANCELLING):
+        if txn is None or self.cancel_sent or (not self.cancel_pending and self.state != CANCELLING):
             return
         self.cancel_pending = False
+        self.cancel_sent = True
         inv = txn.request
         headers = [h for h in inv.headers if h.key in ("via", "from", "to", "call-id", "route", "max-forwards")]
         headers.append(Header.make("cseq", f"{inv.cseq[0]} CANCEL"))
@@ -544,6 +586,14 @@ class Call:
         engine = self.engine
         x = self.a if leg_index == 0 else self.b
         y = self.b if leg_index == 0 else self.a
+        if req.method == "BYE" and leg_index == 0 and self.state in (ROUTING, CALLING, EARLY) \
+                and req.to_tag == self.a.local_tag:
+            # RFC 3261 15.1.2: a BYE on the early dialog: answer it, end the INVITE with 487, cancel the B-leg.
+            engine.txns.respond(txn, engine.make_response(req, 200, "OK", None), now)
+            self._answer_a(487, "Request Terminated", now)
+            self.end_reason = "bye-early"
+            self._cancel_b(now)
+            return
         if x is None or y is None or y.remote_tag is None or self.state in (ENDED, CANCELLING):
             engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
             return
@@ -551,8 +601,8 @@ class Call:
             engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
             return
         if req.method == "BYE":
-            self.deadlines.pop("retx0", None)
-            self.deadlines.pop("retx1", None)
+            for kind in ("retx0", "retx1", "ackwait0", "ackwait1"):
+                self.deadlines.pop(kind, None)
             self.end_reason = "bye-a" if leg_index == 0 else "bye-b"
         if req.method == "INVITE" and req.contact is not None:
             x.remote_target = req.contact.uri  # target refresh
@@ -566,28 +616,32 @@ class Call:
         if req.method == "INVITE":
             engine.txns.respond(txn, engine.make_response(req, 100, "Trying", None), now)
 
-    def _bye_leg(self, leg: Leg, now: float) -> None:
+    def _bye_leg(self, leg: Leg, now: float, reason: str = 'SIP;cause=408;text="ACK Timeout"') -> None:
         leg.local_cseq += 1
         bye = leg.request("BYE", leg.local_cseq, self.engine.new_branch(), self.engine.via_host(leg.transport),
-                          [Header.make("reason", 'SIP;cause=408;text="ACK Timeout"')], b"")
+                          [Header.make("reason", reason)], b"")
         self.engine.txns.send_request(bye, leg.target, self, now)
 
     def _hangup_unacked(self, now: float) -> None:
         """RFC 3261 13.3.1.4: a 2xx never ACKed ends the dialog with BYE on both legs."""
         self._bye_leg(self.a, now)
-        if self.b is not None and self.b.remote_tag is not None:
-            self._bye_leg(self.b, now)
+        b = self.b
+        if b is not None and b.remote_tag is not None:
+            if not b.ack_bytes:
+                self._ack_b_initial(self._b_invite_cseq(), [], b"", now)  # RFC 3261 13.2.2.4: ACK every 2xx
+            self._bye_leg(b, now)
         self._end("ack-timeout", now)
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def _start_retx(self, leg: Leg, resp: Response, now: float) -> None:
-        if leg.transport != "udp":
-            return
+        """RFC 3261 13.3.1.4: the 2xx is re-sent (over UDP) until its ACK; without one after 64*T1, hang up."""
+        index = "0" if leg is self.a else "1"
         leg.retx = resp.to_bytes()
-        leg.retx_interval = self.engine.settings.t1
-        leg.retx_started = now
-        kind = "retx0" if leg is self.a else "retx1"
-        self.engine.queue.start(self, kind, now + leg.retx_interval)
+        queue = self.engine.queue
+        queue.start(self, "ackwait" + index, now + 64 * self.engine.settings.t1)
+        if leg.transport == "udp":
+            leg.retx_interval = self.engine.settings.t1
+            queue.start(self, "retx" + index, now + leg.retx_interval)
 
     def _relay_response(self, req: Request, resp: Response, x: Leg) -> Response:
         """`resp` (from the other leg) rewritten as the answer to `req` on leg `x`."""
@@ -614,13 +668,16 @@ class Call:
         self.deadlines.clear()
         calls = self.engine.calls
         calls.pop(self.a.call_id, None)
-        for cid in self.tried_call_ids:
-            calls.pop(cid, None)
+        for leg in self.tried_legs:
+            calls.pop(leg.call_id, None)
         # Break the call <-> transaction links so the call is freed by reference counting, not the GC.
         for txn in (self.a_invite, self.b_invite):
             if txn is not None:
                 txn.peer = None
                 txn.tu = None
+        b_invite = self.b_invite
+        if b_invite is not None and b_invite.state in (TXN_CALLING, PROCEEDING):
+            b_invite.terminate()  # no final will matter any more (RFC 3261 9.1: destroyed after 64*T1)
         self.a_invite = None
         self.b_invite = None
         self.invite = None

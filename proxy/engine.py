@@ -178,7 +178,10 @@ class Engine:
         if problem is not None:
             self.stats["bad_requests"] += 1
             if req.method != "ACK":
-                self._reply_stateless(req, source, problem[0], problem[1])
+                extra = None
+                if problem[0] == 420:  # RFC 3261 8.2.2.3: name what we do not support
+                    extra = [Header.make("unsupported", ", ".join(req.values("proxy-require")))]
+                self._reply_stateless(req, source, problem[0], problem[1], extra)
             return
         txns = self.txns
         if txns.match_server(req, now):
@@ -321,9 +324,10 @@ class Engine:
             headers.extend(extra)
         return Response(status, reason, headers)
 
-    def _reply_stateless(self, req: Request, source: Target, status: int, reason: str) -> None:
+    def _reply_stateless(self, req: Request, source: Target, status: int, reason: str,
+                         extra: list[Header] | None = None) -> None:
         try:
-            resp = self.make_response(req, status, reason, self.new_tag() if status > 100 else None)
+            resp = self.make_response(req, status, reason, self.new_tag() if status > 100 else None, extra)
         except ParseError:
             resp = Response(status, reason, [h for h in req.headers if h.key in ("via", "from", "to", "call-id",
                                                                                     "cseq")])

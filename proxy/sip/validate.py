@@ -33,8 +33,11 @@ def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, s
     if not counts.get("via"):
         return 400, "Missing Via"
     try:
-        branch, _ = req.via_key
         to_tag = req.to_tag
+    except ParseError:
+        return 400, "Bad To"
+    try:
+        branch, _ = req.via_key
         if to_tag is None:
             req.via  # noqa: B018 - an out-of-dialog request gets the full Via parse
     except ParseError:
