@@ -66,18 +66,59 @@ def have_pjsua2() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- sockets in use
-def _proc_net_bound(ip: str, port: int, proto: str) -> bool:
-    """True when a socket is bound to ip:port (UDP) or listening there (TCP), per /proc/net/{udp,tcp}."""
+def _proc_net_sockets(ip: str, port: int, proto: str) -> list[int]:
+    """Inodes of the sockets bound to ip:port (UDP) or listening there (TCP), per /proc/net/{udp,tcp}."""
     # The kernel prints the address as the in-memory 32-bit word, in host byte order.
     want = f"{int.from_bytes(socket.inet_aton(ip), sys.byteorder):08X}:{port:04X}"
     any_ = f"00000000:{port:04X}"
-    path = Path("/proc/net") / proto
-    with path.open() as fh:
+    out = []
+    with (Path("/proc/net") / proto).open() as fh:
         next(fh)
         for line in fh:
             cols = line.split()
-            local, state = cols[1], cols[3]
+            local, state, inode = cols[1], cols[3], int(cols[9])
             if local in (want, any_) and (proto == "udp" or state == "0A"):
+                out.append(inode)
+    return out
+
+
+def _proc_net_bound(ip: str, port: int, proto: str) -> bool:
+    return bool(_proc_net_sockets(ip, port, proto))
+
+
+def _descendants(pid: int) -> set[int]:
+    pids, todo = {pid}, [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for c in map(int, children):
+                if c not in pids:
+                    pids.add(c)
+                    todo.append(c)
+    return pids
+
+
+def owns_socket(pid: int, ip: str, port: int, transport: str = "udp") -> bool:
+    """True when process `pid` (or a child of it) holds the socket bound to ip:port: readiness that another
+    process answering on the same address cannot fake."""
+    inodes = set(_proc_net_sockets(ip, port, "tcp" if transport == "tcp" else "udp"))
+    if not inodes:
+        return False
+    for p in _descendants(pid):
+        try:
+            fds = list(Path(f"/proc/{p}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:[") and int(link[8:-1]) in inodes:
                 return True
     return False
 
@@ -232,10 +273,13 @@ class Stirgate:
             stdin=subprocess.DEVNULL,
         )
         log.close()
+        pid = self.proc.pid
         for _ in range(ready_attempts):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"stirgate exited with {self.proc.returncode} before ready:\n{self.log_tail()}")
-            if send_options() == 200:
+            # Ours must hold the UDP and TCP sockets, or the 200 could come from another stirgate on the port.
+            if (send_options() == 200 and owns_socket(pid, STIRGATE_IP, SIP_PORT, "udp")
+                    and owns_socket(pid, STIRGATE_IP, SIP_PORT, "tcp")):
                 return self
         self.kill()
         raise RuntimeError(f"stirgate never answered OPTIONS with 200:\n{self.log_tail()}")
@@ -416,7 +460,20 @@ class Sipp:
             cmd.append(f"{self.remote[0]}:{self.remote[1]}")
         return cmd
 
-    def start(self) -> Sipp:
+    def start(self, attempts: int = 3) -> Sipp:
+        for attempt in range(attempts):
+            self._start_once()
+            assert self.proc is not None
+            if self.proc.poll() is None or "Unable to bind main socket" not in _read(self.dir / "errors.log"):
+                break
+            # Lost a race for the port with another process on this machine: wait for it, try again.
+            (self.dir / f"errors-attempt{attempt}.log").write_text(_read(self.dir / "errors.log"))
+            (self.dir / "errors.log").unlink(missing_ok=True)
+        if self.remote is None and self.proc.poll() is not None:
+            raise RuntimeError(f"SIPp {self.name} exited at start:\n{self.result().summary()}")
+        return self
+
+    def _start_once(self) -> None:
         transport = "tcp" if self.is_tcp else "udp"
         wait_port_free(self.local_ip, SIP_PORT, transport)
         cmd = self.command()
@@ -425,14 +482,13 @@ class Sipp:
         self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=screen, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)  # fmt: skip
         screen.close()
-        if self.remote is None:
-            # A UAS is ready once its SIP socket is bound (listening, over TCP).
-            proc = self.proc
-            wait_until(lambda: proc.poll() is not None or is_bound(self.local_ip, SIP_PORT, transport),
-                       f"SIPp {self.name} to bind {transport}:{self.local_ip}:{SIP_PORT}")  # fmt: skip
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"SIPp {self.name} exited at start:\n{self.result().summary()}")
-        return self
+        # Ready once its SIP socket is bound (listening, over TCP): a UAS must be before the call is placed;
+        # a UAC that lost the port to another process exits at once with "Unable to bind".
+        if self.remote is not None and self.is_tcp:
+            return  # a TCP UAC connects out: nothing listens to observe
+        proc = self.proc
+        wait_until(lambda: proc.poll() is not None or owns_socket(proc.pid, self.local_ip, SIP_PORT, transport),
+                   f"SIPp {self.name} to bind {transport}:{self.local_ip}:{SIP_PORT}")  # fmt: skip
 
     def wait(self, timeout: float | None = None) -> SippResult:
         assert self.proc is not None
