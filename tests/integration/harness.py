@@ -278,8 +278,11 @@ class Stirgate:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"stirgate exited with {self.proc.returncode} before ready:\n{self.log_tail()}")
             # Ours must hold the UDP and TCP sockets, or the 200 could come from another stirgate on the port.
-            if (send_options() == 200 and owns_socket(pid, STIRGATE_IP, SIP_PORT, "udp")
-                    and owns_socket(pid, STIRGATE_IP, SIP_PORT, "tcp")):
+            if (
+                send_options() == 200
+                and owns_socket(pid, STIRGATE_IP, SIP_PORT, "udp")
+                and owns_socket(pid, STIRGATE_IP, SIP_PORT, "tcp")
+            ):
                 return self
         self.kill()
         raise RuntimeError(f"stirgate never answered OPTIONS with 200:\n{self.log_tail()}")
@@ -354,7 +357,7 @@ class TracedMessage:
 
     @property
     def body(self) -> bytes:
-        head, sep, rest = self.raw.partition(b"\r\n\r\n")
+        _head, _sep, rest = self.raw.partition(b"\r\n\r\n")
         length = int(self.header("Content-Length") or "0")
         return rest[:length]
 

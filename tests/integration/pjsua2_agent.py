@@ -28,7 +28,8 @@ CALLEE_IP = "127.0.0.20"
 DIALLED = "15551230002"
 CUSTOM_NAME, CUSTOM_VALUE = "X-Stirgate-Test", "42"
 
-# pjsip's message log: "TX 1234 bytes Request msg INVITE/cseq=1 (tdta0x...) to UDP 127.0.0.1:5060:\r\n<msg>\n--end msg--"
+# pjsip's message log:
+#   "TX 1234 bytes Request msg INVITE/cseq=1 (tdta0x...) to UDP 127.0.0.1:5060:\r\n<msg>\n--end msg--"
 _TX = re.compile(r"TX (\d+) bytes Request msg INVITE/cseq=\d+ \([^)]*\) to (\w+) ([\d.]+):(\d+):\r?\n", re.S)
 
 
@@ -181,7 +182,7 @@ class Agent:
             self.event("caller: hang up")
         else:
             self.ep.hangupAllCalls()
-        both_ended = self.poll_until(lambda: ended(self.caller_call) and ended(self.callee_call)
+        both_ended = self.poll_until(lambda: (ended(self.caller_call) and ended(self.callee_call))
                                      or (not both_confirmed and ended(self.caller_call)), seconds)  # fmt: skip
         host, _, port = target.rpartition(":")
         sent = self.log.sent_invites(host, int(port))

@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.integration import harness
 
 AGENT = Path(__file__).with_name("pjsua2_agent.py")
@@ -41,7 +39,7 @@ def run_agent(target: tuple[str, int], workdir: Path) -> dict[str, Any]:
 
 def body(msg: str) -> bytes:
     raw = msg.encode()
-    head, sep, rest = raw.partition(b"\r\n\r\n")
+    _head, sep, rest = raw.partition(b"\r\n\r\n")
     assert sep, f"no header/body separator in:\n{msg}"
     return rest
 
@@ -55,9 +53,7 @@ def describe(r: dict[str, Any]) -> str:
     return "pjsua2 events:\n  " + "\n  ".join(r.get("events", [])) + f"\n(pjsip log: {r.get('_log')})"
 
 
-def test_pjsua2_call_through_stirgate(
-    pjsua2_available: None, stirgate: harness.Stirgate, tmp_path: Path
-) -> None:
+def test_pjsua2_call_through_stirgate(pjsua2_available: None, stirgate: harness.Stirgate, tmp_path: Path) -> None:
     r = run_agent((harness.STIRGATE_IP, harness.SIP_PORT), tmp_path)
     assert r["both_confirmed"], describe(r) + f"\n{stirgate.log_tail()}"
 

@@ -74,7 +74,7 @@ def assert_in_dialog(req: harness.TracedMessage, side: SippResult, r: SippResult
     """An in-dialog request received by `side` carries that side's dialog: same Call-ID as its INVITE,
     From/To tags swapped or kept as the direction requires, and a CSeq of its own method."""
     inv = side.requests("INVITE")[0] if side.requests("INVITE") else side.requests("INVITE", "sent")[0]
-    ok = [m for m in side.messages if not m.is_request and m.method == "INVITE" and m.status == 200][0]
+    ok = next(m for m in side.messages if not m.is_request and m.method == "INVITE" and m.status == 200)
     local_tag = tag_of(ok.header("To")) if inv.direction == "received" else tag_of(inv.header("From"))
     assert req.header("Call-ID") == inv.header("Call-ID"), r.summary()
     assert tag_of(req.header("To")) == local_tag, f"To tag of {req.method} is not ours\n{r.summary()}"
@@ -110,7 +110,7 @@ def test_basic_call_caller_hangs_up(stirgate: harness.Stirgate, tmp_path: Path) 
     assert b_inv.header("Max-Forwards") == "69"
     assert b_inv.header("Subject") == a_inv.header("Subject")
     # The caller's in-dialog requests go to stirgate's Contact, and the BYE reached the callee.
-    ok = [m for m in caller.responses() if m.status == 200 and m.method == "INVITE"][0]
+    ok = next(m for m in caller.responses() if m.status == 200 and m.method == "INVITE")
     assert STIRGATE_IP in ok.header("Contact") and CARRIER_IP not in ok.header("Contact"), ok.header("Contact")
     assert_in_dialog(only(callee.requests("BYE"), "BYE at the UAS", callee), callee, callee)
     assert_in_dialog(only(callee.requests("ACK"), "ACK at the UAS", callee), callee, callee)
@@ -169,7 +169,7 @@ def test_183_with_sdp_then_200(stirgate: harness.Stirgate, tmp_path: Path) -> No
     caller, callee = run_pair(uas(tmp_path, "uas_183_sdp.xml"), uac(tmp_path, "uac_183_sdp.xml"))
     assert_passed(caller, callee)
     early = [m for m in caller.responses() if m.status == 183]
-    assert early and early[0].body == [m for m in callee.responses("sent") if m.status == 183][0].body
+    assert early and early[0].body == next(m for m in callee.responses("sent") if m.status == 183).body
 
 
 def test_callee_never_answers_408(stirgate: harness.Stirgate, tmp_path: Path) -> None:
