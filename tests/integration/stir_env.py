@@ -293,8 +293,10 @@ class StirgateAt(harness.Stirgate):
                 return self._start_once(ready_attempts)
             except _PortTaken:
                 if attempt == bind_retries:
-                    raise RuntimeError(f"{self.ip}:{SIP_PORT} kept being taken by another process "
-                                       f"(set STIRGATE_IT_PORT_OFFSET to run beside it):\n{self.log_tail()}") from None
+                    raise RuntimeError(
+                        f"{self.ip}:{SIP_PORT} kept being taken by another process "
+                        f"(set STIRGATE_IT_PORT_OFFSET to run beside it):\n{self.log_tail()}"
+                    ) from None
         raise AssertionError("unreachable")
 
     def _start_once(self, ready_attempts: int) -> StirgateAt:
@@ -312,7 +314,8 @@ class StirgateAt(harness.Stirgate):
             if proc.poll() is not None:
                 return True
             return owns_sockets(proc.pid, self.ip, SIP_PORT) and (
-                harness.send_options((self.ip, SIP_PORT), src_ip=self.probe_from) == 200)
+                harness.send_options((self.ip, SIP_PORT), src_ip=self.probe_from) == 200
+            )
 
         try:
             harness.wait_until(ready, f"stirgate {self.ip} to answer OPTIONS", attempts=ready_attempts * 10)
@@ -470,26 +473,38 @@ def inf_file(path: Path, rows: Sequence[tuple[str, str, str | None]]) -> Path:
 
 
 _STAMP = re.compile(rb"^-{47} (\d{4}-\d\d-\d\d\s+\d\d:\d\d:\d\d(?:\.\d+)?)", re.M)
-_FIRST = re.compile(rb"\n\n([^\r\n]*)\r\n")
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    at: float  # wall clock (SIPp prints local time)
+    direction: str  # "sent" | "received"
+    first_line: str
+    call_id: str
+
+
+def trace_events(messages_log: Path) -> list[TraceEvent]:
+    """Every message of a SIPp -trace_msg file with the time SIPp stamped on it (harness.parse_trace_msg drops it)."""
+    data = messages_log.read_bytes() if messages_log.exists() else b""
+    stamps = list(_STAMP.finditer(data))
+    out = []
+    for i, m in enumerate(stamps):
+        end = stamps[i + 1].start() if i + 1 < len(stamps) else len(data)
+        chunk = data[m.end() : end].decode(errors="replace")
+        head, _, msg = chunk.partition("\n\n")
+        direction = "sent" if "message sent" in head else "received"
+        lines = msg.split("\r\n")
+        call_id = next((ln.split(":", 1)[1].strip() for ln in lines[1:]
+                        if ln.split(":", 1)[0].strip().lower() in ("call-id", "i")), "")  # fmt: skip
+        stamp = re.sub(r"\s+", " ", m.group(1).decode())
+        fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in stamp else "%Y-%m-%d %H:%M:%S"
+        out.append(TraceEvent(datetime.datetime.strptime(stamp, fmt).timestamp(), direction, lines[0], call_id))
+    return out
 
 
 def sent_invite_times(messages_log: Path) -> list[float]:
-    """Wall-clock times (local time, as SIPp prints them) of the INVITEs a SIPp -trace_msg file shows sent."""
-    data = messages_log.read_bytes() if messages_log.exists() else b""
-    out: list[float] = []
-    stamps = list(_STAMP.finditer(data))
-    for i, m in enumerate(stamps):
-        end = stamps[i + 1].start() if i + 1 < len(stamps) else len(data)
-        chunk = data[m.end() : end]
-        if b"message sent" not in chunk.split(b"\n", 2)[1]:
-            continue
-        first = _FIRST.search(chunk)
-        if first and first.group(1).startswith(b"INVITE "):
-            stamp = m.group(1).decode().replace("\t", " ")
-            stamp = re.sub(r"\s+", " ", stamp)
-            fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in stamp else "%Y-%m-%d %H:%M:%S"
-            out.append(datetime.datetime.strptime(stamp, fmt).timestamp())
-    return out
+    """Wall-clock times of the INVITEs a SIPp -trace_msg file shows sent."""
+    return [e.at for e in trace_events(messages_log) if e.direction == "sent" and e.first_line.startswith("INVITE ")]
 
 
 def param(value: str, name: str) -> str | None:
@@ -517,8 +532,32 @@ def started(*things: Any) -> Iterator[None]:
 
 
 __all__ = [
-    "CALLER", "CALLER_TN", "CARRIER_IP", "CUSTOMER_IP", "DIALLED", "ORIGID", "OTHER_CALLER", "SECSIPIDX",
-    "TERM_IP", "CountingX5u", "SilentServer", "StirPki", "StirgateAt", "X5uServer", "dead_url",
-    "inf_file", "jws_parts", "make_pki", "param", "secsipidx_check", "secsipidx_sign", "sent_invite_times",
-    "sign_identity", "signing_config", "tamper_signature", "verifying_config", "write_config",
+    "CALLER",
+    "CALLER_TN",
+    "CARRIER_IP",
+    "CUSTOMER_IP",
+    "DIALLED",
+    "ORIGID",
+    "OTHER_CALLER",
+    "SECSIPIDX",
+    "TERM_IP",
+    "CountingX5u",
+    "SilentServer",
+    "StirPki",
+    "StirgateAt",
+    "X5uServer",
+    "dead_url",
+    "inf_file",
+    "jws_parts",
+    "make_pki",
+    "param",
+    "secsipidx_check",
+    "secsipidx_sign",
+    "sent_invite_times",
+    "sign_identity",
+    "signing_config",
+    "tamper_signature",
+    "trace_events",
+    "verifying_config",
+    "write_config",
 ]

@@ -46,6 +46,7 @@ from tests.integration.stir_env import (
     sign_identity,
     signing_config,
     tamper_signature,
+    trace_events,
     verifying_config,
     write_config,
 )
@@ -54,6 +55,13 @@ PASSED = "TN-Validation-Passed"
 FAILED = "TN-Validation-Failed"
 NO_VALIDATION = "No-TN-Validation"
 PAI_LINE = f"P-Asserted-Identity: <sip:{CALLER}@{CUSTOMER_IP}>"
+PHRASES = {
+    403: "Stale Date",
+    428: "Use Identity Header",
+    436: "Bad Identity Info",
+    437: "Unsupported Credential",
+    438: "Invalid Identity Header",
+}
 CARRIER_PAI_LINE = f"P-Asserted-Identity: <sip:{CALLER}@{CARRIER_IP}>"
 
 needs_secsipidx = pytest.mark.skipif(SECSIPIDX is None, reason="secsipidx not installed (apt-get install secsipidx)")
@@ -103,7 +111,7 @@ def _stop_all(started: list[StirgateAt]) -> None:
 
 
 @pytest.fixture
-def gates(tmp_path: Path, sipp_bin: str) -> Iterator[GateFactory]:
+def gates(tmp_path: Path) -> Iterator[GateFactory]:
     start, started = _gate_factory(tmp_path)
     yield start
     _stop_all(started)
@@ -195,12 +203,15 @@ def start_chain(gates: GateFactory, pki: StirPki, x5u_url: str) -> tuple[Stirgat
     return a, b
 
 
+@pytest.mark.usefixtures("sipp_bin")
 @pytest.mark.parametrize("with_pai", [False, True], ids=["from", "pai"])
 def test_chain_sign_then_verify(gates: GateFactory, pki: StirPki, x5u: X5uServer, tmp_path: Path,
                                 with_pai: bool) -> None:  # fmt: skip
     a, b = start_chain(gates, pki, x5u.url())
-    uac_r, uas_r = run_call(callee(tmp_path, "uas", ip=CARRIER_IP),
-                            caller(tmp_path, "uac", [(CALLER, PAI_LINE if with_pai else "", None)], ip=CUSTOMER_IP))
+    uac_r, uas_r = run_call(
+        callee(tmp_path, "uas", ip=CARRIER_IP),
+        caller(tmp_path, "uac", [(CALLER, PAI_LINE if with_pai else "", None)], ip=CUSTOMER_IP),
+    )
     assert uac_r.requests("INVITE", "sent")[0].headers("Identity") == []  # the customer sent none
     assert finals(uac_r) == [200], explain(a, b, r=uac_r)
     assert_clean(uac_r, uas_r)
@@ -233,8 +244,7 @@ def carrier_call(tmp_path: Path, name: str, identity: str | None, *, with_uas: b
 
 
 @pytest.fixture(scope="class")
-def tag_gate(tmp_path_factory: pytest.TempPathFactory, pki: StirPki, x5u: X5uServer,
-             sipp_bin: str) -> Iterator[StirgateAt]:  # fmt: skip
+def tag_gate(tmp_path_factory: pytest.TempPathFactory, pki: StirPki, x5u: X5uServer) -> Iterator[StirgateAt]:
     """One verifying stirgate in tag mode for the whole TestTagMode class."""
     start, started = _gate_factory(tmp_path_factory.mktemp("tag-mode"))
     yield start(verifier_cfg(pki, x5u.url(), "tag"))
@@ -242,8 +252,7 @@ def tag_gate(tmp_path_factory: pytest.TempPathFactory, pki: StirPki, x5u: X5uSer
 
 
 @pytest.fixture(scope="class")
-def reject_gate(tmp_path_factory: pytest.TempPathFactory, pki: StirPki, x5u: X5uServer,
-                sipp_bin: str) -> Iterator[StirgateAt]:  # fmt: skip
+def reject_gate(tmp_path_factory: pytest.TempPathFactory, pki: StirPki, x5u: X5uServer) -> Iterator[StirgateAt]:
     """One verifying stirgate in reject mode (428 on a missing Identity) for the whole TestRejectMode class.
 
     Short fetch bounds (0.5 s per fetch, 1 s wait) keep the 436 cases quick."""
@@ -259,6 +268,7 @@ def gate(request: pytest.FixtureRequest) -> StirgateAt:
     return gate
 
 
+@pytest.mark.usefixtures("sipp_bin")
 class TestTagMode:
     """One stirgate, `verify: {mode: tag}`: every call is forwarded, the customer sees the verdict."""
 
@@ -299,6 +309,7 @@ class TestTagMode:
         assert verstat_of(invite) == (None, PASSED), invite.raw.decode()
 
 
+@pytest.mark.usefixtures("sipp_bin")
 class TestRejectMode:
     """One stirgate, `verify: {mode: reject, on_missing: reject}`: failures get REFERENCE.md codes and Reason."""
 
@@ -310,10 +321,14 @@ class TestRejectMode:
         return final_response(uac_r)
 
     def _assert_reason(self, resp: harness.TracedMessage, code: int) -> None:
+        """Status line and RFC 9410 `Reason: STIR;cause=N;text="..."` with the REFERENCE.md phrase."""
+        phrase = PHRASES[code]
+        assert resp.first_line == f"SIP/2.0 {code} {phrase}", resp.first_line
         reasons = resp.headers("Reason")
         assert len(reasons) == 1, resp.raw.decode()
         assert reasons[0].split(";")[0].strip() == "STIR", reasons[0]
         assert param(reasons[0], "cause") == str(code), reasons[0]
+        assert param(reasons[0], "text") == f'"{phrase}"', reasons[0]
 
     def test_valid_identity_is_forwarded(self, gate: StirgateAt, pki: StirPki, x5u: X5uServer,
                                          tmp_path: Path) -> None:  # fmt: skip
@@ -329,7 +344,7 @@ class TestRejectMode:
 
     def test_missing_identity_428(self, gate: StirgateAt, tmp_path: Path) -> None:
         resp = self._rejected(gate, tmp_path, None)
-        assert resp.status == 428, resp.raw.decode()
+        assert resp.first_line == "SIP/2.0 428 Use Identity Header", resp.raw.decode()
 
     def test_stale_iat_403(self, gate: StirgateAt, pki: StirPki, x5u: X5uServer, tmp_path: Path) -> None:
         resp = self._rejected(gate, tmp_path, sign_identity(pki.key, x5u.url(), iat=time.time() - 600))
@@ -351,6 +366,32 @@ class TestRejectMode:
         assert resp.status == 436, resp.raw.decode()
         self._assert_reason(resp, 436)
 
+    def test_future_iat_403(self, gate: StirgateAt, pki: StirPki, x5u: X5uServer, tmp_path: Path) -> None:
+        resp = self._rejected(gate, tmp_path, sign_identity(pki.key, x5u.url(), iat=time.time() + 600))
+        assert resp.status == 403, resp.raw.decode()
+        self._assert_reason(resp, 403)
+
+    def test_waiting_call_does_not_hold_others(self, gate: StirgateAt, pki: StirPki, x5u: X5uServer,
+                                               tmp_path: Path) -> None:  # fmt: skip
+        """Call 1 waits for an x5u server that never answers; call 2 (sent 20 ms later) completes meanwhile."""
+        silent = SilentServer()
+        rows: list[tuple[str, str, str | None]] = [(CALLER, "", sign_identity(pki.key, silent.url())),
+                                                   (CALLER, "", sign_identity(pki.key, x5u.url()))]  # fmt: skip
+        try:
+            uac_r, _uas_r = run_call(
+                callee(tmp_path, "uas", ip=CUSTOMER_IP),
+                caller(tmp_path, "uac", rows, ip=CARRIER_IP, extra=("-r", "50", "-l", "2")),
+            )
+        finally:
+            silent.close()
+        assert finals(uac_r) == [436, 200], explain(gate, r=uac_r)
+        assert_clean(uac_r, calls=2)
+        slow_id, fast_id = _call_ids(uac_r)
+        events = trace_events(uac_r.workdir / "messages.log")
+        slow_final = next(e.at for e in events if e.call_id == slow_id and e.first_line.startswith("SIP/2.0 436"))
+        fast_final = next(e.at for e in events if e.call_id == fast_id and e.first_line.startswith("SIP/2.0 200"))
+        assert fast_final < slow_final, "the second call waited behind the first one's x5u fetch"
+
     def test_untrusted_ca_437(self, gate: StirgateAt, pki: StirPki, x5u: X5uServer, tmp_path: Path) -> None:
         resp = self._rejected(gate, tmp_path, sign_identity(pki.untrusted_key, x5u.url("untrusted.pem")))
         assert resp.status == 437, resp.raw.decode()
@@ -359,6 +400,7 @@ class TestRejectMode:
 
 # ----------------------------------------------------------------------------------------------- 3. secsipidx
 @needs_secsipidx
+@pytest.mark.usefixtures("sipp_bin")
 @pytest.mark.parametrize(
     ("attest", "caller_number", "attestation"),
     [("A", CALLER, {"prefixes": ["1555"]}), ("B", OTHER_CALLER, {"prefixes": ["1555"]}), ("C", CALLER, None)],
@@ -403,6 +445,7 @@ def _assert_all_passed(gate: StirgateAt, uac_r: SippResult, uas_r: SippResult | 
     assert [verstat_of(m)[1] for m in invites] == [PASSED] * calls, uas_r.summary()
 
 
+@pytest.mark.usefixtures("sipp_bin")
 def test_cache_many_calls_one_fetch(gates: GateFactory, pki: StirPki, tmp_path: Path) -> None:
     calls = 20
     server = CountingX5u(pki, (pki.dir / "sp.pem").read_bytes(), cache_control="max-age=3600").start()
@@ -414,6 +457,7 @@ def test_cache_many_calls_one_fetch(gates: GateFactory, pki: StirPki, tmp_path: 
     assert server.count == 1, server.requests
 
 
+@pytest.mark.usefixtures("sipp_bin")
 def test_cache_concurrent_first_calls_one_fetch(gates: GateFactory, pki: StirPki, tmp_path: Path) -> None:
     """The first answer is held 0.8 s; calls arrive at 100/s, so many wait on the same fetch."""
     calls = 20
@@ -431,6 +475,7 @@ def test_cache_concurrent_first_calls_one_fetch(gates: GateFactory, pki: StirPki
     assert in_flight >= 5, f"only {in_flight} INVITEs before the fetch returned (premise of the test)"
 
 
+@pytest.mark.usefixtures("sipp_bin")
 @pytest.mark.xfail(strict=True, reason=(
     "BUG: an x5u answer that may not be cached (Cache-Control: no-store / max-age=0) fails every call with 436: "
     "transport._fetch_certs discards what verifier.prepare() returned and engine.admit -> Authenticator.verify "
