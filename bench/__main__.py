@@ -257,21 +257,24 @@ def main(argv: list[str] | None = None) -> int:
             # back to back gives one ratio; the median of those ratios is the figure.
             pair_ratios: list[float] = []
             a, b = sg.passed(rate), pw.passed(rate)
-            if a and b and a.cpu_us_per_call and b.cpu_us_per_call:
+            if args.pairs == 0 and a and b and a.cpu_us_per_call and b.cpu_us_per_call:
                 pair_ratios.append(a.cpu_us_per_call / b.cpu_us_per_call)
+            paired: list[StepResult] = []
             for k in range(args.pairs):
                 print(f"CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps: stirgate then {peer}", flush=True)
                 a, b = sg.run(rate), pw.run(rate)
-                if a.passed and b.passed and a.cpu_us_per_call and b.cpu_us_per_call:
+                if a.clean and b.clean and a.cpu_us_per_call and b.cpu_us_per_call:
                     pair_ratios.append(a.cpu_us_per_call / b.cpu_us_per_call)
+                    paired += [a, b]
             entry: dict[str, Any] = {"cpu_rate_cps": rate}
             if pair_ratios:
                 entry["cpu_ratio"] = round(statistics.median(pair_ratios), 3)
                 entry["cpu_ratio_pairs"] = [round(x, 3) for x in pair_ratios]
+                pool = paired or [x for x in (*sg.steps, *pw.steps) if x.passed and x.rate == rate]
                 entry["cpu_us_stirgate"] = statistics.median(
-                    x.cpu_us_per_call for x in sg.steps if x.passed and x.rate == rate and x.cpu_us_per_call)
+                    x.cpu_us_per_call for x in pool if x.sut == "stirgate" and x.cpu_us_per_call)
                 entry[f"cpu_us_{peer}"] = statistics.median(
-                    x.cpu_us_per_call for x in pw.steps if x.passed and x.rate == rate and x.cpu_us_per_call)
+                    x.cpu_us_per_call for x in pool if x.sut == peer and x.cpu_us_per_call)
             ba, bb = sg.best(), pw.best()
             if ba and bb:
                 entry["max_rate_ratio"] = round(ba.rate / bb.rate, 3)
@@ -309,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         bits = []
         if "cpu_ratio" in e:
             pairs = ", ".join(f"{x:.2f}" for x in e["cpu_ratio_pairs"])
-            bits.append(f"CPU/call {e['cpu_ratio']:.2f} at {e['cpu_rate_cps']:.0f} cps (median of pairs {pairs})")
+            peer = pair.split("/")[1]
+            bits.append(f"CPU/call {e['cpu_ratio']:.2f} at {e['cpu_rate_cps']:.0f} cps ({e['cpu_us_stirgate']:.0f} vs "
+                        f"{e['cpu_us_' + peer]:.0f} µs; ratio of each pair {pairs})")
         if "max_rate_ratio" in e:
             bits.append(f"highest passing rate {e['max_rate_ratio']:.2f}")
         if "cpu_ratio_at_max_rates" in e:

@@ -98,7 +98,7 @@ class UAS:
             os.kill(self.proc.pid, signal.SIGUSR1)  # SIPp: stop placing calls, dump statistics, quit
         except ProcessLookupError:
             pass
-        self.cpu = _rusage_wait(self.proc, timeout=5.0)
+        self.cpu = _rusage_wait(self.proc, timeout=8.0)  # calls still in their final 4 s pause
 
     def results(self) -> dict[str, object]:
         stat = _last_row(self.dir / "stat.csv")
@@ -165,7 +165,8 @@ class UAC:
         cmd = [
             SIPP, str(self.target), "-sf", str(SCENARIOS / "uac.xml"),
             "-i", self.addr.host, "-p", str(self.addr.port), "-s", "12025550199",
-            "-r", f"{self.rate:g}", "-rp", "1000", "-m", str(self.calls), "-l", str(max(1000, int(self.rate * 30))),
+            "-r", f"{self.rate:g}", "-rp", "1000", "-m", str(self.calls),
+            "-l", str(min(15000, max(1000, int(self.rate * 30)))),
             "-buff_size", BUFF, "-nostdin", "-timeout", f"{int(self.time_limit)}s",
             "-trace_stat", "-stf", "stat.csv", "-fd", "1",
             # SIPp writes the RTT file every rtt_freq calls and drops the remainder at exit: keep it small.
