@@ -285,7 +285,7 @@ class StirgateAt(harness.Stirgate):
         self.ip = ip
         self.probe_from = probe_from
 
-    def start(self, ready_attempts: int = 50, bind_retries: int = 3) -> StirgateAt:
+    def start(self, ready_attempts: int = 50, bind_retries: int = 10) -> StirgateAt:
         """Start and wait until ready. Another run may take the port between our free-port check and the bind:
         then stirgate exits with EADDRINUSE, and we wait for the port again (bounded number of times)."""
         for attempt in range(bind_retries + 1):
