@@ -520,8 +520,7 @@ class Call:
         y = self.b if resp.call_id == (self.b.call_id if self.b else None) else self.a
         if y is None:
             return
-        ack = y.request("ACK", txn.request.cseq[0], self.engine.new_branch(), self.engine.via_host(y.transport),
-                        [], b"")
+        ack = y.request("ACK", resp.cseq[0], self.engine.new_branch(), self.engine.via_host(y.transport), [], b"")
         self.engine.send(ack.to_bytes(), y.target)
 
     def on_stray_2xx(self, resp: Response, leg_index: int, now: float) -> None:

@@ -62,6 +62,8 @@ class SipSettings(_Base, frozen=True):
     drain_grace: float = 30.0
     #: Header names stirgate adds as `Server`/`User-Agent`; empty means none (no product fingerprint).
     server_header: str = ""
+    #: Seconds between full cyclic-GC passes (automatic full passes are off: they stall the loop); 0: never.
+    gc_full_interval: float = 600.0
 
 
 class AttestationSettings(_Base, frozen=True):

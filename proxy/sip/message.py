@@ -405,6 +405,16 @@ class Request(Message):
         self.uri = uri
         self._ruri: Uri | None = None
 
+    def skeleton(self) -> Request:
+        """A copy with only the start line and CSeq: what a lingering transaction still needs.
+
+        A finished transaction lives on for up to 64*T1 to absorb retransmissions; holding every header
+        object that long made the cyclic GC walk millions of them under load.
+        """
+        copy = Request(self.method, self.uri, [])
+        copy._cseq = self.cseq
+        return copy
+
     @property
     def ruri(self) -> Uri:
         """The Request-URI, parsed once."""

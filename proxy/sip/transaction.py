@@ -39,6 +39,9 @@ TERMINATED: Final = "terminated"
 
 Table = dict[tuple[str, str], tuple[str, tuple[str, ...]]]
 
+#: States in which a transaction only absorbs retransmissions: its request's headers are no longer needed.
+_SETTLED: Final = frozenset({COMPLETED, CONFIRMED, ACCEPTED})
+
 # Events: request (a retransmission arriving at a server), ack, send_1xx, send_2xx, send_final (300-699 for
 # INVITE, any final for non-INVITE), recv_1xx, recv_2xx, recv_final, and timer_<letter>.
 
@@ -177,8 +180,11 @@ class Transaction:
         self.state = row[0]
         for action in row[1]:
             getattr(self, "_" + action)(now, resp, data)
-        if self.state == TERMINATED:
+        state = self.state
+        if state == TERMINATED:
             self.layer._remove(self)
+        elif state in _SETTLED and self.request.headers:
+            self.request = self.request.skeleton()
         return True
 
     def on_timer(self, kind: str, now: float) -> None:
