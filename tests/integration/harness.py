@@ -127,6 +127,26 @@ def is_bound(ip: str, port: int, transport: str = "udp") -> bool:
     return _proc_net_bound(ip, port, "tcp" if transport == "tcp" else "udp")
 
 
+def port_holders(ip: str, port: int) -> str:
+    """Which processes hold ip:port (UDP or TCP), for error messages: "pid cmdline" lines."""
+    inodes = set(_proc_net_sockets(ip, port, "udp")) | set(_proc_net_sockets(ip, port, "tcp"))
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(ln.startswith("socket:[") and int(ln[8:-1]) in inodes for ln in links):
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmd = "?"
+            found.append(f"{proc.name} {cmd[:200]}")
+    return "\n".join(found) or "(no process found)"
+
+
 def wait_until(predicate: Any, what: str, attempts: int = 250, interval: float = 0.02) -> None:
     """Poll `predicate` a bounded number of times; raise naming `what` if it never holds."""
     for _ in range(attempts):
@@ -144,7 +164,7 @@ def wait_port_free(ip: str, port: int, transport: str = "udp", seconds: float = 
     except TimeoutError as exc:
         raise RuntimeError(
             f"{transport}:{ip}:{port} is held by another process (another test run or load test on this machine?); "
-            f"set STIRGATE_IT_PORT_OFFSET to run beside it"
+            f"set STIRGATE_IT_PORT_OFFSET to run beside it. Held by:\n{port_holders(ip, port)}"
         ) from exc
 
 
@@ -261,7 +281,19 @@ class Stirgate:
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
-    def start(self, ready_attempts: int = 50) -> Stirgate:
+    def start(self, ready_attempts: int = 150, bind_attempts: int = 3) -> Stirgate:
+        """Start and wait until ready. Losing a race for the port to another process on this machine (it
+        exits "address already in use") is retried a bounded number of times."""
+        for attempt in range(bind_attempts):
+            try:
+                return self._start(ready_attempts)
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == bind_attempts - 1:
+                    raise
+                (self.workdir / f"stirgate-attempt{attempt}.log").write_bytes(self.log_path.read_bytes())
+        raise AssertionError("unreachable")
+
+    def _start(self, ready_attempts: int) -> Stirgate:
         wait_port_free(STIRGATE_IP, SIP_PORT, "udp")
         wait_port_free(STIRGATE_IP, SIP_PORT, "tcp")
         log = self.log_path.open("wb")
@@ -276,16 +308,22 @@ class Stirgate:
         pid = self.proc.pid
         for _ in range(ready_attempts):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"stirgate exited with {self.proc.returncode} before ready:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"stirgate exited with {self.proc.returncode} before ready:\n{self.log_tail()}\n"
+                    f"holders of {STIRGATE_IP}:{SIP_PORT} now:\n{port_holders(STIRGATE_IP, SIP_PORT)}"
+                )
             # Ours must hold the UDP and TCP sockets, or the 200 could come from another stirgate on the port.
-            if (
-                send_options() == 200
-                and owns_socket(pid, STIRGATE_IP, SIP_PORT, "udp")
-                and owns_socket(pid, STIRGATE_IP, SIP_PORT, "tcp")
-            ):
+            # Until it does, an OPTIONS is not even sent (a prompt foreign 200 would spend the attempts).
+            if not (owns_socket(pid, STIRGATE_IP, SIP_PORT, "udp") and owns_socket(pid, STIRGATE_IP, SIP_PORT, "tcp")):
+                time.sleep(0.1)  # polling interval of a bounded readiness check, not a synchronisation
+                continue
+            if send_options() == 200:
                 return self
         self.kill()
-        raise RuntimeError(f"stirgate never answered OPTIONS with 200:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"stirgate never answered OPTIONS with 200 (or another process holds its port):\n{self.log_tail()}\n"
+            f"holders of {STIRGATE_IP}:{SIP_PORT}:\n{port_holders(STIRGATE_IP, SIP_PORT)}"
+        )
 
     def stop(self, grace: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after `grace` seconds; the exit code."""
