@@ -237,6 +237,28 @@ class SilentServer:
     def url(self, name: str = "sp.pem") -> str:
         return f"https://{STIRGATE_IP}:{self.port}/{name}"
 
+    def wait_client_gone(self, timeout: float = 10.0) -> bool:
+        """Take the first queued connection and read until the client closes it (the fetcher gave up).
+
+        True when it closed within `timeout`; False when no connection came or it stayed open."""
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(timeout)
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return False
+        with conn:
+            while (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                try:
+                    if not conn.recv(65536):
+                        return True
+                except TimeoutError:
+                    return False
+                except OSError:
+                    return True  # reset: gone as well
+        return False
+
     def close(self) -> None:
         self.sock.close()
 

@@ -14,6 +14,8 @@ a thread of this process. The SIPp UACs accept any final response; the tests rea
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -391,6 +393,30 @@ class TestRejectMode:
         slow_final = next(e.at for e in events if e.call_id == slow_id and e.first_line.startswith("SIP/2.0 436"))
         fast_final = next(e.at for e in events if e.call_id == fast_id and e.first_line.startswith("SIP/2.0 200"))
         assert fast_final < slow_final, "the second call waited behind the first one's x5u fetch"
+
+    def test_cancel_while_waiting_for_x5u(self, gate: StirgateAt, pki: StirPki, tmp_path: Path) -> None:
+        """CANCEL while the call waits for its certificate: 200 + 487, and when the fetch ends the dead call is
+        not resumed (nothing reaches the customer trunk)."""
+        silent = SilentServer()
+        harness.wait_port_free(CUSTOMER_IP, SIP_PORT, "udp")
+        customer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            customer.bind((CUSTOMER_IP, SIP_PORT))
+            inf = inf_file(tmp_path / "cancel.csv", [(CALLER, "", sign_identity(pki.key, silent.url()))])
+            uac_r = Sipp("stir_uac_cancel.xml", CARRIER_IP, tmp_path, name="uac", remote=(STIRGATE_IP, SIP_PORT),
+                         extra=("-inf", str(inf))).start().wait()  # fmt: skip
+            assert finals(uac_r) == [487], explain(gate, r=uac_r)
+            assert [m.status for m in uac_r.responses() if m.method == "CANCEL"] == [200], uac_r.summary()
+            assert_clean(uac_r)
+            # The fetcher closes its connection when it gives up; the engine resumes the call right after.
+            assert silent.wait_client_gone(10), "the x5u fetch never ended"
+            customer.settimeout(0.3)
+            with contextlib.suppress(TimeoutError):
+                stray = customer.recv(65535)
+                pytest.fail(f"a cancelled call reached the customer trunk:\n{stray.decode(errors='replace')}")
+        finally:
+            customer.close()
+            silent.close()
 
     def test_untrusted_ca_437(self, gate: StirgateAt, pki: StirPki, x5u: X5uServer, tmp_path: Path) -> None:
         resp = self._rejected(gate, tmp_path, sign_identity(pki.untrusted_key, x5u.url("untrusted.pem")))
