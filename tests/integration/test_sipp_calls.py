@@ -190,6 +190,19 @@ def test_failover_to_second_carrier(stirgate: harness.Stirgate, tmp_path: Path) 
     only(callee.requests("INVITE"), "INVITE at the second carrier", callee)
 
 
+def test_failover_on_503_from_first_carrier(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    """The first carrier answers 503: stirgate ACKs it and tries the second carrier, which answers."""
+    first = uas(tmp_path, "uas_503.xml", ip=CARRIER_IP)
+    second = uas(tmp_path, "uas_basic.xml", ip=CARRIER2_IP)
+    with harness.running(first, second):
+        caller = uac(tmp_path, "uac_basic.xml").start().wait()
+        first_result, second_result = first.wait(), second.wait()
+    assert_passed(caller, first_result, second_result)
+    assert final_response(caller) == 200
+    assert 503 not in [m.status for m in caller.responses()], caller.summary()
+    only(second_result.requests("INVITE"), "INVITE at the second carrier", second_result)
+
+
 def test_no_trunk_alive_503(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     for ip in (CARRIER_IP, CARRIER2_IP):
         harness.wait_port_free(ip, SIP_PORT)  # nothing may listen there (bounded wait, then fail)
@@ -203,6 +216,31 @@ def test_unknown_source_403(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     assert_passed(caller)
     resp = [m for m in caller.responses() if m.status == 403]
     assert resp and resp[0].body == b"", caller.summary()
+
+
+def test_info_after_answer(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_info.xml"), uac(tmp_path, "uac_info.xml"))
+    assert_passed(caller, callee)
+    info = only(callee.requests("INFO"), "INFO at the UAS", callee)
+    assert_in_dialog(info, callee, callee)
+    assert info.body == caller.requests("INFO", "sent")[0].body
+
+
+def test_reinvite_from_callee(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller, callee = run_pair(uas(tmp_path, "uas_callee_reinvite.xml"), uac(tmp_path, "uac_callee_reinvite.xml"))
+    assert_passed(caller, callee)
+    reinvite = only(caller.requests("INVITE"), "re-INVITE at the caller", caller)
+    assert_in_dialog(reinvite, caller, caller)
+    assert reinvite.body == callee.requests("INVITE", "sent")[0].body
+    only(caller.requests("ACK"), "ACK for the re-INVITE at the caller", caller)
+
+
+def test_prack_reliable_183(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    """RFC 3262 across the B2BUA: Require/RSeq relayed, the PRACK's RAck mapped to the B-leg's INVITE CSeq."""
+    caller, callee = run_pair(uas(tmp_path, "uas_prack.xml"), uac(tmp_path, "uac_prack.xml"))
+    assert_passed(caller, callee)
+    prack = only(callee.requests("PRACK"), "PRACK at the UAS", callee)
+    assert prack.header("RAck").split()[1] == callee.requests("INVITE")[0].header("CSeq").split()[0]
 
 
 # ----------------------------------------------------------------------------------------------- transport
@@ -260,6 +298,9 @@ DIRECT_PAIRS = [
     ("uas_183_sdp.xml", "uac_183_sdp.xml", ()),
     ("uas_ring_answer.xml", "uac_retransmit.xml", ("-nr",)),
     ("uas_custom_header.xml", "uac_custom_header.xml", ()),
+    ("uas_info.xml", "uac_info.xml", ()),
+    ("uas_callee_reinvite.xml", "uac_callee_reinvite.xml", ()),
+    ("uas_prack.xml", "uac_prack.xml", ()),
 ]
 
 
