@@ -7,7 +7,7 @@ edits or a rejection. Pure: the certificate fetch happens in the transport adapt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.config import Config, Trunk
@@ -168,24 +168,25 @@ class Authenticator:
         assert self.verifier is not None
         return bool(values) and self.verifier.cached_certs(values) is None
 
-    def certs_for(self, values: Sequence[str]) -> dict[str, CertEntry]:
-        """Whatever is cached now (a URL still missing fails verification as 436)."""
-        out: dict[str, CertEntry] = {}
+    def certs_for(self, values: Sequence[str], fetched: Mapping[str, CertEntry] | None = None) -> dict[str, CertEntry]:
+        """What was fetched for this call, else what is cached now (a URL still missing fails as 436)."""
+        out: dict[str, CertEntry] = dict(fetched) if fetched else {}
         if self.fetcher is None:
             return out
         for value in values:
             url = x5u_of(value)
-            if url is not None:
+            if url is not None and url not in out:
                 entry = self.fetcher.cached(url)
                 if entry is not None:
                     out[url] = entry
         return out
 
-    def verify(self, invite: Request, ingress: Trunk, wall_now: float) -> InboundOutcome:
+    def verify(self, invite: Request, ingress: Trunk, wall_now: float,
+               fetched: Mapping[str, CertEntry] | None = None) -> InboundOutcome:
         assert self.verifier is not None
         values = self.identity_values(invite)
         result = self.verifier.verify(values, self.orig_tn(invite), self.dest_tns(invite), invite.header("date"),
-                                      wall_now, self.certs_for(values))
+                                      wall_now, self.certs_for(values, fetched))
         settings = ingress.verify
         if result.status == "missing":
             if settings.on_missing == "reject":

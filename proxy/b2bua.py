@@ -99,6 +99,7 @@ class Leg:
         "call_id",
         "contact",
         "invite_cseq",
+        "learned",
         "local_cseq",
         "local_na",
         "local_tag",
@@ -132,6 +133,7 @@ class Leg:
         self.route_set: list[str] = []
         self.local_cseq = 0
         self.invite_cseq = 0
+        self.learned: tuple[str | None, list[str]] | None = None
         self.target = target
         self.transport = target[0]
         self.contact = contact
@@ -142,19 +144,23 @@ class Leg:
         self.retx_interval = 0.0
 
     def learn_remote(self, msg: Request | Response, route_reversed: bool) -> None:
-        """Remote target and route set from a dialog-forming message (RFC 3261 12.1)."""
+        """Remote target and route set from a dialog-forming message (RFC 3261 12.1).
+
+        A 180 and a 200 usually carry the same Contact and Record-Route: seen once, not parsed again.
+        """
+        contact_raw = msg.header("contact")
+        rr = msg.values("record-route")
+        seen = (contact_raw, rr)
+        if seen == self.learned:
+            return
+        self.learned = seen
         contact = msg.contact
         if contact is not None:
             self.remote_target = contact.uri
-        rr = msg.values("record-route")
         if rr:
             self.route_set = list(reversed(rr)) if route_reversed else rr
-        first_hop = self.route_set[0] if self.route_set else None
-        if first_hop is not None:
-            try:
-                self.target = resolve_target(parse_name_addr(first_hop).uri, self.transport, self.target)
-            except ParseError:
-                pass
+        if self.route_set:
+            self.target = _first_hop(self.route_set[0], self.transport, self.target)
         else:
             self.target = resolve_target(self.remote_target, self.transport, self.target)
 

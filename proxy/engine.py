@@ -8,7 +8,7 @@ memory with a fake clock.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import count
 
@@ -21,6 +21,7 @@ from proxy.sip.message import Header, Request, Response, VersionError, canonical
 from proxy.sip.timers import TimerQueue
 from proxy.sip.transaction import Target, TimerConfig, TransactionLayer
 from proxy.sip.validate import check_request
+from proxy.stir.certs import CertEntry
 
 __all__ = ["Engine", "EngineSettings"]
 
@@ -245,7 +246,7 @@ class Engine:
         self.calls[req.call_id] = (call, 0)
         self.admit(call, now)
 
-    def admit(self, call: Call, now: float) -> None:
+    def admit(self, call: Call, now: float, fetched: Mapping[str, CertEntry] | None = None) -> None:
         """Verify (calls from carrier trunks) and then start the B-leg, or reject.
 
         When the x5u certificate is not cached, the call waits: the transport fetches it and calls `resume`;
@@ -263,7 +264,7 @@ class Engine:
                     self.queue.start(call, "verify", now + auth.wait_timeout)
                     return
             call.deadlines.pop("verify", None)
-            outcome = auth.verify(invite, call.ingress, now + self.wall_offset)
+            outcome = auth.verify(invite, call.ingress, now + self.wall_offset, fetched)
             call.inbound = outcome
             if outcome.reject is not None:
                 self.stats["verification_rejected"] += 1
@@ -272,11 +273,11 @@ class Engine:
                 return
         call.start(now)
 
-    def resume(self, call_id: str, now: float) -> None:
+    def resume(self, call_id: str, now: float, fetched: Mapping[str, CertEntry] | None = None) -> None:
         """The certificates a waiting call needed are fetched (or failed): carry on with it."""
         entry = self.calls.get(call_id)
         if entry is not None and entry[0].state == ROUTING and entry[0].verify_waited:
-            self.admit(entry[0], now)
+            self.admit(entry[0], now, fetched)
 
     def _on_cancel(self, req: Request, source: Target, now: float) -> None:
         txns = self.txns

@@ -17,6 +17,7 @@ import structlog
 from proxy.engine import Engine
 from proxy.sip.message import ParseError, frame_stream
 from proxy.sip.transaction import Target
+from proxy.stir.certs import CertEntry
 
 __all__ = ["SipServer"]
 
@@ -136,14 +137,16 @@ class SipServer:
     async def _fetch_certs(self, call_id: str, values: list[str]) -> None:
         """Fetch a waiting call's x5u certificates off the SIP path, then let the engine carry on."""
         verifier = self.engine.auth.verifier
+        fetched: dict[str, CertEntry] = {}
         if verifier is not None:
             try:
-                await asyncio.wait_for(verifier.prepare(values), timeout=self.engine.auth.wait_timeout)
+                fetched = await asyncio.wait_for(verifier.prepare(values), timeout=self.engine.auth.wait_timeout)
             except TimeoutError:
                 log.info("x5u_fetch_timeout", call_id=call_id)
             except Exception:
                 log.exception("x5u_fetch_error", call_id=call_id)
-        self.engine.resume(call_id, self.loop.time())
+        # The entries go along with the call: a certificate served as uncacheable (no-store) is still good for it.
+        self.engine.resume(call_id, self.loop.time(), fetched)
         self.flush()
 
     def sync_wall_clock(self) -> None:

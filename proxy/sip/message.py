@@ -466,7 +466,14 @@ def _split_head(data: bytes) -> tuple[str, bytes]:
 
 def _parse_headers(lines: Iterable[str]) -> list[Header]:
     headers: list[Header] = []
+    append = headers.append
+    keys = _KEY_CACHE
     for line in lines:
+        colon = line.find(":")
+        if colon > 0 and line[0] not in " \t":
+            name = line[:colon]
+            append(Header(keys.get(name) or _key_for(name), line, line[colon + 1 :].strip(" \t")))
+            continue
         if not line:
             continue
         first = line[0]

@@ -13,6 +13,7 @@ __all__ = ["MAGIC_COOKIE", "MAX_RURI_LENGTH", "check_request"]
 MAGIC_COOKIE = "z9hG4bK"
 MAX_RURI_LENGTH = 512
 _ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
+_IN_DIALOG_PREFIXES = frozenset({"sip:", "sips"})
 _COUNTED = ("to", "from", "call-id", "cseq", "max-forwards", "via", "proxy-require", "content-length")
 _SINGLE = (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq"), ("max-forwards", "Max-Forwards"),
            ("content-length", "Content-Length"))
@@ -53,12 +54,15 @@ def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, s
     del num
     if len(req.uri) > max_ruri:
         return 414, "Request-URI Too Long"
-    try:
-        uri = req.ruri
-    except ParseError:
-        return 400, "Bad Request-URI"
-    if uri.scheme not in _ROUTABLE_SCHEMES:
-        return 416, "Unsupported URI Scheme"
+    if to_tag is not None and req.uri[:4].lower() in _IN_DIALOG_PREFIXES and " " not in req.uri:
+        pass  # in-dialog: the R-URI is a Contact we handed out; its scheme is all that matters
+    else:
+        try:
+            uri = req.ruri
+        except ParseError:
+            return 400, "Bad Request-URI"
+        if uri.scheme not in _ROUTABLE_SCHEMES:
+            return 416, "Unsupported URI Scheme"
     for key, name in (("from", "From"), ("to", "To")):
         if to_tag is not None:
             break  # in-dialog: the dialog's INVITE was checked in full

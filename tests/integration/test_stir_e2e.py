@@ -502,11 +502,6 @@ def test_cache_concurrent_first_calls_one_fetch(gates: GateFactory, pki: StirPki
 
 
 @pytest.mark.usefixtures("sipp_bin")
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an x5u answer that may not be cached (Cache-Control: no-store / max-age=0) fails every call with 436: "
-    "transport._fetch_certs discards what verifier.prepare() returned and engine.admit -> Authenticator.verify "
-    "re-reads the certificate from the cache (certs_for -> fetcher.cached), where CertFetcher.put(ttl<=0) never "
-    "stored it"))  # fmt: skip
 def test_uncacheable_certificate_still_verifies_and_is_refetched(gates: GateFactory, pki: StirPki,
                                                                  tmp_path: Path) -> None:  # fmt: skip
     """max-age honoured the other way: `no-store` -> each sequential call fetches again, and still passes.
