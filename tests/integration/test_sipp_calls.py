@@ -211,6 +211,12 @@ def test_no_trunk_alive_503(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     assert final_response(caller) == 503
 
 
+def test_max_forwards_zero_483(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller = uac(tmp_path, "uac_483.xml").start().wait()
+    assert_passed(caller)
+    assert final_response(caller) == 483
+
+
 def test_unknown_source_403(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     caller = uac(tmp_path, "uac_403.xml", ip=UNKNOWN_IP).start().wait()
     assert_passed(caller)
@@ -271,8 +277,12 @@ def test_call_over_tcp(stirgate_factory: StirgateFactory, sipp_bin: str, tmp_pat
 def test_custom_header_passes_unchanged(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     caller, callee = run_pair(uas(tmp_path, "uas_custom_header.xml"), uac(tmp_path, "uac_custom_header.xml"))
     assert_passed(caller, callee)
-    sent = caller.requests("INVITE", "sent")[0].headers("X-Custom-Header")
-    assert sent and callee.requests("INVITE")[0].headers("X-Custom-Header") == sent
+    for name in ("X-Custom-Header", "P-Asserted-Identity", "Privacy", "Diversion", "History-Info"):
+        sent = caller.requests("INVITE", "sent")[0].headers(name)
+        assert sent and callee.requests("INVITE")[0].headers(name) == sent, name
+    ok_sent = next(m for m in callee.responses("sent") if m.status == 200 and m.method == "INVITE")
+    ok_seen = next(m for m in caller.responses() if m.status == 200 and m.method == "INVITE")
+    assert ok_sent.headers("X-Custom-Reply") and ok_seen.headers("X-Custom-Reply") == ok_sent.headers("X-Custom-Reply")
 
 
 @pytest.mark.parametrize("calls", [20])
