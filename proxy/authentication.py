@@ -83,8 +83,9 @@ class Authenticator:
         self.wait_timeout = v.wait_timeout
         self.verifier: Verifier | None = None
         self.fetcher: CertFetcher | None = None
+        self._stir = stir
         if stir.trust_anchors:
-            trust = TrustStore.from_paths(stir.trust_anchors, stir.crl_dir, lenient_tnauthlist=v.lenient_tnauthlist)
+            trust = self._trust_store()
             policy = X5uPolicy(
                 allowed_hosts=tuple(v.x5u_allowed_hosts),
                 allow_private=v.x5u_allow_private,
@@ -134,6 +135,18 @@ class Authenticator:
                 add_date=trunk.sign.add_date,
                 existing_identity=trunk.sign.existing_identity,
             )
+
+    def _trust_store(self) -> TrustStore:
+        s = self._stir
+        return TrustStore.from_paths(s.trust_anchors, s.crl_dir, lenient_tnauthlist=s.verify.lenient_tnauthlist)
+
+    def refresh_crls(self) -> bool:
+        """Re-read anchors and CRLs (ATIS-1000080: CRLs are refreshed periodically). False when unchanged
+        because there is nothing to refresh; raises (and keeps the old store) when the files are unusable."""
+        if self.fetcher is None or not self._stir.crl_dir:
+            return False
+        self.fetcher.replace_trust(self._trust_store())
+        return True
 
     # --- reading the call -------------------------------------------------------------------------------------
     @staticmethod

@@ -149,6 +149,8 @@ class StirSettings(_Base, frozen=True):
     #: STI-CA roots: PEM files or folders of them.
     trust_anchors: list[str] = []
     crl_dir: str | None = None
+    #: Seconds between re-reads of crl_dir (the files are refreshed by a cron job or the STI-CA's CDP fetcher).
+    crl_refresh: float = 3600.0
     signing_profiles: list[SigningProfileSettings] = []
     verify: StirVerifySettings = StirVerifySettings()
 

@@ -53,6 +53,16 @@ async def _full_gc(interval: float) -> None:
         log.info("gc_full", unreachable=found, ms=round((time.perf_counter() - t) * 1000, 1))
 
 
+async def _refresh_crls(engine: Engine, interval: float) -> None:
+    while interval > 0:
+        await asyncio.sleep(interval)
+        try:
+            if engine.auth.refresh_crls():
+                log.info("crl_refreshed")
+        except Exception as exc:  # a half-written CRL file must not stop verification: keep the old store
+            log.warning("crl_refresh_failed", error=str(exc))
+
+
 async def _serve(config: Config, worker: int, workers: int) -> int:
     loop = asyncio.get_running_loop()
     udp_listens = [(x.transport, x.host, x.port) for x in config.listen]
@@ -87,7 +97,10 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_term)
     _tune_gc()
-    gc_task = loop.create_task(_full_gc(config.sip.gc_full_interval))
+    background = [
+        loop.create_task(_full_gc(config.sip.gc_full_interval)),
+        loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
+    ]
     log.info("listening", worker=worker, listen=[f"{t}:{h}:{p}" for t, h, p in udp_listens],
              trunks=len(config.trunks))
     await stop.wait()
@@ -96,7 +109,8 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
         await asyncio.wait_for(drained.wait(), timeout=config.sip.drain_grace)
     except TimeoutError:
         log.warning("drain_timeout", worker=worker, active_calls=engine.active_calls())
-    gc_task.cancel()
+    for task in background:
+        task.cancel()
     server.close()
     log.info("stopped", worker=worker, **engine.stats)
     return 0

@@ -119,6 +119,11 @@ class CertFetcher:
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0  # HTTP requests actually sent (for tests and metrics)
 
+    def replace_trust(self, trust: TrustStore) -> None:
+        """New anchors or CRLs: every cached verdict was reached under the old ones, so forget them all."""
+        self.trust = trust
+        self._cache.clear()
+
     def cached(self, url: str) -> CertEntry | None:
         """The cached entry for url, if still fresh: what the synchronous verifier path uses."""
         hit = self._cache.get(url)
