@@ -71,14 +71,20 @@ def tag_of(value: str) -> str:
 
 
 def assert_in_dialog(req: harness.TracedMessage, side: SippResult, r: SippResult) -> None:
-    """An in-dialog request received by `side` carries that side's dialog: same Call-ID as its INVITE,
-    From/To tags swapped or kept as the direction requires, and a CSeq of its own method."""
-    inv = side.requests("INVITE")[0] if side.requests("INVITE") else side.requests("INVITE", "sent")[0]
-    ok = next(m for m in side.messages if not m.is_request and m.method == "INVITE" and m.status == 200)
-    local_tag = tag_of(ok.header("To")) if inv.direction == "received" else tag_of(inv.header("From"))
-    assert req.header("Call-ID") == inv.header("Call-ID"), r.summary()
+    """An in-dialog request received by `side` carries that side's dialog: same Call-ID as the initial INVITE,
+    To tag = this side's tag, From tag = the peer's, and a CSeq of its own method."""
+    initial = next(m for m in side.messages if m.is_request and m.method == "INVITE" and not tag_of(m.header("To")))
+    ok = next(
+        m
+        for m in side.messages
+        if not m.is_request and m.method == "INVITE" and m.status == 200 and m.direction != initial.direction
+    )
+    if initial.direction == "received":  # the UAS side: its tag is in its 200
+        local_tag, remote_tag = tag_of(ok.header("To")), tag_of(initial.header("From"))
+    else:  # the UAC side
+        local_tag, remote_tag = tag_of(initial.header("From")), tag_of(ok.header("To"))
+    assert req.header("Call-ID") == initial.header("Call-ID"), r.summary()
     assert tag_of(req.header("To")) == local_tag, f"To tag of {req.method} is not ours\n{r.summary()}"
-    remote_tag = tag_of(inv.header("From")) if inv.direction == "received" else tag_of(ok.header("To"))
     assert tag_of(req.header("From")) == remote_tag, f"From tag of {req.method} is not the peer's\n{r.summary()}"
     assert req.header("CSeq").split()[-1] == req.method
 
