@@ -31,6 +31,8 @@ CUSTOM_NAME, CUSTOM_VALUE = "X-Stirgate-Test", "42"
 # pjsip's message log:
 #   "TX 1234 bytes Request msg INVITE/cseq=1 (tdta0x...) to UDP 127.0.0.1:5060:\r\n<msg>\n--end msg--"
 _TX = re.compile(r"TX (\d+) bytes Request msg INVITE/cseq=\d+ \([^)]*\) to (\w+) ([\d.]+):(\d+):\r?\n", re.S)
+#   "RX 987 bytes Response msg 200/INVITE/cseq=1 (rdata0x...) from UDP 127.0.0.1:5060:\r\n<msg>\n--end msg--"
+_MSG = re.compile(r"(TX|RX) (\d+) bytes (Request|Response) msg (\S+) \([^)]*\) (?:to|from) (\w+) ([\d.]+):(\d+):\r?\n")
 
 
 class LogCapture(pj.LogWriter):  # type: ignore[misc]
@@ -50,6 +52,18 @@ class LogCapture(pj.LogWriter):  # type: ignore[misc]
                 continue
             size = int(m.group(1))
             out.append(text[m.end() : m.end() + size])
+        return out
+
+    def messages(self, direction: str, what: str) -> list[tuple[str, str]]:
+        """(peer "ip:port", whole message) for each logged message of `direction` ("TX"/"RX") whose pjsip
+        summary starts with `what` (e.g. "200/INVITE")."""
+        out = []
+        for text in self.entries:
+            m = _MSG.search(text)
+            if not m or m.group(1) != direction or not m.group(4).startswith(what):
+                continue
+            size = int(m.group(2))
+            out.append((f"{m.group(6)}:{m.group(7)}", text[m.end() : m.end() + size]))
         return out
 
 
@@ -186,6 +200,9 @@ class Agent:
                                      or (not both_confirmed and ended(self.caller_call)), seconds)  # fmt: skip
         host, _, port = target.rpartition(":")
         sent = self.log.sent_invites(host, int(port))
+        # The answer: the callee's 200 as sent (to stirgate, or to the caller) and as the caller received it.
+        answers_tx = [m for peer, m in self.log.messages("TX", "200/INVITE") if not peer.startswith(CALLEE_IP)]
+        answers_rx = [m for peer, m in self.log.messages("RX", "200/INVITE") if not peer.startswith(CALLER_IP)]
         return {
             "both_confirmed": both_confirmed,
             "both_ended": both_ended,
@@ -196,6 +213,8 @@ class Agent:
             "caller_invites_sent": len(sent),
             "callee_invite_received": self.callee_invite,
             "callee_src": self.callee_src,
+            "callee_answer_sent": answers_tx[0] if answers_tx else None,
+            "caller_answer_received": answers_rx[0] if answers_rx else None,
             "events": self.events,
         }
 

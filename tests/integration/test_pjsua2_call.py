@@ -3,8 +3,8 @@
 pjsua2 allows one Endpoint per process, so the call runs in tests/integration/pjsua2_agent.py (both UAs in one
 Endpoint, one UDP transport and account each) as a subprocess with a bound; it reports what both sides saw as
 JSON. The test asserts: the call confirms on both sides; the SDP body the callee receives is byte-identical to
-the one the caller sent (pjsip's own TX log of the caller's INVITE); `X-Stirgate-Test: 42` arrives unchanged;
-the caller hangs up and both sides reach DISCONNECTED.
+the one the caller sent (pjsip's own TX log of the caller's INVITE), and the answer likewise on its way back;
+`X-Stirgate-Test: 42` arrives unchanged; the caller hangs up and both sides reach DISCONNECTED.
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ def test_pjsua2_call_through_stirgate(pjsua2_available: None, stirgate: harness.
     assert header_lines(sent, "Call-ID") != header_lines(received, "Call-ID")
     # The SDP body, byte for byte.
     assert body(received) == body(sent), f"SDP changed:\n--- sent\n{body(sent)!r}\n--- received\n{body(received)!r}"
+    # The answer SDP back to the caller, byte for byte.
+    ans_sent, ans_seen = r["callee_answer_sent"], r["caller_answer_received"]
+    assert ans_sent and ans_seen, describe(r)
+    assert body(ans_seen) == body(ans_sent), f"answer SDP changed:\n{body(ans_sent)!r}\n{body(ans_seen)!r}"
     # The custom header, unchanged (name and value, exactly once).
     assert header_lines(sent, "X-Stirgate-Test") == ["X-Stirgate-Test: 42"]
     assert header_lines(received, "X-Stirgate-Test") == ["X-Stirgate-Test: 42"], received
