@@ -7,6 +7,7 @@ import time
 
 from proxy.config import load_config
 from proxy.engine import Engine
+from proxy.server import _tune_gc
 from proxy.sip.message import parse
 
 A = ("udp", "127.0.0.10", 5060)
@@ -38,6 +39,7 @@ def answer(req: bytes, code: int, reason: str, body: bytes = b"") -> bytes:
 def main(n: int) -> None:
     cfg = load_config("examples/loopback.yaml")
     e = Engine(cfg, {"udp": ("127.0.0.1", 5060)})
+    _tune_gc()  # as `stirgate run` does
     # Pre-build the B side's answers outside the timed part would need the B-leg's ids; build them inline
     # but time only engine.receive.
     spent = 0.0

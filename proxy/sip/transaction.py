@@ -8,6 +8,7 @@ small methods on `Transaction`. Times come in as `now`; nothing here reads a clo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Final, Protocol
 
 from proxy.sip.message import Request, Response
@@ -178,8 +179,8 @@ class Transaction:
         if row is None:
             return False
         self.state = row[0]
-        for action in row[1]:
-            getattr(self, "_" + action)(now, resp, data)
+        for action in _ACTIONS[row[1]]:
+            action(self, now, resp, data)
         state = self.state
         if state == TERMINATED:
             self.layer._remove(self)
@@ -288,6 +289,16 @@ class Transaction:
         self.deadlines.clear()
         self.state = TERMINATED
         self.layer._remove(self)
+
+
+Action = Callable[[Transaction, float, "Response | None", "bytes | None"], None]
+
+#: Each table row's action names resolved once to the methods they name (no getattr per event).
+_ACTIONS: dict[tuple[str, ...], tuple[Action, ...]] = {
+    names: tuple(getattr(Transaction, "_" + name) for name in names)
+    for table in (SERVER_INVITE, CLIENT_INVITE, SERVER_NON_INVITE, CLIENT_NON_INVITE)
+    for _, names in table.values()
+}
 
 
 def build_non2xx_ack(invite: Request, resp: Response) -> Request:
