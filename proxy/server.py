@@ -9,11 +9,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import structlog
 
+from proxy.b2bua import Call
 from proxy.config import Config
 from proxy.engine import Engine
+from proxy.stir.signer import SignedCall
 from proxy.transport import SipServer
 
 __all__ = ["configure_logging", "run"]
@@ -53,6 +56,31 @@ async def _full_gc(interval: float) -> None:
         log.info("gc_full", unreachable=found, ms=round((time.perf_counter() - t) * 1000, 1))
 
 
+def _call_logger() -> Callable[[Call], None]:
+    """One JSON line per call, written when it ends: the decision and its identifiers (not one per message)."""
+    call_log = structlog.get_logger("stirgate.call")
+
+    def log_call(call: Call) -> None:
+        inbound = call.inbound
+        signed = call.signed
+        call_log.info(
+            "call",
+            call_id=call.a.call_id,
+            b_call_id=call.b.call_id if call.b is not None else None,
+            trunk=call.ingress.name,
+            egress=call.egress.trunk.name if call.egress is not None else None,
+            status=call.final_status,
+            end=call.end_reason,
+            verstat=inbound.result.verstat if inbound is not None else None,
+            attest=(inbound.result.attest if inbound is not None
+                    else signed.attest if isinstance(signed, SignedCall) else None),
+            duration=round(call.ended_at - call.answered_at, 3)
+            if call.answered_at is not None and call.ended_at is not None else 0,
+        )
+
+    return log_call
+
+
 async def _refresh_crls(engine: Engine, interval: float) -> None:
     while interval > 0:
         await asyncio.sleep(interval)
@@ -76,6 +104,7 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
         private = (first_udp.host, config.sip.worker_port_base + worker)
         local["udp"] = private
     engine = Engine(config, local)
+    engine.call_end_hooks.append(_call_logger())
     server = SipServer(engine, loop, config.sip.max_tcp_message)
     await server.start(udp_listens, reuse_port=workers > 1, private_udp=private)
     stop = asyncio.Event()
