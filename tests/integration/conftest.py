@@ -93,6 +93,6 @@ QUICK_TIMERS = {"failover_timeout": 1.0, "no_answer_timeout": 2.0}
 
 
 @pytest.fixture
-def stirgate(stirgate_factory: StirgateFactory, sipp_bin: str) -> harness.Stirgate:
+def stirgate(stirgate_factory: StirgateFactory) -> harness.Stirgate:
     """A stirgate on the loopback topology with quick failover (1 s) and no-answer (2 s) timers."""
     return stirgate_factory(sip=QUICK_TIMERS)

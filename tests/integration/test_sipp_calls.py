@@ -28,6 +28,8 @@ from tests.integration.harness import (
 
 STIRGATE = (STIRGATE_IP, SIP_PORT)
 
+pytestmark = pytest.mark.usefixtures("sipp_bin")  # skip, saying why, where SIPp is not installed
+
 
 def uac(tmp_path: Path, scenario: str, *, ip: str = CUSTOMER_IP, **kw: object) -> Sipp:
     return Sipp(scenario, ip, tmp_path, remote=STIRGATE, **kw)  # type: ignore[arg-type]
