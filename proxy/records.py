@@ -1,0 +1,587 @@
+"""Call records: one per call, built on the SIP thread in a few microseconds, written to SQLite by a thread.
+
+Why this shape: the SIP path must not wait for a disk. At call end `record_from_call` copies what the Call
+already holds into a frozen `CallRecord` (no parsing beyond the user part of two URIs), and `RecordWriter.put`
+appends it to a bounded deque: no lock, no syscall, and a full queue drops and counts instead of blocking.
+A writer thread commits batches in WAL mode, prunes old records and, when the database cannot be written,
+counts and logs the failure while calls carry on. Queries (traceback, reports) open their own connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+import msgspec
+import structlog
+
+from proxy.stir.signer import SignedCall
+from proxy.stir.tn import DEFAULT_TN_POLICY, TNPolicy, try_canonical_tn, user_part
+
+if TYPE_CHECKING:
+    from proxy.b2bua import Call
+
+__all__ = [
+    "COLUMNS",
+    "CallRecord",
+    "PolicyDecision",
+    "RecordWriter",
+    "RecordsSettings",
+    "call_end_hook",
+    "connect_readonly",
+    "open_db",
+    "record_from_call",
+    "record_from_row",
+    "traceback",
+]
+
+log = structlog.get_logger("stirgate.records")
+
+#: (policy name, mode such as "enforce" or "dry-run", action such as "reject" or "tag").
+PolicyDecision = tuple[str, str, str]
+
+SCHEMA_VERSION: Final = 1
+
+
+class RecordsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """`records:` in the YAML. Constraints live in the types so config errors come located, like the rest."""
+
+    #: Record calls at all; off keeps the metrics (they do not need the database).
+    enabled: bool = True
+    #: SQLite file (its folder is created). Several workers may share one file: WAL and a busy timeout.
+    path: str = "var/records.sqlite3"
+    #: Records waiting for the writer; beyond this a call's record is dropped and counted, never waited for.
+    queue_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    #: Records per transaction.
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 2_000
+    #: Longest a record waits in the queue before its batch is committed (seconds).
+    flush_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    #: Records older than this are deleted; 0 keeps them for ever.
+    retention_days: Annotated[float, msgspec.Meta(ge=0)] = 90.0
+    #: Seconds between pruning passes.
+    prune_interval: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+
+
+class CallRecord(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """Everything a traceback or a fraud analyst asks about one call. Times are wall-clock epoch seconds.
+
+    gc=False: records are acyclic plain data; keeping them out of the cyclic GC matters at 10k calls/s.
+    """
+
+    a_call_id: str
+    b_call_id: str | None = None
+    ingress: str
+    source_ip: str
+    source_port: int
+    transport: str = "udp"
+    #: User parts as signalled (PAI or From per stir.orig_order; R-URI, else To) and canonical digits.
+    orig_signaled: str | None = None
+    orig: str | None = None
+    dest_signaled: str | None = None
+    dest: str | None = None
+    display_name: str | None = None
+    #: None when unknown (the Call did not keep it).
+    identity_present: bool | None = None
+    #: STI-VS outcome on verified (carrier) calls: passed | failed | missing; None when not verified.
+    verification: str | None = None
+    verstat: str | None = None
+    attest: str | None = None
+    origid: str | None = None
+    spc: str | None = None
+    cert_subject: str | None = None
+    #: Machine names of the failed verification checks.
+    failures: tuple[str, ...] = ()
+    #: True when stirgate signed the call itself (STI-AS); attest/origid are then ours.
+    signed: bool = False
+    #: The call waited for an x5u certificate fetch (a cache miss).
+    x5u_fetched: bool = False
+    policy_decisions: tuple[PolicyDecision, ...] = ()
+    egress: str | None = None
+    status: int | None = None
+    invite_at: float
+    answered_at: float | None = None
+    ended_at: float | None = None
+    #: Seconds from answer to end; 0 for unanswered calls.
+    duration: float = 0.0
+    end_reason: str = ""
+
+    @property
+    def identity_verified(self) -> bool:
+        return self.verification == "passed"
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        out["identity_verified"] = self.identity_verified
+        return out
+
+
+def _user(uri: str | None) -> str | None:
+    """User part of a URI or name-addr, parameters dropped; None for none. Plain URIs take a short path
+    (this runs twice per call on the SIP thread)."""
+    if not uri:
+        return None
+    if uri[0] == "<" or '"' in uri or " " in uri:
+        user, _ = user_part(uri)
+    else:
+        colon = uri.find(":")
+        scheme = uri[:colon].lower() if colon > 0 else ""
+        if scheme == "tel":
+            user = uri[colon + 1 :]
+        elif scheme in ("sip", "sips"):
+            rest = uri[colon + 1 :]
+            at = rest.rfind("@")
+            if at < 0:
+                return None
+            user = rest[:at]
+        else:
+            user, _ = user_part(uri)
+    semi = user.find(";")
+    if semi >= 0:
+        user = user[:semi]
+    return user or None
+
+
+def _canonical(user: str | None, policy: TNPolicy) -> str | None:
+    """try_canonical_tn with a short path for "+digits" (canonical_tn has its own for plain digits)."""
+    if user and user[0] == "+":
+        digits = user[1:]
+        if digits.isdigit() and digits.isascii() and len(digits) <= policy.max_length:
+            return digits
+    return try_canonical_tn(user, policy)
+
+
+def _display(text: str | None) -> str | None:
+    if not text:
+        return None
+    if text[0] == '"' and text[-1] == '"' and len(text) > 1:
+        text = text[1:-1]
+        if "\\" in text:
+            text = text.replace('\\"', '"').replace("\\\\", "\\")
+        return text or None
+    return text
+
+
+def record_from_call(call: Call, wall_offset: float, tn_policy: TNPolicy = DEFAULT_TN_POLICY) -> CallRecord:
+    """The record of an ended call, from what the Call still holds (its INVITE is gone by then).
+
+    Reads, beyond the documented attributes, three optional ones the B2BUA may keep from the A-leg INVITE:
+    `ruri` (Request-URI), `pai` (first P-Asserted-Identity value), `identity_present` (bool), and the
+    policies' `decisions` list. Without `ruri` the To URI stands in for the dialled number.
+    """
+    a = call.a
+    from_na = a.remote_na
+    pai: str | None = getattr(call, "pai", None)
+    if pai is not None and tn_policy.orig_order[0] == "pai":
+        orig_signaled = _user(pai) or _user(from_na.uri)
+    else:
+        orig_signaled = _user(from_na.uri) or _user(pai)
+    ruri: str | None = getattr(call, "ruri", None)
+    dest_signaled = _user(ruri) or _user(a.local_na.uri)
+    identity_present: bool | None = getattr(call, "identity_present", None)
+
+    verification = verstat = attest = origid = spc = subject = None
+    failures: tuple[str, ...] = ()
+    inbound = call.inbound
+    if inbound is not None:
+        r = inbound.result
+        verification = r.status
+        verstat = r.verstat
+        attest = r.attest
+        origid = r.origid
+        spc = r.spc
+        subject = r.cert_subject
+        if r.failures:
+            failures = tuple(f.check for f in r.failures)
+        if identity_present is None:
+            identity_present = r.status != "missing"
+    signed = call.signed
+    was_signed = False
+    if isinstance(signed, SignedCall):
+        was_signed = True
+        attest = signed.attest
+        origid = signed.origid
+
+    decisions = getattr(call, "decisions", None)
+    egress = call.egress
+    b = call.b
+    source = call.source
+    created = call.created_at
+    answered = call.answered_at
+    ended = call.ended_at
+    return CallRecord(
+        a_call_id=a.call_id,
+        b_call_id=b.call_id if b is not None else None,
+        ingress=call.ingress.name,
+        source_ip=source[1],
+        source_port=source[2],
+        transport=source[0],
+        orig_signaled=orig_signaled,
+        orig=_canonical(orig_signaled, tn_policy),
+        dest_signaled=dest_signaled,
+        dest=_canonical(dest_signaled, tn_policy),
+        display_name=_display(from_na.display),
+        identity_present=identity_present,
+        verification=verification,
+        verstat=verstat,
+        attest=attest,
+        origid=origid,
+        spc=spc,
+        cert_subject=subject,
+        failures=failures,
+        signed=was_signed,
+        x5u_fetched=call.verify_waited,
+        policy_decisions=tuple(decisions) if decisions else (),
+        egress=egress.trunk.name if egress is not None else None,
+        status=call.final_status,
+        invite_at=created + wall_offset,
+        answered_at=answered + wall_offset if answered is not None else None,
+        ended_at=ended + wall_offset if ended is not None else None,
+        duration=(ended - answered) if answered is not None and ended is not None else 0.0,
+        end_reason=call.end_reason,
+    )
+
+
+# --- SQLite -----------------------------------------------------------------------------------------------------
+
+#: Table columns, in CallRecord field order (failures and policy_decisions stored as JSON text).
+COLUMNS: Final = CallRecord.__struct_fields__
+_JSON_COLUMNS: Final = frozenset({"failures", "policy_decisions"})
+_BOOL_COLUMNS: Final = frozenset({"identity_present", "signed", "x5u_fetched"})
+_SQL_TYPES: Final = {
+    "source_port": "INTEGER",
+    "status": "INTEGER",
+    "invite_at": "REAL NOT NULL",
+    "answered_at": "REAL",
+    "ended_at": "REAL",
+    "duration": "REAL",
+    **dict.fromkeys(_BOOL_COLUMNS, "INTEGER"),
+}
+
+SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS calls (id INTEGER PRIMARY KEY, "
+    + ", ".join(f"{c} {_SQL_TYPES.get(c, 'TEXT')}" for c in COLUMNS)
+    + ")",
+    # Traceback: equality on orig and dest, a range on the time: one index range scan.
+    "CREATE INDEX IF NOT EXISTS calls_orig_dest_at ON calls (orig, dest, invite_at)",
+    # Reports over a window and retention pruning.
+    "CREATE INDEX IF NOT EXISTS calls_at ON calls (invite_at)",
+)
+INSERT_SQL: Final = f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_JSON_INDEXES: Final = tuple(i for i, c in enumerate(COLUMNS) if c in _JSON_COLUMNS)
+
+
+def row_of(rec: CallRecord) -> tuple[Any, ...]:
+    """The INSERT parameters of a record (runs on the writer thread)."""
+    row = list(msgspec.structs.astuple(rec))
+    for i in _JSON_INDEXES:
+        row[i] = json.dumps(row[i]) if row[i] else None
+    return tuple(row)
+
+
+def record_from_row(row: Sequence[Any]) -> CallRecord:
+    """A CallRecord back from a SELECT of COLUMNS."""
+    kw: dict[str, Any] = {}
+    for name, value in zip(COLUMNS, row, strict=True):
+        if name == "failures":
+            value = tuple(json.loads(value)) if value else ()
+        elif name == "policy_decisions":
+            value = tuple(tuple(d) for d in json.loads(value)) if value else ()
+        elif name in _BOOL_COLUMNS and value is not None:
+            value = bool(value)
+        kw[name] = value
+    if kw.get("signed") is None:
+        kw["signed"] = False
+    if kw.get("x5u_fetched") is None:
+        kw["x5u_fetched"] = False
+    return CallRecord(**kw)
+
+
+def open_db(path: str | Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    """A read-write connection with the schema in place: WAL, NORMAL sync (a process crash loses nothing
+    committed; a power cut may lose the last batches), and a busy timeout for workers sharing the file."""
+    p = Path(path)
+    if str(p) != ":memory:":
+        p.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(p), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        with conn:
+            conn.execute("BEGIN")
+            for stmt in SCHEMA:
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_readonly(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection for queries (traceback, reports): never creates or locks the writer out."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no records database at {p}")
+    conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+# --- traceback ----------------------------------------------------------------------------------------------------
+
+
+def tn_variants(tn: str, country_code: str = "") -> list[str]:
+    """The canonical forms a queried TN may be stored under: as given, and completed with the country code
+    (a national number asked for on a gateway that stores E.164, or the reverse)."""
+    out: list[str] = []
+    policy = TNPolicy(country_code=country_code)
+    for candidate in (try_canonical_tn(tn, policy), try_canonical_tn(tn)):
+        if candidate and candidate not in out:
+            out.append(candidate)
+    if country_code:
+        for candidate in list(out):
+            if candidate.startswith(country_code) and len(candidate) - len(country_code) == policy.national_length:
+                national = candidate[len(country_code) :]
+                if national not in out:
+                    out.append(national)
+    if not out:
+        raise ValueError(f"not a telephone number: {tn!r}")
+    return out
+
+
+def traceback(db: str | Path | sqlite3.Connection, orig: str, dest: str, at: float, window: float = 300.0,
+              *, country_code: str = "", limit: int = 1000) -> list[CallRecord]:
+    """Calls from `orig` to `dest` whose INVITE arrived within `window` seconds either side of `at`.
+
+    One index range scan on (orig, dest, invite_at) per TN spelling: milliseconds among millions of records.
+    """
+    origs = tn_variants(orig, country_code)
+    dests = tn_variants(dest, country_code)
+    sql = (
+        f"SELECT {', '.join(COLUMNS)} FROM calls WHERE orig IN ({', '.join('?' * len(origs))}) "
+        f"AND dest IN ({', '.join('?' * len(dests))}) AND invite_at BETWEEN ? AND ? ORDER BY invite_at LIMIT ?"
+    )
+    params = (*origs, *dests, at - window, at + window, limit)
+    own = not isinstance(db, sqlite3.Connection)
+    conn = connect_readonly(db) if not isinstance(db, sqlite3.Connection) else db
+    try:
+        return [record_from_row(row) for row in conn.execute(sql, params)]
+    finally:
+        if own:
+            conn.close()
+
+
+# --- the writer -----------------------------------------------------------------------------------------------------
+
+
+class RecordWriter:
+    """Bounded queue in front of a writer thread. `put` is the only method the SIP thread calls.
+
+    Counters (read them from any thread): `dropped` (queue full), `written`, `write_errors` (failed
+    commits or opens), `lost` (records given up after failed retries), `pruned`.
+    """
+
+    #: A failed batch is retried this many times (one per flush cycle) before it is counted as lost.
+    RETRIES: Final = 3
+    #: Failures are logged at most once per this many seconds (plus the first one).
+    LOG_EVERY: Final = 60.0
+
+    def __init__(self, settings: RecordsSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._queue: deque[CallRecord] = deque()
+        self._max = settings.queue_size
+        self._batch = settings.batch_size
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Any, ...]] = []
+        self._pending_tries = 0
+        self._last_log = -1e18
+        self._next_prune = 0.0
+        self.dropped = 0
+        self.written = 0
+        self.write_errors = 0
+        self.lost = 0
+        self.pruned = 0
+        #: CPU seconds the writer thread spent (bench: what a record costs off the SIP path).
+        self.cpu_seconds = 0.0
+
+    # --- SIP thread -------------------------------------------------------------------------------------------
+    def put(self, rec: CallRecord) -> bool:
+        """Queue a record; False (and `dropped` + 1) when the queue is full. Never blocks."""
+        q = self._queue
+        if len(q) >= self._max or self._stopping:
+            self.dropped += 1
+            return False
+        q.append(rec)
+        if len(q) >= self._batch and not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- life cycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer thread (in the worker process: threads do not survive fork)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="stirgate-records", daemon=True)
+        self._thread.start()
+
+    def flush_and_close(self, timeout: float = 30.0) -> int:
+        """Stop taking records, commit every queued one, close. Returns how many could not be written."""
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("records_flush_timeout", queued=len(self._queue))
+                return len(self._queue) + len(self._pending)
+        else:
+            self._drain(final=True)
+            self._close_conn()
+        return len(self._queue) + len(self._pending)
+
+    # --- writer thread -------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        t0 = time.thread_time()
+        try:
+            while True:
+                self._wake.wait(self.settings.flush_interval)
+                self._wake.clear()
+                stopping = self._stopping
+                self._drain(final=stopping)
+                if stopping:
+                    break
+                self._maybe_prune()
+                self.cpu_seconds = time.thread_time() - t0
+        except Exception:  # pragma: no cover - a bug here must not take the SIP worker down
+            log.exception("records_writer_crashed")
+        finally:
+            self._close_conn()
+            self.cpu_seconds = time.thread_time() - t0
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = open_db(self.settings.path)
+        return self._conn
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _drain(self, final: bool = False) -> None:
+        """Commit the queue in batches. `final`: retry a failing batch a few times right now, then give up."""
+        q = self._queue
+        tries = self.RETRIES + 1 if final else 1
+        while True:
+            if not self._pending:
+                if not q:
+                    return
+                n = min(len(q), self._batch)
+                popleft = q.popleft
+                self._pending = [row_of(popleft()) for _ in range(n)]
+                self._pending_tries = 0
+            if not self._commit_pending():
+                tries -= 1
+                if tries <= 0:
+                    if final:
+                        # Stopping and the database refuses: count everything left as lost.
+                        self.lost += len(self._pending) + len(q)
+                        self._pending = []
+                        q.clear()
+                    return
+
+    def _commit_pending(self) -> bool:
+        rows = self._pending
+        try:
+            conn = self._connection()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(INSERT_SQL, rows)
+        except (sqlite3.Error, OSError) as exc:
+            self.write_errors += 1
+            self._pending_tries += 1
+            self._close_conn()
+            if self._pending_tries > self.RETRIES:
+                self.lost += len(rows)
+                self._pending = []
+            self._log_failure("records_write_failed", exc, batch=len(rows))
+            return False
+        self.written += len(rows)
+        self._pending = []
+        return True
+
+    def _maybe_prune(self) -> None:
+        days = self.settings.retention_days
+        now = self._clock()
+        if days <= 0 or now < self._next_prune:
+            return
+        self._next_prune = now + self.settings.prune_interval
+        try:
+            self.pruned += prune(self._connection(), now - days * 86400.0)
+        except (sqlite3.Error, OSError) as exc:
+            self.write_errors += 1
+            self._close_conn()
+            self._log_failure("records_prune_failed", exc)
+
+    def _log_failure(self, event: str, exc: BaseException, **kw: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= self.LOG_EVERY:
+            self._last_log = now
+            log.error(event, error=str(exc), path=self.settings.path, write_errors=self.write_errors,
+                      lost=self.lost, **kw)
+
+
+def prune(conn: sqlite3.Connection, before: float, chunk: int = 20_000) -> int:
+    """Delete records whose INVITE is older than `before`, in short transactions (the writer keeps going)."""
+    total = 0
+    while True:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.execute(
+                "DELETE FROM calls WHERE id IN (SELECT id FROM calls WHERE invite_at < ? ORDER BY invite_at LIMIT ?)",
+                (before, chunk),
+            )
+            n = cur.rowcount
+        total += n
+        if n < chunk:
+            return total
+
+
+# --- the engine hook --------------------------------------------------------------------------------------------
+
+
+def call_end_hook(writer: RecordWriter | None, observers: Iterable[Callable[[CallRecord], None]] = (),
+                  tn_policy: TNPolicy = DEFAULT_TN_POLICY) -> Callable[[Call], None]:
+    """What goes in `engine.call_end_hooks`: build the record once, feed the metrics, queue it for the disk."""
+    obs = tuple(observers)
+    put = writer.put if writer is not None else None
+
+    def on_call_end(call: Call) -> None:
+        rec = record_from_call(call, call.engine.wall_offset, tn_policy)
+        for observe in obs:
+            observe(rec)
+        if put is not None:
+            put(rec)
+
+    return on_call_end

@@ -1,0 +1,257 @@
+"""Suspicious-traffic reports over the call records, and the time/duration parsing the CLI and API share.
+
+Why SQL aggregates: a report window (an hour, a day) is an index range on invite_at; SQLite groups the rows
+without shipping them to Python, so a report over a busy hour stays well under a second.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import re
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from proxy.records import CallRecord, connect_readonly
+
+__all__ = [
+    "DIMENSIONS",
+    "format_duration",
+    "format_records",
+    "format_report",
+    "format_time",
+    "parse_duration",
+    "parse_time",
+    "per_minute",
+    "plot_per_minute",
+    "report",
+]
+
+#: Report section -> column. Trunk is the ingress trunk: where the traffic entered.
+DIMENSIONS: Final = {"orig": "orig", "origid": "origid", "spc": "spc", "trunk": "ingress"}
+#: An answered call shorter than this is "short" (robocalls hang up fast).
+SHORT_CALL: Final = 6.0
+#: Flags are only raised for sources with at least this many calls in the window.
+MIN_CALLS_FOR_FLAGS: Final = 10
+
+_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_RE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `5m`, `1h30m`, `2d` -> seconds."""
+    t = text.strip().lower()
+    pos = 0
+    total = 0.0
+    if not t:
+        raise ValueError("empty duration")
+    while pos < len(t):
+        m = _DURATION_RE.match(t, pos)
+        if m is None or m.end() == pos:
+            raise ValueError(f"not a duration: {text!r} (e.g. 90s, 5m, 1h, 2d)")
+        total += float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        pos = m.end()
+    return total
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """Epoch seconds from `1717000000`, ISO 8601 (`2024-05-29T16:26:40Z`, `2024-05-29 16:26:40+02:00`;
+    no offset means UTC: traceback requests give UTC), `now`, or `-10m` (that long ago)."""
+    t = text.strip()
+    current = now if now is not None else datetime.datetime.now(datetime.UTC).timestamp()
+    if t == "now":
+        return current
+    if t.startswith("-"):
+        return current - parse_duration(t[1:])
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    iso = t[:-1] + "+00:00" if t.endswith(("Z", "z")) else t
+    try:
+        dt = datetime.datetime.fromisoformat(iso)
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (epoch seconds, ISO 8601, now or -10m)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.UTC)
+    return dt.timestamp()
+
+
+def format_time(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def format_duration(seconds: float) -> str:
+    for unit in ("w", "d", "h", "m"):
+        size = _UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+
+def _section(conn: sqlite3.Connection, column: str, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+    sql = f"""
+        SELECT {column}, COUNT(*),
+               SUM(answered_at IS NOT NULL),
+               SUM(answered_at IS NOT NULL AND duration < ?),
+               COUNT(DISTINCT dest),
+               SUM(verification = 'failed'),
+               SUM(identity_present = 0 OR (identity_present IS NULL AND verification = 'missing'))
+        FROM calls
+        WHERE invite_at >= ? AND invite_at < ? AND {column} IS NOT NULL AND {column} != ''
+        GROUP BY {column} ORDER BY COUNT(*) DESC, {column} LIMIT ?"""
+    rows = []
+    for key, calls, answered, short, dests, failed, unsigned in conn.execute(sql, (SHORT_CALL, since, until, limit)):
+        short_share = short / answered if answered else 0.0
+        failed_share = failed / calls
+        unsigned_share = unsigned / calls
+        flags = []
+        if calls >= MIN_CALLS_FOR_FLAGS:
+            if answered and short_share >= 0.5:
+                flags.append("short-calls")
+            if failed_share >= 0.1:
+                flags.append("failed-verification")
+            if unsigned_share >= 0.5:
+                flags.append("unsigned")
+            if dests / calls >= 0.9:
+                flags.append("spread-destinations")
+        rows.append({
+            "key": key,
+            "calls": calls,
+            "answered": answered,
+            "short_share": round(short_share, 4),
+            "distinct_dests": dests,
+            "failed_share": round(failed_share, 4),
+            "unsigned_share": round(unsigned_share, 4),
+            "flags": flags,
+        })
+    return rows
+
+
+def report(db: str | Path | sqlite3.Connection, since: float, until: float, limit: int = 20) -> dict[str, Any]:
+    """The busiest sources in [since, until) by orig TN, origid, SPC and ingress trunk, with the shares that
+    tell robocalling from ordinary traffic: short answered calls (< 6 s), distinct destinations per call,
+    failed verification and unsigned calls (both as shares of all the source's calls)."""
+    own = not isinstance(db, sqlite3.Connection)
+    conn = connect_readonly(db) if not isinstance(db, sqlite3.Connection) else db
+    try:
+        total = conn.execute("SELECT COUNT(*) FROM calls WHERE invite_at >= ? AND invite_at < ?",
+                             (since, until)).fetchone()[0]
+        sections = {name: _section(conn, col, since, until, limit) for name, col in DIMENSIONS.items()}
+    finally:
+        if own:
+            conn.close()
+    return {
+        "since": format_time(since),
+        "until": format_time(until),
+        "calls": total,
+        "short_call_seconds": SHORT_CALL,
+        "sources": sections,
+    }
+
+
+def per_minute(db: str | Path | sqlite3.Connection, since: float, until: float) -> dict[str, list[tuple[float, int]]]:
+    """Calls per minute by verstat ("none" for unverified calls): what `--plot` draws."""
+    own = not isinstance(db, sqlite3.Connection)
+    conn = connect_readonly(db) if not isinstance(db, sqlite3.Connection) else db
+    out: dict[str, list[tuple[float, int]]] = {}
+    try:
+        rows = conn.execute(
+            "SELECT CAST(invite_at / 60 AS INTEGER), COALESCE(verstat, 'none'), COUNT(*) FROM calls "
+            "WHERE invite_at >= ? AND invite_at < ? GROUP BY 1, 2 ORDER BY 1", (since, until))
+        for minute, verstat, n in rows:
+            out.setdefault(verstat, []).append((minute * 60.0, n))
+    finally:
+        if own:
+            conn.close()
+    return out
+
+
+def plot_per_minute(series: dict[str, list[tuple[float, int]]], path: str | Path, title: str = "") -> str | None:
+    """Draw calls per minute by verstat to a PNG. Returns None when done, else why not (matplotlib missing:
+    it is an optional, heavy dependency; `pip install matplotlib` enables the plot)."""
+    try:
+        # Imported by name: an optional dependency with no type stubs in the test set.
+        matplotlib: Any = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt: Any = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib); no plot drawn"
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for verstat, points in sorted(series.items()):
+        xs = [datetime.datetime.fromtimestamp(t, datetime.UTC) for t, _ in points]
+        ax.plot(xs, [n for _, n in points], label=verstat, marker=".", linewidth=1)
+    ax.set_ylabel("calls / minute")
+    ax.set_xlabel("UTC")
+    ax.set_title(title or "calls per minute by verstat")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)
+    return None
+
+
+# --- tables -------------------------------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(lines)
+
+
+def format_records(records: Sequence[CallRecord]) -> str:
+    """The readable traceback answer: where each call entered, from whom, and what its signer claimed."""
+    if not records:
+        return "no matching calls"
+    headers = ["invite (UTC)", "orig", "dest", "ingress", "source", "spc", "attest", "origid", "verstat", "code",
+               "a-leg Call-ID"]
+    rows = [
+        [
+            format_time(r.invite_at),
+            r.orig or r.orig_signaled or "",
+            r.dest or r.dest_signaled or "",
+            r.ingress,
+            f"{r.source_ip}:{r.source_port}",
+            r.spc or "",
+            r.attest or "",
+            r.origid or "",
+            r.verstat or ("signed" if r.signed else ""),
+            str(r.status) if r.status is not None else "",
+            r.a_call_id,
+        ]
+        for r in records
+    ]
+    return _table(headers, rows)
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    out = [f"calls {rep['since']} .. {rep['until']}: {rep['calls']}"]
+    headers = ["calls", "answered", "short<6s", "dests", "failed", "unsigned", "flags"]
+    for name, rows in rep["sources"].items():
+        out.append("")
+        out.append(f"by {name}")
+        if not rows:
+            out.append("  (none)")
+            continue
+        table_rows = [
+            [str(r["key"]), str(r["calls"]), str(r["answered"]), f"{r['short_share']:.0%}", str(r["distinct_dests"]),
+             f"{r['failed_share']:.0%}", f"{r['unsigned_share']:.0%}", ",".join(r["flags"])]
+            for r in rows
+        ]
+        out.append(_table([name, *headers], table_rows))
+    return "\n".join(out)
