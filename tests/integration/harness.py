@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import re
 import shutil
@@ -280,6 +281,9 @@ class Stirgate:
         self.log_path = workdir / "stirgate.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
+        #: Set by a test that stops stirgate during a call: calls active when it starts draining are expected.
+        self.calls_active_at_drain = False
+        self.terminated = False  # SIGTERM sent by a test
 
     def start(self, ready_attempts: int = 150, bind_attempts: int = 3) -> Stirgate:
         """Start and wait until ready. Losing a race for the port to another process on this machine (it
@@ -343,6 +347,24 @@ class Stirgate:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting (a test of the graceful stop); `stop()` still reaps it."""
+        assert self.proc is not None
+        self.terminated = True
+        self.proc.send_signal(signal.SIGTERM)
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """stirgate's JSON log lines so far (others skipped)."""
+        out = []
+        for line in _read(self.log_path).splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                out.append(event)
+        return out
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -453,7 +475,7 @@ class SippResult:
 
 @dataclass
 class Sipp:
-    """One SIPp process: a scenario file from sipp_scenarios/, bound to local_ip:SIP_PORT."""
+    """One SIPp process: a scenario file from sipp_scenarios/, bound to local_ip:port (SIP_PORT by default)."""
 
     scenario: str
     local_ip: str
@@ -464,6 +486,7 @@ class Sipp:
     transport: str = "u1"
     extra: Sequence[str] = ()
     timeout_s: int = SIPP_TIMEOUT_S
+    port: int = SIP_PORT  # its SIP port (a second UAC on the same address needs another)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -484,7 +507,7 @@ class Sipp:
         cmd = [
             binary,
             "-sf", str(SCENARIOS / self.scenario),
-            "-i", self.local_ip, "-p", str(SIP_PORT),
+            "-i", self.local_ip, "-p", str(self.port),
             "-t", self.transport,
             "-mi", self.local_ip, "-mp", str(media),
             "-ci", self.local_ip, "-cp", str(control),
@@ -516,7 +539,7 @@ class Sipp:
 
     def _start_once(self) -> None:
         transport = "tcp" if self.is_tcp else "udp"
-        wait_port_free(self.local_ip, SIP_PORT, transport)
+        wait_port_free(self.local_ip, self.port, transport)
         cmd = self.command()
         (self.dir / "command.txt").write_text(" ".join(cmd) + "\n")
         screen = (self.dir / "screen.log").open("wb")
@@ -528,8 +551,8 @@ class Sipp:
         if self.remote is not None and self.is_tcp:
             return  # a TCP UAC connects out: nothing listens to observe
         proc = self.proc
-        wait_until(lambda: proc.poll() is not None or owns_socket(proc.pid, self.local_ip, SIP_PORT, transport),
-                   f"SIPp {self.name} to bind {transport}:{self.local_ip}:{SIP_PORT}")  # fmt: skip
+        wait_until(lambda: proc.poll() is not None or owns_socket(proc.pid, self.local_ip, self.port, transport),
+                   f"SIPp {self.name} to bind {transport}:{self.local_ip}:{self.port}")  # fmt: skip
 
     def wait(self, timeout: float | None = None) -> SippResult:
         assert self.proc is not None

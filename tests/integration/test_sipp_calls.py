@@ -281,6 +281,32 @@ def test_call_over_tcp(stirgate_factory: StirgateFactory, sipp_bin: str, tmp_pat
     assert_sdp_relayed(caller, callee)
 
 
+def test_sigterm_lets_the_call_in_progress_finish(stirgate_factory: StirgateFactory, tmp_path: Path) -> None:
+    """Graceful stop (issue 2, Transport): on SIGTERM stirgate takes no new call (503) but lets the call in
+    progress end normally (its BYE still crosses), then exits 0 by itself."""
+    sg = stirgate_factory(sip={**QUICK_TIMERS, "drain_grace": 20.0})
+    sg.calls_active_at_drain = True
+    callee = uas(tmp_path, "uas_call_up.xml")
+    caller = uac(tmp_path, "uac_long_call.xml")  # the caller hangs up 3 s after the answer
+    with harness.running(callee, caller):
+        flag = callee.dir / "call_up.flag"  # written by the UAS on the ACK
+        assert caller.proc is not None
+        proc = caller.proc
+        harness.wait_until(lambda: flag.exists() or proc.poll() is not None, "the call to be up", attempts=750)
+        assert flag.exists(), caller.result().summary()
+        sg.terminate()
+        harness.wait_until(lambda: any(e.get("event") == "draining" for e in sg.log_events()), "stirgate to drain")
+        late = uac(tmp_path, "uac_503.xml", name="late_caller", port=SIP_PORT + 1).start().wait()
+        caller_result, callee_result = caller.wait(), callee.wait()
+    assert_passed(late)
+    assert final_response(late) == 503
+    assert_passed(caller_result, callee_result)
+    only(callee_result.requests("INVITE"), "INVITE at the UAS (the late call must not reach it)", callee_result)
+    assert sg.proc is not None
+    rc = sg.proc.wait(timeout=20)  # drained: it stops by itself
+    assert rc == 0, sg.log_tail()
+
+
 # ----------------------------------------------------------------------------------------------- headers, load
 def test_custom_header_passes_unchanged(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     caller, callee = run_pair(uas(tmp_path, "uas_custom_header.xml"), uac(tmp_path, "uac_custom_header.xml"))
