@@ -117,7 +117,7 @@ class CallRecord(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         return self.verification == "passed"
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = msgspec.to_builtins(self)
+        out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))
         out["identity_verified"] = self.identity_verified
         return out
 
@@ -314,11 +314,12 @@ def open_db(path: str | Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        with conn:
-            conn.execute("BEGIN")
-            for stmt in SCHEMA:
-                conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                for stmt in SCHEMA:
+                    conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         conn.close()
         raise
