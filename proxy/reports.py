@@ -103,8 +103,8 @@ def _section(conn: sqlite3.Connection, column: str, since: float, until: float, 
                SUM(answered_at IS NOT NULL),
                SUM(answered_at IS NOT NULL AND duration < ?),
                COUNT(DISTINCT dest),
-               SUM(verification = 'failed'),
-               SUM(identity_present = 0 OR (identity_present IS NULL AND verification = 'missing'))
+               SUM(COALESCE(verification = 'failed', 0)),
+               SUM(COALESCE(identity_present = 0 OR (identity_present IS NULL AND verification = 'missing'), 0))
         FROM calls
         WHERE invite_at >= ? AND invite_at < ? AND {column} IS NOT NULL AND {column} != ''
         GROUP BY {column} ORDER BY COUNT(*) DESC, {column} LIMIT ?"""
