@@ -271,6 +271,17 @@ def test_retransmitted_invite_absorbed(stirgate: harness.Stirgate, tmp_path: Pat
     assert_passed(caller, callee)
 
 
+def test_late_ack_2xx_retransmitted(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    """The caller's ACK comes 1.6 s after the 200 (T1 = 0.5 s): stirgate retransmits the 200 meanwhile, and
+    the call completes on both legs."""
+    caller, callee = run_pair(uas(tmp_path, "uas_basic.xml"), uac(tmp_path, "uac_late_ack.xml"))
+    assert_passed(caller, callee)
+    copies = [m for m in caller.responses() if m.method == "INVITE" and m.status == 200]
+    assert len(copies) >= 2, f"the 200 was not retransmitted while the ACK was late\n{caller.summary()}"
+    assert len({m.raw for m in copies}) == 1, "a retransmitted 200 differs from the first"
+    assert callee.requests("ACK"), callee.summary()
+
+
 def test_call_over_tcp(stirgate_factory: StirgateFactory, sipp_bin: str, tmp_path: Path) -> None:
     """Customer -> stirgate over TCP, stirgate -> carrier over TCP (the carrier trunk's transport)."""
     stirgate_factory(sip=QUICK_TIMERS, trunks={"carrier": {"transport": "tcp"}})
@@ -345,6 +356,8 @@ DIRECT_PAIRS = [
     ("uas_info.xml", "uac_info.xml", ()),
     ("uas_callee_reinvite.xml", "uac_callee_reinvite.xml", ()),
     ("uas_prack.xml", "uac_prack.xml", ()),
+    ("uas_basic.xml", "uac_late_ack.xml", ()),
+    ("uas_call_up.xml", "uac_long_call.xml", ()),
 ]
 
 
