@@ -257,6 +257,29 @@ def test_prack_reliable_183(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     assert prack.header("RAck").split()[1] == callee.requests("INVITE")[0].header("CSeq").split()[0]
 
 
+def test_unknown_source_dropped_when_configured(stirgate_factory: StirgateFactory, tmp_path: Path) -> None:
+    """unknown_source: drop - a request from an address no trunk owns gets no answer at all."""
+    stirgate_factory(sip=QUICK_TIMERS, extra={"unknown_source": "drop"})
+    caller = uac(tmp_path, "uac_silence.xml", ip=UNKNOWN_IP, extra=("-nr",)).start().wait()
+    assert_passed(caller)
+    assert caller.responses() == [], caller.summary()
+
+
+def test_register_gets_405(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    caller = uac(tmp_path, "uac_405.xml").start().wait()
+    assert_passed(caller)
+
+
+def test_malformed_invite_gets_400(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    """An INVITE whose CSeq method is BYE: 400 from stirgate, nothing reaches the carrier."""
+    callee = uas(tmp_path, "uas_basic.xml")
+    with harness.running(callee):
+        caller = uac(tmp_path, "uac_400.xml").start().wait()
+        callee.kill()
+    assert_passed(caller)
+    assert callee.result().requests("INVITE") == [], callee.result().summary()
+
+
 # ----------------------------------------------------------------------------------------------- transport
 def test_retransmitted_invite_absorbed(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     """The caller retransmits its INVITE while the callee rings: exactly one INVITE reaches the UAS."""
