@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def lookups(path: Path, count: int = 1000) -> dict[str, float]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     total = conn.execute("SELECT max(id) FROM calls").fetchone()[0]
     rng = random.Random(5)
-    probes = []
+    probes: list[tuple[str, str, float]] = []
     while len(probes) < count:
         row = conn.execute("SELECT orig, dest, invite_at FROM calls WHERE id = ?",
                            (rng.randint(1, total),)).fetchone()
@@ -218,12 +219,12 @@ def sip_side(n: int, rounds: int = 5) -> dict[str, float]:
     wall = engine.wall_offset
     policy = engine.auth.tn_policy
 
-    def per_call(fn: object) -> float:
+    def per_call(fn: Callable[[Call], object]) -> float:
         best = float("inf")
         for _ in range(rounds):
             t = time.thread_time()
             for c in calls:
-                fn(c)  # type: ignore[operator]
+                fn(c)
             best = min(best, time.thread_time() - t)
         return best / n * 1e6
 
