@@ -198,9 +198,12 @@ class Call:
         "ended_at",
         "engine",
         "final_status",
+        "identity_present",
         "inbound",
         "ingress",
         "invite",
+        "pai",
+        "ruri",
         "signed",
         "source",
         "state",
@@ -245,6 +248,10 @@ class Call:
         #: STI-AS result: None not tried yet, False could not sign.
         self.signed: SignedCall | bool | None = None
         self.verify_waited = False
+        # Kept for the call record (the INVITE itself is freed at answer).
+        self.ruri = invite.uri
+        self.pai = invite.header("p-asserted-identity")
+        self.identity_present = invite.has("identity")
         from_na = invite.from_
         contact = invite.contact
         a_target = resolve_target(contact.uri if contact else from_na.uri, source[0], source)

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         stir_commands.register(sub)
+    from proxy import traceback_cmd
+
+    traceback_cmd.register(sub)
     return parser
 
 

@@ -17,6 +17,9 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from proxy.api import ApiSettings
+from proxy.records import RecordsSettings
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -173,6 +176,8 @@ class _RawConfig(_Base, frozen=True):
     routes: list[Route] = []
     stir: StirSettings = StirSettings()
     logging: LoggingSettings = LoggingSettings()
+    records: RecordsSettings = RecordsSettings()
+    api: ApiSettings = ApiSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +199,8 @@ class Config:
     routes: tuple[Route, ...]
     stir: StirSettings
     logging: LoggingSettings
+    records: RecordsSettings
+    api: ApiSettings
 
     def trunk(self, name: str) -> Trunk:
         for t in self.trunks:
@@ -348,6 +355,8 @@ def _validate(raw: _RawConfig, file: str, lines: dict[str, int]) -> Config:
         routes=tuple(raw.routes),
         stir=raw.stir,
         logging=raw.logging,
+        records=raw.records,
+        api=raw.api,
     )
 
 

@@ -13,9 +13,12 @@ from collections.abc import Callable
 
 import structlog
 
+from proxy.api import start_api
 from proxy.b2bua import Call
 from proxy.config import Config
 from proxy.engine import Engine
+from proxy.metrics import Metrics, engine_snapshot
+from proxy.records import RecordWriter, call_end_hook
 from proxy.stir.signer import SignedCall
 from proxy.transport import SipServer
 
@@ -106,6 +109,12 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     engine = Engine(config, local)
     engine.call_end_hooks.append(_call_logger())
     server = SipServer(engine, loop, config.sip.max_tcp_message)
+    metrics = Metrics()
+    server.metrics = metrics
+    writer = RecordWriter(config.records) if config.records.enabled else None
+    if writer is not None:
+        writer.start()
+    engine.call_end_hooks.append(call_end_hook(writer, [metrics.observe_call], engine.auth.tn_policy))
     await server.start(udp_listens, reuse_port=workers > 1, private_udp=private)
     stop = asyncio.Event()
     drained = asyncio.Event()
@@ -125,6 +134,16 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     server.on_idle = check_drained
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_term)
+    api = None
+    if config.api.enabled:
+        try:
+            api = await start_api(config.api, lambda: engine_snapshot(engine),
+                                  config.records.path if writer is not None else None, metrics=metrics,
+                                  writer=writer, country_code=config.stir.country_code,
+                                  port=config.api.host_port[1] + worker if workers > 1 else None)
+        except OSError as exc:
+            # Calls matter more than metrics: carry them without the API rather than not at all.
+            log.error("api_unavailable", listen=config.api.listen, error=str(exc))
     _tune_gc()
     background = [
         loop.create_task(_full_gc(config.sip.gc_full_interval)),
@@ -141,6 +160,12 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     for task in background:
         task.cancel()
     server.close()
+    if api is not None:
+        await api.cleanup()
+    if writer is not None:
+        unwritten = writer.flush_and_close()
+        log.info("records_closed", worker=worker, written=writer.written, dropped=writer.dropped,
+                 lost=writer.lost + unwritten, write_errors=writer.write_errors)
     log.info("stopped", worker=worker, **engine.stats)
     return 0
 

@@ -15,6 +15,7 @@ from typing import cast
 import structlog
 
 from proxy.engine import Engine
+from proxy.metrics import Metrics
 from proxy.sip.message import ParseError, frame_stream
 from proxy.sip.transaction import Target
 from proxy.stir.certs import CertEntry
@@ -96,6 +97,7 @@ class SipServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self.on_idle: Callable[[], None] | None = None
+        self.metrics: Metrics | None = None
 
     async def start(self, listens: list[tuple[str, str, int]], reuse_port: bool,
                     private_udp: tuple[str, int] | None = None) -> None:
@@ -128,26 +130,36 @@ class SipServer:
 
     # --- the pump ---------------------------------------------------------------------------------------------
     def on_message(self, data: bytes, source: Target) -> None:
+        t0 = time.perf_counter() if data.startswith(b"INVITE ") else 0.0
         try:
             self.engine.receive(data, source, self.loop.time())
         except Exception:
             log.exception("engine_error", source=source)
+        forwarded = t0 > 0.0 and any(d.startswith(b"INVITE ") for d, _ in self.engine.outbox)
         self.flush()
+        if forwarded and self.metrics is not None:
+            self.metrics.observe_forward_delay(time.perf_counter() - t0)
 
     async def _fetch_certs(self, call_id: str, values: list[str]) -> None:
         """Fetch a waiting call's x5u certificates off the SIP path, then let the engine carry on."""
         verifier = self.engine.auth.verifier
         fetched: dict[str, CertEntry] = {}
+        started = time.perf_counter()
         if verifier is not None:
             try:
                 fetched = await asyncio.wait_for(verifier.prepare(values), timeout=self.engine.auth.wait_timeout)
+                if self.metrics is not None:
+                    self.metrics.observe_x5u_fetch(time.perf_counter() - started)
             except TimeoutError:
                 log.info("x5u_fetch_timeout", call_id=call_id)
             except Exception:
                 log.exception("x5u_fetch_error", call_id=call_id)
         # The entries go along with the call: a certificate served as uncacheable (no-store) is still good for it.
         self.engine.resume(call_id, self.loop.time(), fetched)
+        forwarded = any(d.startswith(b"INVITE ") for d, _ in self.engine.outbox)
         self.flush()
+        if forwarded and self.metrics is not None:
+            self.metrics.observe_forward_delay(time.perf_counter() - started)
 
     def sync_wall_clock(self) -> None:
         self.engine.wall_offset = time.time() - self.loop.time()
@@ -215,7 +227,7 @@ class SipServer:
 def _udp_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # No SO_REUSEADDR: on UDP it would let a second process bind the same port and silently take its traffic.
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):

@@ -7,8 +7,8 @@ small methods on `Transaction`. Times come in as `now`; nothing here reads a clo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from proxy.sip.message import Request, Response
