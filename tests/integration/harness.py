@@ -213,7 +213,7 @@ def make_config(
     sip: merged into `sip:` (e.g. failover_timeout, no_answer_timeout).
     trunks: per trunk name, keys merged into that trunk (e.g. {"carrier": {"transport": "tcp"}}).
     extra: merged at the top level last.
-    Ports are moved by STIRGATE_IT_PORT_OFFSET.
+    SIP ports are moved by STIRGATE_IT_PORT_OFFSET; the HTTP API gets a free port (`api.listen`).
     """
     cfg: dict[str, Any] = yaml.safe_load(BASE_CONFIG.read_text())
     cfg["listen"] = [f"udp:{STIRGATE_IP}:{SIP_PORT}", f"tcp:{STIRGATE_IP}:{SIP_PORT}"]
@@ -225,6 +225,10 @@ def make_config(
     if sip:
         cfg["sip"] = _merge(cfg.get("sip") or {}, sip)
     cfg.setdefault("logging", {})["level"] = "debug"
+    # The HTTP API (health, metrics): a free loopback port of its own, so that a stirgate already on the
+    # topology's 127.0.0.1:8080 (a demo, another run) does not collide with the one under test.
+    api_port = free_port(STIRGATE_IP, kind=socket.SOCK_STREAM)
+    cfg["api"] = {**(cfg.get("api") or {}), "listen": f"{STIRGATE_IP}:{api_port}"}
     if extra:
         cfg = _merge(cfg, extra)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
