@@ -155,6 +155,15 @@ def test_cancel_while_ringing(stirgate: harness.Stirgate, tmp_path: Path) -> Non
     only(callee.requests("CANCEL"), "CANCEL at the UAS", callee)
 
 
+def test_cancel_before_callee_provisional(stirgate: harness.Stirgate, tmp_path: Path) -> None:
+    """The caller cancels before the callee sent anything; the callee's 100 comes 300 ms later. stirgate must
+    still cancel the B-leg (RFC 3261 9.1: once a provisional arrived) and end the A-leg with 487."""
+    caller, callee = run_pair(uas(tmp_path, "uas_slow_trying.xml"), uac(tmp_path, "uac_cancel_early.xml"))
+    assert_passed(caller, callee)
+    assert final_response(caller) == 487
+    only(callee.requests("CANCEL"), "CANCEL at the UAS", callee)
+
+
 def test_reinvite_with_sdp(stirgate: harness.Stirgate, tmp_path: Path) -> None:
     caller, callee = run_pair(uas(tmp_path, "uas_reinvite.xml"), uac(tmp_path, "uac_reinvite.xml"))
     assert_passed(caller, callee)
@@ -381,6 +390,7 @@ DIRECT_PAIRS = [
     ("uas_prack.xml", "uac_prack.xml", ()),
     ("uas_basic.xml", "uac_late_ack.xml", ()),
     ("uas_call_up.xml", "uac_long_call.xml", ()),
+    ("uas_slow_trying.xml", "uac_cancel_early.xml", ()),
 ]
 
 
