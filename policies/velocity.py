@@ -120,10 +120,11 @@ class Velocity(ActionPolicy):
         w = windows.get(key)
         if w is None:
             w = windows[key] = _Window(p.max_calls)
+            w.last = now
             _expire(windows, cutoff, p.max_keys)
         else:
             windows.move_to_end(key)
-        w.last = now
+            w.last = now
         why = None
         times = w.times
         if times is not None:
@@ -168,10 +169,11 @@ class Velocity(ActionPolicy):
         e = ends.get(key)
         if e is None:
             e = ends[key] = _Ends()
+            e.last = ctx.now
             _expire(ends, ctx.now - p.short_window, p.max_keys)
         else:
             ends.move_to_end(key)
-        e.last = ctx.now
+            e.last = ctx.now
         short = duration < p.short_call_seconds
         e.ends.append((ctx.now, short))
         e.short += short
