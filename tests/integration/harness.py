@@ -222,8 +222,10 @@ def make_config(
         trunk["destination"] = f"{host}:{SIP_PORT}"
         if trunks and trunk["name"] in trunks:
             trunk.update(copy.deepcopy(trunks[trunk["name"]]))
+    # A call a failed test left behind must not hold SIGTERM past Stirgate.stop's grace (10 s).
+    cfg["sip"] = _merge(cfg.get("sip") or {}, {"drain_grace": 3.0})
     if sip:
-        cfg["sip"] = _merge(cfg.get("sip") or {}, sip)
+        cfg["sip"] = _merge(cfg["sip"], sip)
     cfg.setdefault("logging", {})["level"] = "debug"
     # The HTTP API (health, metrics): a free loopback port of its own, so that a stirgate already on the
     # topology's 127.0.0.1:8080 (a demo, another run) does not collide with the one under test.
