@@ -283,7 +283,10 @@ def load_policies_text(
     `counters`: the engine's Counters (kept across reloads). `previous`: the live set, whose stateful
     policies (replay, velocity) with unchanged params are carried over.
     """
-    data, lines = _compose(text, file)
+    try:
+        data, lines = _compose(text, file)
+    except ConfigError as exc:
+        raise PolicyError(exc.file, exc.line, exc.key, exc.problem) from None
     if data is None or data == {}:
         data = {}
     if not isinstance(data, dict):

@@ -25,7 +25,7 @@ IDENTITY = "eyJhbGciOiJFUzI1NiJ9.eyJhdHRlc3QiOiJBIn0.{sig};info=<https://cert.ex
 
 
 def ctx(orig: str | None = "+12125551234", dest: str | None = "+13125557890", *,
-        verification: VerificationResult | None | str = "auto", identity: bool | str = True,
+        verification: VerificationResult | str | None = "auto", identity: bool | str = True,
         headers: list[tuple[str, str]] | None = None, call_id: str = "call-1", now: float = 1_000_000.0,
         **kw: Any) -> CallContext:
     hs = list(headers or [])
