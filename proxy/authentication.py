@@ -28,7 +28,7 @@ from proxy.stir.verifier import (
 )
 from proxy.stir.x5u import X5uPolicy
 
-__all__ = ["Authenticator", "InboundOutcome", "add_verstat"]
+__all__ = ["Authenticator", "InboundOutcome", "add_display_prefix", "add_verstat"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,18 @@ def add_verstat(value: str, verstat: str) -> str:
     display = f"{na.display} " if na.display else ""
     params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in na.params)
     return f"{display}<{uri}>{params}"
+
+
+def add_display_prefix(value: str, prefix: str) -> str:
+    """`"SPAM? Alice" <sip:...>`: the prefix in front of the display name (quoted, as RFC 3261 wants)."""
+    na = parse_name_addr(value)
+    display = na.display or ""
+    if display.startswith('"') and display.endswith('"'):
+        display = display[1:-1]
+    escaped = prefix.replace("\\", "\\\\").replace('"', '\\"')  # the display name is quoted-string text already
+    text = escaped + display
+    params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in na.params)
+    return f'"{text}" <{na.uri}>{params}'
 
 
 def _user(uri_or_name_addr: str | None) -> str | None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
+from policies.base import CallContext, Decision
+from policies.chain import Chain, ChainResult
+from proxy.authentication import add_display_prefix, add_verstat
 from proxy.routing import TrunkTarget
 from proxy.sip.grammar import NameAddr, ParseError, parse_name_addr, parse_uri
-from proxy.sip.message import Header, Request, Response
+from proxy.sip.message import Header, Request, Response, canonical_name
 from proxy.sip.transaction import CALLING as TXN_CALLING
 from proxy.sip.transaction import PROCEEDING, TRYING, Target, Transaction
 from proxy.stir.signer import SignedCall
@@ -61,6 +64,43 @@ def resolve_target(uri: str, transport: str, fallback: Target) -> Target:
         return fallback
     t = (u.param("transport") or transport).lower()
     return (t if t in ("udp", "tcp") else transport, u.host.strip("[]"), u.port or 5060)
+
+
+def apply_tags(tags: Decision, headers: list[Header], from_na: NameAddr) -> tuple[list[Header], NameAddr]:
+    """The header changes a policy decision asks for on the B-leg INVITE (From is the B-leg's own)."""
+    pai_present = any(h.key == "p-asserted-identity" for h in headers)
+
+    def edit(value: str) -> str:
+        if tags.verstat is not None:
+            value = add_verstat(value, tags.verstat)
+        if tags.display_prefix:
+            value = add_display_prefix(value, tags.display_prefix)
+        return value
+
+    try:
+        if tags.verstat is not None or tags.display_prefix:
+            headers = [Header.make(h.key, edit(h.value)) if h.key == "p-asserted-identity" else h for h in headers]
+            if tags.display_prefix or not pai_present:
+                # verstat goes on PAI when there is one (else From); the display prefix on both.
+                plain = tags if pai_present else None
+                from_value = from_na.format(drop_tag=True)
+                if plain is None and tags.verstat is not None:
+                    from_value = add_verstat(from_value, tags.verstat)
+                if tags.display_prefix:
+                    from_value = add_display_prefix(from_value, tags.display_prefix)
+                from_na = parse_name_addr(from_value)
+    except ParseError:
+        pass  # an identity we cannot rewrite is forwarded as it came
+    if tags.attestation_indicator:
+        headers = [h for h in headers if h.key != "p-attestation-indicator"]
+        headers.append(Header.make("p-attestation-indicator", tags.attestation_indicator))
+    for name, value in tags.set_headers:
+        key = canonical_name(name)
+        headers = [h for h in headers if h.key != key]
+        headers.append(Header.make(key, value))
+    for name, value in tags.add_headers:
+        headers.append(Header.make(canonical_name(name), value))
+    return headers, from_na
 
 
 def _first_hop(route: str, transport: str, fallback: Target) -> Target:
@@ -193,6 +233,7 @@ class Call:
         "cancel_sent",
         "created_at",
         "deadlines",
+        "decisions",
         "egress",
         "end_reason",
         "ended_at",
@@ -203,10 +244,12 @@ class Call:
         "ingress",
         "invite",
         "pai",
+        "policy",
         "ruri",
         "signed",
         "source",
         "state",
+        "tags",
         "target_index",
         "targets",
         "tried_legs",
@@ -248,6 +291,12 @@ class Call:
         #: STI-AS result: None not tried yet, False could not sign.
         self.signed: SignedCall | bool | None = None
         self.verify_waited = False
+        #: The policy chain this call was judged by, its context and result (kept for on_call_end and logs).
+        self.policy: tuple[Chain, CallContext, ChainResult] | None = None
+        #: (policy, mode, action) per chain entry, for the call record.
+        self.decisions: list[tuple[str, str, str]] = []
+        #: Header changes the policies asked for on the B-leg INVITE.
+        self.tags: Decision | None = None
         # Kept for the call record (the INVITE itself is freed at answer).
         self.ruri = invite.uri
         self.pai = invite.header("p-asserted-identity")
@@ -286,6 +335,8 @@ class Call:
             if inbound.from_value is not None:
                 from_na = parse_name_addr(inbound.from_value)
             headers.extend(inbound.extra)
+        if self.tags is not None:
+            headers, from_na = apply_tags(self.tags, headers, from_na)
         auth = engine.auth
         if auth.signs(self.ingress, target.trunk):
             if self.signed is None:

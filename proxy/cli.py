@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from proxy.config import Config, ConfigError, load_config
 
@@ -22,10 +25,19 @@ def _load(path: str) -> Config | None:
         print(f"stirgate: {exc}", file=sys.stderr)
         return None
     try:
-        Authenticator(config)
+        auth = Authenticator(config)
     except (OSError, ValueError, SigningError, StirError) as exc:
         print(f"stirgate: {path}: stir: {exc}", file=sys.stderr)
         return None
+    if config.policies is not None:
+        from policies.loader import load_policies
+
+        try:
+            load_policies(config.policies, trunks=[t.name for t in config.trunks],
+                          tn_policy=auth.tn_policy).setup_sync()
+        except ConfigError as exc:  # PolicyError is one: file, line and key of the policy file
+            print(f"stirgate: {exc}", file=sys.stderr)
+            return None
     return config
 
 
@@ -35,7 +47,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    return run(config, workers=args.workers)
+    if args.pid_file:
+        Path(args.pid_file).write_text(f"{os.getpid()}\n")
+    try:
+        return run(config, workers=args.workers)
+    finally:
+        if args.pid_file:
+            Path(args.pid_file).unlink(missing_ok=True)
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    """Validate the files first (a bad file is reported here, not only in the server's log), then SIGHUP."""
+    if args.config and _load(args.config) is None:
+        return 2
+    try:
+        pid = int(Path(args.pid_file).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"stirgate: reload: cannot signal the process in {args.pid_file}: {exc}", file=sys.stderr)
+        return 1
+    print(f"stirgate: reload requested (pid {pid}); the server logs 'reloaded' or 'reload_failed'")
+    return 0
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -52,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the B2BUA")
     run.add_argument("-c", "--config", required=True, help="YAML configuration file")
     run.add_argument("--workers", type=int, default=1, help="worker processes sharing the ports (SO_REUSEPORT)")
+    run.add_argument("--pid-file", help="write the process id here (for `stirgate reload`)")
     run.set_defaults(func=_cmd_run)
+    reload = sub.add_parser("reload", help="re-read the config and policy files of a running stirgate (SIGHUP)")
+    reload.add_argument("--pid-file", required=True, help="the file `stirgate run --pid-file` wrote")
+    reload.add_argument("-c", "--config", help="validate this config (and its policy file) before signalling")
+    reload.set_defaults(func=_cmd_reload)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("-c", "--config", required=True)
     check.set_defaults(func=_cmd_check_config)

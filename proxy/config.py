@@ -178,6 +178,8 @@ class _RawConfig(_Base, frozen=True):
     logging: LoggingSettings = LoggingSettings()
     records: RecordsSettings = RecordsSettings()
     api: ApiSettings = ApiSettings()
+    #: Policy YAML file (docs/POLICIES.md); none: every call continues as routed.
+    policies: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,7 @@ class Config:
     logging: LoggingSettings
     records: RecordsSettings
     api: ApiSettings
+    policies: str | None = None
 
     def trunk(self, name: str) -> Trunk:
         for t in self.trunks:
@@ -357,6 +360,7 @@ def _validate(raw: _RawConfig, file: str, lines: dict[str, int]) -> Config:
         logging=raw.logging,
         records=raw.records,
         api=raw.api,
+        policies=raw.policies,
     )
 
 

@@ -12,6 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import count
 
+from policies.base import CallContext
+from policies.chain import Counters
+from policies.loader import PolicySet
 from proxy.authentication import Authenticator
 from proxy.b2bua import ROUTING, Call
 from proxy.config import Config, Trunk
@@ -44,6 +47,7 @@ _STATS = (
     "not_accepting",
     "internal_errors",
     "verification_rejected",
+    "policy_rejected",
 )
 
 
@@ -94,6 +98,10 @@ class Engine:
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.call_end_hooks: list[Callable[[Call], None]] = []
         self.auth = Authenticator(config)
+        #: The loaded policy file (the server loads it, with its data, before traffic; swapped on reload).
+        self.policies: PolicySet | None = None
+        #: Policy hit counts, handed to every policy set loaded so counts survive reloads.
+        self.policy_counters = Counters()
         #: Wall-clock seconds minus the engine's clock: PASSporT iat is wall time, timers are monotonic.
         self.wall_offset = 0.0
         #: (A-leg Call-ID, Identity values) whose certificates the transport must fetch, then `resume`.
@@ -102,6 +110,21 @@ class Engine:
         self._seq = count(1)
         self._contacts = {t: f"<sip:{h}:{p}{'' if t == 'udp' else ';transport=' + t}>" for t, (h, p) in local.items()}
         self._via_hosts = {t: f"{h}:{p}" for t, (h, p) in local.items()}
+
+    def reconfigure(self, config: Config, policies: PolicySet | None) -> None:
+        """A reloaded config: routes, trunks, STIR settings and policies for new calls.
+
+        Calls in progress keep what they hold (targets, chain); the listen addresses need a restart.
+        """
+        if config.listen != self.config.listen:
+            raise ValueError("listen addresses changed: restart stirgate to apply them")
+        router = Router(config)
+        auth = self.auth if config.stir == self.config.stir else Authenticator(config)
+        self.config = config
+        self.settings = EngineSettings.from_config(config)
+        self.router = router
+        self.auth = auth
+        self.policies = policies
 
     # --- identifiers ------------------------------------------------------------------------------------------
     def new_branch(self) -> str:
@@ -271,7 +294,56 @@ class Engine:
                 extra = [Header.make("reason", outcome.reason_header)] if outcome.reason_header else None
                 call.reject(outcome.reject[0], outcome.reject[1], extra, now)
                 return
+        if self.policies is not None and not self._judge(call, invite, now):
+            return
         call.start(now)
+
+    def _judge(self, call: Call, invite: Request, now: float) -> bool:
+        """Run the ingress trunk's policy chain; False when it rejected the call (already answered)."""
+        assert self.policies is not None
+        chain = self.policies.chain_for(call.ingress.name)
+        if not len(chain):
+            return True
+        auth = self.auth
+        try:
+            display = invite.from_.display
+        except ParseError:
+            display = None
+        if display is not None and len(display) > 1 and display[0] == '"' and display[-1] == '"':
+            display = display[1:-1]
+        dests = auth.dest_tns(invite)
+        ctx = CallContext.build(
+            call_id=invite.call_id,
+            trunk=call.ingress.name,
+            trunk_role=call.ingress.role,
+            source=(call.source[1], call.source[2]),
+            orig=call.pai or invite.header("from"),
+            dest=invite.uri,
+            display_name=display,
+            verification=call.inbound.result if call.inbound is not None else None,
+            headers=((h.key, h.value) for h in invite.headers),
+            now=now + self.wall_offset,
+            tn_policy=auth.tn_policy,
+            header_names=self.policies.header_names,
+            orig_tn=auth.orig_tn(invite),
+            dest_tn=dests[0] if dests else None,
+        )
+        result = chain.evaluate(ctx)
+        call.policy = (chain, ctx, result)
+        call.decisions = [(step.name, step.mode, step.decision.outcome) for step in result.steps]
+        decision = result.decision
+        if decision.action == "reject":
+            self.stats["policy_rejected"] += 1
+            headers = [Header.make(canonical_name(n), v) for n, v in decision.response_headers()]
+            call.reject(decision.code or 603, decision.reason or "Decline", headers, now)
+            return False
+        if decision.action == "route":
+            targets = tuple(self.router.targets[n] for n in decision.trunks if n in self.router.targets)
+            if targets:
+                call.targets = targets
+        if decision.tagged:
+            call.tags = decision
+        return True
 
     def resume(self, call_id: str, now: float, fetched: Mapping[str, CertEntry] | None = None) -> None:
         """The certificates a waiting call needed are fetched (or failed): carry on with it."""
@@ -366,5 +438,8 @@ class Engine:
 
     def call_ended(self, call: Call) -> None:
         self.stats["calls_ended"] += 1
+        if call.policy is not None and call.answered_at is not None and call.ended_at is not None:
+            chain, ctx, _ = call.policy
+            chain.on_call_end(ctx, call.ended_at - call.answered_at)
         for hook in self.call_end_hooks:
             hook(call)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import structlog
 
+from policies.loader import PolicySet, load_policies
 from proxy.api import start_api
 from proxy.b2bua import Call
-from proxy.config import Config
+from proxy.config import Config, ConfigError, load_config
 from proxy.engine import Engine
 from proxy.metrics import Metrics, engine_snapshot
 from proxy.records import RecordWriter, call_end_hook
@@ -94,6 +95,32 @@ async def _refresh_crls(engine: Engine, interval: float) -> None:
             log.warning("crl_refresh_failed", error=str(exc))
 
 
+async def load_policy_set(config: Config, engine: Engine) -> PolicySet | None:
+    """The config's policy file, validated and with its data loaded (lists are read in threads)."""
+    if config.policies is None:
+        return None
+    pset = load_policies(config.policies, trunks=[t.name for t in config.trunks], tn_policy=engine.auth.tn_policy,
+                         counters=engine.policy_counters, previous=engine.policies)
+    await pset.setup()
+    return pset
+
+
+async def reload(engine: Engine, worker: int) -> None:
+    """SIGHUP: re-read the config and policy files; on any error keep running on the old ones.
+
+    Calls in progress keep the routes and policy chain they started with; new calls get the new ones.
+    """
+    path = engine.config.path
+    try:
+        config = load_config(path)
+        policies = await load_policy_set(config, engine)
+        engine.reconfigure(config, policies)
+    except (ConfigError, OSError, ValueError) as exc:
+        log.error("reload_failed", worker=worker, error=str(exc))
+        return
+    log.info("reloaded", worker=worker, config=path, policies=config.policies)
+
+
 async def _serve(config: Config, worker: int, workers: int) -> int:
     loop = asyncio.get_running_loop()
     udp_listens = [(x.transport, x.host, x.port) for x in config.listen]
@@ -115,7 +142,21 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     if writer is not None:
         writer.start()
     engine.call_end_hooks.append(call_end_hook(writer, [metrics.observe_call], engine.auth.tn_policy))
-    await server.start(udp_listens, reuse_port=workers > 1, private_udp=private)
+    try:
+        engine.policies = await load_policy_set(config, engine)
+    except ConfigError as exc:
+        log.error("policies_invalid", error=str(exc))
+        if writer is not None:
+            writer.flush_and_close()
+        return 2
+    try:
+        await server.start(udp_listens, reuse_port=workers > 1, private_udp=private)
+    except OSError as exc:
+        log.error("bind_failed", listen=[f"{t}:{h}:{p}" for t, h, p in udp_listens], error=str(exc))
+        server.close()
+        if writer is not None:
+            writer.flush_and_close()
+        return 2
     stop = asyncio.Event()
     drained = asyncio.Event()
 
@@ -134,6 +175,8 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     server.on_idle = check_drained
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_term)
+    reloading: list[asyncio.Task[None]] = []
+    loop.add_signal_handler(signal.SIGHUP, lambda: reloading.append(loop.create_task(reload(engine, worker))))
     api = None
     if config.api.enabled:
         try:
@@ -204,6 +247,7 @@ def run(config: Config, workers: int = 1) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
     rc = 0
     for pid in children:
         _, status = os.waitpid(pid, 0)
