@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -233,8 +234,36 @@ def make_config(
     cfg["api"] = {**(cfg.get("api") or {}), "listen": f"{STIRGATE_IP}:{api_port}"}
     if extra:
         cfg = _merge(cfg, extra)
+    if cfg.get("stir"):
+        _absolute_pki_paths(cfg["stir"])
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def demo_pki_dir() -> Path:
+    """The demo STI-CA set (`stirgate certs init`) shared by this test session, made once."""
+    from proxy.stir.demo_certs import init_demo_certs
+
+    directory = Path(tempfile.gettempdir()) / f"stirgate-it-pki-{os.getpid()}"
+    if not (directory / "x5u-server.key").exists():
+        init_demo_certs(directory)
+    return directory
+
+
+def _absolute_pki_paths(stir: dict[str, Any]) -> None:
+    """examples/loopback.yaml names the demo PKI as `demo-certs/...` in the working directory; tests run each
+    stirgate in a folder of its own, so point those names at the session's demo PKI."""
+    pki = demo_pki_dir()
+
+    def fix(value: str) -> str:
+        return str(pki / value.removeprefix("demo-certs/")) if value.startswith("demo-certs/") else value
+
+    stir["trust_anchors"] = [fix(v) for v in stir.get("trust_anchors") or []]
+    for profile in stir.get("signing_profiles") or []:
+        profile["key"] = fix(profile["key"])
+    verify = stir.get("verify") or {}
+    if verify.get("x5u_ca_file"):
+        verify["x5u_ca_file"] = fix(verify["x5u_ca_file"])
 
 
 # ----------------------------------------------------------------------------------------------- stirgate
