@@ -321,13 +321,15 @@ def main(argv: list[str] | None = None) -> int:
             bits.append(f"CPU/call at each one's highest rate {e['cpu_ratio_at_max_rates']:.2f}")
         print(f"{pair}: " + "; ".join(bits))
 
-    print()
-    print("Behaviour at the first failing rate (retransmissions show where messages were late or lost):")
+    header = "\nBehaviour at the first failing rate (retransmissions show where messages were late or lost):"
     for name, sw in sweeps.items():
         best = sw.best()
         fails = [x for x in sw.steps if not x.passed and not x.error and (best is None or x.rate > best.rate)]
         if not fails:
             continue
+        if header:
+            print(header)
+            header = ""
         f = min(fails, key=lambda x: x.rate)
         print(f"  {name} at {f.rate:.0f} cps: {describe_failure(f)}")
 
