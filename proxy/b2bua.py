@@ -286,6 +286,8 @@ class Call:
         self.end_reason = ""
         #: Every B-leg tried (failover): a late 2xx from an abandoned trunk is ACKed and hung up there.
         self.tried_legs: list[Leg] = []
+        engine.live_calls += 1
+        engine.calls_in_setup += 1
         #: STI-VS verdict and the header edits it asks for (calls from carrier trunks).
         self.inbound: InboundOutcome | None = None
         #: STI-AS result: None not tried yet, False could not sign.
@@ -515,6 +517,7 @@ class Call:
             self.a.pending_ack[a_txn.request.cseq[0]] = b_invite.request.cseq[0]
             self.state = ANSWERED
             self.answered_at = now
+            self.engine.calls_in_setup -= 1
             self.final_status = status
             self.engine.stats["answered"] += 1
             self.engine.txns.respond(a_txn, out, now)
@@ -727,6 +730,9 @@ class Call:
         self.state = ENDED
         if not self.end_reason:
             self.end_reason = reason
+        self.engine.live_calls -= 1
+        if self.answered_at is None:
+            self.engine.calls_in_setup -= 1
         self.ended_at = now
         self.deadlines.clear()
         calls = self.engine.calls

@@ -105,6 +105,33 @@ class TrunkVerifySettings(_Base, frozen=True):
     attestation_headers: bool = False
 
 
+class OverloadSettings(_Base, frozen=True):
+    """Beyond any of these, new INVITEs get 503 with Retry-After at once; calls already taken carry on."""
+
+    max_calls_in_setup: int = 5000
+    max_dialogs: int = 200_000
+    max_pending_fetches: int = 1000
+    #: Event-loop lag (measured every 100 ms) above which the process is overloaded.
+    max_loop_lag_ms: float = 200.0
+    retry_after: int = 5
+
+
+class ProtectionSettings(_Base, frozen=True):
+    """Per-source limits, in the spirit of Kamailio's pike: a source sending more than `pike_max_requests`
+    requests in `pike_window` seconds is ignored for `pike_ban` seconds. Trunk peers run at carrier rates and
+    are exempt unless `pike_trunks` is set."""
+
+    pike_window: float = 2.0
+    pike_max_requests: int = 50
+    pike_ban: float = 60.0
+    pike_trunks: bool = False
+    pike_table_size: int = 100_000
+    tcp_max_connections_per_source: int = 64
+    tcp_idle_timeout: float = 300.0
+    #: A TCP connection holding a partial message longer than this is closed (slowloris).
+    tcp_message_timeout: float = 10.0
+
+
 class Trunk(_Base, frozen=True):
     name: str
     role: Literal["customer", "carrier"]
@@ -180,6 +207,8 @@ class _RawConfig(_Base, frozen=True):
     api: ApiSettings = ApiSettings()
     #: Policy YAML file (docs/POLICIES.md); none: every call continues as routed.
     policies: str | None = None
+    overload: OverloadSettings = OverloadSettings()
+    protection: ProtectionSettings = ProtectionSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +232,8 @@ class Config:
     logging: LoggingSettings
     records: RecordsSettings
     api: ApiSettings
+    overload: OverloadSettings
+    protection: ProtectionSettings
     policies: str | None = None
 
     def trunk(self, name: str) -> Trunk:
@@ -361,6 +392,8 @@ def _validate(raw: _RawConfig, file: str, lines: dict[str, int]) -> Config:
         records=raw.records,
         api=raw.api,
         policies=raw.policies,
+        overload=raw.overload,
+        protection=raw.protection,
     )
 
 

@@ -18,6 +18,7 @@ from policies.loader import PolicySet
 from proxy.authentication import Authenticator
 from proxy.b2bua import ROUTING, Call
 from proxy.config import Config, Trunk
+from proxy.protection import Pike
 from proxy.routing import Router, dialled_digits
 from proxy.sip.grammar import ParseError
 from proxy.sip.message import Header, Request, Response, VersionError, canonical_name, parse
@@ -48,6 +49,8 @@ _STATS = (
     "internal_errors",
     "verification_rejected",
     "policy_rejected",
+    "overload_rejected",
+    "pike_dropped",
 )
 
 
@@ -102,6 +105,14 @@ class Engine:
         self.policies: PolicySet | None = None
         #: Policy hit counts, handed to every policy set loaded so counts survive reloads.
         self.policy_counters = Counters()
+        #: Load, for overload control: calls not yet answered, calls alive, calls waiting for an x5u fetch,
+        #: and the event loop's lag in seconds (measured by the transport).
+        self.calls_in_setup = 0
+        self.live_calls = 0
+        self.fetch_waiting = 0
+        self.loop_lag = 0.0
+        self.overload_reasons: dict[str, int] = {}
+        self.pike = Pike(config.protection)
         #: Wall-clock seconds minus the engine's clock: PASSporT iat is wall time, timers are monotonic.
         self.wall_offset = 0.0
         #: (A-leg Call-ID, Identity values) whose certificates the transport must fetch, then `resume`.
@@ -125,6 +136,7 @@ class Engine:
         self.router = router
         self.auth = auth
         self.policies = policies
+        self.pike = Pike(config.protection)
 
     # --- identifiers ------------------------------------------------------------------------------------------
     def new_branch(self) -> str:
@@ -153,7 +165,7 @@ class Engine:
         self.queue.fire_due(now)
 
     def active_calls(self) -> int:
-        return len({id(c) for c, _ in self.calls.values()})
+        return self.live_calls
 
     def receive(self, data: bytes, source: Target, now: float) -> None:
         """One message from `source`. Never raises: bad input is answered or dropped and counted."""
@@ -191,6 +203,9 @@ class Engine:
     # --- requests ---------------------------------------------------------------------------------------------
     def _on_request(self, req: Request, source: Target, now: float) -> None:
         trunk = self.router.trunk_for_source(source[1])
+        if (trunk is None or self.pike.covers_trunks) and self.pike.blocked(source[1], now):
+            self.stats["pike_dropped"] += 1
+            return
         if trunk is None:
             if self.settings.reject_unknown_source and req.method != "ACK":
                 self.stats["rejected_unknown_source"] += 1
@@ -242,8 +257,30 @@ class Engine:
             txns.respond(txn, self.make_response(req, 405, "Method Not Allowed", self.new_tag(),
                                                  [Header.make("allow", ALLOW)]), now)
 
+    def overloaded(self) -> str | None:
+        """Why a new call cannot be taken now, or None. Checked before any state is created for it."""
+        o = self.config.overload
+        if self.calls_in_setup >= o.max_calls_in_setup:
+            return "calls-in-setup"
+        if self.live_calls >= o.max_dialogs:
+            return "dialogs"
+        if self.fetch_waiting >= o.max_pending_fetches:
+            return "pending-fetches"
+        if self.loop_lag * 1000.0 > o.max_loop_lag_ms:
+            return "loop-lag"
+        return None
+
     def _on_invite(self, req: Request, source: Target, trunk: Trunk, now: float) -> None:
         self.stats["invites"] += 1
+        if req.call_id not in self.calls:
+            why = self.overloaded()
+            if why is not None:
+                # Stateless on purpose: under overload a rejected call must cost nothing to remember.
+                self.stats["overload_rejected"] += 1
+                self.overload_reasons[why] = self.overload_reasons.get(why, 0) + 1
+                self._reply_stateless(req, source, 503, "Service Unavailable",
+                                      [Header.make("retry-after", str(self.config.overload.retry_after))])
+                return
         txns = self.txns
         txn = txns.create_server(req, source, None)
         if not self.accepting:
@@ -284,6 +321,7 @@ class Engine:
                 if auth.missing_certs(values):
                     call.verify_waited = True
                     self.fetch_requests.append((invite.call_id, values))
+                    self.fetch_waiting += 1
                     self.queue.start(call, "verify", now + auth.wait_timeout)
                     return
             call.deadlines.pop("verify", None)
@@ -347,6 +385,7 @@ class Engine:
 
     def resume(self, call_id: str, now: float, fetched: Mapping[str, CertEntry] | None = None) -> None:
         """The certificates a waiting call needed are fetched (or failed): carry on with it."""
+        self.fetch_waiting -= 1
         entry = self.calls.get(call_id)
         if entry is not None and entry[0].state == ROUTING and entry[0].verify_waited:
             self.admit(entry[0], now, fetched)

@@ -23,6 +23,8 @@ ORIGID = "3a1b3d94-0dca-4a4f-8f64-8a0f0c0f1f7b"
 def stir_config(pki: Path) -> Config:
     """examples/loopback.yaml plus STIR: the customer trunk signs (A for 1212...), carrier calls are verified."""
     cfg: dict[str, Any] = yaml.safe_load(LOOPBACK.read_text())
+    for trunk in cfg["trunks"]:
+        trunk.pop("sign", None)
     cfg["stir"] = {
         "country_code": "1",
         "trust_anchors": [str(pki / "ca.pem")],
