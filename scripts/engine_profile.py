@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -40,7 +41,7 @@ def answer(req: bytes, code: int, reason: str, body: bytes = b"") -> bytes:
 
 def plain_loopback() -> Config:
     """examples/loopback.yaml without STIR: the SIP core's own cost (sign/verify are measured apart)."""
-    data = yaml.safe_load(open("examples/loopback.yaml").read())
+    data = yaml.safe_load(Path("examples/loopback.yaml").read_text())
     data.pop("stir", None)
     for trunk in data["trunks"]:
         trunk.pop("sign", None)
