@@ -23,7 +23,7 @@ def only_status(outs: list[object]) -> Response:
 
 def test_calls_in_setup_limit_answers_503_with_retry_after_and_spares_calls_in_progress() -> None:
     h = harness(max_calls_in_setup=2, retry_after=7)
-    first, outs1 = start_call(h)
+    _first, outs1 = start_call(h)
     second, _ = start_call(h)
     third = Caller(h)
     resp = only_status(h.feed(third.invite(), A))
@@ -67,9 +67,9 @@ def test_loop_lag_sheds_new_calls() -> None:
 def test_counters_return_to_zero_on_every_ending() -> None:
     h = Harness()
     # cancelled, rejected, answered-then-hung-up
-    c1, outs = start_call(h)
+    c1, _outs = start_call(h)
     h.feed(c1.cancel(), A)
-    c2, outs2 = start_call(h)
+    _c2, outs2 = start_call(h)
     h.feed(Callee(h, b_invite(outs2)).reply(None, 486), B)
     established = established_call(h)
     assert h.engine.live_calls == 2  # the cancelled call waits for the B-leg's 487; the established one lives
