@@ -60,6 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="stirgate logging level (default info, as shipped in examples/loopback.yaml)")
     p.add_argument("--busy-wait", type=float, default=60.0,
                    help="seconds to wait for a busy address before a step gives up")
+    p.add_argument("--records", action="store_true",
+                   help="stirgate writes call records (SQLite in the run folder); default off, like the relay")
     p.add_argument("--keep-traces", action="store_true", help="keep SIPp's per-call RTT files")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and per-step files")
     a = p.parse_args(argv)
@@ -211,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name == "stirgate":
             suts.append(Stirgate(Addr.parse(args.stirgate_listen).offset(off), uas, uacs, rundir,
-                                 workers=args.workers, log_level=args.log_level, worker_port_base=5100 + off))
+                                 workers=args.workers, log_level=args.log_level, worker_port_base=5100 + off,
+                                 records=args.records))
         elif name == "kamailio":
             suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir))
         elif name == "sippy":

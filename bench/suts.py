@@ -153,12 +153,13 @@ class Stirgate(SUT):
     name = "stirgate"
 
     def __init__(self, *a: object, workers: int = 1, log_level: str = "info", worker_port_base: int = 5100,
-                 **kw: object) -> None:
+                 records: bool = False, **kw: object) -> None:
         super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.records = records
         self.workers = workers
         self.worker_port_base = worker_port_base
         self.log_level = log_level
-        self.label = f"stirgate ({workers} worker{'s' if workers > 1 else ''})"
+        self.label = f"stirgate ({workers} worker{'s' if workers > 1 else ''}{', records' if records else ''})"
         self.config = self.workdir / "stirgate-bench.yaml"
         self.exe = VENV_BIN / "stirgate"
 
@@ -208,6 +209,14 @@ routes:
 
 logging:
   level: {self.log_level}
+
+# The SIP path only, like Kamailio's plain relay (no accounting): call records off unless --records;
+# the HTTP API off (its 127.0.0.1:8080 belongs to the tests' stirgate while they run).
+records:
+  enabled: {"true" if self.records else "false"}
+  path: {self.workdir / "records.sqlite3"}
+api:
+  enabled: false
 """
         )
 
