@@ -51,6 +51,8 @@ _STATS = (
     "policy_rejected",
     "overload_rejected",
     "pike_dropped",
+    "tcp_refused",
+    "tcp_timeouts",
 )
 
 

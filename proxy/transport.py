@@ -46,17 +46,29 @@ class _TcpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = peer
         self.pending: list[bytes] = []
+        self.last_activity = server.loop.time()
+        self.inbound = peer is None  # accepted (counted against the source's cap), not dialled out
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
-        self.server.tcp_connections[self.peer] = self
+        server = self.server
+        if self.inbound:
+            count = server.tcp_per_source.get(peer[0], 0)
+            if count >= server.protection.tcp_max_connections_per_source:
+                server.engine.stats["tcp_refused"] += 1
+                self.inbound = False  # not counted
+                self.transport.abort()
+                return
+            server.tcp_per_source[peer[0]] = count + 1
+        server.tcp_connections[self.peer] = self
         for data in self.pending:
             self.transport.write(data)
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = self.server.loop.time()
         self.buffer += data
         try:
             messages = frame_stream(self.buffer, self.server.max_tcp_message)
@@ -72,11 +84,20 @@ class _TcpConnection(asyncio.Protocol):
             self.server.on_message(msg, source)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.server.tcp_connections.get(self.peer) is self:
-            del self.server.tcp_connections[self.peer]
+        server = self.server
+        if self.peer is not None and server.tcp_connections.get(self.peer) is self:
+            del server.tcp_connections[self.peer]
+        if self.inbound and self.peer is not None:
+            left = server.tcp_per_source.get(self.peer[0], 1) - 1
+            if left > 0:
+                server.tcp_per_source[self.peer[0]] = left
+            else:
+                server.tcp_per_source.pop(self.peer[0], None)
+            self.inbound = False
         self.transport = None
 
     def send(self, data: bytes) -> None:
+        self.last_activity = self.server.loop.time()
         if self.transport is not None:
             self.transport.write(data)
         else:
@@ -89,6 +110,9 @@ class SipServer:
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, max_tcp_message: int = 65536) -> None:
         self.engine = engine
         self.loop = loop
+        self.protection = engine.config.protection
+        self.tcp_per_source: dict[str, int] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
         self.max_tcp_message = max_tcp_message
         self.udp: asyncio.DatagramTransport | None = None
         self.udp_private: asyncio.DatagramTransport | None = None
@@ -115,10 +139,38 @@ class SipServer:
             sock = _udp_socket(private_udp[0], private_udp[1], False)
             udp, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
             self.udp_private = udp
+        self._housekeeping = self.loop.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Every 100 ms: measure event-loop lag (an overload signal) and, every second, close TCP connections
+        idle too long or stuck on a partial message (slowloris)."""
+        tick = 0.1
+        ticks = 0
+        expected = self.loop.time() + tick
+        while True:
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            self.engine.loop_lag = max(0.0, now - expected)
+            expected = now + tick
+            ticks += 1
+            if ticks % 10 == 0:
+                self._sweep_tcp(now)
+
+    def _sweep_tcp(self, now: float) -> None:
+        p = self.protection
+        for conn in list(self.tcp_connections.values()):
+            if conn.transport is None:
+                continue
+            quiet = now - conn.last_activity
+            if quiet > p.tcp_idle_timeout or (conn.buffer.strip(b"\r\n") and quiet > p.tcp_message_timeout):
+                self.engine.stats["tcp_timeouts"] += 1
+                conn.transport.abort()
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         for t in (self.udp, self.udp_private):
             if t is not None:
                 t.close()
