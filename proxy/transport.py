@@ -52,6 +52,10 @@ class _TcpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         peer = transport.get_extra_info("peername")
+        if not peer:  # reset before we even saw it
+            self.inbound = False
+            self.transport.abort()
+            return
         self.peer = (peer[0], peer[1])
         server = self.server
         if self.inbound:
