@@ -51,7 +51,7 @@ def passthrough(headers: Iterable[Header]) -> list[Header]:
 
 
 def _is_ip_literal(host: str) -> bool:
-    return host.startswith("[") or host.replace(".", "").isdigit()
+    return host.startswith("[") or (host.isascii() and host.replace(".", "").isdigit())
 
 
 def resolve_target(uri: str, transport: str, fallback: Target) -> Target:
@@ -194,7 +194,10 @@ class Leg:
         if seen == self.learned:
             return
         self.learned = seen
-        contact = msg.contact
+        try:
+            contact = msg.contact
+        except ParseError:
+            contact = None  # a Contact we cannot read: keep sending where we did
         if contact is not None:
             self.remote_target = contact.uri
         if rr:
@@ -310,6 +313,7 @@ class Call:
                      engine.contact_for(source[0]))
         if contact is not None:
             self.a.remote_target = contact.uri
+        self.a.invite_cseq = invite.cseq[0]
         record_route = invite.values("record-route")
         if record_route:
             self.a.route_set = record_route
@@ -659,6 +663,13 @@ class Call:
             self._answer_a(487, "Request Terminated", now)
             self.end_reason = "bye-early"
             self._cancel_b(now)
+            return
+        if req.method == "BYE" and leg_index == 1 and self.state in (CALLING, EARLY) and x is not None \
+                and req.to_tag == x.local_tag:
+            # A callee hanging up its early dialog (RFC 3261 15: only the caller should): the call has failed.
+            engine.txns.respond(txn, engine.make_response(req, 200, "OK", None), now)
+            self._answer_a(480, "Temporarily Unavailable", now)
+            self._end("bye-b-early", now)
             return
         if x is None or y is None or y.remote_tag is None or self.state in (ENDED, CANCELLING):
             engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)

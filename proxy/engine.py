@@ -283,6 +283,11 @@ class Engine:
                 self._reply_stateless(req, source, 503, "Service Unavailable",
                                       [Header.make("retry-after", str(self.config.overload.retry_after))])
                 return
+        existing = self.calls.get(req.call_id)
+        if existing is not None:
+            call, leg = existing
+            if leg == 0 and req.from_tag == call.a.remote_tag and req.cseq[0] == call.a.invite_cseq:
+                return  # a late retransmission of the call's own INVITE, after its transaction ended
         txns = self.txns
         txn = txns.create_server(req, source, None)
         if not self.accepting:
@@ -290,7 +295,7 @@ class Engine:
             txns.respond(txn, self.make_response(req, 503, "Service Unavailable", self.new_tag(),
                                                  [Header.make("retry-after", "5")]), now)
             return
-        if req.call_id in self.calls:
+        if existing is not None:
             # Same Call-ID, new branch, no To tag: a loop or a confused peer, not a new call.
             txns.respond(txn, self.make_response(req, 482, "Loop Detected", self.new_tag()), now)
             return

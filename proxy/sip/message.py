@@ -505,7 +505,7 @@ def parse(data: bytes) -> Request | Response:
     start = lines[0]
     if start.startswith(_SIP_VERSION + " ") or start[:8].upper() == "SIP/2.0 ":
         parts = start.split(" ", 2)
-        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
+        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit() or not parts[1].isascii():
             raise ParseError("bad status line")
         status = int(parts[1])
         if status < 100 or status > 699:
