@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"bench: {', '.join(names)}; {args.uacs} UAC(s) {', '.join(map(str, uacs))} -> SUT -> UAS {uas}; "
           f"{args.duration:g} s steps; stirgate workers {args.workers}; files in {rundir}", flush=True)
+    # stirgate runs from the working tree (editable install) and is restarted each step: note the commit at
+    # both ends of the run, and whether proxy/ had uncommitted changes.
+    rev_start = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     sweeps: dict[str, Sweep] = {}
     skipped: dict[str, str] = {}
     for sut in suts:
@@ -344,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {
             "sipp": version(["sipp", "-v"]),
             "kamailio": version(["kamailio", "-v"]),
-            "stirgate_git": version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+            "stirgate_git_start": rev_start,
+            "stirgate_git_end": version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+            "stirgate_tree_dirty_at_end": bool(subprocess.run(
+                ["git", "-C", str(REPO), "status", "--porcelain", "proxy", "policies"],
+                capture_output=True, text=True).stdout.strip()),
             "python": platform.python_version(),
         },
         "addresses": {"uacs": [str(a) for a in uacs], "uas": str(uas),
