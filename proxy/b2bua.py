@@ -248,6 +248,7 @@ class Call:
         "invite",
         "pai",
         "policy",
+        "reinvites",
         "ruri",
         "signed",
         "source",
@@ -300,6 +301,9 @@ class Call:
         self.policy: tuple[Chain, CallContext, ChainResult] | None = None
         #: (policy, mode, action) per chain entry, for the call record.
         self.decisions: list[tuple[str, str, str]] = []
+        #: Relayed re-INVITE client transactions: an INVITE in Proceeding has no timer of its own (RFC 3261
+        #: 17.1.1), so when the call ends the ones still open are answered and dropped here.
+        self.reinvites: list[Transaction] = []
         #: Header changes the policies asked for on the B-leg INVITE.
         self.tags: Decision | None = None
         # Kept for the call record (the INVITE itself is freed at answer).
@@ -691,6 +695,8 @@ class Call:
         client.peer = txn
         txn.peer = client
         if req.method == "INVITE":
+            self.reinvites.append(client)
+        if req.method == "INVITE":
             engine.txns.respond(txn, engine.make_response(req, 100, "Trying", None), now)
 
     def _bye_leg(self, leg: Leg, now: float, reason: str = 'SIP;cause=408;text="ACK Timeout"') -> None:
@@ -750,6 +756,18 @@ class Call:
         calls.pop(self.a.call_id, None)
         for leg in self.tried_legs:
             calls.pop(leg.call_id, None)
+        # Nothing the caller asked may stay unanswered once the call is gone.
+        a_invite = self.a_invite
+        if a_invite is not None and a_invite.state == PROCEEDING:
+            self._answer_a(487, "Request Terminated", now)
+        for client in self.reinvites:
+            if client.state in (TXN_CALLING, PROCEEDING):
+                peer = client.peer
+                if peer is not None and peer.state == PROCEEDING:
+                    self.engine.txns.respond(peer, self.engine.make_response(peer.request, 487, "Request Terminated",
+                                                                             None), now)
+                client.terminate()
+        self.reinvites = []
         # Break the call <-> transaction links so the call is freed by reference counting, not the GC.
         for txn in (self.a_invite, self.b_invite):
             if txn is not None:
