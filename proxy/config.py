@@ -57,6 +57,8 @@ class SipSettings(_Base, frozen=True):
     #: A B-leg ringing longer than this is cancelled and the caller gets 408.
     no_answer_timeout: float = 120.0
     max_udp_message: int = 16384
+    #: Kernel receive buffer of the UDP socket (bytes). Larger absorbs bursts but hides overload as queueing.
+    udp_recv_buffer: int = 512 * 1024
     max_tcp_message: int = 65536
     max_ruri_length: int = 512
     #: With several workers each binds its own port (base + worker index) for the dialogs it owns.

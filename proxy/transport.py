@@ -132,7 +132,7 @@ class SipServer:
         self.sync_wall_clock()
         for transport, host, port in listens:
             if transport == "udp":
-                sock = _udp_socket(host, port, reuse_port)
+                sock = _udp_socket(host, port, reuse_port, self.engine.config.sip.udp_recv_buffer)
                 udp, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
                 self.udp = udp
             else:
@@ -280,15 +280,17 @@ class SipServer:
                 del self.tcp_connections[(host, port)]
 
 
-def _udp_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+def _udp_socket(host: str, port: int, reuse_port: bool, recv_buffer: int = 512 * 1024) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     # No SO_REUSEADDR: on UDP it would let a second process bind the same port and silently take its traffic.
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+    # A moderate receive buffer: bursts are absorbed, but an overload shows up as drops (which SIP retransmits
+    # and overload control sees as lag) instead of seconds of stale messages queued in the kernel.
+    for opt, size in ((socket.SO_RCVBUF, recv_buffer), (socket.SO_SNDBUF, 4 * 1024 * 1024)):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
         except OSError:
             pass
     sock.bind((host, port))
