@@ -292,6 +292,7 @@ class Call:
         self.tried_legs: list[Leg] = []
         engine.live_calls += 1
         engine.calls_in_setup += 1
+        engine.setup_by_source[source[1]] = engine.setup_by_source.get(source[1], 0) + 1
         #: STI-VS verdict and the header edits it asks for (calls from carrier trunks).
         self.inbound: InboundOutcome | None = None
         #: STI-AS result: None not tried yet, False could not sign.
@@ -525,7 +526,7 @@ class Call:
             self.a.pending_ack[a_txn.request.cseq[0]] = b_invite.request.cseq[0]
             self.state = ANSWERED
             self.answered_at = now
-            self.engine.calls_in_setup -= 1
+            self.engine.setup_done(self.source[1])
             self.final_status = status
             self.engine.stats["answered"] += 1
             self.engine.txns.respond(a_txn, out, now)
@@ -749,7 +750,7 @@ class Call:
             self.end_reason = reason
         self.engine.live_calls -= 1
         if self.answered_at is None:
-            self.engine.calls_in_setup -= 1
+            self.engine.setup_done(self.source[1])
         self.ended_at = now
         self.deadlines.clear()
         calls = self.engine.calls

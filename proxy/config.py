@@ -111,6 +111,8 @@ class OverloadSettings(_Base, frozen=True):
     """Beyond any of these, new INVITEs get 503 with Retry-After at once; calls already taken carry on."""
 
     max_calls_in_setup: int = 5000
+    #: The most of that pool one source address may hold, so one flooding peer cannot starve the others.
+    max_setup_share_per_source: float = 0.5
     max_dialogs: int = 200_000
     max_pending_fetches: int = 1000
     #: Event-loop lag (measured every 100 ms) above which the process is overloaded.

@@ -110,6 +110,7 @@ class Engine:
         #: Load, for overload control: calls not yet answered, calls alive, calls waiting for an x5u fetch,
         #: and the event loop's lag in seconds (measured by the transport).
         self.calls_in_setup = 0
+        self.setup_by_source: dict[str, int] = {}
         self.live_calls = 0
         self.fetch_waiting = 0
         self.loop_lag = 0.0
@@ -165,6 +166,15 @@ class Engine:
 
     def handle_timer(self, now: float) -> None:
         self.queue.fire_due(now)
+
+    def setup_done(self, source_ip: str) -> None:
+        """A call left set-up (answered or ended)."""
+        self.calls_in_setup -= 1
+        left = self.setup_by_source.get(source_ip, 1) - 1
+        if left > 0:
+            self.setup_by_source[source_ip] = left
+        else:
+            self.setup_by_source.pop(source_ip, None)
 
     def active_calls(self) -> int:
         return self.live_calls
@@ -259,11 +269,13 @@ class Engine:
             txns.respond(txn, self.make_response(req, 405, "Method Not Allowed", self.new_tag(),
                                                  [Header.make("allow", ALLOW)]), now)
 
-    def overloaded(self) -> str | None:
+    def overloaded(self, source_ip: str = "") -> str | None:
         """Why a new call cannot be taken now, or None. Checked before any state is created for it."""
         o = self.config.overload
         if self.calls_in_setup >= o.max_calls_in_setup:
             return "calls-in-setup"
+        if self.setup_by_source.get(source_ip, 0) >= max(1.0, o.max_calls_in_setup * o.max_setup_share_per_source):
+            return "source-share"
         if self.live_calls >= o.max_dialogs:
             return "dialogs"
         if self.fetch_waiting >= o.max_pending_fetches:
@@ -275,7 +287,7 @@ class Engine:
     def _on_invite(self, req: Request, source: Target, trunk: Trunk, now: float) -> None:
         self.stats["invites"] += 1
         if req.call_id not in self.calls:
-            why = self.overloaded()
+            why = self.overloaded(source[1])
             if why is not None:
                 # Stateless on purpose: under overload a rejected call must cost nothing to remember.
                 self.stats["overload_rejected"] += 1

@@ -22,7 +22,7 @@ def only_status(outs: list[object]) -> Response:
 
 
 def test_calls_in_setup_limit_answers_503_with_retry_after_and_spares_calls_in_progress() -> None:
-    h = harness(max_calls_in_setup=2, retry_after=7)
+    h = harness(max_calls_in_setup=2, max_setup_share_per_source=1.0, retry_after=7)
     _first, outs1 = start_call(h)
     second, _ = start_call(h)
     third = Caller(h)
@@ -37,6 +37,18 @@ def test_calls_in_setup_limit_answers_503_with_retry_after_and_spares_calls_in_p
     _, outs = start_call(h)
     assert outs.to(B).requests("INVITE")
     del second
+
+
+def test_one_flooding_source_cannot_take_the_whole_setup_pool() -> None:
+    h = harness(max_calls_in_setup=4, max_setup_share_per_source=0.5)
+    start_call(h)
+    start_call(h)
+    assert only_status(h.feed(Caller(h).invite(), A)).status == 503  # the customer's share (2 of 4) is used up
+    assert h.engine.overload_reasons == {"source-share": 1}
+    carrier = Caller(h, addr=B)  # another trunk peer still gets in
+    outs = h.feed(carrier.invite(), B)
+    assert 503 not in outs.to(B).statuses()
+    assert outs.to(A).requests("INVITE")  # routed to the customer
 
 
 def test_dialog_limit_keeps_in_dialog_requests_flowing() -> None:
