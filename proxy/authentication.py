@@ -173,7 +173,7 @@ class Authenticator:
     def orig_tn(self, invite: Request) -> str | None:
         pai = invite.header("p-asserted-identity")
         if pai is not None:
-            pai = split_commas(pai)[0]
+            pai = next(iter(split_commas(pai)), None)
         return orig_tn(_user(pai), _user(invite.header("from")), self.tn_policy)
 
     def dest_tns(self, invite: Request) -> list[str]:

@@ -236,7 +236,7 @@ class Message:
         if self._via is None:
             for h in self.headers:
                 if h.key == "via":
-                    self._via = parse_via(split_commas(h.value)[0])
+                    self._via = parse_via(_first_value(h.value, "Via"))
                     break
             else:
                 raise ParseError("missing Via")
@@ -315,7 +315,7 @@ class Message:
             if v is None:
                 contact = None
             else:
-                first = split_commas(v)[0]
+                first = _first_value(v, "Contact")
                 contact = None if first.strip() == "*" else parse_name_addr(first)
             self._contact = contact
         return contact  # type: ignore[return-value]
@@ -359,6 +359,14 @@ class Message:
     def iter_raw(self) -> Iterator[str]:
         for h in self.headers:
             yield h.raw
+
+
+def _first_value(value: str, name: str) -> str:
+    """The first of a comma list; a list of nothing (`Via: ,`) is a grammar error, not an IndexError."""
+    values = split_commas(value)
+    if not values:
+        raise ParseError(f"empty {name}")
+    return values[0]
 
 
 def _fast_via_key(value: str) -> tuple[str, str] | None:
