@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .modes import MODES, SIP_MODES, STANDALONE_MODES, Mode, Pki, X5uServer, make_pki, write_identity_pool
 from .procs import Addr
 from .step import StepResult, as_dict, run_step
-from .suts import REPO, SUT, Kamailio, Sippy, Stirgate
+from .suts import REPO, SUT, VENV_BIN, Kamailio, Sippy, Stirgate
 
 LADDER = [50, 100, 250, 500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000,
           12000, 14000, 16000, 20000]
@@ -29,6 +30,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "call rate. A step passes with < 0.1%% failed calls, >= 97%% of the target rate answered "
                     "and INVITE->200 p99 <= 200 ms. CPU per call = the SUT's own utime+stime (all its "
                     "processes) over the step / successful calls.")
+    p.add_argument("--mode", default="relay",
+                   help="comma-separated: relay (default), sign, verify, flood (SIP sweeps, in that order, same "
+                        "run), crypto (python -m bench.crypto), policies (python -m policies.bench_chain), "
+                        "records (bench/records_bench.py)")
     p.add_argument("--sut", default="stirgate,kamailio,sippy",
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all)")
     p.add_argument("--workers", type=int, default=1, choices=(1, 2), help="stirgate worker processes")
@@ -63,6 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--records", action="store_true",
                    help="stirgate writes call records (SQLite in the run folder); default off, like the relay")
     p.add_argument("--keep-traces", action="store_true", help="keep SIPp's per-call RTT files")
+    p.add_argument("--x5u-listen", default="127.0.0.1:8443",
+                   help="the bench's x5u https server (verify mode; --port-offset applies)")
+    p.add_argument("--max-calls-in-setup", type=int, default=100,
+                   help="flood mode: stirgate's overload.max_calls_in_setup (default 100)")
+    p.add_argument("--no-pike", action="store_true", help="flood mode: Kamailio without pike")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and per-step files")
     a = p.parse_args(argv)
     a.uacs = a.uacs or a.workers
@@ -71,12 +81,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.refine = (0 if a.quick else 2) if a.refine is None else a.refine
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
+    a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
+    bad = [m for m in a.modes if m not in SIP_MODES + STANDALONE_MODES]
+    if bad:
+        p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(SIP_MODES + STANDALONE_MODES)}")
     return a
 
 
 class Sweep:
-    def __init__(self, sut: SUT, args: argparse.Namespace, rundir: Path, uacs: list[Addr], uas: Addr) -> None:
+    def __init__(self, sut: SUT, args: argparse.Namespace, rundir: Path, uacs: list[Addr], uas: Addr,
+                 mode: Mode = MODES["relay"], pki: Pki | None = None) -> None:
         self.sut = sut
+        self.mode = mode
+        self.pki = pki
+        sut.set_mode(mode, pki)
         self.args = args
         self.rundir = rundir
         self.uacs = uacs
@@ -88,10 +106,13 @@ class Sweep:
         rate = float(round(rate))
         for attempt in range(confirm + 1 + 2):
             self.n += 1
-            d = self.rundir / self.sut.name / f"{self.n:02d}-{rate:.0f}cps"
+            d = self.rundir / self.mode.name / self.sut.name / f"{self.n:02d}-{rate:.0f}cps"
+            self.sut.set_mode(self.mode, self.pki)
             r = run_step(self.sut, rate, self.args.duration, d, uac_addrs=self.uacs, uas_addr=self.uas,
                          drain=self.args.drain, busy_wait=self.args.busy_wait,
-                         tail=3.0 if self.args.quick else 6.0, keep_traces=self.args.keep_traces)
+                         tail=3.0 if self.args.quick else 6.0, keep_traces=self.args.keep_traces,
+                         mode=self.mode.name, scenario=self.mode.uac_scenario,
+                         uac_args=self.identity_args if self.mode.identity_pool else None)
             self.steps.append(r)
             print("  " + r.summary(), flush=True)
             if r.error and "busy" in r.error:
@@ -104,6 +125,14 @@ class Sweep:
             print(f"  {self.sut.name}: confirming the failure at {rate:.0f} cps", flush=True)
         return r
 
+    def identity_args(self, i: int, stepdir: Path, calls: int) -> list[str]:
+        """Verify mode: sign one Identity per call of UAC i now (iat = the step's start), as its -inf file."""
+        assert self.pki is not None
+        path = stepdir / f"identities-uac{i}.csv"
+        n, took = write_identity_pool(self.pki, path, calls)
+        print(f"    uac{i}: {n} Identity values signed in {took:.1f} s", flush=True)
+        return ["-inf", str(path)]
+
     def passed(self, rate: float) -> StepResult | None:
         ok = [s for s in self.steps if s.passed and s.rate == round(rate)]
         return ok[-1] if ok else None
@@ -115,8 +144,8 @@ class Sweep:
     def sweep(self) -> None:
         a = self.args
         if a.rates:
-            for r in (float(x) for x in a.rates.split(",")):
-                self.run(r)
+            for rate in (float(x) for x in a.rates.split(",")):
+                self.run(rate)
             return
         ladder = QUICK_LADDER if a.quick else LADDER
         rungs = sorted({r for r in ladder if r <= a.max_rate} | {a.start_rate, a.common_rate})
@@ -196,6 +225,108 @@ def fmt(x: float | None, unit: str = "") -> str:
     return "n/a" if x is None else f"{x:,.0f}{unit}"
 
 
+def compare(sg: Sweep, pw: Sweep, args: argparse.Namespace) -> dict[str, Any]:
+    """CPU per call compared like for like: at the common rate, or (when one of the pair cannot pass it) at
+    the highest rate both pass, measuring the faster one there if needed; then --pairs back-to-back pairs."""
+    peer = pw.sut.name
+    rate = min(args.common_rate, sg.best().rate, pw.best().rate)  # type: ignore[union-attr]
+    for sw in (sg, pw):
+        if not sw.passed(rate):
+            print(f"{sw.sut.label} [{sw.mode.name}]: CPU at {rate:.0f} cps for the comparison with {peer}",
+                  flush=True)
+            sw.run(rate, args.confirm)
+    # Paired, alternating re-measurements: the background load drifts, so each pair of steps run back to back
+    # gives one ratio; the median of those ratios is the figure.
+    pair_ratios: list[float] = []
+    a, b = sg.passed(rate), pw.passed(rate)
+    if args.pairs == 0 and a and b and a.cpu_us_per_call and b.cpu_us_per_call:
+        pair_ratios.append(a.cpu_us_per_call / b.cpu_us_per_call)
+    paired: list[StepResult] = []
+    for k in range(args.pairs):
+        print(f"CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps [{sg.mode.name}]: stirgate then {peer}", flush=True)
+        a, b = sg.run(rate), pw.run(rate)
+        if a.clean and b.clean and a.cpu_us_per_call and b.cpu_us_per_call:
+            pair_ratios.append(a.cpu_us_per_call / b.cpu_us_per_call)
+            paired += [a, b]
+    entry: dict[str, Any] = {"cpu_rate_cps": rate}
+    if pair_ratios:
+        entry["cpu_ratio"] = round(statistics.median(pair_ratios), 3)
+        entry["cpu_ratio_pairs"] = [round(x, 3) for x in pair_ratios]
+        pool = paired or [x for x in (*sg.steps, *pw.steps) if x.passed and x.rate == rate]
+        entry["cpu_us_stirgate"] = statistics.median(
+            x.cpu_us_per_call for x in pool if x.sut == "stirgate" and x.cpu_us_per_call)
+        entry[f"cpu_us_{peer}"] = statistics.median(
+            x.cpu_us_per_call for x in pool if x.sut == peer and x.cpu_us_per_call)
+    ba, bb = sg.best(), pw.best()
+    if ba and bb:
+        entry["max_rate_ratio"] = round(ba.rate / bb.rate, 3)
+        if ba.cpu_us_per_call and bb.cpu_us_per_call:
+            entry["cpu_ratio_at_max_rates"] = round(ba.cpu_us_per_call / bb.cpu_us_per_call, 3)
+    return entry
+
+
+def cpu_at(sw: Sweep, rate: float) -> float | None:
+    """Median CPU per call of the clean steps at `rate` (passed, or clean with p99 over: CPU is comparable)."""
+    vals = [x.cpu_us_per_call for x in sw.steps if x.clean and x.rate == rate and x.cpu_us_per_call]
+    return statistics.median(vals) if vals else None
+
+
+def run_standalone(mode: str, rundir: Path) -> dict[str, Any]:
+    """crypto / policies / records: the micro-benchmarks, run as their own commands, output kept."""
+    py = str(VENV_BIN / "python")
+    cmd = {
+        "crypto": [py, "-m", "bench.crypto", "--json", str(rundir / "crypto.json")],
+        "policies": [py, "-m", "policies.bench_chain"],
+        "records": [py, str(REPO / "bench" / "records_bench.py")],
+    }[mode]
+    print(f"{mode}: {' '.join(cmd)}", flush=True)
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    (rundir / f"{mode}.txt").write_text(r.stdout + r.stderr)
+    print(r.stdout.rstrip() + ("\n" + r.stderr.rstrip() if r.returncode else ""), flush=True)
+    return {"command": " ".join(cmd), "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
+            "output": r.stdout[-8000:]}
+
+
+def print_mode(mode: str, sweeps: dict[str, Sweep], skipped: dict[str, str], ratios: dict[str, Any],
+               summary: dict[str, Any], args: argparse.Namespace) -> None:
+    print()
+    print(f"Results, mode {mode} ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, {args.duration:g} s "
+          f"steps, {args.uacs} UAC(s), stirgate --workers {args.workers}):")
+    top = "highest rate answered (200 or 503) in 200 ms p99" if mode == "flood" else "highest passing rate"
+    print(f"| system | {top} | CPU/call at {args.common_rate:.0f} cps | CPU/call at highest rate |")
+    print("|---|---|---|---|")
+    for s in summary.values():
+        shed = f" ({s['shed_at_max_rate']} shed with 503)" if s.get("shed_at_max_rate") else ""
+        print(f"| {s['label']} | {fmt(s['max_passing_cps'], ' cps')}{shed} | "
+              f"{fmt(s['cpu_us_per_call_at_common_rate'], ' µs')} | {fmt(s['cpu_us_per_call_at_max_rate'], ' µs')} |")
+    for name, why in skipped.items():
+        print(f"| {name} | skipped: {why} | | |")
+    for pair, e in ratios.items():
+        bits = []
+        if "cpu_ratio" in e:
+            pairs = ", ".join(f"{x:.2f}" for x in e["cpu_ratio_pairs"])
+            peer = pair.split("/")[1]
+            bits.append(f"CPU/call {e['cpu_ratio']:.2f} at {e['cpu_rate_cps']:.0f} cps ({e['cpu_us_stirgate']:.0f} vs "
+                        f"{e['cpu_us_' + peer]:.0f} µs; ratio of each pair {pairs})")
+        if "max_rate_ratio" in e:
+            bits.append(f"highest passing rate {e['max_rate_ratio']:.2f}")
+        if "cpu_ratio_at_max_rates" in e:
+            bits.append(f"CPU/call at each one's highest rate {e['cpu_ratio_at_max_rates']:.2f}")
+        print(f"{pair} [{mode}]: " + "; ".join(bits))
+    header = "Behaviour at the first failing rate (retransmissions show where messages were late or lost):"
+    for name, sw in sweeps.items():
+        best = sw.best()
+        fails = [x for x in sw.steps if not x.passed and not x.error and (best is None or x.rate > best.rate)]
+        if not fails:
+            continue
+        if header:
+            print(header)
+            header = ""
+        f = min(fails, key=lambda x: x.rate)
+        print(f"  {name} at {f.rate:.0f} cps: {describe_failure(f)}; 503 received {f.shed}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -214,130 +345,93 @@ def main(argv: list[str] | None = None) -> int:
         if name == "stirgate":
             suts.append(Stirgate(Addr.parse(args.stirgate_listen).offset(off), uas, uacs, rundir,
                                  workers=args.workers, log_level=args.log_level, worker_port_base=5100 + off,
-                                 records=args.records))
+                                 records=args.records, max_calls_in_setup=args.max_calls_in_setup))
         elif name == "kamailio":
-            suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir))
+            suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir, pike=not args.no_pike))
         elif name == "sippy":
             suts.append(Sippy(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir))
         else:
             print(f"unknown SUT {name!r} (stirgate, kamailio, sippy)", file=sys.stderr)
             return 2
 
-    print(f"bench: {', '.join(names)}; {args.uacs} UAC(s) {', '.join(map(str, uacs))} -> SUT -> UAS {uas}; "
-          f"{args.duration:g} s steps; stirgate workers {args.workers}; files in {rundir}", flush=True)
+    sip_modes = [m for m in args.modes if m in SIP_MODES]
+    print(f"bench: modes {', '.join(args.modes)}; {', '.join(names)}; {args.uacs} UAC(s) "
+          f"{', '.join(map(str, uacs))} -> SUT -> UAS {uas}; {args.duration:g} s steps; stirgate workers "
+          f"{args.workers}; files in {rundir}", flush=True)
     # stirgate runs from the working tree (editable install) and is restarted each step: note the commit at
     # both ends of the run, and whether proxy/ had uncommitted changes.
     rev_start = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    sweeps: dict[str, Sweep] = {}
+    pki: Pki | None = None
+    x5u: X5uServer | None = None
+    if any(MODES[m].needs_pki for m in sip_modes):
+        pki = make_pki(rundir, VENV_BIN / "stirgate", Addr.parse(args.x5u_listen).offset(off))
+    all_sweeps: dict[str, dict[str, Sweep]] = {}
+    results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    for sut in suts:
-        why = sut.available()
-        if why:
-            print(f"{sut.name}: skipped: {why}", flush=True)
-            skipped[sut.name] = why
-            continue
-        print(f"{sut.label}:", flush=True)
-        sw = Sweep(sut, args, rundir, uacs, uas)
-        sweeps[sut.name] = sw
-        try:
-            sw.sweep()
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            break
+    try:
+        for name in [m for m in args.modes if m in STANDALONE_MODES]:
+            results[name] = run_standalone(name, rundir)
+        for sut in suts:
+            why = sut.available()
+            if why:
+                print(f"{sut.name}: skipped: {why}", flush=True)
+                skipped[sut.name] = why
+        for m in sip_modes:
+            mode = MODES[m]
+            if mode.needs_x5u_server and x5u is None and pki is not None:
+                x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
+                x5u.start()
+                print(f"x5u server on https://{x5u.listen}/ (PID {x5u.proc.pid if x5u.proc else '?'})", flush=True)
+            sweeps: dict[str, Sweep] = {}
+            all_sweeps[m] = sweeps
+            for sut in suts:
+                if sut.name in skipped:
+                    continue
+                print(f"{sut.label} [mode {m}]:", flush=True)
+                sw = Sweep(sut, args, rundir, uacs, uas, mode, pki)
+                sweeps[sut.name] = sw
+                sw.sweep()
+            ratios: dict[str, Any] = {}
+            sg = sweeps.get("stirgate")
+            if sg is not None and sg.best() is not None and not args.rates:
+                for peer in ("kamailio", "sippy"):
+                    pw = sweeps.get(peer)
+                    if pw is not None and pw.best() is not None:
+                        ratios[f"stirgate/{peer}"] = compare(sg, pw, args)
+            summary: dict[str, Any] = {}
+            for name, sw in sweeps.items():
+                best = sw.best()
+                summary[name] = {
+                    "label": sw.sut.label,
+                    "max_passing_cps": best.rate if best else None,
+                    "cpu_us_per_call_at_common_rate": cpu_at(sw, args.common_rate),
+                    "cpu_us_per_call_at_max_rate": best.cpu_us_per_call if best else None,
+                    "p99_ms_at_max_rate": best.p99_ms if best else None,
+                    "shed_at_max_rate": best.shed if best else None,
+                    "steps": len(sw.steps),
+                }
+            print_mode(m, sweeps, skipped, ratios, summary, args)
+            results[m] = {"summary": summary, "ratios": ratios}
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        if x5u is not None:
+            x5u.stop()
 
-    # CPU per call compared like for like: at the common rate, or (when one of the pair cannot pass it)
-    # at the highest rate both pass, measuring the faster one there if needed.
-    ratios: dict[str, Any] = {}
-    sg = sweeps.get("stirgate")
-    if sg is not None and sg.best() is not None and not args.rates:
-        for peer in ("kamailio", "sippy"):
-            pw = sweeps.get(peer)
-            if pw is None or pw.best() is None:
-                continue
-            rate = min(args.common_rate, sg.best().rate, pw.best().rate)  # type: ignore[union-attr]
-            for sw in (sg, pw):
-                if not sw.passed(rate):
-                    print(f"{sw.sut.label}: CPU at {rate:.0f} cps for the comparison with {peer}", flush=True)
-                    sw.run(rate, args.confirm)
-            # Paired, alternating re-measurements: the background load drifts, so each pair of steps run
-            # back to back gives one ratio; the median of those ratios is the figure.
-            pair_ratios: list[float] = []
-            a, b = sg.passed(rate), pw.passed(rate)
-            if args.pairs == 0 and a and b and a.cpu_us_per_call and b.cpu_us_per_call:
-                pair_ratios.append(a.cpu_us_per_call / b.cpu_us_per_call)
-            paired: list[StepResult] = []
-            for k in range(args.pairs):
-                print(f"CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps: stirgate then {peer}", flush=True)
-                a, b = sg.run(rate), pw.run(rate)
-                if a.clean and b.clean and a.cpu_us_per_call and b.cpu_us_per_call:
-                    pair_ratios.append(a.cpu_us_per_call / b.cpu_us_per_call)
-                    paired += [a, b]
-            entry: dict[str, Any] = {"cpu_rate_cps": rate}
-            if pair_ratios:
-                entry["cpu_ratio"] = round(statistics.median(pair_ratios), 3)
-                entry["cpu_ratio_pairs"] = [round(x, 3) for x in pair_ratios]
-                pool = paired or [x for x in (*sg.steps, *pw.steps) if x.passed and x.rate == rate]
-                entry["cpu_us_stirgate"] = statistics.median(
-                    x.cpu_us_per_call for x in pool if x.sut == "stirgate" and x.cpu_us_per_call)
-                entry[f"cpu_us_{peer}"] = statistics.median(
-                    x.cpu_us_per_call for x in pool if x.sut == peer and x.cpu_us_per_call)
-            ba, bb = sg.best(), pw.best()
-            if ba and bb:
-                entry["max_rate_ratio"] = round(ba.rate / bb.rate, 3)
-                if ba.cpu_us_per_call and bb.cpu_us_per_call:
-                    entry["cpu_ratio_at_max_rates"] = round(ba.cpu_us_per_call / bb.cpu_us_per_call, 3)
-            ratios[f"stirgate/{peer}"] = entry
-
-    summary: dict[str, Any] = {}
-    for name, sw in sweeps.items():
-        best = sw.best()
-        common = sw.passed(args.common_rate)
-        summary[name] = {
-            "label": sw.sut.label,
-            "max_passing_cps": best.rate if best else None,
-            "cpu_us_per_call_at_common_rate": statistics.median(
-                x.cpu_us_per_call for x in sw.steps if x.passed and x.rate == args.common_rate and x.cpu_us_per_call
-            ) if common else None,
-            "cpu_us_per_call_at_max_rate": best.cpu_us_per_call if best else None,
-            "p99_ms_at_max_rate": best.p99_ms if best else None,
-            "steps": len(sw.steps),
-        }
-
-    print()
-    print(f"Results ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, {args.duration:g} s steps, "
-          f"{args.uacs} UAC(s), stirgate --workers {args.workers}):")
-    hdr = f"| system | highest passing rate | CPU/call at {args.common_rate:.0f} cps | CPU/call at highest rate |"
-    print(hdr)
-    print("|---|---|---|---|")
-    for s in summary.values():
-        print(f"| {s['label']} | {fmt(s['max_passing_cps'], ' cps')} | "
-              f"{fmt(s['cpu_us_per_call_at_common_rate'], ' µs')} | {fmt(s['cpu_us_per_call_at_max_rate'], ' µs')} |")
-    for name, why in skipped.items():
-        print(f"| {name} | skipped: {why} | | |")
-    for pair, e in ratios.items():
-        bits = []
-        if "cpu_ratio" in e:
-            pairs = ", ".join(f"{x:.2f}" for x in e["cpu_ratio_pairs"])
-            peer = pair.split("/")[1]
-            bits.append(f"CPU/call {e['cpu_ratio']:.2f} at {e['cpu_rate_cps']:.0f} cps ({e['cpu_us_stirgate']:.0f} vs "
-                        f"{e['cpu_us_' + peer]:.0f} µs; ratio of each pair {pairs})")
-        if "max_rate_ratio" in e:
-            bits.append(f"highest passing rate {e['max_rate_ratio']:.2f}")
-        if "cpu_ratio_at_max_rates" in e:
-            bits.append(f"CPU/call at each one's highest rate {e['cpu_ratio_at_max_rates']:.2f}")
-        print(f"{pair}: " + "; ".join(bits))
-
-    header = "\nBehaviour at the first failing rate (retransmissions show where messages were late or lost):"
-    for name, sw in sweeps.items():
-        best = sw.best()
-        fails = [x for x in sw.steps if not x.passed and not x.error and (best is None or x.rate > best.rate)]
-        if not fails:
-            continue
-        if header:
-            print(header)
-            header = ""
-        f = min(fails, key=lambda x: x.rate)
-        print(f"  {name} at {f.rate:.0f} cps: {describe_failure(f)}")
+    # What each mode adds to each system's CPU per call over its relay, at the common rate (same run).
+    relay = all_sweeps.get("relay")
+    added: dict[str, dict[str, float | None]] = {}
+    if relay:
+        for m in ("sign", "verify"):
+            for name, sw in all_sweeps.get(m, {}).items():
+                base, val = relay.get(name), cpu_at(sw, args.common_rate)
+                b = cpu_at(base, args.common_rate) if base else None
+                added.setdefault(m, {})[name] = round(val - b, 1) if val is not None and b is not None else None
+        if added:
+            print(f"\nCPU per call each mode adds over the relay, at {args.common_rate:.0f} cps (medians, same run):")
+            for m, per in added.items():
+                print(f"  {m}: " + ", ".join(f"{n} {'n/a' if v is None else f'{v:+.0f} µs'}" for n, v in per.items()))
+    results["added_over_relay_us"] = added
 
     doc = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -357,9 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         "addresses": {"uacs": [str(a) for a in uacs], "uas": str(uas),
                       "suts": {s.name: str(s.listen) for s in suts}},
         "skipped": skipped,
-        "summary": summary,
-        "ratios": ratios,
-        "steps": [as_dict(s) for sw in sweeps.values() for s in sw.steps],
+        "modes": results,
+        # relay-mode keys as before, for readers of older JSON
+        "summary": results.get("relay", {}).get("summary", {}),
+        "ratios": results.get("relay", {}).get("ratios", {}),
+        "steps": [as_dict(s) for sweeps in all_sweeps.values() for sw in sweeps.values() for s in sw.steps],
     }
     path = out / f"bench-{stamp}.json"
     path.write_text(json.dumps(doc, indent=2, default=str))

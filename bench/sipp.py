@@ -149,8 +149,11 @@ class UACResult:
 
 class UAC:
     def __init__(self, idx: int, addr: Addr, target: Addr, rate: float, calls: int, stepdir: Path,
-                 time_limit: float, keep_traces: bool = False) -> None:
+                 time_limit: float, keep_traces: bool = False, scenario: Path | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.keep_traces = keep_traces
+        self.scenario = scenario or SCENARIOS / "uac.xml"
+        self.extra_args = extra_args or []
         self.addr = addr
         self.target = target
         self.rate = rate
@@ -163,7 +166,7 @@ class UAC:
 
     def start(self) -> None:
         cmd = [
-            SIPP, str(self.target), "-sf", str(SCENARIOS / "uac.xml"),
+            SIPP, str(self.target), "-sf", str(self.scenario), *self.extra_args,
             "-i", self.addr.host, "-p", str(self.addr.port), "-s", "12025550199",
             "-r", f"{self.rate:g}", "-rp", "1000", "-m", str(self.calls),
             "-l", str(min(15000, max(1000, int(self.rate * 30)))),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class StepResult:
     uac_timeouts: int = 0
     uac_unexpected: int = 0
     uac_counts: dict[str, int] = field(default_factory=dict)
+    shed: int = 0                       # INVITEs answered 503 (flood mode: load shed), from SIPp's counts
+    mode: str = "relay"
     uas: dict[str, Any] = field(default_factory=dict)
     sut_log_warnings: int = 0
     sut_log_sample: list[str] = field(default_factory=list)
@@ -68,10 +71,13 @@ class StepResult:
         why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
         if self.error:
             why = f" (error: {self.error})"
-        return (f"{self.sut:<9} {self.rate:>7.0f} cps  {verdict}  ok {self.successful}/{self.target_calls}"
+        shed = f"  503 {self.shed}" if self.shed else ""
+        return (f"{self.sut:<9} {self.mode:<6} {self.rate:>7.0f} cps  {verdict}"
+                f"  ok {self.successful}/{self.target_calls}"
                 f"  fail {self.fail_pct:.3f}%  rate {self.achieved_pct:.1f}%  p99 {p99} ms"
                 f"  cpu {cpu} us/call  sut {self.sut_cpu_pct:.0f}%  others {self.others_cpu_pct:.0f}%"
-                f"  retrans uac {self.uac_retransmissions} uas {self.uas.get('retransmissions_sent', 0)}{split}{why}")
+                f"  retrans uac {self.uac_retransmissions} uas {self.uas.get('retransmissions_sent', 0)}"
+                f"{shed}{split}{why}")
 
 
 def percentile(values: list[int], q: float) -> float | None:
@@ -95,7 +101,7 @@ def wait_free(addrs: list[Addr], wait: float) -> list[Addr]:
 def _log_warnings(path: Path | None, limit: int = 8) -> tuple[int, list[str]]:
     if path is None or not path.exists():
         return 0, []
-    n, sample = 0, []
+    n, sample = 0, list[str]()
     with open(path, errors="replace") as f:
         for line in f:
             low = line.lower()
@@ -108,11 +114,15 @@ def _log_warnings(path: Path | None, limit: int = 8) -> tuple[int, list[str]]:
 
 
 def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs: list[Addr],
-             uas_addr: Addr, drain: float, busy_wait: float, tail: float, keep_traces: bool = False) -> StepResult:
+             uas_addr: Addr, drain: float, busy_wait: float, tail: float, keep_traces: bool = False,
+             mode: str = "relay", scenario: Path | None = None,
+             uac_args: Callable[[int, Path, int], list[str]] | None = None) -> StepResult:
+    """One step. `uac_args(i, stepdir, calls)` (run before the SUT starts: e.g. signing the Identity values the
+    UACs send, so that their iat is the step's start) gives extra SIPp arguments for UAC i."""
     stepdir.mkdir(parents=True, exist_ok=True)
     n = len(uac_addrs)
     per_uac_calls = max(1, round(rate * duration / n))
-    res = StepResult(sut=sut.name, rate=rate, duration=duration, target_calls=per_uac_calls * n)
+    res = StepResult(sut=sut.name, rate=rate, duration=duration, target_calls=per_uac_calls * n, mode=mode)
 
     busy = wait_free([sut.listen, *sut.extra_addrs(), uas_addr, *uac_addrs], busy_wait)
     if busy:
@@ -122,6 +132,7 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
     uas = UAS(uas_addr, stepdir)
     uacs: list[UAC] = []
     try:
+        extra = [uac_args(i, stepdir, per_uac_calls) if uac_args else [] for i in range(n)]
         sut.start(stepdir)
         res.listen_sockets = sut.sockets_on_listen()
         uas.start()
@@ -135,7 +146,8 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
         res.uac_addrs = [str(a) for a in uac_addrs]
         res.notes.extend(sut.notes)
         for i, a in enumerate(uac_addrs):
-            u = UAC(i, a, sut.listen, rate / n, per_uac_calls, stepdir, time_limit, keep_traces)
+            u = UAC(i, a, sut.listen, rate / n, per_uac_calls, stepdir, time_limit, keep_traces,
+                    scenario=scenario, extra_args=extra[i])
             u.start()
             uacs.append(u)
         results: list[UACResult] = [u.wait() for u in uacs]
@@ -206,6 +218,7 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
         for k, v in r.counts.items():
             merged[k] = merged.get(k, 0) + v
     res.uac_counts = merged
+    res.shed = sum(v for k, v in merged.items() if "_503_" in k and k.endswith("_Recv"))
     res.uas = uas.results()
     res.sut_log_warnings, res.sut_log_sample = _log_warnings(sut.log_path)
     res.sut_stats = sut.engine_stats()
