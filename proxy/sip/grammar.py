@@ -23,6 +23,10 @@ __all__ = [
 ]
 
 
+#: NamedTuple's generated __new__ is Python code; building the tuple directly is a C call (hot path).
+_new = tuple.__new__
+
+
 class ParseError(ValueError):
     """The bytes are not a SIP message we can address a response to, or a value breaks the SIP grammar."""
 
@@ -140,7 +144,7 @@ def parse_via(value: str) -> Via:
     host, port = _split_host_port(sent_by)
     if not host:
         raise GrammarError("Via without sent-by host")
-    return Via(transport, host, port, tuple(params))
+    return _new(Via, (transport, host, port, tuple(params)))
 
 
 def _split_host_port(hostport: str) -> tuple[str, int | None]:
@@ -205,8 +209,8 @@ def parse_uri(text: str) -> Uri:
             params = parse_params(rest[semi + 1 :]) if semi >= 0 else []
             if not number:
                 raise GrammarError("empty tel URI")
-            return Uri(scheme, number, "", None, tuple(params), text)
-        return Uri(scheme, None, rest, None, (), text)
+            return _new(Uri, (scheme, number, "", None, tuple(params), text))
+        return _new(Uri, (scheme, None, rest, None, (), text))
     if _BAD_URI_CHARS.search(rest):
         raise GrammarError("illegal character in SIP URI")
     q = rest.find("?")
@@ -225,7 +229,7 @@ def parse_uri(text: str) -> Uri:
     host, port = _split_host_port(hostport)
     if not host:
         raise GrammarError("SIP URI without host")
-    return Uri(scheme, user, host.lower(), port, tuple(params), text)
+    return _new(Uri, (scheme, user, host.lower(), port, tuple(params), text))
 
 
 class NameAddr(NamedTuple):
@@ -281,7 +285,7 @@ def parse_name_addr(value: str) -> NameAddr:
         params = parse_params(tail[1:]) if tail else []
         if not uri:
             raise GrammarError("empty URI")
-        return NameAddr(prefix, uri, display, tuple(params))
+        return _new(NameAddr, (prefix, uri, display, tuple(params)))
     if '"' in value:
         raise GrammarError("display name without <URI>")
     # addr-spec form: header params start at the first ';' (RFC 3261 20.10).
@@ -292,7 +296,7 @@ def parse_name_addr(value: str) -> NameAddr:
         # RFC 3261 20: a URI with headers or commas must be in <...>.
         raise GrammarError("bad addr-spec")
     params = parse_params(value[semi + 1 :]) if semi >= 0 else []
-    return NameAddr(uri, uri, None, tuple(params))
+    return _new(NameAddr, (uri, uri, None, tuple(params)))
 
 
 def _find_unquoted(value: str, ch: str) -> int:

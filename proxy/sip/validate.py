@@ -5,6 +5,8 @@ Each failure names the problem in the reason phrase, so the peer's engineer can 
 
 from __future__ import annotations
 
+import re
+
 from proxy.sip.grammar import ParseError, parse_uri
 from proxy.sip.message import Request
 
@@ -13,6 +15,11 @@ __all__ = ["MAGIC_COOKIE", "MAX_RURI_LENGTH", "check_request"]
 MAGIC_COOKIE = "z9hG4bK"
 MAX_RURI_LENGTH = 512
 _ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
+#: A sip/sips/tel URI with nothing that could break a header: the common From/To, accepted without a full parse.
+_PLAIN_URI = re.compile(
+    r"(?i:sips?):(?:[A-Za-z0-9\-_.!~*'()%&=+$,;?/:]+@)?[A-Za-z0-9.\-]+(?::\d{1,5})?(?:;[A-Za-z0-9\-_.!~*'%=]+)*"
+    r"|(?i:tel):\+?[0-9\-.()*#]+(?:;[A-Za-z0-9\-_.!~*'%=+]+)*"
+)
 _IN_DIALOG_PREFIXES = frozenset({"sip:", "sips"})
 _COUNTED = ("to", "from", "call-id", "cseq", "max-forwards", "via", "proxy-require", "content-length")
 _SINGLE = (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq"), ("max-forwards", "Max-Forwards"),
@@ -68,7 +75,8 @@ def check_request(req: Request, max_ruri: int = MAX_RURI_LENGTH) -> tuple[int, s
             break  # in-dialog: the dialog's INVITE was checked in full
         try:
             na = req.from_ if key == "from" else req.to
-            parse_uri(na.uri)
+            if not _PLAIN_URI.fullmatch(na.uri):
+                parse_uri(na.uri)  # the full parse names what is wrong with an unusual one
         except ParseError:
             return 400, f"Bad {name}"
     contact = req.header("contact")
