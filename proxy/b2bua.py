@@ -135,6 +135,10 @@ class Leg:
     """One dialog of the call, as stirgate sees it."""
 
     __slots__ = (
+        "_from_header",
+        "_local_value",
+        "_to_header",
+        "_to_tag_seen",
         "ack_bytes",
         "call_id",
         "contact",
@@ -174,6 +178,10 @@ class Leg:
         self.local_cseq = 0
         self.invite_cseq = 0
         self.learned: tuple[str | None, list[str]] | None = None
+        self._from_header: Header | None = None
+        self._local_value: str | None = None
+        self._to_header: Header | None = None
+        self._to_tag_seen: str | None = None
         self.target = target
         self.transport = target[0]
         self.contact = contact
@@ -182,6 +190,28 @@ class Leg:
         self.ack_bytes = b""
         self.retx: bytes | None = None
         self.retx_interval = 0.0
+
+    def local_value(self) -> str:
+        """Our side's identity on this leg with our tag (From in our requests, To in our answers): made once."""
+        value = self._local_value
+        if value is None:
+            value = self._local_value = self.local_na.format(tag=self.local_tag)
+        return value
+
+    def from_header(self) -> Header:
+        h = self._from_header
+        if h is None:
+            h = self._from_header = Header.make("from", self.local_value())
+        return h
+
+    def to_header(self) -> Header:
+        """The peer's identity with its tag (none before it answered); remade only when the tag changes."""
+        h = self._to_header
+        if h is None or self._to_tag_seen != self.remote_tag:
+            value = self.remote_na.format(tag=self.remote_tag, drop_tag=self.remote_tag is None)
+            h = self._to_header = Header.make("to", value)
+            self._to_tag_seen = self.remote_tag
+        return h
 
     def learn_remote(self, msg: Request | Response, route_reversed: bool) -> None:
         """Remote target and route set from a dialog-forming message (RFC 3261 12.1).
@@ -211,10 +241,11 @@ class Leg:
                 max_forwards: int = 70) -> Request:
         """A request inside this leg's dialog."""
         headers = [Header.make("via", f"SIP/2.0/{self.transport.upper()} {via_host};branch={branch};rport")]
-        headers.extend(Header.make("route", r) for r in self.route_set)
+        if self.route_set:
+            headers.extend(Header.make("route", r) for r in self.route_set)
         headers.append(Header.make("max-forwards", str(max_forwards)))
-        headers.append(Header.make("from", self.local_na.format(tag=self.local_tag)))
-        headers.append(Header.make("to", self.remote_na.format(tag=self.remote_tag, drop_tag=self.remote_tag is None)))
+        headers.append(self.from_header())
+        headers.append(self.to_header())
         headers.append(Header.make("call-id", self.call_id))
         headers.append(Header.make("cseq", f"{cseq} {method}"))
         if method in ("INVITE", "UPDATE", "SUBSCRIBE", "REFER", "NOTIFY"):
@@ -736,7 +767,7 @@ class Call:
             if h.key == "from" or h.key == "call-id" or h.key == "cseq":
                 headers.append(h)
             elif h.key == "to":
-                headers.append(h if req.to_tag is not None else Header.make("to", req.to.format(tag=x.local_tag)))
+                headers.append(h if req.to_tag is not None else Header.make("to", x.local_value()))
         if resp.has("contact"):
             headers.append(Header.make("contact", x.contact))
         headers.extend(passthrough(resp.headers))
