@@ -563,9 +563,10 @@ class Sipp:
         for attempt in range(attempts):
             self._start_once()
             assert self.proc is not None
-            if self.proc.poll() is None or "Unable to bind main socket" not in _read(self.dir / "errors.log"):
+            if self.proc.poll() is None or "Unable to bind" not in _read(self.dir / "errors.log"):
                 break
-            # Lost a race for the port with another process on this machine: wait for it, try again.
+            # Lost a race for a port (SIP, control or media) with another process on this machine: try again
+            # (command() picks fresh control and media ports).
             (self.dir / f"errors-attempt{attempt}.log").write_text(_read(self.dir / "errors.log"))
             (self.dir / "errors.log").unlink(missing_ok=True)
         if self.remote is None and self.proc.poll() is not None:
