@@ -590,13 +590,20 @@ class Sipp:
         wait_until(lambda: proc.poll() is not None or owns_socket(proc.pid, self.local_ip, self.port, transport),
                    f"SIPp {self.name} to bind {transport}:{self.local_ip}:{self.port}")  # fmt: skip
 
-    def wait(self, timeout: float | None = None) -> SippResult:
+    def wait(self, timeout: float | None = None, retries: int = 2) -> SippResult:
         assert self.proc is not None
         try:
             self.proc.wait(timeout=timeout if timeout is not None else self.timeout_s + WAIT_MARGIN_S)
         except subprocess.TimeoutExpired:
             self.kill()
-        return self.result()
+        result = self.result()
+        if retries and result.returncode != 0 and "Unable to bind" in result.errors and not result.messages:
+            # A port race lost after the SIP socket was bound (e.g. the control socket): nothing was sent yet.
+            (self.dir / f"errors-lost-race{retries}.log").write_text(result.errors)
+            (self.dir / "errors.log").unlink(missing_ok=True)
+            self.start()
+            return self.wait(timeout, retries - 1)
+        return result
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
