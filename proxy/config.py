@@ -195,8 +195,13 @@ class Route(_Base, frozen=True, rename={"from_": "from"}, kw_only=True):
     trunks: list[str]
 
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
 class LoggingSettings(_Base, frozen=True):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: LogLevel = "info"
+    #: Per component (`call`, `transport`, `records`, `server`), overriding `level`: e.g. {call: warning}.
+    components: dict[Literal["call", "transport", "records", "server"], LogLevel] = {}
 
 
 class _RawConfig(_Base, frozen=True):

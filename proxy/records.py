@@ -42,7 +42,7 @@ __all__ = [
     "traceback",
 ]
 
-log = structlog.get_logger("stirgate.records")
+log = structlog.get_logger("stirgate.records", component="records")
 
 #: (policy name, mode such as "enforce" or "dry-run", action such as "reject" or "tag").
 PolicyDecision = tuple[str, str, str]

@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
 import structlog
 
@@ -25,18 +26,34 @@ from proxy.transport import SipServer
 
 __all__ = ["configure_logging", "run"]
 
-log = structlog.get_logger("stirgate")
+log = structlog.get_logger("stirgate", component="server")
 
 
-def configure_logging(level: str) -> None:
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL, "exception": logging.ERROR}
+
+
+def configure_logging(level: str, components: Mapping[str, str] | None = None) -> None:
+    """JSON lines on stderr; `components` raise or lower the level of one part (the `component` key each
+    module's logger binds), so a carrier can silence the per-call lines and keep the rest."""
+    levels = {name: _LEVELS[lvl] for name, lvl in (components or {}).items()}
+    floor = min([_LEVELS[level], *levels.values()])
+    default = _LEVELS[level]
+
+    def by_component(_logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if _LEVELS.get(method, logging.INFO) < levels.get(event.get("component", ""), default):
+            raise structlog.DropEvent
+        return event
+
     structlog.configure(
         processors=[
+            by_component,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(floor),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
@@ -62,7 +79,7 @@ async def _full_gc(interval: float) -> None:
 
 def _call_logger() -> Callable[[Call], None]:
     """One JSON line per call, written when it ends: the decision and its identifiers (not one per message)."""
-    call_log = structlog.get_logger("stirgate.call")
+    call_log = structlog.get_logger("stirgate.call", component="call")
 
     def log_call(call: Call) -> None:
         inbound = call.inbound
@@ -224,7 +241,7 @@ def _run_worker(config: Config, worker: int, workers: int) -> int:
 
 
 def run(config: Config, workers: int = 1) -> int:
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, {str(k): v for k, v in config.logging.components.items()})
     if workers <= 1:
         return _run_worker(config, 0, 1)
     children: list[int] = []

@@ -22,7 +22,7 @@ from proxy.stir.certs import CertEntry
 
 __all__ = ["SipServer"]
 
-log = structlog.get_logger("stirgate.transport")
+log = structlog.get_logger("stirgate.transport", component="transport")
 
 #: Timers are coalesced to this resolution: one wake-up per 10 ms at most, whatever the call rate.
 TIMER_RESOLUTION = 0.01
