@@ -387,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             for sut in suts:
                 if sut.name in skipped:
                     continue
-                print(f"{sut.label} [mode {m}]:", flush=True)
                 sw = Sweep(sut, args, rundir, uacs, uas, mode, pki)
+                print(f"{sut.label} [mode {m}]:", flush=True)
                 sweeps[sut.name] = sw
                 sw.sweep()
             ratios: dict[str, Any] = {}
@@ -418,19 +418,37 @@ def main(argv: list[str] | None = None) -> int:
         if x5u is not None:
             x5u.stop()
 
-    # What each mode adds to each system's CPU per call over its relay, at the common rate (same run).
+    # What each mode adds to each system's CPU per call over its relay at the common rate: relay and mode steps
+    # run back to back (--pairs times; the background load drifts between sweeps), median of the differences.
     relay = all_sweeps.get("relay")
-    added: dict[str, dict[str, float | None]] = {}
-    if relay:
-        for m in ("sign", "verify"):
-            for name, sw in all_sweeps.get(m, {}).items():
-                base, val = relay.get(name), cpu_at(sw, args.common_rate)
-                b = cpu_at(base, args.common_rate) if base else None
-                added.setdefault(m, {})[name] = round(val - b, 1) if val is not None and b is not None else None
-        if added:
-            print(f"\nCPU per call each mode adds over the relay, at {args.common_rate:.0f} cps (medians, same run):")
-            for m, per in added.items():
-                print(f"  {m}: " + ", ".join(f"{n} {'n/a' if v is None else f'{v:+.0f} µs'}" for n, v in per.items()))
+    added: dict[str, dict[str, Any]] = {}
+    for m in ("sign", "verify"):
+        for name, sw in all_sweeps.get(m, {}).items() if relay else ():
+            base = relay.get(name) if relay else None
+            if base is None or base.best() is None or sw.best() is None:
+                continue
+            rate = min(args.common_rate, base.best().rate, sw.best().rate)  # type: ignore[union-attr]
+            diffs: list[float] = []
+            for k in range(args.pairs):
+                print(f"added-CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps: {name} relay then {m}", flush=True)
+                a, b = base.run(rate), sw.run(rate)
+                if a.clean and b.clean and a.cpu_us_per_call and b.cpu_us_per_call:
+                    diffs.append(b.cpu_us_per_call - a.cpu_us_per_call)
+            va, vb = cpu_at(base, rate), cpu_at(sw, rate)
+            added.setdefault(m, {})[name] = {
+                "rate_cps": rate,
+                "paired_median_us": round(statistics.median(diffs), 1) if diffs else None,
+                "pairs_us": [round(d, 1) for d in diffs],
+                "all_steps_median_us": round(vb - va, 1) if va is not None and vb is not None else None,
+            }
+    if added:
+        print("\nCPU per call each mode adds over the same system's relay (same run):")
+        for m, per in added.items():
+            for name, e in per.items():
+                pm, am = e["paired_median_us"], e["all_steps_median_us"]
+                print(f"  {m} {name} at {e['rate_cps']:.0f} cps: back-to-back pairs "
+                      f"{'n/a' if pm is None else f'{pm:+.0f} µs'} ({', '.join(f'{d:+.0f}' for d in e['pairs_us'])}); "
+                      f"medians of every clean step {'n/a' if am is None else f'{am:+.0f} µs'}")
     results["added_over_relay_us"] = added
 
     doc = {
