@@ -167,12 +167,22 @@ def per_minute(db: str | Path | sqlite3.Connection, since: float, until: float) 
         rows = conn.execute(
             "SELECT CAST(invite_at / 60 AS INTEGER), COALESCE(verstat, 'none'), COUNT(*) FROM calls "
             "WHERE invite_at >= ? AND invite_at < ? GROUP BY 1, 2 ORDER BY 1", (since, until))
+        counts: dict[str, dict[int, int]] = {}
         for minute, verstat, n in rows:
-            out.setdefault(verstat, []).append((minute * 60.0, n))
+            counts.setdefault(verstat, {})[minute] = n
     finally:
         if own:
             conn.close()
+    # Every minute of the window, quiet ones as zeros: a gap in traffic is information, not a line to draw over.
+    minutes = range(int(since // 60), int((until - 1e-9) // 60) + 1)
+    for verstat, by_minute in counts.items():
+        out[verstat] = [(m * 60.0, by_minute.get(m, 0)) for m in minutes]
     return out
+
+
+_PLOT_ORDER = {"TN-Validation-Passed": 0, "No-TN-Validation": 1, "none": 2, "TN-Validation-Failed": 3}
+_PLOT_COLOURS = {"TN-Validation-Passed": "#2e7d32", "No-TN-Validation": "#f9a825", "none": "#90a4ae",
+                 "TN-Validation-Failed": "#c62828"}
 
 
 def plot_per_minute(series: dict[str, list[tuple[float, int]]], path: str | Path, title: str = "") -> str | None:
@@ -186,9 +196,11 @@ def plot_per_minute(series: dict[str, list[tuple[float, int]]], path: str | Path
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib); no plot drawn"
     fig, ax = plt.subplots(figsize=(11, 4.5))
-    for verstat, points in sorted(series.items()):
-        xs = [datetime.datetime.fromtimestamp(t, datetime.UTC) for t, _ in points]
-        ax.plot(xs, [n for _, n in points], label=verstat, marker=".", linewidth=1)
+    names = sorted(series, key=lambda v: _PLOT_ORDER.get(v, len(_PLOT_ORDER)))
+    if names:
+        xs = [datetime.datetime.fromtimestamp(t, datetime.UTC) for t, _ in series[names[0]]]
+        ax.stackplot(xs, *[[n for _, n in series[v]] for v in names], labels=names, step="post",
+                     colors=[_PLOT_COLOURS.get(v, "#9e9e9e") for v in names], alpha=0.85)
     ax.set_ylabel("calls / minute")
     ax.set_xlabel("UTC")
     ax.set_title(title or "calls per minute by verstat")
