@@ -327,6 +327,41 @@ def print_mode(mode: str, sweeps: dict[str, Sweep], skipped: dict[str, str], rat
         print(f"  {name} at {f.rate:.0f} cps: {describe_failure(f)}; 503 received {f.shed}")
 
 
+def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Namespace) -> dict[str, Any]:
+    """What each mode adds to each system's CPU per call over its relay at the common rate: relay and mode steps
+    run back to back (--pairs times; the background load drifts between sweeps), median of the differences."""
+    relay = all_sweeps.get("relay")
+    added: dict[str, dict[str, Any]] = {}
+    for m in ("sign", "verify"):
+        for name, sw in all_sweeps.get(m, {}).items() if relay else ():
+            base = relay.get(name) if relay else None
+            if base is None or base.best() is None or sw.best() is None:
+                continue
+            rate = min(args.common_rate, base.best().rate, sw.best().rate)  # type: ignore[union-attr]
+            diffs: list[float] = []
+            for k in range(args.pairs):
+                print(f"added-CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps: {name} relay then {m}", flush=True)
+                a, b = base.run(rate), sw.run(rate)
+                if a.clean and b.clean and a.cpu_us_per_call and b.cpu_us_per_call:
+                    diffs.append(b.cpu_us_per_call - a.cpu_us_per_call)
+            va, vb = cpu_at(base, rate), cpu_at(sw, rate)
+            added.setdefault(m, {})[name] = {
+                "rate_cps": rate,
+                "paired_median_us": round(statistics.median(diffs), 1) if diffs else None,
+                "pairs_us": [round(d, 1) for d in diffs],
+                "all_steps_median_us": round(vb - va, 1) if va is not None and vb is not None else None,
+            }
+    if added:
+        print("\nCPU per call each mode adds over the same system's relay (same run):")
+        for m, per in added.items():
+            for name, e in per.items():
+                pm, am = e["paired_median_us"], e["all_steps_median_us"]
+                print(f"  {m} {name} at {e['rate_cps']:.0f} cps: back-to-back pairs "
+                      f"{'n/a' if pm is None else f'{pm:+.0f} µs'} ({', '.join(f'{d:+.0f}' for d in e['pairs_us'])}); "
+                      f"medians of every clean step {'n/a' if am is None else f'{am:+.0f} µs'}")
+    return added
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -412,44 +447,14 @@ def main(argv: list[str] | None = None) -> int:
                 }
             print_mode(m, sweeps, skipped, ratios, summary, args)
             results[m] = {"summary": summary, "ratios": ratios}
+        # before the x5u server stops: stirgate fetches the certificate again in every step
+        results["added_over_relay_us"] = added_over_relay(all_sweeps, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
         if x5u is not None:
             x5u.stop()
 
-    # What each mode adds to each system's CPU per call over its relay at the common rate: relay and mode steps
-    # run back to back (--pairs times; the background load drifts between sweeps), median of the differences.
-    relay = all_sweeps.get("relay")
-    added: dict[str, dict[str, Any]] = {}
-    for m in ("sign", "verify"):
-        for name, sw in all_sweeps.get(m, {}).items() if relay else ():
-            base = relay.get(name) if relay else None
-            if base is None or base.best() is None or sw.best() is None:
-                continue
-            rate = min(args.common_rate, base.best().rate, sw.best().rate)  # type: ignore[union-attr]
-            diffs: list[float] = []
-            for k in range(args.pairs):
-                print(f"added-CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps: {name} relay then {m}", flush=True)
-                a, b = base.run(rate), sw.run(rate)
-                if a.clean and b.clean and a.cpu_us_per_call and b.cpu_us_per_call:
-                    diffs.append(b.cpu_us_per_call - a.cpu_us_per_call)
-            va, vb = cpu_at(base, rate), cpu_at(sw, rate)
-            added.setdefault(m, {})[name] = {
-                "rate_cps": rate,
-                "paired_median_us": round(statistics.median(diffs), 1) if diffs else None,
-                "pairs_us": [round(d, 1) for d in diffs],
-                "all_steps_median_us": round(vb - va, 1) if va is not None and vb is not None else None,
-            }
-    if added:
-        print("\nCPU per call each mode adds over the same system's relay (same run):")
-        for m, per in added.items():
-            for name, e in per.items():
-                pm, am = e["paired_median_us"], e["all_steps_median_us"]
-                print(f"  {m} {name} at {e['rate_cps']:.0f} cps: back-to-back pairs "
-                      f"{'n/a' if pm is None else f'{pm:+.0f} µs'} ({', '.join(f'{d:+.0f}' for d in e['pairs_us'])}); "
-                      f"medians of every clean step {'n/a' if am is None else f'{am:+.0f} µs'}")
-    results["added_over_relay_us"] = added
 
     doc = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
