@@ -422,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             for sut in suts:
                 if sut.name in skipped:
                     continue
+                if sut.name == "sippy" and (mode.needs_pki or mode.flood):
+                    print(f"{sut.label}: no STIR/SHAKEN and no overload control: not run in mode {m}", flush=True)
+                    continue
                 sw = Sweep(sut, args, rundir, uacs, uas, mode, pki)
                 print(f"{sut.label} [mode {m}]:", flush=True)
                 sweeps[sut.name] = sw
