@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
@@ -19,6 +18,7 @@ from proxy.api import start_api
 from proxy.b2bua import Call
 from proxy.config import Config, ConfigError, load_config
 from proxy.engine import Engine
+from proxy.logsink import logger_factory, render_json, sink
 from proxy.metrics import Metrics, engine_snapshot
 from proxy.records import RecordWriter, call_end_hook
 from proxy.stir.signer import SignedCall
@@ -51,15 +51,15 @@ def configure_logging(level: str, components: Mapping[str, str] | None = None) -
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            render_json,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(floor),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Calls and transactions are freed by reference counting (their links are broken when they end), so the
     cyclic GC only costs time: start-up objects are frozen out of it, young collections are rare, and automatic
     full collections (which walk every lingering transaction: a stall of a large fraction of a second under
@@ -67,6 +67,13 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 1_000_000)
+
+
+async def _flush_logs(interval: float = 0.25) -> None:
+    """Per-call log lines are batched (see proxy.logsink): written out at least this often."""
+    while True:
+        await asyncio.sleep(interval)
+        sink.flush()
 
 
 async def _full_gc(interval: float) -> None:
@@ -204,9 +211,10 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
         except OSError as exc:
             # Calls matter more than metrics: carry them without the API rather than not at all.
             log.error("api_unavailable", listen=config.api.listen, error=str(exc))
-    _tune_gc()
+    tune_gc()
     background = [
         loop.create_task(_full_gc(config.sip.gc_full_interval)),
+        loop.create_task(_flush_logs()),
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
     ]
     log.info("listening", worker=worker, listen=[f"{t}:{h}:{p}" for t, h, p in udp_listens],
@@ -226,7 +234,7 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
         unwritten = writer.flush_and_close()
         log.info("records_closed", worker=worker, written=writer.written, dropped=writer.dropped,
                  lost=writer.lost + unwritten, write_errors=writer.write_errors)
-    log.info("stopped", worker=worker, **engine.stats)
+    log.info("stopped", worker=worker, **engine.stats)  # written at once, after the batched call lines
     return 0
 
 

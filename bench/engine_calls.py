@@ -1,0 +1,150 @@
+"""CPU per call of the sans-I/O engine alone, in memory: the bench call (bench/scenarios/uac.xml and uas.xml)
+replayed through `Engine.receive` and `Engine.handle_timer`, no sockets, no event loop.
+
+This is the user-space share of what a live relay step costs (the rest is the kernel's UDP and uvloop). It is
+repeatable under valgrind (`--callgrind`), so a change to the hot path can be judged by its instruction count
+on a busy machine. Calls overlap as they do at `--rate` calls/s: each INVITE, answer, ACK and BYE arrives at
+its own time and every transaction lingers for its RFC 3261 timers.
+
+    python -m bench.engine_calls                     # 20,000 calls, CPU µs per call
+    python -m bench.engine_calls --profile           # cProfile, top functions by own time
+    valgrind --tool=callgrind python -m bench.engine_calls --calls 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+
+from proxy.config import load_config_text
+from proxy.engine import Engine
+from proxy.server import tune_gc
+from proxy.sip.message import parse
+
+UAC = ("udp", "127.0.0.10", 5060)
+UAS = ("udp", "127.0.0.20", 5060)
+LOCAL = {"udp": ("127.0.0.1", 5060)}
+
+CONFIG = """
+listen: [udp:127.0.0.1:5060]
+trunks:
+  - {name: customer, role: customer, sources: [127.0.0.10], destination: 127.0.0.10:5060, transport: udp}
+  - {name: carrier, role: carrier, sources: [127.0.0.20], destination: 127.0.0.20:5060, transport: udp}
+routes:
+  - {from: [customer], prefix: "", trunks: [carrier]}
+  - {from: [carrier], prefix: "", trunks: [customer]}
+"""
+
+SDP = (b"v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.10\r\ns=-\r\nc=IN IP4 127.0.0.10\r\nt=0 0\r\n"
+       b"m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+
+
+def _uac_request(method: str, i: int, cseq: int, ruri: str, to_tag: str = "") -> bytes:
+    body = SDP if method == "INVITE" else b""
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
+    subject = "Subject: bench\r\n" if method == "INVITE" else ""
+    return (
+        f"{method} {ruri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.10:5060;branch=z9hG4bK-{i}-{cseq}-{method[0]}\r\n"
+        f"From: \"bench\" <sip:+12025550100@127.0.0.10:5060>;tag=1234SIPpTag00{i}\r\n"
+        f"To: <sip:12025550199@127.0.0.1:5060>{to_tag}\r\n"
+        f"Call-ID: {i}-1234@127.0.0.10\r\nCSeq: {cseq} {method}\r\n"
+        f"Contact: <sip:+12025550100@127.0.0.10:5060>\r\nMax-Forwards: 70\r\n{subject}{ctype}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _uas_response(request: bytes, status: int, reason: str, body: bytes = b"") -> bytes:
+    """What SIPp's uas.xml answers: [last_Via:] [last_From:] [last_To:];tag [last_Call-ID:] [last_CSeq:]."""
+    req = parse(request)
+    copied = "".join(f"{h.raw}\r\n" for h in req.headers if h.key in ("via", "from", "call-id", "cseq"))
+    to = req.header("to") or ""
+    if ";tag=" not in to:
+        to += ";tag=5678SIPpTag01"
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
+    return (f"SIP/2.0 {status} {reason}\r\n{copied}To: {to}\r\nContact: <sip:127.0.0.20:5060;transport=UDP>\r\n"
+            f"{ctype}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _take(engine: Engine, prefix: bytes) -> bytes:
+    for data, _target in engine.outbox:
+        if data.startswith(prefix):
+            return data
+    raise AssertionError(f"engine sent no {prefix!r}: {[d[:20] for d, _ in engine.outbox]}")
+
+
+def run(calls: int, rate: float) -> tuple[Engine, float]:
+    """Replay `calls` bench calls; returns the engine and the process CPU seconds spent inside it."""
+    engine = Engine(load_config_text(CONFIG, "<bench>"), LOCAL)
+    tune_gc()  # as `stirgate run` does: the cyclic GC otherwise dominates
+    step = 1.0 / rate
+    now = 0.0
+    cpu = 0.0
+    clock = time.process_time
+    for i in range(calls):
+        now += step
+        invite = _uac_request("INVITE", i, 1, "sip:12025550199@127.0.0.1:5060")
+        t = clock()
+        engine.receive(invite, UAC, now)
+        cpu += clock() - t
+        b_invite = _take(engine, b"INVITE ")
+        engine.outbox.clear()
+        ok = _uas_response(b_invite, 200, "OK", SDP)
+        t = clock()
+        engine.receive(ok, UAS, now + 0.0002)
+        cpu += clock() - t
+        a_ok = parse(_take(engine, b"SIP/2.0 200"))
+        engine.outbox.clear()
+        to_tag = f";tag={a_ok.to_tag}"
+        target = "sip:127.0.0.1:5060"
+        ack = _uac_request("ACK", i, 1, target, to_tag)
+        bye = _uac_request("BYE", i, 2, target, to_tag)
+        t = clock()
+        engine.receive(ack, UAC, now + 0.0004)
+        engine.receive(bye, UAC, now + 0.0005)
+        cpu += clock() - t
+        b_ack = _take(engine, b"ACK ")
+        b_bye = _take(engine, b"BYE ")
+        engine.outbox.clear()
+        bye_ok = _uas_response(b_bye, 200, "OK")
+        t = clock()
+        engine.receive(bye_ok, UAS, now + 0.0007)
+        engine.handle_timer(now + 0.0008)
+        cpu += clock() - t
+        engine.outbox.clear()
+        del b_ack
+    t = clock()
+    engine.handle_timer(now + 60.0)  # every lingering transaction ends
+    cpu += clock() - t
+    assert engine.stats["calls_ended"] == calls, engine.stats
+    assert not engine.calls, len(engine.calls)
+    return engine, cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--rate", type=float, default=1000.0, help="calls per second of engine time (overlap)")
+    ap.add_argument("--profile", action="store_true", help="cProfile the replay, print the top functions")
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (for instruction counts)")
+    args = ap.parse_args(argv)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        run(args.calls, args.rate)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+        return 0
+    if not args.no_warmup:
+        run(min(args.calls, 2000), args.rate)
+    _engine, cpu = run(args.calls, args.rate)
+    print(f"engine CPU per call: {cpu / args.calls * 1e6:.1f} µs over {args.calls} calls at {args.rate:g} cps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
