@@ -135,7 +135,10 @@ class Leg:
     """One dialog of the call, as stirgate sees it."""
 
     __slots__ = (
+        "_call_id_header",
+        "_contact_header",
         "_from_header",
+        "_local_to_header",
         "_local_value",
         "_to_header",
         "_to_tag_seen",
@@ -179,6 +182,9 @@ class Leg:
         self.invite_cseq = 0
         self.learned: tuple[str | None, list[str]] | None = None
         self._from_header: Header | None = None
+        self._call_id_header: Header | None = None
+        self._local_to_header: Header | None = None
+        self._contact_header: Header | None = None
         self._local_value: str | None = None
         self._to_header: Header | None = None
         self._to_tag_seen: str | None = None
@@ -243,15 +249,44 @@ class Leg:
         headers = [Header.make("via", f"SIP/2.0/{self.transport.upper()} {via_host};branch={branch};rport")]
         if self.route_set:
             headers.extend(Header.make("route", r) for r in self.route_set)
-        headers.append(Header.make("max-forwards", str(max_forwards)))
-        headers.append(self.from_header())
+        headers.append(_max_forwards_header(max_forwards))
+        headers.append(self._from_header or self.from_header())
         headers.append(self.to_header())
-        headers.append(Header.make("call-id", self.call_id))
+        headers.append(self._call_id_header or self.call_id_header())
         headers.append(Header.make("cseq", f"{cseq} {method}"))
-        if method in ("INVITE", "UPDATE", "SUBSCRIBE", "REFER", "NOTIFY"):
-            headers.append(Header.make("contact", self.contact))
+        if method in _CONTACT_METHODS:
+            headers.append(self._contact_header or self.contact_header())
         headers.extend(extra)
-        return Request(method, self.remote_target, headers, body)
+        return Request(method, self.remote_target, headers, body, via_key=(branch, via_host), cseq=(cseq, method))
+
+    def local_to_header(self) -> Header:
+        """Our identity with our tag as the To of our answers on this leg: made once."""
+        h = self._local_to_header
+        if h is None:
+            h = self._local_to_header = Header.make("to", self.local_value())
+        return h
+
+    def call_id_header(self) -> Header:
+        h = self._call_id_header = Header.make("call-id", self.call_id)
+        return h
+
+    def contact_header(self) -> Header:
+        h = self._contact_header = Header.make("contact", self.contact)
+        return h
+
+
+#: Requests that carry our Contact (they can change the remote target).
+_CONTACT_METHODS: Final = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "REFER", "NOTIFY"})
+_MAX_FORWARDS: dict[int, Header] = {}
+
+
+def _max_forwards_header(value: int) -> Header:
+    h = _MAX_FORWARDS.get(value)
+    if h is None:
+        h = Header.make("max-forwards", str(value))
+        if 0 <= value <= 255:
+            _MAX_FORWARDS[value] = h
+    return h
 
 
 class Call:
@@ -341,7 +376,7 @@ class Call:
         # Kept for the call record (the INVITE itself is freed at answer).
         self.ruri = invite.uri
         self.pai = invite.header("p-asserted-identity")
-        self.identity_present = invite.has("identity")
+        self.identity_present = invite.header("identity") is not None
         from_na = invite.from_
         contact = invite.contact
         a_target = resolve_target(contact.uri if contact else from_na.uri, source[0], source)
@@ -350,7 +385,7 @@ class Call:
         if contact is not None:
             self.a.remote_target = contact.uri
         self.a.invite_cseq = invite.cseq[0]
-        record_route = invite.values("record-route")
+        record_route = invite.values("record-route") if invite.header("record-route") is not None else None
         if record_route:
             self.a.route_set = record_route
             self.a.target = _first_hop(record_route[0], self.a.transport, self.a.target)
@@ -459,11 +494,11 @@ class Call:
         x = self._leg_of(peer)
         assert x is not None
         out = self._relay_response(peer.request, resp, x)
+        data = self.engine.txns.respond(peer, out, now)
         if txn.method == "INVITE" and 200 <= resp.status < 300 and self.state != ENDED:
             x_cseq = peer.request.cseq[0]
             x.pending_ack[x_cseq] = txn.request.cseq[0]
-            self._start_retx(x, out, now)
-        self.engine.txns.respond(peer, out, now)
+            self._start_retx(x, data, now)
         if txn.method == "BYE" and resp.status >= 200:
             self._end("bye", now)
 
@@ -560,8 +595,7 @@ class Call:
             self.engine.setup_done(self.source[1])
             self.final_status = status
             self.engine.stats["answered"] += 1
-            self.engine.txns.respond(a_txn, out, now)
-            self._start_retx(self.a, out, now)
+            self._start_retx(self.a, self.engine.txns.respond(a_txn, out, now), now)
             self.invite = None  # no failover after an answer: free the original INVITE
             return
         # Final failure from this trunk.
@@ -748,10 +782,11 @@ class Call:
         self._end("ack-timeout", now)
 
     # --- helpers ----------------------------------------------------------------------------------------------
-    def _start_retx(self, leg: Leg, resp: Response, now: float) -> None:
-        """RFC 3261 13.3.1.4: the 2xx is re-sent (over UDP) until its ACK; without one after 64*T1, hang up."""
+    def _start_retx(self, leg: Leg, data: bytes, now: float) -> None:
+        """RFC 3261 13.3.1.4: the 2xx (`data`, as sent) is re-sent over UDP until its ACK; without one after
+        64*T1, hang up."""
         index = "0" if leg is self.a else "1"
-        leg.retx = resp.to_bytes()
+        leg.retx = data
         queue = self.engine.queue
         queue.start(self, "ackwait" + index, now + 64 * self.engine.settings.t1)
         if leg.transport == "udp":
@@ -760,16 +795,19 @@ class Call:
 
     def _relay_response(self, req: Request, resp: Response, x: Leg) -> Response:
         """`resp` (from the other leg) rewritten as the answer to `req` on leg `x`."""
-        headers = [h for h in req.headers if h.key == "via"]
-        if req.method == "INVITE" and req.to_tag is None:
-            headers.extend(h for h in req.headers if h.key == "record-route")
-        for h in req.headers:
-            if h.key == "from" or h.key == "call-id" or h.key == "cseq":
+        to_tag = req.to_tag
+        record_route = req.method == "INVITE" and to_tag is None  # dialog-forming: Record-Route echoed
+        headers: list[Header] = []
+        for h in req.headers:  # one pass, the request's order (Via and Record-Route keep theirs)
+            key = h.key
+            if key == "via" or key == "from" or key == "call-id" or key == "cseq":
                 headers.append(h)
-            elif h.key == "to":
-                headers.append(h if req.to_tag is not None else Header.make("to", x.local_value()))
-        if resp.has("contact"):
-            headers.append(Header.make("contact", x.contact))
+            elif key == "to":
+                headers.append(h if to_tag is not None else x.local_to_header())
+            elif record_route and key == "record-route":
+                headers.append(h)
+        if resp.header("contact") is not None:
+            headers.append(x._contact_header or x.contact_header())
         headers.extend(passthrough(resp.headers))
         return Response(resp.status, resp.reason, headers, resp.body)
 

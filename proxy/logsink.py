@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -22,7 +23,7 @@ BATCHED_LOGGERS = frozenset({"stirgate.call"})
 _encoder = msgspec.json.Encoder(enc_hook=str)
 
 
-def render_json(_logger: object, _method: str, event: dict[str, Any]) -> bytes:
+def render_json(_logger: object, _method: str, event: MutableMapping[str, Any]) -> bytes:
     """structlog's last processor: the event as one JSON line (objects msgspec does not know become str)."""
     return _encoder.encode(event) + b"\n"
 

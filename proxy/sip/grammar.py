@@ -27,6 +27,14 @@ __all__ = [
 _new = tuple.__new__
 
 
+#: Values parsed before, by their text. URIs and name-addrs repeat from call to call (a trunk's Contact, its
+#: Request-URIs, a To without tag); the results are immutable tuples, so a hit costs one dict lookup. Bounded:
+#: cleared when full, so unique values (From with its tag) cannot grow it.
+_CACHE_MAX = 4096
+_URI_CACHE: dict[str, Uri] = {}
+_NAME_ADDR_CACHE: dict[str, NameAddr] = {}
+
+
 class ParseError(ValueError):
     """The bytes are not a SIP message we can address a response to, or a value breaks the SIP grammar."""
 
@@ -194,6 +202,16 @@ _BAD_URI_CHARS = re.compile(r'[ \t<>"]')
 
 def parse_uri(text: str) -> Uri:
     """A SIP/SIPS/tel URI (or any absoluteURI, kept opaque); strict enough to refuse what cannot be routed."""
+    uri = _URI_CACHE.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        if len(_URI_CACHE) >= _CACHE_MAX:
+            _URI_CACHE.clear()
+        _URI_CACHE[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> Uri:
     text = text.strip()
     colon = text.find(":")
     if colon <= 0:
@@ -263,6 +281,17 @@ class NameAddr(NamedTuple):
 
 
 def parse_name_addr(value: str) -> NameAddr:
+    """From/To/Contact/Route: `"display" <uri>;params` or `uri;params`."""
+    na = _NAME_ADDR_CACHE.get(value)
+    if na is None:
+        na = _parse_name_addr(value)
+        if len(_NAME_ADDR_CACHE) >= _CACHE_MAX:
+            _NAME_ADDR_CACHE.clear()
+        _NAME_ADDR_CACHE[value] = na
+    return na
+
+
+def _parse_name_addr(value: str) -> NameAddr:
     value = value.strip()
     lt = _find_unquoted(value, "<")
     if lt >= 0:

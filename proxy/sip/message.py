@@ -59,7 +59,8 @@ COMPACT_FORMS: dict[str, str] = {
 
 #: Names the code asks for by canonical key: looked up without normalising again.
 _CANONICAL = frozenset(
-    {"via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length", "record-route", "route"}
+    {"via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length", "record-route", "route",
+     "identity", "p-asserted-identity", "date", "require", "supported", "rseq", "rack"}
 )
 
 #: Spelling used when stirgate writes a header itself.
@@ -157,6 +158,8 @@ class Message:
 
     def headers_all(self, name: str) -> list[str]:
         """Values of every header line with this name, in order (comma lists not split)."""
+        if self.header(name) is None:
+            return []  # the common case, answered by the index
         key = canonical_name(name)
         return [h.value for h in self.headers if h.key == key]
 
@@ -172,8 +175,7 @@ class Message:
         return sum(1 for h in self.headers if h.key == key)
 
     def has(self, name: str) -> bool:
-        key = canonical_name(name)
-        return any(h.key == key for h in self.headers)
+        return self.header(name) is not None
 
     def set_header(self, name: str, value: str) -> None:
         """Replace every line with this name by one line (at the first one's place, else at the end)."""
@@ -407,11 +409,17 @@ def _fast_tag(value: str) -> str | bool | None:
 class Request(Message):
     __slots__ = ("_ruri", "method", "uri")
 
-    def __init__(self, method: str, uri: str, headers: list[Header], body: bytes = b"") -> None:
+    def __init__(self, method: str, uri: str, headers: list[Header], body: bytes = b"",
+                 via_key: tuple[str, str] | None = None, cseq: tuple[int, str] | None = None) -> None:
         super().__init__(headers, body)
         self.method = method
         self.uri = uri
         self._ruri: Uri | None = None
+        # A request stirgate wrote: what it put in the top Via and CSeq is known without parsing them back.
+        if via_key is not None:
+            self._via_key = via_key
+        if cseq is not None:
+            self._cseq = cseq
 
     def skeleton(self) -> Request:
         """A copy with only the start line and CSeq: what a lingering transaction still needs.

@@ -362,7 +362,8 @@ class TransactionLayer:
         self.servers[key] = txn
         return txn
 
-    def respond(self, txn: Transaction, resp: Response, now: float) -> None:
+    def respond(self, txn: Transaction, resp: Response, now: float) -> bytes:
+        """Send `resp` on a server transaction; returns its bytes (the B2BUA keeps a 2xx's for re-sending)."""
         status = resp.status
         if status < 200:
             event = "send_1xx"
@@ -370,12 +371,14 @@ class TransactionLayer:
             event = "send_2xx"
         else:
             event = "send_final"
-        txn.fire(event, now, resp, resp.to_bytes())
+        data = resp.to_bytes()
+        txn.fire(event, now, resp, data)
+        return data
 
     # --- client side ------------------------------------------------------------------------------------------
     def send_request(self, req: Request, target: Target, tu: TransactionUser, now: float) -> Transaction:
         """Start a client transaction for `req` (its top Via already carries a fresh branch)."""
-        key = (req.via_key[0], req.method, "")
+        key = (req.via_key[0], req.method, "")  # known without a parse when the B2BUA wrote the request
         if req.method == "INVITE":
             txn = Transaction(self, key, CLIENT_INVITE, CALLING, req, target, tu, True)
             retransmit, timeout = "A", "B"
