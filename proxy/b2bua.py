@@ -9,6 +9,7 @@ Leg 0 is A (the caller's side), leg 1 is B (the trunk the call was routed to).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
@@ -289,10 +290,26 @@ def _max_forwards_header(value: int) -> Header:
     return h
 
 
+class CallTimers:
+    """A call's timer owner: deadlines by kind and a weak link to the call they belong to."""
+
+    __slots__ = ("call", "deadlines")
+
+    def __init__(self, call: Call) -> None:
+        self.call = weakref.ref(call)
+        self.deadlines: dict[str, float] = {}
+
+    def on_timer(self, kind: str, now: float) -> None:
+        call = self.call()
+        if call is not None:
+            call.on_timer(kind, now)
+
+
 class Call:
     """One call through stirgate. Transaction user of every transaction on both legs."""
 
     __slots__ = (
+        "__weakref__",
         "a",
         "a_invite",
         "answered_at",
@@ -322,6 +339,7 @@ class Call:
         "tags",
         "target_index",
         "targets",
+        "timers",
         "tried_legs",
         "verify_waited",
     )
@@ -348,7 +366,10 @@ class Call:
         self.state = ROUTING
         self.cancel_pending = False
         self.cancel_sent = False
-        self.deadlines: dict[str, float] = {}
+        #: What the timer heap holds for this call (a weak reference to it): an ended call is freed at once,
+        #: not when its longest cancelled timer (no answer: 120 s) comes round.
+        self.timers = CallTimers(self)
+        self.deadlines = self.timers.deadlines
         self.created_at = now
         self.answered_at: float | None = None
         self.ended_at: float | None = None
@@ -441,8 +462,8 @@ class Call:
             self.a_invite.peer = txn
         self.b_invite = txn
         self.state = CALLING
-        engine.queue.start(self, "failover", now + engine.settings.failover_timeout)
-        engine.queue.start(self, "noanswer", now + engine.settings.no_answer_timeout)
+        engine.queue.start(self.timers, "failover", now + engine.settings.failover_timeout)
+        engine.queue.start(self.timers, "noanswer", now + engine.settings.no_answer_timeout)
 
     def _try_next(self, now: float, status: int, reason: str) -> None:
         """This trunk failed: try the next one, or answer the caller with `status`."""
@@ -546,7 +567,7 @@ class Call:
                 return
             self.engine.send(leg.retx, leg.target)
             leg.retx_interval = min(leg.retx_interval * 2, self.engine.settings.t2)
-            self.engine.queue.start(self, kind, now + leg.retx_interval)
+            self.engine.queue.start(self.timers, kind, now + leg.retx_interval)
 
     # --- B-leg INVITE responses -------------------------------------------------------------------------------
     def _on_b_invite_response(self, resp: Response, now: float) -> None:
@@ -706,7 +727,7 @@ class Call:
         else:
             # RFC 3261 9.1: no CANCEL before a provisional response; send it when one arrives.
             self.cancel_pending = True
-        self.engine.queue.start(self, "reap", now + 64 * self.engine.settings.t1)
+        self.engine.queue.start(self.timers, "reap", now + 64 * self.engine.settings.t1)
 
     def _send_cancel(self, now: float) -> None:
         txn = self.b_invite
@@ -788,10 +809,10 @@ class Call:
         index = "0" if leg is self.a else "1"
         leg.retx = data
         queue = self.engine.queue
-        queue.start(self, "ackwait" + index, now + 64 * self.engine.settings.t1)
+        queue.start(self.timers, "ackwait" + index, now + 64 * self.engine.settings.t1)
         if leg.transport == "udp":
             leg.retx_interval = self.engine.settings.t1
-            queue.start(self, "retx" + index, now + leg.retx_interval)
+            queue.start(self.timers, "retx" + index, now + leg.retx_interval)
 
     def _relay_response(self, req: Request, resp: Response, x: Leg) -> Response:
         """`resp` (from the other leg) rewritten as the answer to `req` on leg `x`."""

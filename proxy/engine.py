@@ -341,7 +341,7 @@ class Engine:
                     call.verify_waited = True
                     self.fetch_requests.append((invite.call_id, values))
                     self.fetch_waiting += 1
-                    self.queue.start(call, "verify", now + auth.wait_timeout)
+                    self.queue.start(call.timers, "verify", now + auth.wait_timeout)
                     return
             call.deadlines.pop("verify", None)
             outcome = auth.verify(invite, call.ingress, now + self.wall_offset, fetched)

@@ -22,14 +22,17 @@ def dialled_digits(user: str | None) -> str:
     """R-URI user part as a routing key: user parameters and a leading '+' dropped, separators removed."""
     if not user:
         return ""
-    user = user.split(";", 1)[0]
+    if ";" in user:
+        user = user.split(";", 1)[0]
     if user.startswith("+"):
         user = user[1:]
+    if user.isdigit():
+        return user  # the common case: nothing to remove
     return "".join(c for c in user if c not in "-.() ")
 
 
 class Router:
-    __slots__ = ("_by_host", "_networks", "_routes", "targets")
+    __slots__ = ("_by_host", "_by_network_cache", "_networks", "_routes", "targets")
 
     def __init__(self, config: Config) -> None:
         self._by_host: dict[str, Trunk] = {}
@@ -43,6 +46,8 @@ class Router:
                     nets.append((net, trunk))
         nets.sort(key=lambda item: item[0].prefixlen, reverse=True)
         self._networks = nets
+        #: Addresses already matched against the CIDR sources (peers repeat); bounded, cleared when full.
+        self._by_network_cache: dict[str, Trunk | None] = {}
         self.targets: dict[str, TrunkTarget] = {}
         for trunk in config.trunks:
             if trunk.destination is not None:
@@ -63,6 +68,16 @@ class Router:
         trunk = self._by_host.get(host)
         if trunk is not None or not self._networks:
             return trunk
+        cache = self._by_network_cache
+        if host in cache:
+            return cache[host]
+        trunk = self._match_networks(host)
+        if len(cache) >= 65536:
+            cache.clear()
+        cache[host] = trunk
+        return trunk
+
+    def _match_networks(self, host: str) -> Trunk | None:
         try:
             addr = ipaddress.ip_address(host)
         except ValueError:
