@@ -87,7 +87,7 @@ async def _full_gc(interval: float) -> None:
 
 def _call_logger() -> Callable[[Call], None]:
     """One JSON line per call, written when it ends: the decision and its identifiers (not one per message)."""
-    call_log = structlog.get_logger("stirgate.call", component="call")
+    call_log = structlog.get_logger("stirgate.call", component="call").bind()  # bound once, not per line
 
     def log_call(call: Call) -> None:
         inbound = call.inbound
