@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .concurrency import QUICK_DIALOGS, run_concurrency
 from .modes import MODES, SIP_MODES, STANDALONE_MODES, Mode, Pki, X5uServer, make_pki, write_identity_pool
 from .procs import Addr
 from .step import StepResult, as_dict, run_step
@@ -33,9 +34,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mode", default="relay",
                    help="comma-separated: relay (default), sign, verify, flood (SIP sweeps, in that order, same "
                         "run), crypto (python -m bench.crypto), policies (python -m policies.bench_chain), "
-                        "records (bench/records_bench.py)")
-    p.add_argument("--sut", default="stirgate,kamailio,sippy",
-                   help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all)")
+                        "records (bench/records_bench.py), concurrency (N long calls held: memory per dialog)")
+    p.add_argument("--sut", default=None,
+                   help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
+                        "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
     p.add_argument("--workers", type=int, default=1, choices=(1, 2), help="stirgate worker processes")
     p.add_argument("--uacs", type=int, default=None, choices=(1, 2),
                    help="SIPp UACs (source addresses) sharing the load, for every SUT (default: --workers; "
@@ -73,6 +75,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-calls-in-setup", type=int, default=100,
                    help="flood mode: stirgate's overload.max_calls_in_setup (default 100)")
     p.add_argument("--no-pike", action="store_true", help="flood mode: Kamailio without pike")
+    p.add_argument("--dialogs", type=int, default=None,
+                   help="concurrency mode: calls held open at once (default 100000, quick 20000)")
+    p.add_argument("--setup-rate", type=float, default=None,
+                   help="concurrency mode: calls/s at which they are set up (and later ended; default 2000, "
+                        "quick 1000)")
+    p.add_argument("--api-listen", default="127.0.0.1:8180",
+                   help="concurrency mode: stirgate's HTTP API, polled for its gauges (--port-offset applies)")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and per-step files")
     a = p.parse_args(argv)
     a.uacs = a.uacs or a.workers
@@ -82,9 +91,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    bad = [m for m in a.modes if m not in SIP_MODES + STANDALONE_MODES]
+    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency")
+    bad = [m for m in a.modes if m not in known]
     if bad:
-        p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(SIP_MODES + STANDALONE_MODES)}")
+        p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
+    a.sut_given = a.sut is not None
+    a.sut = a.sut or "stirgate,kamailio,sippy"
+    a.dialogs = a.dialogs or (QUICK_DIALOGS if a.quick else 100_000)
+    a.setup_rate = a.setup_rate or (1000.0 if a.quick else 2000.0)
     return a
 
 
@@ -452,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
             results[m] = {"summary": summary, "ratios": ratios}
         # before the x5u server stops: stirgate fetches the certificate again in every step
         results["added_over_relay_us"] = added_over_relay(all_sweeps, args)
+        if "concurrency" in args.modes:
+            held = names if args.sut_given else ["stirgate"]
+            results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:

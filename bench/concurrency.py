@@ -1,0 +1,576 @@
+"""Concurrency mode (issue 6): N long calls held open through one SUT, to measure memory per established dialog.
+
+The target is 100,000 concurrent dialogs in one stirgate process under 1 GB RSS. One SIPp UAC places N calls at
+`--setup-rate` (`bench/scenarios/uac_hold.xml`: INVITE, 200, ACK, then a pause longer than the whole set-up plus
+the measurement, then BYE), one SIPp UAS answers and waits for the BYE (`uas_hold.xml`). The bench polls the
+SUT's own state (stirgate: its /metrics on a bench-only port; Kamailio: `kamcmd dlg.stats_active`) once a
+second, bounded, and reads the memory of the SUT's process tree from /proc at every poll:
+
+- idle: after start and one scrape, before any call;
+- while the dialogs build up (the first poll past every 20 % of N);
+- at N: the moment the last call is established (set-up transactions of the last 64*T1 = 32 s still alive);
+- settled: once those transactions have expired (dialogs only): **bytes per dialog = (settled - idle) / N**;
+- after the calls ended (SIPp sends the BYEs at the set-up rate), and once their transactions expired.
+
+stirgate's generated config is the relay's with the HTTP API on (`--api-listen`, port offset applied) and an
+`overload:` block raised so that nothing is refused for being too many dialogs or a slow loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import resource
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .procs import Addr, descendants, udp_bound
+from .sipp import BUFF, SCENARIOS, SIPP, _counts, _int, _last_row, _rusage_wait
+from .step import _log_warnings, wait_free
+from .suts import SUT, Kamailio, Stirgate
+
+SETTLE_S = 45.0        # the set-up transactions linger 64*T1 = 32 s after the last call; bound of that wait
+MARGIN_S = 20.0        # hold beyond set-up + settle, for the samples and a slow start
+POLL_S = 1.0
+LATE_S = 35.0          # build-up polls after this many seconds: the set-up transaction pool is steady
+QUICK_DIALOGS = 20_000
+
+
+@dataclass
+class Sample:
+    """One poll: the SUT's own view and the memory of its process tree (kB)."""
+
+    t: float                 # seconds since the UAC started
+    established: int         # answered and not ended (stirgate: answered - calls_ended; Kamailio: confirmed)
+    live: int                # calls held in any state
+    transactions: int
+    rss_kb: int              # VmRSS summed over the tree (shared pages counted once per process)
+    pss_kb: int              # Pss summed over the tree (shared pages split: no double count)
+    uac_created: int = 0
+    uac_failed: int = 0
+    label: str = ""
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def tree_memory(root: int) -> tuple[int, int]:
+    """(VmRSS, Pss) in kB summed over `root` and its descendants."""
+    rss = pss = 0
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+                        break
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            continue
+    return rss, pss
+
+
+def tcp_free(a: Addr) -> bool:
+    """Nobody listens on this TCP address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp: a TIME_WAIT left by a run is free
+        try:
+            s.bind((a.host, a.port))
+        except OSError:
+            return False
+    return True
+
+
+def _raise_nofile() -> None:
+    """SIPp's open-files limit up to the hard limit (a child's preexec: it holds a call table of N)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# --- the systems, with a way to read how many dialogs they hold ------------------------------------------------
+
+class HoldStirgate(Stirgate):
+    """The bench's relay config with the HTTP API on (to read its gauges) and overload bounds out of the way."""
+
+    def __init__(self, *a: object, api: Addr, dialogs: int, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.api = api
+        self.dialogs = dialogs
+        self.label = "stirgate (1 worker)"
+
+    def config_text(self) -> str:
+        text = super().config_text()
+        off = "api:\n  enabled: false\n"
+        if off not in text:
+            raise RuntimeError("the generated stirgate config has no `api: enabled: false` block to replace")
+        text = text.replace(off, f"api:\n  enabled: true\n  listen: {self.api}   # bench only: the gauges polled\n")
+        return text + f"""
+# Concurrency mode: nothing refused for holding many dialogs or for loop lag while they build up.
+overload:
+  max_dialogs: {max(200_000, 2 * self.dialogs)}
+  max_calls_in_setup: 20000
+  max_loop_lag_ms: 10000
+"""
+
+    def extra_addrs(self) -> list[Addr]:
+        return []
+
+    def state(self) -> dict[str, int] | None:
+        """stirgate's gauges and counters from /metrics, or None when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://{self.api}/metrics", timeout=3) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            m = re.fullmatch(r'stirgate_(active_calls|transactions|sip_events_total\{event="(\w+)"\}) ([0-9.e+]+)',
+                             line)
+            if m:
+                out[m.group(2) or m.group(1)] = int(float(m.group(3)))
+        if "active_calls" not in out:
+            return None
+        established = out.get("answered", 0) - out.get("calls_ended", 0)
+        return {"established": max(0, min(established, out["active_calls"])), "live": out["active_calls"],
+                "transactions": out.get("transactions", 0), "answered": out.get("answered", 0),
+                "calls_ended": out.get("calls_ended", 0), "invites": out.get("invites", 0),
+                "overload_rejected": out.get("overload_rejected", 0)}
+
+
+class HoldKamailio(Kamailio):
+    """The peers template with the dialog module managing every call (a transaction-stateful relay holds
+    nothing per dialog: without it there would be nothing to compare)."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.label = "Kamailio 5.6 + dialog (dlg_manage)"
+
+    def set_mode(self, mode: Any, pki: Any) -> None:
+        super().set_mode(mode, pki)
+        self.label = "Kamailio 5.6 + dialog (dlg_manage)"
+
+    def write_config(self) -> None:
+        super().write_config()
+        text = self.config.read_text()
+        for old, new in (
+            ('loadmodule "ctl.so"\n',
+             'loadmodule "ctl.so"\nloadmodule "dialog.so"\nmodparam("dialog", "default_timeout", 7200)\n'
+             'modparam("dialog", "hash_size", 65536)\n'),
+            ("\tif (has_totag()) {\n", "\tif (has_totag()) {\n\t\tdlg_manage();\n"),
+            ("\t\trecord_route();\n", "\t\trecord_route();\n\t\tdlg_manage();\n"),
+        ):
+            if old not in text:
+                raise RuntimeError(f"kamailio template: {old.strip()!r} not found")
+            text = text.replace(old, new, 1)
+        self.config.write_text(text)
+
+    def kamcmd(self, *cmd: str) -> str | None:
+        try:
+            r = subprocess.run(["kamcmd", "-s", f"unix:{self.workdir / 'kamailio-ctl.sock'}", *cmd],
+                               capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout if r.returncode == 0 else None
+
+    def state(self) -> dict[str, int] | None:
+        out = self.kamcmd("dlg.stats_active")
+        if out is None:
+            return None
+        v = {k: int(n) for k, n in re.findall(r"(\w+):\s*(\d+)", out)}
+        tm = self.kamcmd("tm.stats") or ""
+        t = {k: int(n) for k, n in re.findall(r"(\w+):\s*(\d+)", tm)}
+        shm = self.kamcmd("core.shmmem") or ""
+        s = {k: int(n) for k, n in re.findall(r"(\w+):\s*(\d+)", shm)}
+        return {"established": v.get("ongoing", 0), "live": v.get("all", 0), "transactions": t.get("current", 0),
+                "shm_used_kb": s.get("used", 0) // 1024, "shm_real_used_kb": s.get("real_used", 0) // 1024}
+
+
+# --- SIPp -------------------------------------------------------------------------------------------------------
+
+class HoldSipp:
+    """One SIPp (UAC or UAS) of the concurrency run, bounded by -timeout, stopped by PID."""
+
+    def __init__(self, name: str, cmd: list[str], d: Path) -> None:
+        self.name = name
+        self.dir = d
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cmd = cmd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.cpu = 0.0
+
+    def start(self) -> None:
+        out = open(self.dir / "screen.txt", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.cmd, cwd=self.dir, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, preexec_fn=_raise_nofile)
+        out.close()
+
+    def stat(self) -> dict[str, str]:
+        return _last_row(self.dir / "stat.csv")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.cpu = _rusage_wait(self.proc, timeout)
+
+    def stop(self) -> None:
+        """SIGUSR1 (SIPp: stop, dump statistics, quit), SIGKILL after 8 s."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        try:
+            self.proc.send_signal(signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+        self.cpu = _rusage_wait(self.proc, timeout=8.0)
+
+    def rss_kb(self) -> int:
+        return tree_memory(self.proc.pid)[0] if self.running() and self.proc is not None else 0
+
+
+def sipp_common(limit: int, timeout_s: float) -> list[str]:
+    return ["-buff_size", BUFF, "-nostdin", "-l", str(limit), "-timeout", f"{int(timeout_s)}s",
+            "-trace_stat", "-stf", "stat.csv", "-fd", "1", "-trace_counts", "-trace_err", "-error_file", "errors.log"]
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class HoldResult:
+    sut: str
+    label: str
+    dialogs: int
+    setup_rate: float
+    hold_s: float
+    memory_basis: str = "rss"                                  # which figure the projection and target use
+    idle: Sample | None = None
+    growth: list[Sample] = field(default_factory=list)        # first poll past each 10 % of N
+    at_n: Sample | None = None
+    settled: Sample | None = None
+    ended: Sample | None = None                                # every call ended
+    after: Sample | None = None                                # and their transactions expired
+    reached: bool = False
+    max_established: int = 0
+    setup_s: float | None = None
+    uac: dict[str, int] = field(default_factory=dict)
+    uas: dict[str, int] = field(default_factory=dict)
+    sipp_peak_rss_kb: dict[str, int] = field(default_factory=dict)
+    bytes_per_dialog: float | None = None                      # (settled - idle) / established, RSS
+    bytes_per_dialog_pss: float | None = None
+    shm_bytes_per_dialog: float | None = None                  # Kamailio: shm real_used, settled - idle
+    bytes_per_dialog_at_n: float | None = None                 # (at N - idle) / established: txns included
+    slope_bytes_per_dialog: float | None = None                # least squares over the growth samples
+    late_slope_bytes_per_dialog: float | None = None           # same, build-up polls after the first 35 s
+    projected_100k_mb: float | None = None
+    target_met: bool | None = None                             # 100,000 dialogs under 1 GB RSS
+    log_warnings: int = 0
+    log_sample: list[str] = field(default_factory=list)
+    timeline: list[Sample] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _slope(samples: list[Sample]) -> float | None:
+    pts = [(s.established, s.rss_kb * 1024) for s in samples if s.established > 0]
+    if len(pts) < 2:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx
+
+
+def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, uas_addr: Addr) -> HoldResult:
+    """One SUT holding `args.dialogs` calls; every wait bounded, SIPp and the SUT stopped by PID at the end."""
+    n, rate = args.dialogs, args.setup_rate
+    setup_s = n / rate
+    hold_s = setup_s * 1.25 + SETTLE_S + MARGIN_S
+    total_s = hold_s + setup_s * 1.5 + SETTLE_S + 60
+    res = HoldResult(sut=sut.name, label=sut.label, dialogs=n, setup_rate=rate, hold_s=round(hold_s, 1),
+                     memory_basis="pss" if isinstance(sut, Kamailio) else "rss")
+    d = rundir / "concurrency" / sut.name
+    d.mkdir(parents=True, exist_ok=True)
+    state = sut.state  # type: ignore[attr-defined]
+
+    busy = wait_free([sut.listen, uas_addr, uac_addr], args.busy_wait)
+    if busy:
+        res.error = f"address busy: {', '.join(map(str, busy))}"
+        return res
+    if isinstance(sut, HoldStirgate) and not tcp_free(sut.api):
+        res.error = f"API address {sut.api} busy"
+        return res
+
+    uas = HoldSipp("uas", [SIPP, "-sf", str(SCENARIOS / "uas_hold.xml"), "-i", uas_addr.host,
+                           "-p", str(uas_addr.port), *sipp_common(2 * n + 1000, total_s + 30)], d / "uas")
+    uac = HoldSipp("uac", [SIPP, str(sut.listen), "-sf", str(SCENARIOS / "uac_hold.xml"), "-i", uac_addr.host,
+                           "-p", str(uac_addr.port), "-s", "12025550199", "-r", f"{rate:g}", "-rp", "1000",
+                           "-m", str(n), "-d", str(int(hold_s * 1000)),
+                           *sipp_common(n + 1000, total_s)], d / "uac")
+    t0 = time.monotonic()
+
+    def sample(label: str = "") -> Sample | None:
+        st = state()
+        if st is None or sut.proc is None:
+            return None
+        rss, pss = tree_memory(sut.pid)
+        u = uac.stat()
+        s = Sample(t=round(time.monotonic() - t0, 1), established=st["established"], live=st["live"],
+                   transactions=st["transactions"], rss_kb=rss, pss_kb=pss,
+                   uac_created=_int(u, "TotalCallCreated"), uac_failed=_int(u, "FailedCall(C)"), label=label,
+                   extra={k: v for k, v in st.items() if k not in ("established", "live", "transactions")})
+        res.timeline.append(s)
+        res.max_established = max(res.max_established, s.established)
+        for name, p in (("uac", uac), ("uas", uas)):
+            res.sipp_peak_rss_kb[name] = max(res.sipp_peak_rss_kb.get(name, 0), p.rss_kb())
+        return s
+
+    def poll_until(cond: Any, limit: float, label: str) -> Sample | None:
+        """Poll once a second until cond(sample) or `limit` seconds; the last sample."""
+        deadline = time.monotonic() + limit
+        last: Sample | None = None
+        while True:
+            s = sample(label)
+            if s is not None:
+                last = s
+                if cond(s):
+                    return s
+            if time.monotonic() > deadline:
+                return last
+            if sut.proc is not None and sut.proc.poll() is not None:
+                raise RuntimeError(f"{sut.name} exited (code {sut.proc.returncode})")
+            time.sleep(POLL_S)
+
+    try:
+        sut.start(d, ready_timeout=30.0)
+        # one scrape first (the API's own first-use allocations), then idle once RSS is steady
+        prev = -1
+        for _ in range(10):
+            s = sample("idle")
+            if s is not None and abs(s.rss_kb - prev) < 64:
+                break
+            prev = s.rss_kb if s is not None else -1
+            time.sleep(0.5)
+        res.idle = res.timeline[-1] if res.timeline else None
+        if res.idle is None:
+            raise RuntimeError(f"cannot read {sut.name}'s state")
+        res.timeline.clear()
+        uas.start()
+        time.sleep(0.5)
+        if not uas.running():
+            raise RuntimeError(f"SIPp UAS exited at start: {uas.dir / 'screen.txt'}")
+        t0 = time.monotonic()
+        uac.start()
+        print(f"  {sut.name}: {n} calls at {rate:g} cps (set-up ~{setup_s:.0f} s), held {hold_s:.0f} s each",
+              flush=True)
+
+        # 1. build-up: until N established, or every call placed and no progress for 10 s, or the deadline
+        marks = [round(n * k / 10) for k in range(1, 10)]
+        stalled_since: float | None = None
+        last_est = -1
+        deadline = time.monotonic() + setup_s * 1.5 + 30
+        while time.monotonic() < deadline:
+            s = sample("build-up")
+            if sut.proc is not None and sut.proc.poll() is not None:
+                raise RuntimeError(f"{sut.name} exited during set-up (code {sut.proc.returncode})")
+            if s is not None:
+                if marks and s.established >= marks[0]:
+                    while marks and s.established >= marks[0]:
+                        marks.pop(0)
+                    s.label = "growth"
+                    res.growth.append(s)
+                    print(f"    {s.established:>7} established  RSS {s.rss_kb / 1024:7.1f} MB  "
+                          f"transactions {s.transactions}  t {s.t:.0f} s", flush=True)
+                if s.established >= n:
+                    res.reached = True
+                    break
+                if s.uac_created >= n and s.established == last_est:
+                    stalled_since = stalled_since or time.monotonic()
+                    if time.monotonic() - stalled_since > 10:
+                        res.notes.append(f"set-up stalled at {s.established} established")
+                        break
+                else:
+                    stalled_since = None
+                last_est = s.established
+            time.sleep(POLL_S)
+        at_n = res.timeline[-1] if res.timeline else None
+        if at_n is None:
+            raise RuntimeError("no sample during the set-up")
+        at_n.label = "at N" if res.reached else "set-up end"
+        res.at_n = at_n
+        res.setup_s = at_n.t
+        if not res.growth or res.growth[-1] is not at_n:
+            res.growth.append(at_n)
+        print(f"    {at_n.established:>7} established  RSS {at_n.rss_kb / 1024:7.1f} MB  "
+              f"transactions {at_n.transactions}  t {at_n.t:.0f} s ({at_n.label})", flush=True)
+
+        # 2. settled: the set-up transactions expired (bounded; stop early if the BYEs have begun)
+        settled = poll_until(lambda s: s.transactions <= max(50, n // 1000) or s.established < at_n.established,
+                             SETTLE_S, "settled")
+        if settled is not None:
+            res.settled = settled
+            if settled.established < at_n.established:
+                res.notes.append("calls began to end before the transactions expired: settled sample early")
+            print(f"    {settled.established:>7} established  RSS {settled.rss_kb / 1024:7.1f} MB  "
+                  f"transactions {settled.transactions}  t {settled.t:.0f} s (set-up transactions expired)",
+                  flush=True)
+
+        # 3. the calls end (SIPp sends the BYEs at the set-up rate once each hold is over)
+        left = total_s - (time.monotonic() - t0)
+        ended = poll_until(lambda s: s.live == 0 or not uac.running(), max(10.0, left), "ending")
+        uac.wait(timeout=30)
+        ended = poll_until(lambda s: s.live == 0, 15.0, "ended") or ended
+        res.ended = ended
+        res.after = poll_until(lambda s: s.transactions == 0, SETTLE_S, "after")
+    except Exception as e:  # reported in the results; the run goes on to the next SUT
+        res.error = str(e)
+    finally:
+        for p in (uac, uas):
+            if p.running():
+                p.stop()
+        sut.stop()
+
+    for name, p in (("uac", uac), ("uas", uas)):
+        st = p.stat()
+        keys = ("TotalCallCreated", "IncomingCall(C)", "SuccessfulCall(C)", "FailedCall(C)", "Retransmissions(C)",
+                "FailedTimeoutOnRecv(C)", "FailedUnexpectedMessage(C)", "OutOfCallMsgs(C)", "DeadCallMsgs(C)")
+        counts = {k: _int(st, k) for k in keys if k in st}
+        counts.update({f"msg_{k}": v for k, v in _counts(p.dir).items()})
+        counts["cpu_ms"] = int(p.cpu * 1000)
+        getattr(res, name).update(counts)
+    res.log_warnings, res.log_sample = _log_warnings(sut.log_path)
+    if res.idle and res.settled and res.settled.established:
+        res.bytes_per_dialog = round((res.settled.rss_kb - res.idle.rss_kb) * 1024 / res.settled.established)
+        res.bytes_per_dialog_pss = round((res.settled.pss_kb - res.idle.pss_kb) * 1024 / res.settled.established)
+        if "shm_real_used_kb" in res.settled.extra:
+            res.shm_bytes_per_dialog = round((res.settled.extra["shm_real_used_kb"]
+                                              - res.idle.extra.get("shm_real_used_kb", 0)) * 1024
+                                             / res.settled.established)
+    if res.idle and res.at_n and res.at_n.established:
+        res.bytes_per_dialog_at_n = round((res.at_n.rss_kb - res.idle.rss_kb) * 1024 / res.at_n.established)
+    slope = _slope(res.growth)
+    res.slope_bytes_per_dialog = round(slope) if slope is not None else None
+    # From 64*T1 = 32 s on, set-up transactions expire as fast as new ones come: the pool is steady and new
+    # dialogs reuse the memory freed, so the slope of the later polls is the dialogs' own cost.
+    late = [s for s in res.timeline if s.label in ("build-up", "growth", "at N") and s.t >= LATE_S]
+    late_slope = _slope(late)
+    res.late_slope_bytes_per_dialog = round(late_slope) if late_slope is not None else None
+    # The target is RSS of one process (stirgate); Kamailio's processes share memory, so its sum of RSS counts
+    # the shared pages once per process: PSS is its figure.
+    pss = res.memory_basis == "pss"
+    per_dialog = res.bytes_per_dialog_pss if pss else res.bytes_per_dialog
+    if res.idle and res.settled and per_dialog is not None:
+        res.projected_100k_mb = round(((res.idle.pss_kb if pss else res.idle.rss_kb) * 1024
+                                       + 100_000 * per_dialog) / 2**20, 1)
+        if res.settled.established >= 100_000:
+            peak = max((s.pss_kb if pss else s.rss_kb) for s in (res.at_n or res.settled, res.settled))
+            res.target_met = peak * 1024 < 2**30
+    return res
+
+
+def mb(kb: int | None) -> str:
+    return "n/a" if kb is None else f"{kb / 1024:,.1f} MB"
+
+
+def mem(s: Sample | None) -> str:
+    return "n/a" if s is None else f"{s.rss_kb / 1024:,.1f} / {s.pss_kb / 1024:,.1f} MB"
+
+
+def per(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:,.0f}"
+
+
+def print_results(results: list[HoldResult], args: argparse.Namespace) -> None:
+    print()
+    print(f"Results, mode concurrency ({time.strftime('%Y-%m-%d %H:%M')}): {args.dialogs:,} calls held, set up at "
+          f"{args.setup_rate:g} cps, one UAC, UDP")
+    print("Memory as RSS / PSS of the SUT's process tree (PSS counts shared pages once: Kamailio's processes "
+          "share its memory); bytes per dialog = (set-up transactions expired - idle) / established.")
+    print("| system | established (of N) | failed calls | idle | at N | set-up txns expired | "
+          "bytes/dialog RSS / PSS | after calls ended |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if r.error and r.idle is None:
+            print(f"| {r.label} | error: {r.error} |||||||")
+            continue
+        failed = r.uac.get("FailedCall(C)", 0)
+        est = r.at_n.established if r.at_n else 0
+        after = r.after or r.ended
+        print(f"| {r.label} | {est:,} of {r.dialogs:,} | {failed} | {mem(r.idle)} | {mem(r.at_n)} | "
+              f"{mem(r.settled)} | {per(r.bytes_per_dialog)} / {per(r.bytes_per_dialog_pss)} | {mem(after)} |")
+    for r in results:
+        print(f"{r.label}: growth (established, RSS, PSS, transactions, t):")
+        for s in r.growth:
+            print(f"  {s.established:>8,}  {mb(s.rss_kb):>11}  {mb(s.pss_kb):>11}  {s.transactions:>7,} txns  "
+                  f"{s.t:6.1f} s  {s.label}")
+        bits = []
+        if r.bytes_per_dialog_at_n is not None:
+            bits.append(f"at N with set-up transactions {r.bytes_per_dialog_at_n:,} B/dialog")
+        if r.shm_bytes_per_dialog is not None:
+            bits.append(f"Kamailio shared memory in use (core.shmmem real_used) {r.shm_bytes_per_dialog:,} B/dialog")
+        if r.slope_bytes_per_dialog is not None:
+            bits.append(f"slope over the growth samples {r.slope_bytes_per_dialog:,} B/dialog")
+        if r.late_slope_bytes_per_dialog is not None:
+            bits.append(f"slope after {LATE_S:g} s (transaction pool steady) "
+                        f"{r.late_slope_bytes_per_dialog:,} B/dialog")
+        if r.projected_100k_mb is not None:
+            bits.append(f"idle + 100,000 x per-dialog = {r.projected_100k_mb:,.0f} MB ({r.memory_basis.upper()})")
+        if r.target_met is not None:
+            bits.append(f"100,000 under 1 GB: {'met' if r.target_met else 'NOT met'}")
+        if r.sipp_peak_rss_kb:
+            bits.append("SIPp peak RSS " + ", ".join(f"{k} {mb(v)}" for k, v in r.sipp_peak_rss_kb.items()))
+        if bits:
+            print("  " + "; ".join(bits))
+        if r.ended:
+            print(f"  after the BYEs: {r.ended.live} calls left, RSS {mb(r.ended.rss_kb)} at {r.ended.t:.0f} s"
+                  + (f"; {r.after.transactions} transactions, RSS {mb(r.after.rss_kb)} at {r.after.t:.0f} s"
+                     if r.after else ""))
+        for note in r.notes:
+            print(f"  note: {note}")
+        if r.error:
+            print(f"  error: {r.error}")
+        if r.log_warnings:
+            print(f"  {r.log_warnings} warning/error log lines, e.g. {r.log_sample[:2]}")
+
+
+def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], uac: Addr, uas: Addr,
+                    skipped: dict[str, str]) -> dict[str, Any]:
+    """--mode concurrency: each named SUT in turn (stirgate, optionally kamailio); the JSON entry."""
+    off = args.port_offset
+    results: list[HoldResult] = []
+    for name in names:
+        sut: SUT
+        if name == "stirgate":
+            sut = HoldStirgate(Addr.parse(args.stirgate_listen).offset(off), uas, [uac], rundir, workers=1,
+                               log_level=args.log_level, worker_port_base=5100 + off,
+                               api=Addr.parse(args.api_listen).offset(off), dialogs=args.dialogs)
+        elif name == "kamailio":
+            sut = HoldKamailio(Addr.parse(args.peer_listen).offset(off), uas, [uac], rundir, pike=False)
+        else:
+            print(f"{name}: no dialog count to read: not run in mode concurrency", flush=True)
+            skipped.setdefault(name, "not in mode concurrency")
+            continue
+        why = sut.available()
+        if why:
+            print(f"{name}: skipped: {why}", flush=True)
+            skipped[name] = why
+            continue
+        if udp_bound(sut.listen.host, sut.listen.port):
+            print(f"{name}: {sut.listen} is busy; waiting up to {args.busy_wait:g} s", flush=True)
+        print(f"{sut.label} [mode concurrency]:", flush=True)
+        results.append(run_hold(sut, args, rundir, uac, uas))
+    print_results(results, args)
+    return {"dialogs": args.dialogs, "setup_rate_cps": args.setup_rate,
+            "results": {r.sut: asdict(r) for r in results}}
+
