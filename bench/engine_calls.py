@@ -8,6 +8,7 @@ its own time and every transaction lingers for its RFC 3261 timers.
 
     python -m bench.engine_calls                     # 20,000 calls, CPU µs per call
     python -m bench.engine_calls --profile           # cProfile, top functions by own time
+    python -m bench.engine_calls --sign              # the customer trunk signs (STI-AS), demo PKI
     valgrind --tool=callgrind python -m bench.engine_calls --calls 2000
 """
 
@@ -15,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import sys
+import tempfile
 import time
 
 from proxy.config import load_config_text
 from proxy.engine import Engine
 from proxy.server import tune_gc
 from proxy.sip.message import parse
+from proxy.stir.demo_certs import init_demo_certs
 
 UAC = ("udp", "127.0.0.10", 5060)
 UAS = ("udp", "127.0.0.20", 5060)
@@ -40,6 +44,24 @@ routes:
 
 SDP = (b"v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.10\r\ns=-\r\nc=IN IP4 127.0.0.10\r\nt=0 0\r\n"
        b"m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+
+
+SIGN = """
+stir:
+  signing_profiles:
+    - {{name: bench, key: {key}, x5u: "https://127.0.0.1:8443/sp.pem"}}
+"""
+
+
+def config_text(sign_dir: str | None) -> str:
+    """The relay config; with a demo PKI folder, the customer trunk signs every call (attestation A)."""
+    if sign_dir is None:
+        return CONFIG
+    text = CONFIG.replace(
+        "destination: 127.0.0.10:5060, transport: udp}",
+        'destination: 127.0.0.10:5060, transport: udp, sign: {profile: bench, attestation: {prefixes: ["1202"]}}}',
+    )
+    return text + SIGN.format(key=os.path.join(sign_dir, "sp.key"))
 
 
 def _uac_request(method: str, i: int, cseq: int, ruri: str, to_tag: str = "") -> bytes:
@@ -76,9 +98,10 @@ def _take(engine: Engine, prefix: bytes) -> bytes:
     raise AssertionError(f"engine sent no {prefix!r}: {[d[:20] for d, _ in engine.outbox]}")
 
 
-def run(calls: int, rate: float) -> tuple[Engine, float]:
+def run(calls: int, rate: float, sign_dir: str | None = None) -> tuple[Engine, float]:
     """Replay `calls` bench calls; returns the engine and the process CPU seconds spent inside it."""
-    engine = Engine(load_config_text(CONFIG, "<bench>"), LOCAL)
+    engine = Engine(load_config_text(config_text(sign_dir), "<bench>"), LOCAL)
+    engine.wall_offset = time.time()
     tune_gc()  # as `stirgate run` does: the cyclic GC otherwise dominates
     step = 1.0 / rate
     now = 0.0
@@ -131,18 +154,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile the replay, print the top functions")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (for instruction counts)")
+    ap.add_argument("--sign", action="store_true", help="the customer trunk signs every call (demo PKI)")
     args = ap.parse_args(argv)
-    if args.profile:
-        prof = cProfile.Profile()
-        prof.enable()
-        run(args.calls, args.rate)
-        prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
-        return 0
-    if not args.no_warmup:
-        run(min(args.calls, 2000), args.rate)
-    _engine, cpu = run(args.calls, args.rate)
-    print(f"engine CPU per call: {cpu / args.calls * 1e6:.1f} µs over {args.calls} calls at {args.rate:g} cps")
+    with tempfile.TemporaryDirectory() as tmp:
+        sign_dir = None
+        if args.sign:
+            init_demo_certs(tmp)
+            sign_dir = tmp
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            run(args.calls, args.rate, sign_dir)
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+            return 0
+        if not args.no_warmup:
+            run(min(args.calls, 2000), args.rate, sign_dir)
+        _engine, cpu = run(args.calls, args.rate, sign_dir)
+    what = "signing" if args.sign else "relay"
+    print(f"engine CPU per call ({what}): {cpu / args.calls * 1e6:.1f} µs over {args.calls} calls at {args.rate:g} cps")
     return 0
 
 
