@@ -73,6 +73,9 @@ _PRETTY: dict[str, str] = {
 }
 
 _SIP_VERSION = "SIP/2.0"
+#: Methods whose token needs no regex check (any other token is checked).
+_KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "PRACK", "INFO", "NOTIFY", "REFER",
+                            "REGISTER", "SUBSCRIBE", "MESSAGE", "PUBLISH"})
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 #: Header names as written -> canonical key. Names repeat from message to message, so this turns the per-line
 #: validation and lower-casing into one dict lookup. Bounded: a hostile peer cannot grow it without limit.
@@ -480,7 +483,23 @@ def _split_head(data: bytes) -> tuple[str, bytes]:
     raise ParseError("no end of headers")
 
 
-def _parse_headers(lines: Iterable[str]) -> list[Header]:
+def _parse_headers(lines: list[str]) -> list[Header]:
+    """Header lines to Headers. The common line (a name seen before, a colon, no folding) takes one dict lookup;
+    the first line that is anything else sends the whole message through the careful loop."""
+    headers: list[Header] = []
+    append = headers.append
+    known = _KEY_CACHE.get
+    for line in lines:
+        colon = line.find(":")
+        # A cached name is a validated token: no leading blank (so not a folded line), not empty.
+        key = known(line[:colon]) if colon > 0 else None
+        if key is None:
+            return _parse_lines(lines)
+        append(Header(key, line, line[colon + 1 :].strip(" \t")))
+    return headers
+
+
+def _parse_lines(lines: Iterable[str]) -> list[Header]:
     headers: list[Header] = []
     append = headers.append
     keys = _KEY_CACHE
@@ -516,10 +535,15 @@ def parse(data: bytes) -> Request | Response:
     """
     if not data:
         raise ParseError("empty message")
-    head, body = _split_head(data)
-    lines = head.split("\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        lines = data[:end].decode("latin-1").split("\r\n")
+        body = data[end + 4 :]
+    else:
+        head, body = _split_head(data)
+        lines = head.split("\r\n")
     start = lines[0]
-    if start.startswith(_SIP_VERSION + " ") or start[:8].upper() == "SIP/2.0 ":
+    if start.startswith("SIP/2.0 ") or start[:8].upper() == "SIP/2.0 ":
         parts = start.split(" ", 2)
         if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit() or not parts[1].isascii():
             raise ParseError("bad status line")
@@ -532,23 +556,24 @@ def parse(data: bytes) -> Request | Response:
         if len(parts) != 3:
             raise ParseError("bad request line")
         method, uri, version = parts
-        if not _TOKEN_RE.fullmatch(method):
+        if method not in _KNOWN_METHODS and not _TOKEN_RE.fullmatch(method):
             raise ParseError("bad method")
         if not uri:
             raise ParseError("empty Request-URI")
         msg = Request(method, uri, _parse_headers(lines[1:]))
-        if version.upper() != _SIP_VERSION:
+        if version != _SIP_VERSION and version.upper() != _SIP_VERSION:
             msg.body = body
             raise VersionError(msg)
     cl = msg.header("content-length")
     if cl is not None:
-        cl = cl.strip()
         if not cl.isdigit() or not cl.isascii():
-            raise ParseError("bad Content-Length")
+            cl = cl.strip()
+            if not cl.isdigit() or not cl.isascii():
+                raise ParseError("bad Content-Length")
         n = int(cl)
-        if n > len(body):
-            raise ParseError("Content-Length larger than the body")
-        if n < len(body):
+        if n != len(body):
+            if n > len(body):
+                raise ParseError("Content-Length larger than the body")
             body = body[:n]
     msg.body = body
     return msg
