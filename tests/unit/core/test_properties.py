@@ -173,6 +173,8 @@ class CallModel:
         self.b_byed = False
         self.b_dialog: tuple[Request, tuple[str, str, int]] | None = None
         self.bcseq = 100
+        #: A UAC retransmits its INVITE only until timer B (64*T1 = 32 s, RFC 3261 17.1.1.2).
+        self.retx_until = h.now + 32.0
 
     def feed(self, data: bytes, src: tuple[str, str, int]) -> None:
         for o in self.h.feed(data, src):
@@ -256,7 +258,7 @@ class CallModel:
             self.feed(data, src)
         elif kind == "a_cancel":
             self.feed(c.cancel(), A)
-        elif kind == "a_retx":
+        elif kind == "a_retx" and self.h.now < self.retx_until:
             self.feed(c.invite_bytes, A)
         elif kind == "a_ack" and self.a_final is not None:
             self.a_acked = True
