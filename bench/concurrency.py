@@ -19,6 +19,7 @@ stirgate's generated config is the relay's with the HTTP API on (`--api-listen`,
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
 import signal
@@ -217,7 +218,13 @@ class HoldSipp:
         return _last_row(self.dir / "stat.csv")
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Alive, checked without reaping it (wait() reaps it with wait4 for its CPU time)."""
+        if self.proc is None or self.proc.returncode is not None:
+            return False
+        try:
+            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:
+            return False
 
     def wait(self, timeout: float) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -270,8 +277,10 @@ class HoldResult:
     bytes_per_dialog_at_n: float | None = None                 # (at N - idle) / established: txns included
     slope_bytes_per_dialog: float | None = None                # least squares over the growth samples
     late_slope_bytes_per_dialog: float | None = None           # same, build-up polls after the first 35 s
-    projected_100k_mb: float | None = None
-    target_met: bool | None = None                             # 100,000 dialogs under 1 GB RSS
+    late_transactions: list[int] = field(default_factory=list)  # the SUT's transactions over those: min, max
+    projected_100k_mb: float | None = None                     # MiB
+    target_met: bool | None = None                             # 100,000 dialogs under 1 GiB (2**30 bytes)
+    peak_kb: int = 0                                           # highest RSS (PSS for Kamailio) of any poll
     log_warnings: int = 0
     log_sample: list[str] = field(default_factory=list)
     timeline: list[Sample] = field(default_factory=list)
@@ -279,8 +288,9 @@ class HoldResult:
     error: str | None = None
 
 
-def _slope(samples: list[Sample]) -> float | None:
-    pts = [(s.established, s.rss_kb * 1024) for s in samples if s.established > 0]
+def _slope(samples: list[Sample], pss: bool = False) -> float | None:
+    """Bytes per established dialog, least squares over the samples (RSS, or PSS for a multi-process SUT)."""
+    pts = [(s.established, (s.pss_kb if pss else s.rss_kb) * 1024) for s in samples if s.established > 0]
     if len(pts) < 2:
         return None
     n = len(pts)
@@ -390,7 +400,7 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
                         marks.pop(0)
                     s.label = "growth"
                     res.growth.append(s)
-                    print(f"    {s.established:>7} established  RSS {s.rss_kb / 1024:7.1f} MB  "
+                    print(f"    {s.established:>7} established  RSS {s.rss_kb / 1024:7.1f} MiB  "
                           f"transactions {s.transactions}  t {s.t:.0f} s", flush=True)
                 if s.established >= n:
                     res.reached = True
@@ -412,7 +422,7 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
         res.setup_s = at_n.t
         if not res.growth or res.growth[-1] is not at_n:
             res.growth.append(at_n)
-        print(f"    {at_n.established:>7} established  RSS {at_n.rss_kb / 1024:7.1f} MB  "
+        print(f"    {at_n.established:>7} established  RSS {at_n.rss_kb / 1024:7.1f} MiB  "
               f"transactions {at_n.transactions}  t {at_n.t:.0f} s ({at_n.label})", flush=True)
 
         # 2. settled: the set-up transactions expired (bounded; stop early if the BYEs have begun)
@@ -422,7 +432,7 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
             res.settled = settled
             if settled.established < at_n.established:
                 res.notes.append("calls began to end before the transactions expired: settled sample early")
-            print(f"    {settled.established:>7} established  RSS {settled.rss_kb / 1024:7.1f} MB  "
+            print(f"    {settled.established:>7} established  RSS {settled.rss_kb / 1024:7.1f} MiB  "
                   f"transactions {settled.transactions}  t {settled.t:.0f} s (set-up transactions expired)",
                   flush=True)
 
@@ -439,6 +449,8 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
         for p in (uac, uas):
             if p.running():
                 p.stop()
+            else:
+                p.wait(timeout=5)  # exited: reap it, with its CPU time
         sut.stop()
 
     for name, p in (("uac", uac), ("uas", uas)):
@@ -459,32 +471,34 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
                                              / res.settled.established)
     if res.idle and res.at_n and res.at_n.established:
         res.bytes_per_dialog_at_n = round((res.at_n.rss_kb - res.idle.rss_kb) * 1024 / res.at_n.established)
-    slope = _slope(res.growth)
+    pss = res.memory_basis == "pss"
+    slope = _slope(res.growth, pss)
     res.slope_bytes_per_dialog = round(slope) if slope is not None else None
-    # From 64*T1 = 32 s on, set-up transactions expire as fast as new ones come: the pool is steady and new
-    # dialogs reuse the memory freed, so the slope of the later polls is the dialogs' own cost.
+    # From 64*T1 = 32 s on, set-up transactions should expire as fast as new ones come: with the pool steady and
+    # new dialogs reusing the memory freed, the slope of the later polls is the dialogs' own cost.
     late = [s for s in res.timeline if s.label in ("build-up", "growth", "at N") and s.t >= LATE_S]
-    late_slope = _slope(late)
+    late_slope = _slope(late, pss)
     res.late_slope_bytes_per_dialog = round(late_slope) if late_slope is not None else None
+    if late:
+        res.late_transactions = [min(s.transactions for s in late), max(s.transactions for s in late)]
+    res.peak_kb = max(((s.pss_kb if pss else s.rss_kb) for s in res.timeline), default=0)
     # The target is RSS of one process (stirgate); Kamailio's processes share memory, so its sum of RSS counts
     # the shared pages once per process: PSS is its figure.
-    pss = res.memory_basis == "pss"
     per_dialog = res.bytes_per_dialog_pss if pss else res.bytes_per_dialog
     if res.idle and res.settled and per_dialog is not None:
         res.projected_100k_mb = round(((res.idle.pss_kb if pss else res.idle.rss_kb) * 1024
                                        + 100_000 * per_dialog) / 2**20, 1)
         if res.settled.established >= 100_000:
-            peak = max((s.pss_kb if pss else s.rss_kb) for s in (res.at_n or res.settled, res.settled))
-            res.target_met = peak * 1024 < 2**30
+            res.target_met = res.peak_kb * 1024 < 2**30
     return res
 
 
 def mb(kb: int | None) -> str:
-    return "n/a" if kb is None else f"{kb / 1024:,.1f} MB"
+    return "n/a" if kb is None else f"{kb / 1024:,.1f} MiB"
 
 
 def mem(s: Sample | None) -> str:
-    return "n/a" if s is None else f"{s.rss_kb / 1024:,.1f} / {s.pss_kb / 1024:,.1f} MB"
+    return "n/a" if s is None else f"{s.rss_kb / 1024:,.1f} / {s.pss_kb / 1024:,.1f} MiB"
 
 
 def per(x: float | None) -> str:
@@ -520,14 +534,19 @@ def print_results(results: list[HoldResult], args: argparse.Namespace) -> None:
         if r.shm_bytes_per_dialog is not None:
             bits.append(f"Kamailio shared memory in use (core.shmmem real_used) {r.shm_bytes_per_dialog:,} B/dialog")
         if r.slope_bytes_per_dialog is not None:
-            bits.append(f"slope over the growth samples {r.slope_bytes_per_dialog:,} B/dialog")
+            bits.append(f"slope over the growth samples {r.slope_bytes_per_dialog:,} B/dialog "
+                        f"({r.memory_basis.upper()})")
         if r.late_slope_bytes_per_dialog is not None:
-            bits.append(f"slope after {LATE_S:g} s (transaction pool steady) "
-                        f"{r.late_slope_bytes_per_dialog:,} B/dialog")
+            lt = r.late_transactions
+            steady = "" if not lt else (f"; transactions between {lt[0]:,} and {lt[1]:,}: "
+                                        f"{'steady' if lt[1] - lt[0] <= 0.05 * lt[1] else 'NOT steady'}")
+            bits.append(f"slope after {LATE_S:g} s {r.late_slope_bytes_per_dialog:,} B/dialog (64*T1 passed, the "
+                        f"set-up transactions should expire as fast as they come{steady})")
         if r.projected_100k_mb is not None:
-            bits.append(f"idle + 100,000 x per-dialog = {r.projected_100k_mb:,.0f} MB ({r.memory_basis.upper()})")
+            bits.append(f"idle + 100,000 x per-dialog = {r.projected_100k_mb:,.0f} MiB ({r.memory_basis.upper()})")
         if r.target_met is not None:
-            bits.append(f"100,000 under 1 GB: {'met' if r.target_met else 'NOT met'}")
+            bits.append(f"100,000 under 1 GiB: {'met' if r.target_met else 'NOT met'} (peak "
+                        f"{r.peak_kb * 1024 / 1e9:.3f} GB)")
         if r.sipp_peak_rss_kb:
             bits.append("SIPp peak RSS " + ", ".join(f"{k} {mb(v)}" for k, v in r.sipp_peak_rss_kb.items()))
         if bits:
