@@ -9,6 +9,8 @@ its own time and every transaction lingers for its RFC 3261 timers.
     python -m bench.engine_calls                     # 20,000 calls, CPU µs per call
     python -m bench.engine_calls --profile           # cProfile, top functions by own time
     python -m bench.engine_calls --sign              # the customer trunk signs (STI-AS), demo PKI
+    python -m bench.engine_calls --verify            # the UAC is a carrier trunk: every INVITE's Identity
+                                                     # verified (STI-VS), certificate cached
     valgrind --tool=callgrind python -m bench.engine_calls --calls 2000
 """
 
@@ -21,12 +23,17 @@ import pstats
 import sys
 import tempfile
 import time
+import uuid
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.config import load_config_text
 from proxy.engine import Engine
 from proxy.server import tune_gc
 from proxy.sip.message import parse
 from proxy.stir.demo_certs import init_demo_certs
+from proxy.stir.signer import Signer, SigningProfile
 
 UAC = ("udp", "127.0.0.10", 5060)
 UAS = ("udp", "127.0.0.20", 5060)
@@ -53,8 +60,23 @@ stir:
 """
 
 
-def config_text(sign_dir: str | None) -> str:
-    """The relay config; with a demo PKI folder, the customer trunk signs every call (attestation A)."""
+VERIFY = """
+stir:
+  trust_anchors: [{ca}]
+  verify: {{x5u_allow_private: true, x5u_allow_any_port: true}}
+"""
+X5U = "https://127.0.0.1:8443/sp.pem"
+
+
+def config_text(sign_dir: str | None, verify_dir: str | None = None) -> str:
+    """The relay config; with a demo PKI folder, the customer trunk signs every call (attestation A), or the
+    UAC's trunk is a carrier whose INVITEs are verified (failures rejected)."""
+    if verify_dir is not None:
+        text = CONFIG.replace("{name: customer, role: customer", "{name: customer, role: carrier")
+        text = text.replace("destination: 127.0.0.10:5060, transport: udp}",
+                            "destination: 127.0.0.10:5060, transport: udp, verify: {mode: reject, on_missing: reject}}")
+        text = text.replace("{name: carrier, role: carrier", "{name: carrier, role: customer")
+        return text + VERIFY.format(ca=os.path.join(verify_dir, "ca.pem"))
     if sign_dir is None:
         return CONFIG
     text = CONFIG.replace(
@@ -64,10 +86,12 @@ def config_text(sign_dir: str | None) -> str:
     return text + SIGN.format(key=os.path.join(sign_dir, "sp.key"))
 
 
-def _uac_request(method: str, i: int, cseq: int, ruri: str, to_tag: str = "") -> bytes:
+def _uac_request(method: str, i: int, cseq: int, ruri: str, to_tag: str = "", identity: str = "") -> bytes:
     body = SDP if method == "INVITE" else b""
     ctype = "Content-Type: application/sdp\r\n" if body else ""
     subject = "Subject: bench\r\n" if method == "INVITE" else ""
+    if identity:
+        subject += f"Identity: {identity}\r\n"
     return (
         f"{method} {ruri} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.10:5060;branch=z9hG4bK-{i}-{cseq}-{method[0]}\r\n"
@@ -98,10 +122,34 @@ def _take(engine: Engine, prefix: bytes) -> bytes:
     raise AssertionError(f"engine sent no {prefix!r}: {[d[:20] for d, _ in engine.outbox]}")
 
 
-def run(calls: int, rate: float, sign_dir: str | None = None) -> tuple[Engine, float]:
+def _identities(calls: int, pki: str) -> list[str]:
+    """One fresh PASSporT per call (orig +12025550100, dest 12025550199, attest A), signed now."""
+    with open(os.path.join(pki, "sp.key"), "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    signer = Signer(SigningProfile("bench", "", X5U), key=key)
+    now = time.time()
+    return [signer.sign("12025550100", ["12025550199"], "A", str(uuid.uuid4()), now) for _ in range(calls)]
+
+
+def _prefill_cert_cache(engine: Engine, pki: str) -> None:
+    """The x5u certificate as if fetched once (the fetch itself is I/O, measured by the live bench)."""
+    fetcher = engine.auth.fetcher
+    assert fetcher is not None
+    with open(os.path.join(pki, "sp.pem"), "rb") as f:
+        entry = fetcher.trust.validate_body(X5U, f.read(), time.time())
+    assert entry.ok, entry.failures
+    fetcher.put(entry, 3600.0)
+
+
+def run(calls: int, rate: float, sign_dir: str | None = None, verify_dir: str | None = None) -> tuple[Engine, float]:
     """Replay `calls` bench calls; returns the engine and the process CPU seconds spent inside it."""
-    engine = Engine(load_config_text(config_text(sign_dir), "<bench>"), LOCAL)
+    engine = Engine(load_config_text(config_text(sign_dir, verify_dir), "<bench>"), LOCAL)
     engine.wall_offset = time.time()
+    identities = [""] * calls
+    if verify_dir is not None:
+        _prefill_cert_cache(engine, verify_dir)
+        identities = _identities(calls, verify_dir)
     tune_gc()  # as `stirgate run` does: the cyclic GC otherwise dominates
     step = 1.0 / rate
     now = 0.0
@@ -109,7 +157,7 @@ def run(calls: int, rate: float, sign_dir: str | None = None) -> tuple[Engine, f
     clock = time.process_time
     for i in range(calls):
         now += step
-        invite = _uac_request("INVITE", i, 1, "sip:12025550199@127.0.0.1:5060")
+        invite = _uac_request("INVITE", i, 1, "sip:12025550199@127.0.0.1:5060", identity=identities[i])
         t = clock()
         engine.receive(invite, UAC, now)
         cpu += clock() - t
@@ -155,23 +203,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (for instruction counts)")
     ap.add_argument("--sign", action="store_true", help="the customer trunk signs every call (demo PKI)")
+    ap.add_argument("--verify", action="store_true", help="every INVITE's Identity is verified (cached cert)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        sign_dir = None
-        if args.sign:
+        sign_dir = verify_dir = None
+        if args.sign or args.verify:
             init_demo_certs(tmp)
+        if args.sign:
             sign_dir = tmp
+        elif args.verify:
+            verify_dir = tmp
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
-            run(args.calls, args.rate, sign_dir)
+            run(args.calls, args.rate, sign_dir, verify_dir)
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
             return 0
         if not args.no_warmup:
-            run(min(args.calls, 2000), args.rate, sign_dir)
-        _engine, cpu = run(args.calls, args.rate, sign_dir)
-    what = "signing" if args.sign else "relay"
+            run(min(args.calls, 2000), args.rate, sign_dir, verify_dir)
+        _engine, cpu = run(args.calls, args.rate, sign_dir, verify_dir)
+    what = "signing" if args.sign else "verifying" if args.verify else "relay"
     print(f"engine CPU per call ({what}): {cpu / args.calls * 1e6:.1f} µs over {args.calls} calls at {args.rate:g} cps")
     return 0
 

@@ -46,6 +46,34 @@ def _unquote(value: str) -> str:
 
 def _params(text: str) -> list[tuple[str, str]]:
     """`;name=value` pairs; values may be <bracketed> or "quoted" and then contain `;`."""
+    fast = _plain_params(text)
+    return fast if fast is not None else _scan_params(text)
+
+
+def _plain_params(text: str) -> list[tuple[str, str]] | None:
+    """The usual `info=<url>;alg=ES256;ppt=shaken` by splitting at `;`; None for anything unusual (quotes,
+    a `;` inside <...>, text after a `>`, an empty name), which the scanner then reads."""
+    if '"' in text:
+        return None
+    lt = text.find("<")
+    if lt >= 0 and (text.find("<", lt + 1) >= 0 or ";" in text[lt : text.find(">", lt) + 1 or len(text)]):
+        return None
+    out: list[tuple[str, str]] = []
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        name = name.strip().lower()
+        if not name:
+            if sep or part.strip(" \t"):
+                return None
+            continue
+        value = value.strip() if sep else ""
+        if value.startswith("<") and value.find(">") != len(value) - 1:
+            return None
+        out.append((name, value))
+    return out
+
+
+def _scan_params(text: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     i, n = 0, len(text)
     while i < n:
@@ -84,8 +112,23 @@ def _params(text: str) -> list[tuple[str, str]]:
     return out
 
 
+#: Values parsed lately: the B2BUA reads one call's Identity several times (which x5u to fetch, is it cached,
+#: verify). Small and cleared when full: Identity values do not repeat across calls.
+_PARSED: dict[str, IdentityHeader] = {}
+
+
 def parse_identity(value: str) -> IdentityHeader:
     """Parse one Identity header value; malformed input is an IdentityHeaderError (438)."""
+    parsed = _PARSED.get(value)
+    if parsed is None:
+        parsed = _parse_identity(value)
+        if len(_PARSED) >= 64:
+            _PARSED.clear()
+        _PARSED[value] = parsed
+    return parsed
+
+
+def _parse_identity(value: str) -> IdentityHeader:
     text = value.strip()
     semi = text.find(";")
     if semi < 0:

@@ -154,12 +154,23 @@ def parse_date_header(value: str) -> float | None:
     return dt.timestamp()
 
 
+_X5U_OF: dict[str, str | None] = {}
+
+
 def x5u_of(value: str) -> str | None:
-    """The JWS x5u of one Identity header value (what `prepare` fetches); None when it does not parse."""
+    """The JWS x5u of one Identity header value (what `prepare` fetches); None when it does not parse.
+
+    Remembered for the last few values: a call asks for it more than once (fetch needed? then verify)."""
+    if value in _X5U_OF:
+        return _X5U_OF[value]
     try:
-        return peek_x5u(parse_identity(value).token)
+        url = peek_x5u(parse_identity(value).token)
     except (IdentityHeaderError, PassportError):
-        return None
+        url = None
+    if len(_X5U_OF) >= 64:
+        _X5U_OF.clear()
+    _X5U_OF[value] = url
+    return url
 
 
 class Verifier:
