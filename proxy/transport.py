@@ -252,10 +252,13 @@ class SipServer:
         deadline = self.engine.next_deadline()
         if deadline is None:
             return
-        if self._timer is None or deadline < self._timer_at - TIMER_RESOLUTION:
+        # Re-arm only for a firing time clearly earlier than the armed one. (Comparing the deadline itself
+        # re-armed on every message once a deadline was due, pushing the timer 10 ms on each time: under
+        # steady traffic no timer fired at all.)
+        at = max(deadline, self.loop.time()) + TIMER_RESOLUTION
+        if self._timer is None or at < self._timer_at - TIMER_RESOLUTION:
             if self._timer is not None:
                 self._timer.cancel()
-            at = max(deadline, self.loop.time()) + TIMER_RESOLUTION
             self._timer_at = at
             self._timer = self.loop.call_at(at, self.on_timer)
         if self.on_idle is not None:

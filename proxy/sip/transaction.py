@@ -420,3 +420,6 @@ class TransactionLayer:
         txn.deadlines.clear()
         txn.tu = None
         txn.peer = None
+        # A call keeps its INVITE transactions for the whole dialog: the bytes they re-sent are not needed now.
+        txn.request_bytes = b""
+        txn.last_response = None
