@@ -164,6 +164,10 @@ class Engine:
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()
 
+    def earliest_deadline(self) -> float | None:
+        """A lower bound of next_deadline (cancelled timers included), at the cost of one index."""
+        return self.queue.earliest()
+
     def handle_timer(self, now: float) -> None:
         self.queue.fire_due(now)
 

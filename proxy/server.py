@@ -191,13 +191,13 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
             return
         log.info("draining", worker=worker, active_calls=engine.active_calls())
         engine.accepting = False
+        server.on_idle = check_drained  # from now on, after every message and timer: are we done?
         stop.set()
 
     def check_drained() -> None:
         if not engine.accepting and not engine.calls:
             drained.set()
 
-    server.on_idle = check_drained
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_term)
     reloading: list[asyncio.Task[None]] = []

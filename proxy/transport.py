@@ -249,6 +249,13 @@ class SipServer:
                 else:
                     self._send_tcp(data, host, port)
             outbox.clear()
+        if self.on_idle is not None:
+            self.on_idle()
+        # No timer can be due before the armed one when even the earliest entry (cancelled or not) is not
+        # earlier: the common case, decided without looking for the earliest live timer.
+        earliest = self.engine.earliest_deadline()
+        if earliest is None or (self._timer is not None and earliest + TIMER_RESOLUTION >= self._timer_at):
+            return
         deadline = self.engine.next_deadline()
         if deadline is None:
             return
@@ -261,8 +268,6 @@ class SipServer:
                 self._timer.cancel()
             self._timer_at = at
             self._timer = self.loop.call_at(at, self.on_timer)
-        if self.on_idle is not None:
-            self.on_idle()
 
     def _send_tcp(self, data: bytes, host: str, port: int) -> None:
         conn = self.tcp_connections.get((host, port))

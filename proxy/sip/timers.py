@@ -38,6 +38,11 @@ class TimerQueue:
     def cancel(owner: TimerOwner, kind: str) -> None:
         owner.deadlines.pop(kind, None)
 
+    def earliest(self) -> float | None:
+        """The earliest entry's time, cancelled or not: a lower bound of `next_deadline`, without popping."""
+        heap = self._heap
+        return heap[0][0] if heap else None
+
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap:
