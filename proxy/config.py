@@ -57,8 +57,9 @@ class SipSettings(_Base, frozen=True):
     #: A B-leg ringing longer than this is cancelled and the caller gets 408.
     no_answer_timeout: float = 120.0
     max_udp_message: int = 16384
-    #: Kernel receive buffer of the UDP socket (bytes). Larger absorbs bursts but hides overload as queueing.
-    udp_recv_buffer: int = 512 * 1024
+    #: Kernel receive buffer of the UDP sockets (bytes; Linux doubles it, capped by net.core.rmem_max). Larger
+    #: absorbs bursts and scheduling gaps but hides overload as queueing (4 MB let an overload queue seconds).
+    udp_recv_buffer: int = 2 * 1024 * 1024
     max_tcp_message: int = 65536
     max_ruri_length: int = 512
     #: With several workers each binds its own port (base + worker index) for the dialogs it owns.
