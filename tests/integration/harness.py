@@ -149,6 +149,16 @@ def port_holders(ip: str, port: int) -> str:
     return "\n".join(found) or "(no process found)"
 
 
+def names_event(text: str, name: str) -> bool:
+    """Whether a JSON log line (or a message quoting one) carries this event, whatever its spacing."""
+    return re.search(r'"event":\s*"' + re.escape(name) + '"', text) is not None
+
+
+def count_event_lines(data: bytes, name: str) -> int:
+    """How many log lines carry this event: a cheap count over the raw log, for polling under load."""
+    return len(re.findall(rb'"event":\s*"' + re.escape(name.encode()) + rb'"', data))
+
+
 def wait_until(predicate: Any, what: str, attempts: int = 250, interval: float = 0.02) -> None:
     """Poll `predicate` a bounded number of times; raise naming `what` if it never holds."""
     for _ in range(attempts):

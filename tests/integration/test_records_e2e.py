@@ -225,8 +225,7 @@ def own_stirgate(workdir: Path, *, expected_errors: tuple[str, ...] = (), **over
         problems.append(f"stirgate died during the test (exit {rc}):\n{sg.log_tail()}")
     elif rc != 0:
         problems.append(f"stirgate exited {rc} on SIGTERM (expected 0):\n{sg.log_tail()}")
-    expected = tuple(f'"event": "{e}"' for e in expected_errors)
-    problems += [p for p in log_problems(sg) if not any(e in p for e in expected)]
+    problems += [p for p in log_problems(sg) if not any(harness.names_event(p, e) for e in expected_errors)]
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
 

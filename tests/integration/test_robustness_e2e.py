@@ -633,7 +633,16 @@ def test_carrier_stops_answering_mid_call_bye_408_and_call_freed(
 
     harness.wait_until(freed, "stirgate_active_calls back to 0", attempts=50, interval=0.1)
     call_id = result.requests("INVITE", "sent")[0].header("Call-ID")
-    lines = [e for e in sg.log_events() if e.get("event") == "call" and e.get("call_id") == call_id]
+
+    def call_lines() -> list[dict[str, Any]]:
+        return [e for e in sg.log_events() if e.get("event") == "call" and e.get("call_id") == call_id]
+
+    # Per-call log lines are batched (written at least every 250 ms): poll for it, bounded.
+    try:
+        harness.wait_until(lambda: bool(call_lines()), "the call's log line", attempts=50, interval=0.1)
+    except TimeoutError:
+        pass  # asserted just below, with what was logged
+    lines = call_lines()
     assert len(lines) == 1 and lines[0].get("status") == 200, lines  # the call's one record line: it ended
     assert sg.alive(), sg.log_tail()
     assert_good_call(tmp_path, "after-fault")
