@@ -157,6 +157,7 @@ class Leg:
         "remote_target",
         "retx",
         "retx_interval",
+        "retx_until",
         "route_set",
         "target",
         "transport",
@@ -197,6 +198,7 @@ class Leg:
         self.ack_bytes = b""
         self.retx: bytes | None = None
         self.retx_interval = 0.0
+        self.retx_until = 0.0
 
     def local_value(self) -> str:
         """Our side's identity on this leg with our tag (From in our requests, To in our answers): made once."""
@@ -557,17 +559,16 @@ class Call:
                 self.end_reason = "no-answer"
         elif kind == "reap":
             self._end(self.end_reason or "cancelled", now)
-        elif kind == "ackwait0" or kind == "ackwait1":
-            leg = self.a if kind == "ackwait0" else self.b
-            if leg is not None and leg.retx is not None:
-                self._hangup_unacked(now)
         elif kind == "retx0" or kind == "retx1":
             leg = self.a if kind == "retx0" else self.b
             if leg is None or leg.retx is None:
                 return
+            if now >= leg.retx_until:
+                self._hangup_unacked(now)  # no ACK within 64*T1
+                return
             self.engine.send(leg.retx, leg.target)
             leg.retx_interval = min(leg.retx_interval * 2, self.engine.settings.t2)
-            self.engine.queue.start(self.timers, kind, now + leg.retx_interval)
+            self.engine.queue.start(self.timers, kind, min(now + leg.retx_interval, leg.retx_until))
 
     # --- B-leg INVITE responses -------------------------------------------------------------------------------
     def _on_b_invite_response(self, resp: Response, now: float) -> None:
@@ -652,7 +653,6 @@ class Call:
                 return  # retransmitted ACK: the other leg already has ours
             return
         self.deadlines.pop("retx0" if leg_index == 0 else "retx1", None)
-        self.deadlines.pop("ackwait0" if leg_index == 0 else "ackwait1", None)
         x.retx = None
         if self.state == ANSWERED and leg_index == 0:
             self.state = CONFIRMED
@@ -769,7 +769,7 @@ class Call:
             engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
             return
         if req.method == "BYE":
-            for kind in ("retx0", "retx1", "ackwait0", "ackwait1"):
+            for kind in ("retx0", "retx1"):
                 self.deadlines.pop(kind, None)
             self.end_reason = "bye-a" if leg_index == 0 else "bye-b"
         if req.method == "INVITE" and req.contact is not None:
@@ -805,14 +805,18 @@ class Call:
     # --- helpers ----------------------------------------------------------------------------------------------
     def _start_retx(self, leg: Leg, data: bytes, now: float) -> None:
         """RFC 3261 13.3.1.4: the 2xx (`data`, as sent) is re-sent over UDP until its ACK; without one after
-        64*T1, hang up."""
-        index = "0" if leg is self.a else "1"
+        64*T1, hang up. One timer does both (its last run is clamped to the 64*T1 deadline): a second, always
+        cancelled timer per call was measurable."""
+        settings = self.engine.settings
         leg.retx = data
-        queue = self.engine.queue
-        queue.start(self.timers, "ackwait" + index, now + 64 * self.engine.settings.t1)
+        leg.retx_until = now + 64 * settings.t1
         if leg.transport == "udp":
-            leg.retx_interval = self.engine.settings.t1
-            queue.start(self.timers, "retx" + index, now + leg.retx_interval)
+            leg.retx_interval = settings.t1
+            first = min(now + settings.t1, leg.retx_until)
+        else:
+            leg.retx_interval = 0.0
+            first = leg.retx_until  # reliable transport: no re-sending, only the ACK deadline
+        self.engine.queue.start(self.timers, "retx0" if leg is self.a else "retx1", first)
 
     def _relay_response(self, req: Request, resp: Response, x: Leg) -> Response:
         """`resp` (from the other leg) rewritten as the answer to `req` on leg `x`."""
