@@ -399,7 +399,7 @@ class Call:
         # Kept for the call record (the INVITE itself is freed at answer).
         self.ruri = invite.uri
         self.pai = invite.header("p-asserted-identity")
-        self.identity_present = invite.header("identity") is not None
+        self.identity_present = invite.has("identity")
         from_na = invite.from_
         contact = invite.contact
         a_target = resolve_target(contact.uri if contact else from_na.uri, source[0], source)
@@ -408,7 +408,7 @@ class Call:
         if contact is not None:
             self.a.remote_target = contact.uri
         self.a.invite_cseq = invite.cseq[0]
-        record_route = invite.values("record-route") if invite.header("record-route") is not None else None
+        record_route = invite.values("record-route")
         if record_route:
             self.a.route_set = record_route
             self.a.target = _first_hop(record_route[0], self.a.transport, self.a.target)

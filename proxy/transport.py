@@ -288,7 +288,7 @@ class SipServer:
                 del self.tcp_connections[(host, port)]
 
 
-def _udp_socket(host: str, port: int, reuse_port: bool, recv_buffer: int = 2 * 1024 * 1024) -> socket.socket:
+def _udp_socket(host: str, port: int, reuse_port: bool, recv_buffer: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     # No SO_REUSEADDR: on UDP it would let a second process bind the same port and silently take its traffic.

@@ -6,6 +6,7 @@ Each keeps enough of the original text to write the value back unchanged apart f
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -27,12 +28,10 @@ __all__ = [
 _new = tuple.__new__
 
 
-#: Values parsed before, by their text. URIs and name-addrs repeat from call to call (a trunk's Contact, its
-#: Request-URIs, a To without tag); the results are immutable tuples, so a hit costs one dict lookup. Bounded:
-#: cleared when full, so unique values (From with its tag) cannot grow it.
-_CACHE_MAX = 4096
-_URI_CACHE: dict[str, Uri] = {}
-_NAME_ADDR_CACHE: dict[str, NameAddr] = {}
+#: URIs and name-addrs repeat from call to call (a trunk's Contact, its Request-URIs, a To without tag): their
+#: parses are remembered by text (the results are immutable tuples; a bounded LRU, so unique values such as a
+#: From with its tag cannot grow it; errors are not remembered).
+_CACHE_SIZE = 4096
 
 
 class ParseError(ValueError):
@@ -200,18 +199,9 @@ _SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*")
 _BAD_URI_CHARS = re.compile(r'[ \t<>"]')
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def parse_uri(text: str) -> Uri:
     """A SIP/SIPS/tel URI (or any absoluteURI, kept opaque); strict enough to refuse what cannot be routed."""
-    uri = _URI_CACHE.get(text)
-    if uri is None:
-        uri = _parse_uri(text)
-        if len(_URI_CACHE) >= _CACHE_MAX:
-            _URI_CACHE.clear()
-        _URI_CACHE[text] = uri
-    return uri
-
-
-def _parse_uri(text: str) -> Uri:
     text = text.strip()
     colon = text.find(":")
     if colon <= 0:
@@ -280,18 +270,9 @@ class NameAddr(NamedTuple):
         return ";".join(parts)
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def parse_name_addr(value: str) -> NameAddr:
     """From/To/Contact/Route: `"display" <uri>;params` or `uri;params`."""
-    na = _NAME_ADDR_CACHE.get(value)
-    if na is None:
-        na = _parse_name_addr(value)
-        if len(_NAME_ADDR_CACHE) >= _CACHE_MAX:
-            _NAME_ADDR_CACHE.clear()
-        _NAME_ADDR_CACHE[value] = na
-    return na
-
-
-def _parse_name_addr(value: str) -> NameAddr:
     value = value.strip()
     lt = _find_unquoted(value, "<")
     if lt >= 0:

@@ -6,6 +6,7 @@ The JWS itself is decoded later, by passport.decode_jws.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -112,23 +113,9 @@ def _scan_params(text: str) -> list[tuple[str, str]]:
     return out
 
 
-#: Values parsed lately: the B2BUA reads one call's Identity several times (which x5u to fetch, is it cached,
-#: verify). Small and cleared when full: Identity values do not repeat across calls.
-_PARSED: dict[str, IdentityHeader] = {}
-
-
+@functools.lru_cache(maxsize=64)  # one call's Identity is read several times (x5u to fetch? cached? verify)
 def parse_identity(value: str) -> IdentityHeader:
     """Parse one Identity header value; malformed input is an IdentityHeaderError (438)."""
-    parsed = _PARSED.get(value)
-    if parsed is None:
-        parsed = _parse_identity(value)
-        if len(_PARSED) >= 64:
-            _PARSED.clear()
-        _PARSED[value] = parsed
-    return parsed
-
-
-def _parse_identity(value: str) -> IdentityHeader:
     text = value.strip()
     semi = text.find(";")
     if semi < 0:

@@ -8,6 +8,7 @@ that makes sure the certificates are there (fetching each URL at most once at a 
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -154,23 +155,13 @@ def parse_date_header(value: str) -> float | None:
     return dt.timestamp()
 
 
-_X5U_OF: dict[str, str | None] = {}
-
-
+@functools.lru_cache(maxsize=64)  # a call asks more than once (fetch needed? then verify)
 def x5u_of(value: str) -> str | None:
-    """The JWS x5u of one Identity header value (what `prepare` fetches); None when it does not parse.
-
-    Remembered for the last few values: a call asks for it more than once (fetch needed? then verify)."""
-    if value in _X5U_OF:
-        return _X5U_OF[value]
+    """The JWS x5u of one Identity header value (what `prepare` fetches); None when it does not parse."""
     try:
-        url = peek_x5u(parse_identity(value).token)
+        return peek_x5u(parse_identity(value).token)
     except (IdentityHeaderError, PassportError):
-        url = None
-    if len(_X5U_OF) >= 64:
-        _X5U_OF.clear()
-    _X5U_OF[value] = url
-    return url
+        return None
 
 
 class Verifier:
