@@ -188,10 +188,11 @@ class Authenticator:
     def verifies(self, ingress: Trunk) -> bool:
         return self.verifier is not None and ingress.role == "carrier" and ingress.verify.mode != "off"
 
-    def missing_certs(self, values: Sequence[str]) -> bool:
-        """True when a certificate must be fetched before `verify` can give a real answer."""
+    def cached_certs(self, values: Sequence[str]) -> dict[str, CertEntry] | None:
+        """The certificates of these Identity values from cache (hand them to `verify`), or None when one must
+        be fetched before `verify` can give a real answer."""
         assert self.verifier is not None
-        return bool(values) and self.verifier.cached_certs(values) is None
+        return self.verifier.cached_certs(values) if values else {}
 
     def certs_for(self, values: Sequence[str], fetched: Mapping[str, CertEntry] | None = None) -> dict[str, CertEntry]:
         """What was fetched for this call, else what is cached now (a URL still missing fails as 436)."""
@@ -207,9 +208,13 @@ class Authenticator:
         return out
 
     def verify(self, invite: Request, ingress: Trunk, wall_now: float,
-               fetched: Mapping[str, CertEntry] | None = None) -> InboundOutcome:
+               fetched: Mapping[str, CertEntry] | None = None,
+               values: Sequence[str] | None = None) -> InboundOutcome:
+        """`fetched`: the certificates fetched (or looked up) for this call; `values`: its Identity values
+        when the caller has read them already."""
         assert self.verifier is not None
-        values = self.identity_values(invite)
+        if values is None:
+            values = self.identity_values(invite)
         result = self.verifier.verify(values, self.orig_tn(invite), self.dest_tns(invite), invite.header("date"),
                                       wall_now, self.certs_for(values, fetched))
         settings = ingress.verify
@@ -233,7 +238,9 @@ class Authenticator:
         try:
             if pais:
                 return InboundOutcome(result, pai=tuple(add_verstat(v, verstat) for v in pais), extra=tuple(extra))
-            return InboundOutcome(result, from_value=add_verstat(invite.header("from") or "", verstat),
+            # Without the A-leg tag (the B-leg From gets its own): the same caller's From then reads the same,
+            # and its parse is a cache hit on the B-leg.
+            return InboundOutcome(result, from_value=add_verstat(invite.from_.format(drop_tag=True), verstat),
                                   extra=tuple(extra))
         except ParseError:
             return InboundOutcome(result, extra=tuple(extra))

@@ -339,16 +339,17 @@ class Engine:
         assert invite is not None
         auth = self.auth
         if auth.verifies(call.ingress):
+            values = auth.identity_values(invite)
             if not call.verify_waited:
-                values = auth.identity_values(invite)
-                if auth.missing_certs(values):
+                fetched = auth.cached_certs(values)
+                if fetched is None:
                     call.verify_waited = True
                     self.fetch_requests.append((invite.call_id, values))
                     self.fetch_waiting += 1
                     self.queue.start(call.timers, "verify", now + auth.wait_timeout)
                     return
             call.deadlines.pop("verify", None)
-            outcome = auth.verify(invite, call.ingress, now + self.wall_offset, fetched)
+            outcome = auth.verify(invite, call.ingress, now + self.wall_offset, fetched, values)
             call.inbound = outcome
             if outcome.reject is not None:
                 self.stats["verification_rejected"] += 1

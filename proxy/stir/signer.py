@@ -65,7 +65,7 @@ class AttestationRules:
     known_customer: bool = True
 
     def owns(self, tn: str) -> bool:
-        return tn in self.numbers or any(tn.startswith(p) for p in self.prefixes)
+        return tn in self.numbers or tn.startswith(self.prefixes)
 
     @classmethod
     def from_lists(

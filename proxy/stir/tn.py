@@ -60,13 +60,13 @@ def canonical_tn(value: str, policy: TNPolicy = DEFAULT_TN_POLICY) -> str:
 
     Raises TNError when nothing number-like remains, so a caller cannot compare garbage by accident.
     """
-    # Fast path: already canonical (what PASSporT claims carry), the per-call common case.
-    if (
-        value.isdigit()
-        and len(value) <= policy.max_length
-        and (not policy.country_code or len(value) != policy.national_length)
-    ):
-        return value
+    # Fast paths: already canonical (what PASSporT claims carry), or `+` and digits (what a URI user part
+    # usually holds): the per-call common cases.
+    if value.isdigit() and value.isascii():  # str.isdigit alone also takes "²" and Arabic-Indic digits
+        if len(value) <= policy.max_length and (not policy.country_code or len(value) != policy.national_length):
+            return value
+    elif value[:1] == "+" and value[1:].isdigit() and value.isascii() and len(value) <= policy.max_length + 1:
+        return value[1:]
     user, _ = user_part(value)
     # User parameters (RFC 4904 ;tgrp= ;trunk-context=, tel ;phone-context= ;ext=) and URI headers.
     for stop in (";", "?"):
@@ -122,5 +122,8 @@ def first_tn(candidates: Iterable[str | None], policy: TNPolicy = DEFAULT_TN_POL
 
 def orig_tn(pai: str | None, from_: str | None, policy: TNPolicy = DEFAULT_TN_POLICY) -> str | None:
     """The caller's TN from P-Asserted-Identity and From, in the policy's configured order."""
-    by_name = {"pai": pai, "from": from_}
-    return first_tn((by_name.get(name) for name in policy.orig_order), policy)
+    for name in policy.orig_order:
+        tn = try_canonical_tn(pai if name == "pai" else from_ if name == "from" else None, policy)
+        if tn is not None:
+            return tn
+    return None

@@ -232,7 +232,7 @@ class Verifier:
         return self._combine(results)
 
     def _combine(self, results: tuple[HeaderResult, ...]) -> VerificationResult:
-        failures = tuple(f for r in results for f in r.failures)
+        failures = results[0].failures if len(results) == 1 else tuple(f for r in results for f in r.failures)
         passing = [r for r in results if r.passed]
         ok = bool(passing) if self.settings.multi_header == "any" else len(passing) == len(results)
         if ok:
@@ -297,7 +297,7 @@ class Verifier:
                 )
             jws = decode_jws(ih.token)
         except (IdentityHeaderError, PassportError) as exc:
-            return _result(index, [exc.failure])
+            return _failed(index, exc.failure)
         header, claims = jws.header, jws.claims
         failures = header_failures(header)
         x5u = header.x5u
@@ -316,20 +316,18 @@ class Verifier:
             failures.extend(self._cert_failures(x5u, entry, jws, now))
         failures.extend(self._freshness_failures(claims.iat, date_check, now))
         failures.extend(self._match_failures(jws, call_orig, call_dest))
-        notes = entry.notes if entry is not None else ()
-        ok_entry = entry is not None and entry.ok
-        return _result(
-            index,
-            failures,
-            ppt=header.ppt,
-            attest=claims.attest,
-            origid=claims.origid,
-            iat=claims.iat,
-            x5u=x5u,
-            spc=entry.spc if ok_entry and entry is not None else None,
-            cert_subject=entry.subject if entry is not None else None,
-            notes=notes,
-        )
+        if entry is None:
+            spc = subject = None
+            notes: tuple[str, ...] = ()
+        else:
+            spc = entry.spc if entry.ok else None
+            subject, notes = entry.subject, entry.notes
+        if failures:
+            first = failures[0].outcome
+            return HeaderResult(index, False, first.code, first.reason, tuple(failures), header.ppt,
+                                claims.attest, claims.origid, claims.iat, x5u, spc, subject, notes)
+        return HeaderResult(index, True, None, None, (), header.ppt, claims.attest, claims.origid, claims.iat,
+                            x5u, spc, subject, notes)
 
     def _param_failures(self, ih: IdentityHeader, jws: DecodedJws) -> list[Failure]:
         s = self.settings
@@ -416,8 +414,6 @@ class Verifier:
         return out
 
 
-def _result(index: int, failures: list[Failure], **info: Any) -> HeaderResult:
-    if not failures:
-        return HeaderResult(index, True, None, None, (), **info)
-    first = failures[0].outcome
-    return HeaderResult(index, False, first.code, first.reason, tuple(failures), **info)
+def _failed(index: int, failure: Failure) -> HeaderResult:
+    """A header that could not be read at all."""
+    return HeaderResult(index, False, failure.outcome.code, failure.outcome.reason, (failure,))
