@@ -38,7 +38,11 @@ def test_national_number_gets_country_code() -> None:
     assert canonical_tn("5550100000") == "5550100000"
 
 
-@pytest.mark.parametrize("raw", ["", "abc", "sip:alice@example.com", "+", "555-ABC", "1" * 16])
+@pytest.mark.parametrize(
+    "raw",
+    # "+" + 16 digits is one too long however it is written; str.isdigit() is true for "²" and "١٢٣".
+    ["", "abc", "sip:alice@example.com", "+", "555-ABC", "1" * 16, "+" + "1" * 16, "²", "+١٢٣", "555²"],
+)
 def test_garbage_is_a_typed_error(raw: str) -> None:
     with pytest.raises(TNError):
         canonical_tn(raw)
