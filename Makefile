@@ -7,11 +7,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 CONFIG ?= examples/loopback.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_RUN  := python3-venv openssl
+APT_RUN  := python3-venv python3-dev gcc openssl
 APT_TEST := sip-tester secsipidx redis-server
 APT_BENCH := kamailio kamailio-secsipid-modules sip-tester secsipidx
 
-.PHONY: run test bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench clean
+.PHONY: run test test-pure bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench compile pure clean
 
 # --- installation -------------------------------------------------------------------------------------------
 define apt_install
@@ -34,15 +34,32 @@ sysdeps-bench: sysdeps-run
 $(VENV)/.stamp-run: pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip >/dev/null
-	$(PIP) install -q -e .
+	$(PIP) install -q -e . 'mypy>=1.10' setuptools
 	@touch $@
 
 $(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-run
 	$(PIP) install -q -e '.[test]'
 	@touch $@
 
-venv: sysdeps-run $(VENV)/.stamp-run
-venv-test: sysdeps-test $(VENV)/.stamp-test
+venv: sysdeps-run $(VENV)/.stamp-run compile
+venv-test: sysdeps-test $(VENV)/.stamp-test compile
+
+# The hot path compiled with mypyc (proxy/compiled.py lists the modules), rebuilt when a source changes; when
+# it cannot be built stirgate runs the same code as Python (slower). STIRGATE_PURE=1 skips it.
+SOURCES := $(wildcard proxy/*.py proxy/sip/*.py proxy/stir/*.py)
+compile: $(VENV)/.stamp-run
+	@if [ -n "$(STIRGATE_PURE)" ]; then $(PY) -m proxy.compiled remove; \
+	else $(MAKE) --no-print-directory build/.stamp-compiled; fi
+
+build/.stamp-compiled: $(SOURCES)
+	@mkdir -p build
+	@echo "compiling the hot path with mypyc (proxy/compiled.py)"
+	@if $(PY) -m proxy.compiled build >build/mypyc.log 2>&1; then touch $@; \
+	else $(PY) -m proxy.compiled remove; echo "mypyc build failed (build/mypyc.log): running pure Python"; fi
+
+pure:
+	$(PY) -m proxy.compiled remove
+	rm -f build/.stamp-compiled
 
 # --- running ------------------------------------------------------------------------------------------------
 certs: venv
@@ -59,7 +76,19 @@ run: venv certs
 # pytest exits 5 when it collects no test: that is a failure of the suite's wiring, reported as such.
 test: venv-test
 	$(VENV)/bin/pytest -q tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi
+	@$(MAKE) --no-print-directory test-pure
+
+# The unit tests once more on the Python sources (a copy of the tree without the compiled modules, beside
+# ../shared like the tree itself), so the fallback a machine without a C compiler runs stays tested.
+test-pure: venv-test
+	@rm -rf build/pure && mkdir -p build/pure/main
+	@tar -cf - --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./bench-results --exclude='*.so' \
+	  --exclude=__pycache__ . | tar -xf - -C build/pure/main
+	@[ ! -d ../shared ] || ln -s "$$(cd ../shared && pwd)" build/pure/shared
+	cd build/pure/main && STIRGATE_EXPECT_PURE=1 $(abspath $(VENV))/bin/pytest -q -p no:cacheprovider tests/unit; \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: venv-test
 	$(VENV)/bin/ruff check proxy policies tests
@@ -73,3 +102,4 @@ fuzz: venv-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-certs var
+	find proxy -name '*.so' -delete

@@ -9,7 +9,6 @@ Leg 0 is A (the caller's side), leg 1 is B (the trunk the call was routed to).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
@@ -293,16 +292,20 @@ def _max_forwards_header(value: int) -> Header:
 
 
 class CallTimers:
-    """A call's timer owner: deadlines by kind and a weak link to the call they belong to."""
+    """A call's timer owner: deadlines by kind and the call they belong to.
+
+    The link back to the call is cut when the call ends (`Call._end`), which also cancels every deadline:
+    the cyclic GC is off, so call state must not keep a reference cycle alive.
+    """
 
     __slots__ = ("call", "deadlines")
 
     def __init__(self, call: Call) -> None:
-        self.call = weakref.ref(call)
+        self.call: Call | None = call
         self.deadlines: dict[str, float] = {}
 
     def on_timer(self, kind: str, now: float) -> None:
-        call = self.call()
+        call = self.call
         if call is not None:
             call.on_timer(kind, now)
 
@@ -311,7 +314,6 @@ class Call:
     """One call through stirgate. Transaction user of every transaction on both legs."""
 
     __slots__ = (
-        "__weakref__",
         "a",
         "a_invite",
         "answered_at",
@@ -847,6 +849,7 @@ class Call:
             self.engine.setup_done(self.source[1])
         self.ended_at = now
         self.deadlines.clear()
+        self.timers.call = None
         calls = self.engine.calls
         calls.pop(self.a.call_id, None)
         for leg in self.tried_legs:

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from proxy import compiled
+
+    compiled.check()  # never run a compiled module older than its source
     args = build_parser().parse_args(argv)
     rc: int = args.func(args)
     return rc

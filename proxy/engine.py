@@ -194,8 +194,8 @@ class Engine:
             return  # keep-alive
         try:
             msg = parse(data)
-        except VersionError as exc:
-            self._reply_stateless(exc.request, source, 505, "Version Not Supported")
+        except VersionError as version_error:  # (one name per handler: mypyc types each name once)
+            self._reply_stateless(version_error.request, source, 505, "Version Not Supported")
             return
         except ParseError as exc:
             self.stats["unparseable"] += 1

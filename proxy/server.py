@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from policies.loader import PolicySet, load_policies
+from proxy import compiled
 from proxy.api import start_api
 from proxy.b2bua import Call
 from proxy.config import Config, ConfigError, load_config
@@ -218,7 +219,8 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
         loop.create_task(_flush_logs()),
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
     ]
-    log.info("listening", worker=worker, listen=[f"{t}:{h}:{p}" for t, h, p in udp_listens],
+    log.info("listening", worker=worker, hot_path="compiled" if compiled.is_compiled() else "python",
+             listen=[f"{t}:{h}:{p}" for t, h, p in udp_listens],
              trunks=len(config.trunks))
     await stop.wait()
     check_drained()
