@@ -20,6 +20,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from .claims import Claims as Claims  # re-exported: the structs are part of this module's API
+from .claims import Dest as Dest
+from .claims import JwsHeader as JwsHeader
+from .claims import Rcd as Rcd
+from .claims import TnOrUri as TnOrUri
 from .errors import Failure, Outcome, PassportError
 
 ALG = "ES256"
@@ -32,57 +37,6 @@ ATTESTATIONS = frozenset({"A", "B", "C"})
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _ECDSA = ec.ECDSA(hashes.SHA256())
-
-
-class JwsHeader(msgspec.Struct, frozen=True, omit_defaults=True):
-    """JOSE header; fields declared in canonical order (alg, ppt, typ, x5u)."""
-
-    alg: str
-    ppt: str | None = None
-    typ: str | None = None
-    x5u: str | None = None
-
-
-class TnOrUri(msgspec.Struct, frozen=True, omit_defaults=True):
-    """`orig` and `div` claims: one TN or one URI."""
-
-    tn: str | None = None
-    uri: str | None = None
-
-
-class Dest(msgspec.Struct, frozen=True, omit_defaults=True):
-    """`dest` claim: arrays of TNs and/or URIs."""
-
-    tn: tuple[str, ...] | None = None
-    uri: tuple[str, ...] | None = None
-
-
-class Rcd(msgspec.Struct, frozen=True, omit_defaults=True):
-    """RFC 9795 `rcd` claim: display name, optional icon, jCard (inline or by URL)."""
-
-    nam: str
-    apn: str | None = None
-    icn: str | None = None
-    jcd: Any = None
-    jcl: str | None = None
-
-
-class Claims(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Union of the shaken/div/rcd claims; `claim_failures` enforces what each ppt requires.
-
-    Everything is optional at the type level so that a missing claim is reported by name (attest-missing)
-    rather than as a generic decode error; wrong *types* still fail at decode.
-    """
-
-    attest: str | None = None
-    crn: str | None = None
-    dest: Dest | None = None
-    div: TnOrUri | None = None
-    iat: int | None = None
-    orig: TnOrUri | None = None
-    origid: str | None = None
-    rcd: Rcd | None = None
-    rcdi: dict[str, str] | None = None
 
 
 _header_decoder = msgspec.json.Decoder(JwsHeader)
