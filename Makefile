@@ -11,7 +11,7 @@ APT_RUN  := python3-venv python3-dev gcc openssl
 APT_TEST := sip-tester secsipidx redis-server
 APT_BENCH := kamailio kamailio-secsipid-modules sip-tester secsipidx
 
-.PHONY: run test test-pure bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench compile pure clean
+.PHONY: run test test-pure pure-tree bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench compile pure clean
 
 # --- installation -------------------------------------------------------------------------------------------
 define apt_install
@@ -80,13 +80,16 @@ test: venv-test
 	if [ $$rc -ne 0 ]; then exit $$rc; fi
 	@$(MAKE) --no-print-directory test-pure
 
-# The unit tests once more on the Python sources (a copy of the tree without the compiled modules, beside
-# ../shared like the tree itself), so the fallback a machine without a C compiler runs stays tested.
-test-pure: venv-test
+# A copy of the tree without the compiled modules, beside ../shared like the tree itself: the Python sources
+# as a machine without a C compiler runs them.
+pure-tree:
 	@rm -rf build/pure && mkdir -p build/pure/main
 	@tar -cf - --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./bench-results --exclude='*.so' \
-	  --exclude=__pycache__ . | tar -xf - -C build/pure/main
+	  --exclude=__pycache__ --exclude=./tests/fuzz/corpus . | tar -xf - -C build/pure/main
 	@[ ! -d ../shared ] || ln -s "$$(cd ../shared && pwd)" build/pure/shared
+
+# The unit tests once more on the Python sources, so that fallback stays tested.
+test-pure: venv-test pure-tree
 	cd build/pure/main && STIRGATE_EXPECT_PURE=1 $(abspath $(VENV))/bin/pytest -q -p no:cacheprovider tests/unit; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
@@ -97,8 +100,11 @@ lint: venv-test
 bench: venv-test sysdeps-bench
 	$(PY) -m bench $(BENCH_ARGS)
 
-fuzz: venv-test
-	$(PY) -m tests.fuzz $(FUZZ_ARGS)
+# On the Python sources: atheris measures coverage on bytecode, which compiled modules do not have. The corpus
+# and saved crashes stay in this tree's tests/fuzz/.
+fuzz: venv-test pure-tree
+	cd build/pure/main && $(abspath $(PY)) -m tests.fuzz --corpus $(CURDIR)/tests/fuzz/corpus \
+	  --crashes $(CURDIR)/tests/fuzz/crashes $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-certs var
