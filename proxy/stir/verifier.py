@@ -322,12 +322,22 @@ class Verifier:
         else:
             spc = entry.spc if entry.ok else None
             subject, notes = entry.subject, entry.notes
-        if failures:
-            first = failures[0].outcome
-            return HeaderResult(index, False, first.code, first.reason, tuple(failures), header.ppt,
-                                claims.attest, claims.origid, claims.iat, x5u, spc, subject, notes)
-        return HeaderResult(index, True, None, None, (), header.ppt, claims.attest, claims.origid, claims.iat,
-                            x5u, spc, subject, notes)
+        first = failures[0].outcome if failures else None
+        return HeaderResult(
+            index,
+            first is None,
+            first.code if first is not None else None,
+            first.reason if first is not None else None,
+            tuple(failures),
+            ppt=header.ppt,
+            attest=claims.attest,
+            origid=claims.origid,
+            iat=claims.iat,
+            x5u=x5u,
+            spc=spc,
+            cert_subject=subject,
+            notes=notes,
+        )
 
     def _param_failures(self, ih: IdentityHeader, jws: DecodedJws) -> list[Failure]:
         s = self.settings
