@@ -252,12 +252,12 @@ class Leg:
         if self.route_set:
             headers.extend(Header.make("route", r) for r in self.route_set)
         headers.append(_max_forwards_header(max_forwards))
-        headers.append(self._from_header or self.from_header())
+        headers.append(self.from_header())
         headers.append(self.to_header())
-        headers.append(self._call_id_header or self.call_id_header())
+        headers.append(self.call_id_header())
         headers.append(Header.make("cseq", f"{cseq} {method}"))
         if method in _CONTACT_METHODS:
-            headers.append(self._contact_header or self.contact_header())
+            headers.append(self.contact_header())
         headers.extend(extra)
         return Request(method, self.remote_target, headers, body, via_key=(branch, via_host), cseq=(cseq, method))
 
@@ -269,11 +269,15 @@ class Leg:
         return h
 
     def call_id_header(self) -> Header:
-        h = self._call_id_header = Header.make("call-id", self.call_id)
+        h = self._call_id_header
+        if h is None:
+            h = self._call_id_header = Header.make("call-id", self.call_id)
         return h
 
     def contact_header(self) -> Header:
-        h = self._contact_header = Header.make("contact", self.contact)
+        h = self._contact_header
+        if h is None:
+            h = self._contact_header = Header.make("contact", self.contact)
         return h
 
 
@@ -370,8 +374,8 @@ class Call:
         self.state = ROUTING
         self.cancel_pending = False
         self.cancel_sent = False
-        #: What the timer heap holds for this call (a weak reference to it): an ended call is freed at once,
-        #: not when its longest cancelled timer (no answer: 120 s) comes round.
+        #: What the timer queue holds for this call: its link to the call is cut when the call ends, so an
+        #: ended call is freed at once, not when its longest cancelled timer (no answer: 120 s) comes round.
         self.timers = CallTimers(self)
         self.deadlines = self.timers.deadlines
         self.created_at = now
@@ -833,8 +837,8 @@ class Call:
                 headers.append(h if to_tag is not None else x.local_to_header())
             elif record_route and key == "record-route":
                 headers.append(h)
-        if resp.header("contact") is not None:
-            headers.append(x._contact_header or x.contact_header())
+        if resp.has("contact"):
+            headers.append(x.contact_header())
         headers.extend(passthrough(resp.headers))
         return Response(resp.status, resp.reason, headers, resp.body)
 

@@ -47,17 +47,16 @@ class _Bucket:
 
 
 class TimerQueue:
-    __slots__ = ("_buckets", "_scale", "_size", "_slots")
+    __slots__ = ("_buckets", "_scale", "_slots")
 
     def __init__(self, bucket: float = BUCKET) -> None:
         self._buckets: dict[int, _Bucket] = {}
         self._slots: list[int] = []  # heap of the slots that have a bucket
         self._scale = 1.0 / bucket
-        self._size = 0
 
     def __len__(self) -> int:
-        """Entries held, cancelled ones included until their bucket is consumed."""
-        return self._size
+        """Entries held, cancelled ones included until their bucket is looked at (not on the hot path)."""
+        return sum(len(b.entries) for b in self._buckets.values())
 
     def start(self, owner: TimerOwner, kind: str, when: float) -> None:
         owner.deadlines[kind] = when
@@ -70,7 +69,6 @@ class TimerQueue:
             bucket.entries.append((when, owner, kind))
             if when < bucket.first:
                 bucket.first = when
-        self._size += 1
 
     @staticmethod
     def cancel(owner: TimerOwner, kind: str) -> None:
@@ -91,11 +89,9 @@ class TimerQueue:
             bucket = buckets[slot]
             live = [e for e in bucket.entries if e[1].deadlines.get(e[2]) == e[0]]
             if live:
-                self._size -= len(bucket.entries) - len(live)
                 bucket.entries = live
                 bucket.first = min(e[0] for e in live)
                 return bucket.first
-            self._size -= len(bucket.entries)
             heapq.heappop(slots)
             del buckets[slot]
         return None
@@ -125,7 +121,6 @@ class TimerQueue:
             else:
                 heapq.heappop(slots)
                 del buckets[slot]
-            self._size -= len(due)
             if len(due) > 1:
                 due.sort(key=_when)  # stable: equal times keep their insertion order
             # Timers started by these callbacks are never earlier than `now`: they go to a later place in
