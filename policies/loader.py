@@ -21,8 +21,8 @@ from typing import Any
 
 import msgspec
 
-from proxy.config import _PATH_RE, _UNKNOWN_RE, ConfigError, _compose, _key_text, _line_for
 from proxy.stir.tn import DEFAULT_TN_POLICY, TNPolicy
+from proxy.yamlfile import ConfigError, YamlDoc, compose, key_text
 
 from .base import DEFAULT_HEADERS, DataFile
 from .chain import Chain, ChainEntry, Counters, Mode
@@ -156,10 +156,9 @@ def resolve_policy(spec: str) -> type:
 
 
 class _Builder:
-    def __init__(self, file: str, lines: dict[str, int], env: PolicyEnv, known_trunks: frozenset[str] | None,
+    def __init__(self, doc: YamlDoc, env: PolicyEnv, known_trunks: frozenset[str] | None,
                  counters: Counters, previous: PolicySet | None) -> None:
-        self.file = file
-        self.lines = lines
+        self.doc = doc
         self.env = env
         self.known_trunks = known_trunks
         self.counters = counters
@@ -167,21 +166,11 @@ class _Builder:
         self.pending: list[tuple[ChainEntry, Any]] = []
         self.headers: set[str] = set(DEFAULT_HEADERS)
 
-    def error(self, path: str, problem: str) -> PolicyError:
-        return PolicyError(self.file, _line_for(path, self.lines), _key_text(path), problem)
+    def error(self, path: str, problem: str) -> ConfigError:
+        return self.doc.error(path, problem, PolicyError)
 
-    def located(self, exc: msgspec.ValidationError, root: str) -> PolicyError:
-        message = str(exc)
-        path = "$"
-        m = _PATH_RE.search(message)
-        if m:
-            path = m.group(1)
-            message = message[: m.start()]
-        u = _UNKNOWN_RE.match(message)
-        if u:
-            path = f"{path}.{u.group(1)}"
-            message = "unknown key"
-        return self.error(root + path[1:], message)
+    def located(self, exc: msgspec.ValidationError, root: str) -> ConfigError:
+        return self.doc.validation_error(exc, root, PolicyError)
 
     def dec_hook(self, typ: type, obj: Any) -> Any:
         if typ is DataFile:
@@ -241,7 +230,7 @@ class _Builder:
             if self.known_trunks is not None and target not in self.known_trunks:
                 raise self.error(f"{path}.params", f"unknown trunk {target!r} to route to")
         self.headers.update(getattr(policy, "headers", ()) or ())
-        location = (self.file, _line_for(path, self.lines), _key_text(path))
+        location = (self.doc.file, self.doc.line_for(path), key_text(path))
         entry = ChainEntry(name, raw.policy, raw.mode, policy, location)
         if fresh:
             self.pending.append((entry, params))
@@ -284,16 +273,17 @@ def load_policies_text(
     policies (replay, velocity) with unchanged params are carried over.
     """
     try:
-        data, lines = _compose(text, file)
+        doc = compose(text, file)
     except ConfigError as exc:
         raise PolicyError(exc.file, exc.line, exc.key, exc.problem) from None
+    data, lines = doc.data, doc.lines
     if data is None or data == {}:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(file, lines.get("$"), "(top level)", "expected a mapping with `trunks:` and `default:`")
     known = frozenset(trunks) if trunks is not None else None
     env = PolicyEnv(file, base_dir or (Path(file).parent if not file.startswith("<") else Path.cwd()), tn_policy)
-    b = _Builder(file, lines, env, known, counters or Counters(), previous)
+    b = _Builder(doc, env, known, counters or Counters(), previous)
     for key in data:
         if key not in _TOP_KEYS:
             raise b.error(f"$.{key}", f"unknown key (expected one of: {', '.join(_TOP_KEYS)})")

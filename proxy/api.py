@@ -12,35 +12,22 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy.config import ApiSettings
 from proxy.metrics import Metrics
 from proxy.records import RecordWriter, traceback
 from proxy.reports import parse_duration, parse_time, report
 
-__all__ = ["ApiSettings", "build_app", "start_api"]
+__all__ = ["build_app", "start_api"]
 
 _METRICS_KEY = web.AppKey("metrics", Metrics)
 _DB_KEY = web.AppKey("db_path", str)
 _CC_KEY = web.AppKey("country_code", str)
 _WRITER_KEY = web.AppKey("writer", object)
-
-
-class ApiSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """`api:` in the YAML."""
-
-    enabled: bool = True
-    #: host:port; loopback by default: traceback data is personal data, put a TLS proxy in front to expose it.
-    listen: Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):\d{1,5}$")] = "127.0.0.1:8080"
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

@@ -1,47 +1,34 @@
-"""YAML configuration -> typed, validated objects. Every error names the file, the line and the key.
+"""The settings layer: YAML configuration -> typed, validated objects. Every error names file, line and key.
 
-PyYAML reads the file into nodes that remember their line; msgspec converts and validates the plain data;
-a failure's path (`$.trunks[1].role`) is mapped back to the line of that key in the file.
+Every component's settings type lives here, at the bottom of the layers, so that loading a config never
+imports the components themselves (`proxy.yamlfile` does the located YAML reading).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
-import yaml
 
-from proxy.api import ApiSettings
-from proxy.records import RecordsSettings
+from proxy.yamlfile import ConfigError, YamlDoc, compose
 
 __all__ = [
+    "ApiSettings",
     "Config",
     "ConfigError",
     "Listen",
+    "RecordsSettings",
     "Route",
     "SipSettings",
     "Trunk",
     "load_config",
     "load_config_text",
 ]
-
-
-class ConfigError(Exception):
-    """A configuration problem, located: `file:line: key: what is wrong`."""
-
-    def __init__(self, file: str, line: int | None, key: str, problem: str) -> None:
-        where = f"{file}:{line}" if line is not None else file
-        super().__init__(f"{where}: {key}: {problem}")
-        self.file = file
-        self.line = line
-        self.key = key
-        self.problem = problem
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -205,6 +192,38 @@ class LoggingSettings(_Base, frozen=True):
     components: dict[Literal["call", "transport", "records", "server"], LogLevel] = {}
 
 
+class RecordsSettings(_Base, frozen=True):
+    """`records:` in the YAML. Constraints live in the types so config errors come located, like the rest."""
+
+    #: Record calls at all; off keeps the metrics (they do not need the database).
+    enabled: bool = True
+    #: SQLite file (its folder is created). Several workers may share one file: WAL and a busy timeout.
+    path: str = "var/records.sqlite3"
+    #: Records waiting for the writer; beyond this a call's record is dropped and counted, never waited for.
+    queue_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    #: Records per transaction.
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 2_000
+    #: Longest a record waits in the queue before its batch is committed (seconds).
+    flush_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    #: Records older than this are deleted; 0 keeps them for ever.
+    retention_days: Annotated[float, msgspec.Meta(ge=0)] = 90.0
+    #: Seconds between pruning passes.
+    prune_interval: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+
+
+class ApiSettings(_Base, frozen=True):
+    """`api:` in the YAML."""
+
+    enabled: bool = True
+    #: host:port; loopback by default: traceback data is personal data, put a TLS proxy in front to expose it.
+    listen: Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):\d{1,5}$")] = "127.0.0.1:8080"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class _RawConfig(_Base, frozen=True):
     listen: list[str] = msgspec.field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
     unknown_source: Literal["reject", "drop"] = "reject"
@@ -253,74 +272,6 @@ class Config:
         raise KeyError(name)
 
 
-# --- YAML with line numbers ---------------------------------------------------------------------------------
-
-
-def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _LOADER.construct_object(key_node, deep=True)
-            sub = f"{path}.{key}"
-            lines[sub] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, sub, lines)
-            lines[sub] = key_node.start_mark.line + 1  # the key's own line, not its value's
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, f"{path}[{i}]", lines) for i, v in enumerate(node.value)]
-    return _LOADER.construct_object(node, deep=True)
-
-
-_LOADER = yaml.SafeLoader("")
-
-
-def _compose(text: str, file: str) -> tuple[Any, dict[str, int]]:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(file, line, "(yaml)", str(getattr(exc, "problem", exc))) from None
-    lines: dict[str, int] = {}
-    if node is None:
-        return {}, lines
-    return _to_python(node, "$", lines), lines
-
-
-_PATH_RE = re.compile(r" - at `(\$[^`]*)`$")
-_UNKNOWN_RE = re.compile(r"^Object contains unknown field `([^`]*)`")
-
-
-def _locate(exc: msgspec.ValidationError, file: str, lines: dict[str, int]) -> ConfigError:
-    message = str(exc)
-    path = "$"
-    m = _PATH_RE.search(message)
-    if m:
-        path = m.group(1)
-        message = message[: m.start()]
-    u = _UNKNOWN_RE.match(message)
-    if u:
-        path = f"{path}.{u.group(1)}"
-        message = "unknown key"
-    return ConfigError(file, _line_for(path, lines), _key_text(path), message)
-
-
-def _line_for(path: str, lines: dict[str, int]) -> int | None:
-    while path:
-        if path in lines:
-            return lines[path]
-        cut = max(path.rfind("."), path.rfind("["))
-        if cut <= 0:
-            break
-        path = path[:cut]
-    return lines.get("$")
-
-
-def _key_text(path: str) -> str:
-    return path[2:] if path.startswith("$.") else path
-
-
 # --- semantic checks ----------------------------------------------------------------------------------------
 
 
@@ -344,9 +295,8 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _validate(raw: _RawConfig, file: str, lines: dict[str, int]) -> Config:
-    def fail(path: str, problem: str) -> ConfigError:
-        return ConfigError(file, _line_for(path, lines), _key_text(path), problem)
+def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
+    fail = doc.error
 
     listens: list[Listen] = []
     for i, text in enumerate(raw.listen):
@@ -391,7 +341,7 @@ def _validate(raw: _RawConfig, file: str, lines: dict[str, int]) -> Config:
         if getattr(s, key) <= 0:
             raise fail(f"$.sip.{key}", "must be positive")
     return Config(
-        path=file,
+        path=doc.file,
         listen=tuple(listens),
         unknown_source=raw.unknown_source,
         sip=raw.sip,
@@ -430,14 +380,14 @@ def _validate_stir(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> 
 
 
 def load_config_text(text: str, file: str = "<config>") -> Config:
-    data, lines = _compose(text, file)
-    if not isinstance(data, dict):
-        raise ConfigError(file, lines.get("$"), "(top level)", "expected a mapping of settings")
+    doc = compose(text, file)
+    if not isinstance(doc.data, dict):
+        raise ConfigError(file, doc.lines.get("$"), "(top level)", "expected a mapping of settings")
     try:
-        raw = msgspec.convert(data, _RawConfig)
+        raw = msgspec.convert(doc.data, _RawConfig)
     except msgspec.ValidationError as exc:
-        raise _locate(exc, file, lines) from None
-    return _validate(raw, file, lines)
+        raise doc.validation_error(exc) from None
+    return _validate(raw, doc)
 
 
 def load_config(path: str | Path) -> Config:

@@ -17,11 +17,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import structlog
 
+from proxy.config import RecordsSettings
 from proxy.stir.signer import SignedCall
 from proxy.stir.tn import DEFAULT_TN_POLICY, TNPolicy, try_canonical_tn, user_part
 
@@ -33,7 +34,6 @@ __all__ = [
     "CallRecord",
     "PolicyDecision",
     "RecordWriter",
-    "RecordsSettings",
     "call_end_hook",
     "connect_readonly",
     "open_db",
@@ -48,25 +48,6 @@ log = structlog.get_logger("stirgate.records", component="records")
 PolicyDecision = tuple[str, str, str]
 
 SCHEMA_VERSION: Final = 1
-
-
-class RecordsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """`records:` in the YAML. Constraints live in the types so config errors come located, like the rest."""
-
-    #: Record calls at all; off keeps the metrics (they do not need the database).
-    enabled: bool = True
-    #: SQLite file (its folder is created). Several workers may share one file: WAL and a busy timeout.
-    path: str = "var/records.sqlite3"
-    #: Records waiting for the writer; beyond this a call's record is dropped and counted, never waited for.
-    queue_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
-    #: Records per transaction.
-    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 2_000
-    #: Longest a record waits in the queue before its batch is committed (seconds).
-    flush_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    #: Records older than this are deleted; 0 keeps them for ever.
-    retention_days: Annotated[float, msgspec.Meta(ge=0)] = 90.0
-    #: Seconds between pruning passes.
-    prune_interval: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
 
 
 class CallRecord(msgspec.Struct, frozen=True, gc=False, kw_only=True):

@@ -11,7 +11,8 @@ import sqlite3
 import sys
 import time
 
-from proxy.records import RecordsSettings, traceback
+from proxy.config import RecordsSettings
+from proxy.records import traceback
 from proxy.reports import (
     format_duration,
     format_records,

@@ -11,9 +11,10 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.api import ApiSettings, start_api
+from proxy.api import start_api
+from proxy.config import ApiSettings, RecordsSettings
 from proxy.metrics import Metrics, engine_snapshot
-from proxy.records import RecordsSettings, RecordWriter, call_end_hook
+from proxy.records import RecordWriter, call_end_hook
 from tests.unit.core.sipfake import Harness
 from tests.unit.records.helpers import answered_call, rejected_call
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.config import RecordsSettings
 from proxy.metrics import Histo, Metrics, call_outcome, engine_snapshot
-from proxy.records import RecordsSettings, RecordWriter
+from proxy.records import RecordWriter
 from tests.unit.core.sipfake import Harness
 from tests.unit.records.helpers import answered_call, rec, rejected_call
 

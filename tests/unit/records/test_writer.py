@@ -7,7 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from proxy.records import COLUMNS, INSERT_SQL, RecordsSettings, RecordWriter, open_db, prune, record_from_row, row_of
+from proxy.config import RecordsSettings
+from proxy.records import COLUMNS, INSERT_SQL, RecordWriter, open_db, prune, record_from_row, row_of
 from tests.unit.records.helpers import rec
 
 
