@@ -74,7 +74,7 @@ run: venv certs
 
 # --- checking -----------------------------------------------------------------------------------------------
 # pytest exits 5 when it collects no test: that is a failure of the suite's wiring, reported as such.
-test: venv-test
+test: venv-test lint
 	$(VENV)/bin/pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi
@@ -93,9 +93,11 @@ test-pure: venv-test pure-tree
 	cd build/pure/main && STIRGATE_EXPECT_PURE=1 $(abspath $(VENV))/bin/pytest -q -p no:cacheprovider tests/unit; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# Style, types, and the one-way layers (pyproject.toml [tool.importlinter]; docs/ARCHITECTURE.md).
 lint: venv-test
-	$(VENV)/bin/ruff check proxy policies tests
+	$(VENV)/bin/ruff check proxy policies tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: venv-test sysdeps-bench
 	$(PY) -m bench $(BENCH_ARGS)

@@ -33,7 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "processes) over the step / successful calls.")
     p.add_argument("--mode", default="relay",
                    help="comma-separated: relay (default), sign, verify, flood (SIP sweeps, in that order, same "
-                        "run), crypto (python -m bench.crypto), policies (python -m policies.bench_chain), "
+                        "run), crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
                         "records (bench/records_bench.py), concurrency (N long calls held: memory per dialog)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
@@ -290,7 +290,7 @@ def run_standalone(mode: str, rundir: Path) -> dict[str, Any]:
     py = str(VENV_BIN / "python")
     cmd = {
         "crypto": [py, "-m", "bench.crypto", "--json", str(rundir / "crypto.json")],
-        "policies": [py, "-m", "policies.bench_chain"],
+        "policies": [py, "-m", "bench.policy_chain"],
         "records": [py, str(REPO / "bench" / "records_bench.py")],
     }[mode]
     print(f"{mode}: {' '.join(cmd)}", flush=True)

@@ -3,7 +3,7 @@
 Ten million TNs as Python strings in a set would take ~1 GB; here each number is one int64 in a sorted
 `array('q')` (8 bytes) found by bisect, with a bucket index that narrows the bisect to a few dozen entries.
 Numbers that do not fit the int form (a leading 0, `*`/`#`) go to a small frozenset beside it.
-Measured (tests/unit/policies/test_numbers.py, policies/bench_chain.py): 10 M numbers take ~82 MB
+Measured (tests/unit/policies/test_numbers.py, bench/policy_chain.py): 10 M numbers take ~82 MB
 (8.2 bytes/number), a lookup ~0.5 us, loading a sorted file ~3 s, a shuffled one ~8 s.
 
 List file format: one entry per line; blank lines and `#` comments are ignored; numbers may be written

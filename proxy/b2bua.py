@@ -10,24 +10,25 @@ Leg 0 is A (the caller's side), leg 1 is B (the trunk the call was routed to).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from policies.base import CallContext, Decision
 from policies.chain import Chain, ChainResult
-from proxy.authentication import add_display_prefix, add_verstat
+from proxy.authentication import Authenticator, add_display_prefix, add_verstat
 from proxy.routing import TrunkTarget
 from proxy.sip.grammar import NameAddr, ParseError, parse_name_addr, parse_uri
 from proxy.sip.message import Header, Request, Response, canonical_name
+from proxy.sip.timers import TimerQueue
 from proxy.sip.transaction import CALLING as TXN_CALLING
-from proxy.sip.transaction import PROCEEDING, TRYING, Target, Transaction
+from proxy.sip.transaction import PROCEEDING, TRYING, Target, Transaction, TransactionLayer
 from proxy.stir.signer import SignedCall
 
 if TYPE_CHECKING:
     from proxy.authentication import InboundOutcome
     from proxy.config import Trunk
-    from proxy.engine import Engine
 
-__all__ = ["OWNED_HEADERS", "Call", "Leg"]
+__all__ = ["OWNED_HEADERS", "Call", "CallHost", "CallSettings", "Leg"]
 
 #: Headers each leg writes for itself; everything else crosses the B2BUA unchanged.
 OWNED_HEADERS: Final = frozenset(
@@ -129,6 +130,72 @@ def rewrite_uri_host(uri: str, host: str, port: int) -> str:
         if 0 <= i < cut:
             cut = i
     return f"{scheme}:{user}{host}:{port}{tail[cut:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    """The timers a call runs by itself (RFC 3261 T1/T2, and when to give up on a trunk)."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    failover_timeout: float = 2.0
+    no_answer_timeout: float = 120.0
+
+
+class CallHost:
+    """What a Call needs from whoever runs it: the engine implements it; the call never imports the engine.
+
+    A base class rather than a typing.Protocol: compiled with mypyc, calls through a native base class are
+    vtable calls and its attributes native fields, where a Protocol makes each one a Python-level lookup on
+    the per-message path.
+    """
+
+    txns: TransactionLayer
+    queue: TimerQueue
+    call_settings: CallSettings
+    auth: Authenticator
+    #: Wall-clock seconds minus the host's clock (PASSporT iat is wall time; timers are monotonic).
+    wall_offset: float
+
+    def new_branch(self) -> str:
+        raise NotImplementedError
+
+    def new_tag(self) -> str:
+        raise NotImplementedError
+
+    def new_call_id(self) -> str:
+        raise NotImplementedError
+
+    def contact_for(self, transport: str) -> str:
+        raise NotImplementedError
+
+    def via_host(self, transport: str) -> str:
+        raise NotImplementedError
+
+    def send(self, data: bytes, target: Target) -> None:
+        raise NotImplementedError
+
+    def make_response(self, req: Request, status: int, reason: str, to_tag: str | None,
+                      extra: list[Header] | None = None) -> Response:
+        raise NotImplementedError
+
+    def leg_started(self, call_id: str, call: Call, leg: int) -> None:
+        """A leg with this Call-ID belongs to `call` (0: A, 1: B) until the call ends."""
+        raise NotImplementedError
+
+    def call_answered(self, call: Call) -> None:
+        raise NotImplementedError
+
+    def call_failed_over(self, call: Call) -> None:
+        raise NotImplementedError
+
+    def verify_timed_out(self, call: Call, now: float) -> None:
+        """The call's certificate did not come in time: decide it without (436 or the configured outcome)."""
+        raise NotImplementedError
+
+    def call_ended(self, call: Call) -> None:
+        """The call is over: forget its legs and count it (its `tried_legs` are every B-leg it had)."""
+        raise NotImplementedError
 
 
 class Leg:
@@ -331,8 +398,8 @@ class Call:
         "egress",
         "end_reason",
         "ended_at",
-        "engine",
         "final_status",
+        "host",
         "identity_present",
         "inbound",
         "ingress",
@@ -354,7 +421,7 @@ class Call:
 
     def __init__(
         self,
-        engine: Engine,
+        host: CallHost,
         invite: Request,
         a_invite: Transaction,
         ingress: Trunk,
@@ -362,7 +429,7 @@ class Call:
         targets: tuple[TrunkTarget, ...],
         now: float,
     ) -> None:
-        self.engine = engine
+        self.host = host
         self.invite: Request | None = invite
         self.a_invite: Transaction | None = a_invite
         self.b_invite: Transaction | None = None
@@ -385,9 +452,6 @@ class Call:
         self.end_reason = ""
         #: Every B-leg tried (failover): a late 2xx from an abandoned trunk is ACKed and hung up there.
         self.tried_legs: list[Leg] = []
-        engine.live_calls += 1
-        engine.calls_in_setup += 1
-        engine.setup_by_source[source[1]] = engine.setup_by_source.get(source[1], 0) + 1
         #: STI-VS verdict and the header edits it asks for (calls from carrier trunks).
         self.inbound: InboundOutcome | None = None
         #: STI-AS result: None not tried yet, False could not sign.
@@ -409,8 +473,8 @@ class Call:
         from_na = invite.from_
         contact = invite.contact
         a_target = resolve_target(contact.uri if contact else from_na.uri, source[0], source)
-        self.a = Leg(invite.call_id, engine.new_tag(), invite.to, from_na, from_na.tag, a_target,
-                     engine.contact_for(source[0]))
+        self.a = Leg(invite.call_id, host.new_tag(), invite.to, from_na, from_na.tag, a_target,
+                     host.contact_for(source[0]))
         if contact is not None:
             self.a.remote_target = contact.uri
         self.a.invite_cseq = invite.cseq[0]
@@ -425,7 +489,7 @@ class Call:
         """Send the B-leg INVITE to the current target trunk."""
         invite = self.invite
         assert invite is not None
-        engine = self.engine
+        host = self.host
         target = self.targets[self.target_index]
         self.egress = target
         dest: Target = (target.transport, target.host, target.port)
@@ -443,10 +507,10 @@ class Call:
             headers.extend(inbound.extra)
         if self.tags is not None:
             headers, from_na = apply_tags(self.tags, headers, from_na)
-        auth = engine.auth
+        auth = host.auth
         if auth.signs(self.ingress, target.trunk):
             if self.signed is None:
-                self.signed = auth.sign(invite, self.ingress, now + engine.wall_offset) or False
+                self.signed = auth.sign(invite, self.ingress, now + host.wall_offset) or False
             signed = self.signed
             has_identity = any(h.key == "identity" for h in headers)
             if isinstance(signed, SignedCall) and not (has_identity and auth.keeps_existing(self.ingress)):
@@ -454,24 +518,25 @@ class Call:
                 headers.append(Header.make("identity", signed.identity))
                 if signed.date is not None and not any(h.key == "date" for h in headers):
                     headers.append(Header.make("date", signed.date))
-        b = Leg(engine.new_call_id(), engine.new_tag(), from_na, a.local_na, None, dest,
-                engine.contact_for(target.transport))
+        b = Leg(host.new_call_id(), host.new_tag(), from_na, a.local_na, None, dest,
+                host.contact_for(target.transport))
         b.remote_target = rewrite_uri_host(invite.uri, target.host, target.port)
         b.local_cseq = b.invite_cseq = invite.cseq[0]
         self.b = b
         self.tried_legs.append(b)
-        engine.calls[b.call_id] = (self, 1)
+        host.leg_started(b.call_id, self, 1)
         mf = invite.max_forwards
-        req = b.request("INVITE", b.local_cseq, engine.new_branch(), engine.via_host(b.transport), headers,
+        req = b.request("INVITE", b.local_cseq, host.new_branch(), host.via_host(b.transport), headers,
                         invite.body, max_forwards=(mf if mf is not None else 70) - 1)
-        txn = engine.txns.send_request(req, dest, self, now)
+        txn = host.txns.send_request(req, dest, self, now)
         txn.peer = self.a_invite
         if self.a_invite is not None:
             self.a_invite.peer = txn
         self.b_invite = txn
         self.state = CALLING
-        engine.queue.start(self.timers, "failover", now + engine.settings.failover_timeout)
-        engine.queue.start(self.timers, "noanswer", now + engine.settings.no_answer_timeout)
+        settings = host.call_settings
+        host.queue.start(self.timers, "failover", now + settings.failover_timeout)
+        host.queue.start(self.timers, "noanswer", now + settings.no_answer_timeout)
 
     def _try_next(self, now: float, status: int, reason: str) -> None:
         """This trunk failed: try the next one, or answer the caller with `status`."""
@@ -487,7 +552,7 @@ class Call:
         self.deadlines.pop("noanswer", None)
         if self.target_index + 1 < len(self.targets) and self.state != CANCELLING:
             self.target_index += 1
-            self.engine.stats["failovers"] += 1
+            self.host.call_failed_over(self)
             self.start(now)
             return
         self._answer_a(status, reason, now)
@@ -501,8 +566,8 @@ class Call:
     def _answer_a(self, status: int, reason: str, now: float, headers: list[Header] | None = None) -> None:
         txn = self.a_invite
         if txn is not None and txn.state == PROCEEDING:
-            resp = self.engine.make_response(txn.request, status, reason, self.a.local_tag, headers)
-            self.engine.txns.respond(txn, resp, now)
+            resp = self.host.make_response(txn.request, status, reason, self.a.local_tag, headers)
+            self.host.txns.respond(txn, resp, now)
             self.final_status = status
 
     # --- transaction user -------------------------------------------------------------------------------------
@@ -523,7 +588,7 @@ class Call:
         x = self._leg_of(peer)
         assert x is not None
         out = self._relay_response(peer.request, resp, x)
-        data = self.engine.txns.respond(peer, out, now)
+        data = self.host.txns.respond(peer, out, now)
         if txn.method == "INVITE" and 200 <= resp.status < 300 and self.state != ENDED:
             x_cseq = peer.request.cseq[0]
             x.pending_ack[x_cseq] = txn.request.cseq[0]
@@ -544,8 +609,8 @@ class Call:
             return  # our non-2xx was never ACKed: nothing to undo
         peer = txn.peer
         if peer is not None and peer.state in (PROCEEDING, TRYING):
-            resp = self.engine.make_response(peer.request, 408, "Request Timeout", None)
-            self.engine.txns.respond(peer, resp, now)
+            resp = self.host.make_response(peer.request, 408, "Request Timeout", None)
+            self.host.txns.respond(peer, resp, now)
         if txn.method == "BYE":
             self._end("bye-timeout", now)
 
@@ -554,7 +619,7 @@ class Call:
             return
         if kind == "verify":
             if self.state == ROUTING:
-                self.engine.admit(self, now)
+                self.host.verify_timed_out(self, now)
         elif kind == "failover":
             if self.state == CALLING:
                 self._try_next(now, 503, "Service Unavailable")
@@ -572,9 +637,9 @@ class Call:
             if now >= leg.retx_until:
                 self._hangup_unacked(now)  # no ACK within 64*T1
                 return
-            self.engine.send(leg.retx, leg.target)
-            leg.retx_interval = min(leg.retx_interval * 2, self.engine.settings.t2)
-            self.engine.queue.start(self.timers, kind, min(now + leg.retx_interval, leg.retx_until))
+            self.host.send(leg.retx, leg.target)
+            leg.retx_interval = min(leg.retx_interval * 2, self.host.call_settings.t2)
+            self.host.queue.start(self.timers, kind, min(now + leg.retx_interval, leg.retx_until))
 
     # --- B-leg INVITE responses -------------------------------------------------------------------------------
     def _on_b_invite_response(self, resp: Response, now: float) -> None:
@@ -596,7 +661,7 @@ class Call:
             self.state = EARLY
             a_txn = self.a_invite
             if a_txn is not None and a_txn.state == PROCEEDING:
-                self.engine.txns.respond(a_txn, self._relay_response(a_txn.request, resp, self.a), now)
+                self.host.txns.respond(a_txn, self._relay_response(a_txn.request, resp, self.a), now)
             return
         if status < 300:
             self.deadlines.pop("noanswer", None)
@@ -604,7 +669,7 @@ class Call:
             b.learn_remote(resp, route_reversed=True)
             if self.state in (ANSWERED, CONFIRMED):
                 if b.ack_bytes:
-                    self.engine.send(b.ack_bytes, b.target)  # the 2xx was retransmitted: our ACK was lost
+                    self.host.send(b.ack_bytes, b.target)  # the 2xx was retransmitted: our ACK was lost
                 return
             if self.state == CANCELLING:
                 # The callee answered as we cancelled: accept and hang up at once (RFC 3261 9.1 race).
@@ -620,10 +685,9 @@ class Call:
             self.a.pending_ack[a_txn.request.cseq[0]] = b_invite.request.cseq[0]
             self.state = ANSWERED
             self.answered_at = now
-            self.engine.setup_done(self.source[1])
             self.final_status = status
-            self.engine.stats["answered"] += 1
-            self._start_retx(self.a, self.engine.txns.respond(a_txn, out, now), now)
+            self.host.call_answered(self)
+            self._start_retx(self.a, self.host.txns.respond(a_txn, out, now), now)
             self.invite = None  # no failover after an answer: free the original INVITE
             return
         # Final failure from this trunk.
@@ -638,11 +702,11 @@ class Call:
         if a_txn is not None and a_txn.state == PROCEEDING:
             if status == 503:
                 # RFC 3261 16.7: a downstream 503 is not ours to pass upstream.
-                out = self.engine.make_response(a_txn.request, 500, "Server Internal Error", self.a.local_tag)
+                out = self.host.make_response(a_txn.request, 500, "Server Internal Error", self.a.local_tag)
             else:
                 out = self._relay_response(a_txn.request, resp, self.a)
             self.final_status = out.status
-            self.engine.txns.respond(a_txn, out, now)
+            self.host.txns.respond(a_txn, out, now)
         self._end(f"rejected:{status}", now)
 
     # --- ACK, CANCEL, BYE -------------------------------------------------------------------------------------
@@ -663,10 +727,10 @@ class Call:
         if self.state == ANSWERED and leg_index == 0:
             self.state = CONFIRMED
         mf = req.max_forwards
-        ack = y.request("ACK", y_cseq, self.engine.new_branch(), self.engine.via_host(y.transport),
+        ack = y.request("ACK", y_cseq, self.host.new_branch(), self.host.via_host(y.transport),
                         passthrough(req.headers), req.body, max_forwards=(mf if mf is not None else 70) - 1)
         y.ack_bytes = ack.to_bytes()
-        self.engine.send(y.ack_bytes, y.target)
+        self.host.send(y.ack_bytes, y.target)
 
     def _b_invite_cseq(self) -> int:
         """CSeq of the B-leg's initial INVITE (later early-dialog requests moved b.local_cseq on)."""
@@ -677,9 +741,9 @@ class Call:
     def _ack_b_initial(self, cseq: int, headers: list[Header], body: bytes, now: float) -> None:
         b = self.b
         assert b is not None
-        ack = b.request("ACK", cseq, self.engine.new_branch(), self.engine.via_host(b.transport), headers, body)
+        ack = b.request("ACK", cseq, self.host.new_branch(), self.host.via_host(b.transport), headers, body)
         b.ack_bytes = ack.to_bytes()
-        self.engine.send(b.ack_bytes, b.target)
+        self.host.send(b.ack_bytes, b.target)
 
     def _ack_other_leg(self, txn: Transaction, resp: Response, now: float) -> None:
         """A 2xx for a relayed re-INVITE whose server side is gone: ACK it so the far end stops."""
@@ -688,8 +752,8 @@ class Call:
         y = self.b if resp.call_id == (self.b.call_id if self.b else None) else self.a
         if y is None:
             return
-        ack = y.request("ACK", resp.cseq[0], self.engine.new_branch(), self.engine.via_host(y.transport), [], b"")
-        self.engine.send(ack.to_bytes(), y.target)
+        ack = y.request("ACK", resp.cseq[0], self.host.new_branch(), self.host.via_host(y.transport), [], b"")
+        self.host.send(ack.to_bytes(), y.target)
 
     def on_stray_2xx(self, resp: Response, leg_index: int, now: float) -> None:
         """A 2xx after its transaction ended: re-send our ACK, or, from a trunk we had given up on (failover),
@@ -702,14 +766,14 @@ class Call:
             if not leg.ack_bytes:
                 leg.remote_tag = resp.to_tag
                 leg.learn_remote(resp, route_reversed=True)
-                ack = leg.request("ACK", resp.cseq[0], self.engine.new_branch(), self.engine.via_host(leg.transport),
+                ack = leg.request("ACK", resp.cseq[0], self.host.new_branch(), self.host.via_host(leg.transport),
                                   [], b"")
                 leg.ack_bytes = ack.to_bytes()
-                self.engine.send(leg.ack_bytes, leg.target)
+                self.host.send(leg.ack_bytes, leg.target)
                 self._bye_leg(leg, now, "SIP;cause=200;text=\"Call completed elsewhere\"")
                 return
         if leg is not None and leg.ack_bytes:
-            self.engine.send(leg.ack_bytes, leg.target)
+            self.host.send(leg.ack_bytes, leg.target)
 
     def on_cancel(self, now: float) -> None:
         """The caller cancelled the INVITE (the CANCEL itself is already answered 200)."""
@@ -733,7 +797,7 @@ class Call:
         else:
             # RFC 3261 9.1: no CANCEL before a provisional response; send it when one arrives.
             self.cancel_pending = True
-        self.engine.queue.start(self.timers, "reap", now + 64 * self.engine.settings.t1)
+        self.host.queue.start(self.timers, "reap", now + 64 * self.host.call_settings.t1)
 
     def _send_cancel(self, now: float) -> None:
         txn = self.b_invite
@@ -745,18 +809,18 @@ class Call:
         headers = [h for h in inv.headers if h.key in ("via", "from", "to", "call-id", "route", "max-forwards")]
         headers.append(Header.make("cseq", f"{inv.cseq[0]} CANCEL"))
         cancel = Request("CANCEL", inv.uri, headers)
-        c = self.engine.txns.send_request(cancel, txn.target, self, now)
+        c = self.host.txns.send_request(cancel, txn.target, self, now)
         c.peer = None
 
     def on_request(self, txn: Transaction, req: Request, leg_index: int, now: float) -> None:
         """An in-dialog request from leg `leg_index` (BYE, re-INVITE, UPDATE, PRACK, INFO, ...): relay it."""
-        engine = self.engine
+        host = self.host
         x = self.a if leg_index == 0 else self.b
         y = self.b if leg_index == 0 else self.a
         if req.method == "BYE" and leg_index == 0 and self.state in (ROUTING, CALLING, EARLY) \
                 and req.to_tag == self.a.local_tag:
             # RFC 3261 15.1.2: a BYE on the early dialog: answer it, end the INVITE with 487, cancel the B-leg.
-            engine.txns.respond(txn, engine.make_response(req, 200, "OK", None), now)
+            host.txns.respond(txn, host.make_response(req, 200, "OK", None), now)
             self._answer_a(487, "Request Terminated", now)
             self.end_reason = "bye-early"
             self._cancel_b(now)
@@ -764,15 +828,15 @@ class Call:
         if req.method == "BYE" and leg_index == 1 and self.state in (CALLING, EARLY) and x is not None \
                 and req.to_tag == x.local_tag:
             # A callee hanging up its early dialog (RFC 3261 15: only the caller should): the call has failed.
-            engine.txns.respond(txn, engine.make_response(req, 200, "OK", None), now)
+            host.txns.respond(txn, host.make_response(req, 200, "OK", None), now)
             self._answer_a(480, "Temporarily Unavailable", now)
             self._end("bye-b-early", now)
             return
         if x is None or y is None or y.remote_tag is None or self.state in (ENDED, CANCELLING):
-            engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+            host.txns.respond(txn, host.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
             return
         if req.to_tag != x.local_tag:
-            engine.txns.respond(txn, engine.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+            host.txns.respond(txn, host.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
             return
         if req.method == "BYE":
             for kind in ("retx0", "retx1"):
@@ -782,21 +846,21 @@ class Call:
             x.remote_target = req.contact.uri  # target refresh
         y.local_cseq += 1
         mf = req.max_forwards
-        out = y.request(req.method, y.local_cseq, engine.new_branch(), engine.via_host(y.transport),
+        out = y.request(req.method, y.local_cseq, host.new_branch(), host.via_host(y.transport),
                         passthrough(req.headers), req.body, max_forwards=(mf if mf is not None else 70) - 1)
-        client = engine.txns.send_request(out, y.target, self, now)
+        client = host.txns.send_request(out, y.target, self, now)
         client.peer = txn
         txn.peer = client
         if req.method == "INVITE":
             self.reinvites.append(client)
         if req.method == "INVITE":
-            engine.txns.respond(txn, engine.make_response(req, 100, "Trying", None), now)
+            host.txns.respond(txn, host.make_response(req, 100, "Trying", None), now)
 
     def _bye_leg(self, leg: Leg, now: float, reason: str = 'SIP;cause=408;text="ACK Timeout"') -> None:
         leg.local_cseq += 1
-        bye = leg.request("BYE", leg.local_cseq, self.engine.new_branch(), self.engine.via_host(leg.transport),
+        bye = leg.request("BYE", leg.local_cseq, self.host.new_branch(), self.host.via_host(leg.transport),
                           [Header.make("reason", reason)], b"")
-        self.engine.txns.send_request(bye, leg.target, self, now)
+        self.host.txns.send_request(bye, leg.target, self, now)
 
     def _hangup_unacked(self, now: float) -> None:
         """RFC 3261 13.3.1.4: a 2xx never ACKed ends the dialog with BYE on both legs."""
@@ -813,7 +877,7 @@ class Call:
         """RFC 3261 13.3.1.4: the 2xx (`data`, as sent) is re-sent over UDP until its ACK; without one after
         64*T1, hang up. One timer does both (its last run is clamped to the 64*T1 deadline): a second, always
         cancelled timer per call was measurable."""
-        settings = self.engine.settings
+        settings = self.host.call_settings
         leg.retx = data
         leg.retx_until = now + 64 * settings.t1
         if leg.transport == "udp":
@@ -822,7 +886,7 @@ class Call:
         else:
             leg.retx_interval = 0.0
             first = leg.retx_until  # reliable transport: no re-sending, only the ACK deadline
-        self.engine.queue.start(self.timers, "retx0" if leg is self.a else "retx1", first)
+        self.host.queue.start(self.timers, "retx0" if leg is self.a else "retx1", first)
 
     def _relay_response(self, req: Request, resp: Response, x: Leg) -> Response:
         """`resp` (from the other leg) rewritten as the answer to `req` on leg `x`."""
@@ -848,16 +912,9 @@ class Call:
         self.state = ENDED
         if not self.end_reason:
             self.end_reason = reason
-        self.engine.live_calls -= 1
-        if self.answered_at is None:
-            self.engine.setup_done(self.source[1])
         self.ended_at = now
         self.deadlines.clear()
         self.timers.call = None
-        calls = self.engine.calls
-        calls.pop(self.a.call_id, None)
-        for leg in self.tried_legs:
-            calls.pop(leg.call_id, None)
         # Nothing the caller asked may stay unanswered once the call is gone.
         a_invite = self.a_invite
         if a_invite is not None and a_invite.state == PROCEEDING:
@@ -866,7 +923,7 @@ class Call:
             if client.state in (TXN_CALLING, PROCEEDING):
                 peer = client.peer
                 if peer is not None and peer.state == PROCEEDING:
-                    self.engine.txns.respond(peer, self.engine.make_response(peer.request, 487, "Request Terminated",
+                    self.host.txns.respond(peer, self.host.make_response(peer.request, 487, "Request Terminated",
                                                                              None), now)
                 client.terminate()
         self.reinvites = []
@@ -881,5 +938,5 @@ class Call:
         self.a_invite = None
         self.b_invite = None
         self.invite = None
-        self.engine.call_ended(self)
+        self.host.call_ended(self)
 

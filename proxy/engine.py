@@ -16,7 +16,7 @@ from policies.base import CallContext
 from policies.chain import Counters
 from policies.loader import PolicySet
 from proxy.authentication import Authenticator
-from proxy.b2bua import ROUTING, Call
+from proxy.b2bua import ROUTING, Call, CallHost, CallSettings
 from proxy.config import Config, Trunk
 from proxy.protection import Pike
 from proxy.routing import Router, dialled_digits
@@ -69,6 +69,9 @@ class EngineSettings:
     reject_unknown_source: bool = True
     server_header: str = ""
 
+    def call_settings(self) -> CallSettings:
+        return CallSettings(self.t1, self.t2, self.failover_timeout, self.no_answer_timeout)
+
     @classmethod
     def from_config(cls, config: Config) -> EngineSettings:
         s = config.sip
@@ -86,13 +89,14 @@ class EngineSettings:
         )
 
 
-class Engine:
-    """Every call and transaction of one worker."""
+class Engine(CallHost):
+    """Every call and transaction of one worker; the host of its calls (`CallHost`)."""
 
     def __init__(self, config: Config, local: dict[str, tuple[str, int]],
                  settings: EngineSettings | None = None) -> None:
         self.config = config
         self.settings = settings or EngineSettings.from_config(config)
+        self.call_settings = self.settings.call_settings()
         self.router = Router(config)
         self.local = local
         self.queue = TimerQueue()
@@ -136,6 +140,7 @@ class Engine:
         auth = self.auth if config.stir == self.config.stir else Authenticator(config)
         self.config = config
         self.settings = EngineSettings.from_config(config)
+        self.call_settings = self.settings.call_settings()
         self.router = router
         self.auth = auth
         self.policies = policies
@@ -171,7 +176,7 @@ class Engine:
     def handle_timer(self, now: float) -> None:
         self.queue.fire_due(now)
 
-    def setup_done(self, source_ip: str) -> None:
+    def _setup_done(self, source_ip: str) -> None:
         """A call left set-up (answered or ended)."""
         self.calls_in_setup -= 1
         left = self.setup_by_source.get(source_ip, 1) - 1
@@ -327,6 +332,9 @@ class Engine:
         call = Call(self, req, txn, trunk, source, targets, now)
         txn.tu = call
         self.calls[req.call_id] = (call, 0)
+        self.live_calls += 1
+        self.calls_in_setup += 1
+        self.setup_by_source[source[1]] = self.setup_by_source.get(source[1], 0) + 1
         self.admit(call, now)
 
     def admit(self, call: Call, now: float, fetched: Mapping[str, CertEntry] | None = None) -> None:
@@ -499,7 +507,28 @@ class Engine:
             reason = "Bad Request (" + "".join(c for c in problem if c.isprintable() and c not in "\r\n")[:60] + ")"
         self.send(Response(status, reason, keep).to_bytes(), source)
 
+    # --- CallHost: what calls report -------------------------------------------------------------------------
+    def leg_started(self, call_id: str, call: Call, leg: int) -> None:
+        self.calls[call_id] = (call, leg)
+
+    def call_answered(self, call: Call) -> None:
+        self._setup_done(call.source[1])
+        self.stats["answered"] += 1
+
+    def call_failed_over(self, call: Call) -> None:
+        self.stats["failovers"] += 1
+
+    def verify_timed_out(self, call: Call, now: float) -> None:
+        self.admit(call, now)
+
     def call_ended(self, call: Call) -> None:
+        self.live_calls -= 1
+        if call.answered_at is None:
+            self._setup_done(call.source[1])
+        calls = self.calls
+        calls.pop(call.a.call_id, None)
+        for leg in call.tried_legs:
+            calls.pop(leg.call_id, None)
         self.stats["calls_ended"] += 1
         if call.policy is not None and call.answered_at is not None and call.ended_at is not None:
             chain, ctx, _ = call.policy

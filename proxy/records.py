@@ -560,7 +560,7 @@ def call_end_hook(writer: RecordWriter | None, observers: Iterable[Callable[[Cal
     put = writer.put if writer is not None else None
 
     def on_call_end(call: Call) -> None:
-        rec = record_from_call(call, call.engine.wall_offset, tn_policy)
+        rec = record_from_call(call, call.host.wall_offset, tn_policy)
         for observe in obs:
             observe(rec)
         if put is not None:

@@ -73,7 +73,7 @@ def test_prefixes_and_cidrs() -> None:
 
 
 def test_one_million_numbers_memory_and_speed(tmp_path: Path) -> None:
-    """1 M shuffled numbers (the 10 M run is policies/bench_chain.py): <= 9 bytes each held, ~82 MB per 10 M;
+    """1 M shuffled numbers (the 10 M run is bench/policy_chain.py): <= 9 bytes each held, ~82 MB per 10 M;
     a lookup well under 2 us."""
     n = 1_000_000
     rnd = random.Random(11)

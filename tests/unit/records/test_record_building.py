@@ -140,7 +140,7 @@ def _fake_call(**over: Any) -> Call:
         "a": a, "b": None, "ingress": SimpleNamespace(name="customer"), "source": ("tcp", "10.0.0.1", 5070),
         "inbound": None, "signed": False, "egress": None, "final_status": 403, "created_at": 10.0,
         "answered_at": None, "ended_at": 10.5, "end_reason": "rejected:403", "verify_waited": False,
-        "engine": SimpleNamespace(wall_offset=100.0),
+        "host": SimpleNamespace(wall_offset=100.0),
         "ruri": "tel:+1-555-123-0002;phone-context=x", "pai": "<sip:+15551230009@pbx;user=phone>",
         "identity_present": True, "decisions": [("velocity", "dry-run", "reject")],
     }

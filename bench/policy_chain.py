@@ -1,6 +1,6 @@
 """CPU per call of the whole built-in chain, with 10 M-number allow/deny and DNC lists loaded.
 
-Run: `python -m policies.bench_chain [--numbers 10000000] [--calls 200000]`. Every call passes every policy
+Run: `python -m bench.policy_chain [--numbers 10000000] [--calls 200000]`. Every call passes every policy
 (the worst case: no early reject ends the chain). Reports list load time and memory, the chain's CPU per
 evaluate() and, separately, CallContext.build() (the engine's share). Target (issue 4): chain <= 30 us.
 """
@@ -15,11 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from policies.base import CallContext
+from policies.loader import load_policies
+from policies.numbers import NumberSet
 from proxy.stir.verifier import VerificationResult
-
-from .base import CallContext
-from .loader import load_policies
-from .numbers import NumberSet
 
 CHAIN = """
 trunks:
