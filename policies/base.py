@@ -25,6 +25,7 @@ __all__ = [
     "Action",
     "BasePolicy",
     "CallContext",
+    "CallOutcome",
     "DataFile",
     "Decision",
     "Params",
@@ -40,6 +41,7 @@ DEFAULT_HEADERS: frozenset[str] = frozenset(
 )
 
 _EMPTY: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+_NO_FACTS: Mapping[object, list[Any]] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,13 @@ class CallContext:
     identity_present: bool = False
     headers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: _EMPTY)
     now: float = 0.0
+    #: Results of each stateful policy's `observe` ops, by policy (filled by the chain before evaluating).
+    facts: Mapping[object, list[Any]] = field(default_factory=lambda: _NO_FACTS)
+
+    def state_for(self, policy: object) -> list[Any] | None:
+        """The results of `policy`'s observe ops for this call, aligned with them; None when the store did
+        not answer (the chain then applies the state store's `on_error` and does not ask the policy)."""
+        return self.facts.get(policy)
 
     @property
     def verified(self) -> bool:
@@ -137,6 +146,15 @@ class CallContext:
             headers=frozen,
             now=now,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """How a call ended, for policies that record it (`ended`): answered or not, seconds talked, final code."""
+
+    answered: bool
+    duration: float = 0.0
+    status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,8 +312,9 @@ class Policy(Protocol):
 
     Required: `evaluate(ctx) -> Decision`, pure and fast (microseconds; no I/O, no clock reads: use
     `ctx.now`). Optional, found by name: `async setup()` (load data before the set goes live),
-    `on_call_end(ctx, duration)` (an answered call ended after `duration` seconds), and a `headers`
-    class attribute (extra header names the policy reads from `ctx.headers`).
+    `observe(ctx) -> ops` (state to look up and record before evaluate, `policies.state`; the results are
+    `ctx.state_for(self)`), `ended(ctx, outcome) -> ops` (state to record when the call ends, answered or
+    not), and a `headers` class attribute (extra header names the policy reads from `ctx.headers`).
     """
 
     Params: ClassVar[type[msgspec.Struct]]
@@ -304,20 +323,15 @@ class Policy(Protocol):
 
 
 class BasePolicy:
-    """Convenience base: keeps `params`, no-op setup/on_call_end. Subclassing it is optional."""
+    """Convenience base: keeps `params`, no-op setup. Subclassing it is optional."""
 
     Params: ClassVar[type[msgspec.Struct]] = Params
     headers: ClassVar[frozenset[str]] = frozenset()
-    #: On reload, an instance with equal params is carried over (its state survives: replay, velocity).
-    keep_on_reload: ClassVar[bool] = False
 
     def __init__(self, params: Any) -> None:
         self.params = params
 
     async def setup(self) -> None:
-        return None
-
-    def on_call_end(self, ctx: CallContext, duration: float) -> None:
         return None
 
     def evaluate(self, ctx: CallContext) -> Decision:

@@ -7,22 +7,45 @@ Semantics (docs/POLICIES.md "Chain semantics"):
 - tags accumulate: added headers concatenate, set headers/verstat/P-Attestation-Indicator are last-wins,
   display-name prefixes concatenate in chain order (the same prefix only once);
 - `dry-run` entries are evaluated and counted, and their decisions reported, but change nothing;
-- a policy that raises counts as `error` and the call continues as if it had said `continue`.
+- a policy that raises counts as `error` and the call continues as if it had said `continue`;
+- stateful policies (`observe`) get their state before the chain runs; when the state store did not answer,
+  the store's `on_error` decides: `open` counts the entry as `state-miss` and goes on as if it had said
+  `continue`, `closed` applies the policy's own action (its `hit` decision).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from .base import CONTINUE, BasePolicy, CallContext, Decision
+from .base import CONTINUE, CallContext, CallOutcome, Decision
+from .filters import Filter
+from .state import Op
 
-__all__ = ["Chain", "ChainEntry", "ChainResult", "Counters", "Mode", "Step", "merge"]
+__all__ = ["Chain", "ChainEntry", "ChainResult", "Counters", "Mode", "StateRequest", "Step", "merge"]
 
 Mode = Literal["enforce", "dry-run"]
 _log = logging.getLogger("stirgate.policies")
+
+
+OnStateError = Literal["open", "closed"]
+
+
+class StateRequest(NamedTuple):
+    """Every op a chain needs run for one call, and which policy asked for which slice of them."""
+
+    ops: list[Op]
+    slices: list[tuple[object, int, int]]
+
+    def facts(self, results: Sequence[Any] | None) -> dict[object, list[Any]]:
+        """Each policy's results; with None (the store did not answer) only the policies that asked for
+        nothing get theirs (empty), so the rest count as state misses."""
+        if results is None:
+            return {policy: [] for policy, start, end in self.slices if start == end}
+        return {policy: list(results[start:end]) for policy, start, end in self.slices}
 
 
 class Step(NamedTuple):
@@ -34,7 +57,7 @@ class Step(NamedTuple):
 
 
 class Counters:
-    """Calls per (trunk, policy name, mode, outcome); outcome is continue|tag|route|reject|error.
+    """Calls per (trunk, policy name, mode, outcome); outcome is continue|tag|route|reject|error|state-miss.
 
     Owned by the engine and handed to every PolicySet it loads, so counts stay monotonic across reloads.
     """
@@ -80,6 +103,8 @@ class ChainEntry:
     policy: Any
     #: (file, line, key) of the entry in the policy file, for errors found later (setup).
     location: tuple[str, int | None, str] = ("", None, "")
+    #: `when:`: the calls this entry applies to (None: all).
+    when: Filter | None = None
 
 
 def merge(decisions: Iterable[Decision]) -> Decision:
@@ -131,42 +156,78 @@ def _merge_tags(tagged: list[Decision], route: Decision | None) -> Decision:
 class Chain:
     """An immutable, ordered list of entries for one trunk. Safe to keep for the life of a call."""
 
-    __slots__ = ("_end_hooks", "_entries", "counters", "entries", "trunk")
+    __slots__ = ("_end_hooks", "_entries", "_observers", "counters", "entries", "trunk")
 
     def __init__(self, trunk: str, entries: Iterable[ChainEntry], counters: Counters | None = None) -> None:
         self.trunk = trunk
         self.entries: tuple[ChainEntry, ...] = tuple(entries)
         self.counters = counters if counters is not None else Counters()
         self._entries = tuple(
-            (e.name, e.mode, e.mode == "dry-run", e.policy.evaluate) for e in self.entries
+            (e.name, e.mode, e.mode == "dry-run", e.policy.evaluate, e.policy,
+             callable(getattr(e.policy, "observe", None)), e.when.matches if e.when is not None else None)
+            for e in self.entries
+        )
+        self._observers = tuple(
+            (e.name, e.policy, e.policy.observe, e.when.matches if e.when is not None else None)
+            for e in self.entries if callable(getattr(e.policy, "observe", None))
         )
         self._end_hooks = tuple(
-            e.policy.on_call_end
-            for e in self.entries
-            if callable(getattr(e.policy, "on_call_end", None))
-            and getattr(type(e.policy), "on_call_end", None) is not BasePolicy.on_call_end
+            (e.name, e.policy.ended, e.when.matches if e.when is not None else None)
+            for e in self.entries if callable(getattr(e.policy, "ended", None))
         )
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def evaluate(self, ctx: CallContext) -> ChainResult:
-        """Run every entry (until an enforced reject) and merge; never raises for a policy's bug."""
+    def observe(self, ctx: CallContext) -> StateRequest | None:
+        """The state ops of every stateful entry for this call (maybe none), or None without stateful entries.
+
+        A policy whose observe raises gets no facts: it is treated as a state miss."""
+        if not self._observers:
+            return None
+        ops: list[Op] = []
+        slices: list[tuple[object, int, int]] = []
+        for name, policy, observe, when in self._observers:
+            try:
+                if when is not None and not when(ctx):
+                    continue
+                wanted = observe(ctx)
+            except Exception:
+                _log.exception("policy %s observe raised on call %s", name, ctx.call_id)
+                continue
+            start = len(ops)
+            ops.extend(wanted)
+            slices.append((policy, start, len(ops)))
+        return StateRequest(ops, slices)
+
+    def evaluate(self, ctx: CallContext, facts: dict[object, list[Any]] | None = None,
+                 on_state_error: OnStateError = "open") -> ChainResult:
+        """Run every entry (until an enforced reject) and merge; never raises for a policy's bug.
+
+        `facts`: the results of `observe` (None: the store did not answer: `on_state_error` applies).
+        """
+        if facts is not None:
+            ctx = dataclasses.replace(ctx, facts=facts)
         counts = self.counters.counts
         trunk = ctx.trunk
         steps: list[Step] = []
         enforced: list[Decision] = []
-        for name, mode, dry, evaluate in self._entries:
+        for name, mode, dry, evaluate, policy, stateful, when in self._entries:
             try:
-                d = evaluate(ctx)
-                outcome = d.outcome
+                if when is not None and not when(ctx):
+                    continue
+                if stateful and policy not in ctx.facts:
+                    d, outcome = _state_missing(policy, on_state_error)
+                else:
+                    d = evaluate(ctx)
+                    outcome = d.outcome
             except Exception:
                 _log.exception("policy %s raised on call %s (treated as continue)", name, ctx.call_id)
                 d, outcome = CONTINUE, "error"
             key = (trunk, name, mode, outcome)
             counts[key] = counts.get(key, 0) + 1
             steps.append(Step(name, mode, d))
-            if dry or outcome == "continue" or outcome == "error":
+            if dry or outcome == "continue" or outcome == "error" or outcome == "state-miss":
                 continue
             enforced.append(d)
             if outcome == "reject":
@@ -177,11 +238,23 @@ class Chain:
             return ChainResult(enforced[0], tuple(steps))
         return ChainResult(merge(enforced), tuple(steps))
 
-    def on_call_end(self, ctx: CallContext, duration: float) -> None:
-        """An answered call of this chain ended after `duration` seconds (feeds velocity's short-call share)."""
-        for hook in self._end_hooks:
+    def ended(self, ctx: CallContext, outcome: CallOutcome) -> list[Op]:
+        """A call of this chain ended: the state ops its policies want recorded (e.g. short-call shares)."""
+        ops: list[Op] = []
+        for name, hook, when in self._end_hooks:
             try:
-                hook(ctx, duration)
+                if when is not None and not when(ctx):
+                    continue
+                ops.extend(hook(ctx, outcome))
             except Exception:
-                _log.exception("policy on_call_end raised on call %s", ctx.call_id)
+                _log.exception("policy %s ended raised on call %s", name, ctx.call_id)
+        return ops
+
+
+def _state_missing(policy: object, on_error: OnStateError) -> tuple[Decision, str]:
+    """A stateful entry whose state did not come: `open` goes on, `closed` applies the policy's action."""
+    hit = getattr(policy, "hit", None)
+    if on_error == "closed" and isinstance(hit, Decision):
+        return hit, hit.outcome
+    return CONTINUE, "state-miss"
 

@@ -11,6 +11,7 @@ Chain it was admitted with.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,7 @@ from proxy.yamlfile import ConfigError, YamlDoc, compose, key_text
 
 from .base import DEFAULT_HEADERS, DataFile
 from .chain import Chain, ChainEntry, Counters, Mode
+from .filters import Filter, FilterSpec
 
 __all__ = ["BUILTINS", "PolicyEnv", "PolicyError", "PolicySet", "load_policies", "load_policies_text"]
 
@@ -50,7 +52,7 @@ BUILTINS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-_ENTRY_KEYS = ("policy", "name", "mode", "params")
+_ENTRY_KEYS = ("policy", "name", "mode", "params", "when")
 _TOP_KEYS = ("trunks", "default")
 
 
@@ -65,6 +67,9 @@ class PolicyEnv:
     file: str
     base_dir: Path
     tn_policy: TNPolicy = DEFAULT_TN_POLICY
+    #: The entry's `when:` as canonical text ("" without one): stateful policies keep the calls of different
+    #: filters apart.
+    filter_id: str = ""
 
 
 class _Entry(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -72,6 +77,7 @@ class _Entry(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     name: str | None = None
     mode: Mode = "enforce"
     params: dict[str, Any] = {}
+    when: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +163,11 @@ def resolve_policy(spec: str) -> type:
 
 class _Builder:
     def __init__(self, doc: YamlDoc, env: PolicyEnv, known_trunks: frozenset[str] | None,
-                 counters: Counters, previous: PolicySet | None) -> None:
+                 counters: Counters) -> None:
         self.doc = doc
         self.env = env
         self.known_trunks = known_trunks
         self.counters = counters
-        self.previous = previous
         self.pending: list[tuple[ChainEntry, Any]] = []
         self.headers: set[str] = set(DEFAULT_HEADERS)
 
@@ -219,41 +224,32 @@ class _Builder:
                 n += 1
             name = f"{name}#{n}"
         names.add(name)
-        policy = self.reuse(trunk, name, cls, params)
-        fresh = policy is None
-        if policy is None:
+        when = None
+        if raw.when is not None:
             try:
-                policy = self.construct(cls, params)
-            except (ValueError, TypeError, OSError) as exc:
-                raise self.error(f"{path}.params", str(exc)) from None
+                when = Filter(msgspec.convert(raw.when, FilterSpec))
+            except msgspec.ValidationError as exc:
+                raise self.located(exc, f"{path}.when") from None
+        env = self.env if when is None else dataclasses.replace(self.env, filter_id=when.id)
+        try:
+            policy = self.construct(cls, params, env)
+        except (ValueError, TypeError, OSError) as exc:
+            raise self.error(f"{path}.params", str(exc)) from None
         for target in getattr(policy, "route_targets", lambda: ())():
             if self.known_trunks is not None and target not in self.known_trunks:
                 raise self.error(f"{path}.params", f"unknown trunk {target!r} to route to")
         self.headers.update(getattr(policy, "headers", ()) or ())
         location = (self.doc.file, self.doc.line_for(path), key_text(path))
-        entry = ChainEntry(name, raw.policy, raw.mode, policy, location)
-        if fresh:
-            self.pending.append((entry, params))
+        entry = ChainEntry(name, raw.policy, raw.mode, policy, location, when)
+        self.pending.append((entry, params))
         return entry
 
-    def construct(self, cls: type, params: Any) -> Any:
+    def construct(self, cls: type, params: Any, env: PolicyEnv) -> Any:
         try:
             wants_env = "env" in inspect.signature(cls).parameters
         except (TypeError, ValueError):
             wants_env = False
-        return cls(params, env=self.env) if wants_env else cls(params)
-
-    def reuse(self, trunk: str, name: str, cls: type, params: Any) -> Any:
-        """On reload, a stateful policy (`keep_on_reload`) with the same params keeps its instance."""
-        if self.previous is None or not getattr(cls, "keep_on_reload", False):
-            return None
-        old_chain = self.previous.chains.get(trunk) if trunk else self.previous.default
-        if old_chain is None:
-            return None
-        for e in old_chain.entries:
-            if e.name == name and type(e.policy) is cls and getattr(e.policy, "params", None) == params:
-                return e.policy
-        return None
+        return cls(params, env=env) if wants_env else cls(params)
 
 
 def load_policies_text(
@@ -263,14 +259,13 @@ def load_policies_text(
     trunks: Iterable[str] | None = None,
     tn_policy: TNPolicy = DEFAULT_TN_POLICY,
     counters: Counters | None = None,
-    previous: PolicySet | None = None,
     base_dir: Path | None = None,
 ) -> PolicySet:
     """Parse and validate; policies are constructed but their data is not loaded: `await result.setup()`.
 
     `trunks`: the configured trunk names (chains for others and routes to others are errors).
-    `counters`: the engine's Counters (kept across reloads). `previous`: the live set, whose stateful
-    policies (replay, velocity) with unchanged params are carried over.
+    `counters`: the engine's Counters (kept across reloads). What stateful policies remember lives in the
+    engine's state store, so a reload keeps it for entries that count the same thing.
     """
     try:
         doc = compose(text, file)
@@ -283,7 +278,7 @@ def load_policies_text(
         raise PolicyError(file, lines.get("$"), "(top level)", "expected a mapping with `trunks:` and `default:`")
     known = frozenset(trunks) if trunks is not None else None
     env = PolicyEnv(file, base_dir or (Path(file).parent if not file.startswith("<") else Path.cwd()), tn_policy)
-    b = _Builder(doc, env, known, counters or Counters(), previous)
+    b = _Builder(doc, env, known, counters or Counters())
     for key in data:
         if key not in _TOP_KEYS:
             raise b.error(f"$.{key}", f"unknown key (expected one of: {', '.join(_TOP_KEYS)})")
@@ -314,7 +309,6 @@ def load_policies(
     trunks: Iterable[str] | None = None,
     tn_policy: TNPolicy = DEFAULT_TN_POLICY,
     counters: Counters | None = None,
-    previous: PolicySet | None = None,
 ) -> PolicySet:
     """Read a policy file (see load_policies_text); relative data-file names are resolved from its folder."""
     p = Path(path)
@@ -323,4 +317,4 @@ def load_policies(
     except OSError as exc:
         raise PolicyError(str(p), None, "(file)", exc.strerror or str(exc)) from None
     return load_policies_text(text, str(p), trunks=trunks, tn_policy=tn_policy, counters=counters,
-                              previous=previous, base_dir=p.parent)
+                              base_dir=p.parent)

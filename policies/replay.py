@@ -1,18 +1,19 @@
 """replay: the same PASSporT seen on another call inside its freshness window is a replay (a captured
 Identity header pasted onto robocalls): tag or reject.
 
-Keyed by the JWS signature (unique per signing); the first Call-ID seen is remembered so a retry of the same
-call is not its own replay. State lives in a StateStore shared per `scope` (across trunks and reloads);
-swap `policy.store` for a shared (Redis) one when several instances must see each other's calls.
+Keyed by the JWS signature (unique per signing): the first call claims it (`Claim`, SET NX EX in Redis), so
+a retry of the same call is not its own replay. Entries with one `scope` share one memory, across trunks,
+reloads and, with the Redis state store, every node.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from .actions import ActionParams, ActionPolicy, Verstat
 from .base import CONTINUE, CallContext, Decision
-from .state import StateStore, shared_store
+from .state import Claim, Op
 
 __all__ = ["Replay", "signatures"]
 
@@ -23,14 +24,13 @@ class ReplayParams(ActionParams, frozen=True, kw_only=True):
     verstat: Verstat | None = "TN-Validation-Failed"
     #: Seconds a PASSporT is remembered: its freshness window (stir.verify.iat_max_age) or longer.
     window: float = 60.0
-    max_entries: int = 1_000_000
     #: Policies with the same scope share one memory.
     scope: str = "replay"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.window <= 0 or self.max_entries <= 0:
-            raise ValueError("window and max_entries must be positive")
+        if self.window <= 0:
+            raise ValueError("window must be positive")
 
 
 def signatures(values: tuple[str, ...]) -> list[str]:
@@ -47,24 +47,24 @@ def signatures(values: tuple[str, ...]) -> list[str]:
 
 
 class Replay(ActionPolicy):
-    """A PASSporT signature already seen on another Call-ID within `window` -> the configured action
+    """A PASSporT signature already claimed by another Call-ID within `window` -> the configured action
     (default: 438 Invalid Identity Header with an RFC 9410 Reason)."""
 
     Params = ReplayParams
 
     def __init__(self, params: ReplayParams) -> None:
         super().__init__(params)
-        self.store: StateStore = shared_store(params.scope, params.window, params.max_entries)
-        self._ttl = params.window
+        self._prefix = f"replay:{params.scope}:"
 
-    def evaluate(self, ctx: CallContext) -> Decision:
+    def observe(self, ctx: CallContext) -> Sequence[Op]:
         values = ctx.headers.get("identity")
         if not values:
-            return CONTINUE
-        put = self.store.put_if_absent
-        replayed = False
-        for sig in signatures(values):
-            first = put(sig, ctx.call_id, self._ttl, ctx.now)
-            if first is not None and first != ctx.call_id:
-                replayed = True
-        return self.hit if replayed else CONTINUE
+            return ()
+        window = self.params.window
+        return [Claim(self._prefix + sig, ctx.call_id, window) for sig in signatures(values)]
+
+    def evaluate(self, ctx: CallContext) -> Decision:
+        for held in ctx.state_for(self) or ():
+            if held is not None:
+                return self.hit
+        return CONTINUE

@@ -1,30 +1,35 @@
-"""velocity: too many calls, too many distinct destinations, or too many short calls from one caller
-(orig TN, origid, SPC, trunk or source address) within a sliding window -> tag, throttle (503 with
-Retry-After) or reject.
+"""velocity: too many calls, too many distinct destinations, or too many short calls for one key (the
+caller's number, or the gateway: origid, SPC, trunk, source address, a combination) within a sliding window
+-> tag, throttle (503 with Retry-After) or reject.
 
-Exact sliding windows at O(1) memory per key: a window only has to say "more than N", so each key keeps at
-most N+1 timestamps (the newest N+1 are all inside the window whenever more than N are) and N+1
-destinations. Keys idle for a window are dropped in activity order (an OrderedDict), so memory follows the
-number of active callers, bounded by `max_keys`. Short-call share is fed by `on_call_end`.
+The counts live in the state store (`policies.state`), not in the policy: calls and destinations are exact
+sliding windows holding at most N+1 members (a window only has to say "more than N"); the short-call share is
+a bucketed tally of answered calls fed when calls end. Entries that count the same thing (same key, windows
+and `when:` filter) share their counters across trunks, reloads and, with Redis, nodes; `scope` names a
+counter set explicitly.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import Literal, TypeVar
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from .actions import ActionParams, ActionPolicy
-from .base import CONTINUE, CallContext, Decision
+from .base import CONTINUE, CallContext, CallOutcome, Decision
+from .keys import key_getter
+from .state import Op, Tally, Window
 
 __all__ = ["Velocity"]
 
-Key = Literal["orig_tn", "origid", "spc", "trunk", "source_ip"]
+_ENDS = ("answered", "short")
 
 
 class VelocityParams(ActionParams, frozen=True, kw_only=True):
     action: Literal["continue", "tag", "route", "reject", "throttle"] = "throttle"
-    key: Key = "orig_tn"
+    #: orig_tn | origid | spc | trunk | source_ip | orig_npa_nxx | dest_npa_nxx | dest_block, or kinds joined
+    #: with `+` (e.g. origid+trunk).
+    key: str = "orig_tn"
     #: Sliding window, seconds, for max_calls and max_destinations.
     window: float = 60.0
     max_calls: int | None = None
@@ -35,12 +40,12 @@ class VelocityParams(ActionParams, frozen=True, kw_only=True):
     short_window: float = 3600.0
     #: Answered calls needed in short_window before the share counts.
     min_completed: int = 20
-    #: Answered calls remembered per key for the share.
-    max_samples: int = 1000
-    max_keys: int = 200_000
+    #: Counter set name; default: derived from what is counted (key, windows, the entry's `when:`).
+    scope: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        key_getter(self.key)
         if self.max_calls is None and self.max_destinations is None and self.max_short_share is None:
             raise ValueError("velocity needs max_calls, max_destinations or max_short_share")
         if self.window <= 0 or self.short_window <= 0:
@@ -51,150 +56,73 @@ class VelocityParams(ActionParams, frozen=True, kw_only=True):
                 raise ValueError(f"{name} must be at least 1")
         if self.max_short_share is not None and not 0 <= self.max_short_share < 1:
             raise ValueError("max_short_share is a share between 0 and 1")
-        if self.min_completed < 1 or self.max_samples < self.min_completed or self.max_keys < 1:
-            raise ValueError("need 1 <= min_completed <= max_samples and max_keys >= 1")
-
-
-def _key_getter(key: Key) -> Callable[[CallContext], str | None]:
-    if key == "orig_tn":
-        return lambda ctx: ctx.orig_tn
-    if key == "trunk":
-        return lambda ctx: ctx.trunk
-    if key == "source_ip":
-        return lambda ctx: ctx.source_ip or None
-    if key == "spc":
-        return lambda ctx: ctx.spc if ctx.verified else None
-    return lambda ctx: ctx.origid if ctx.verified else None
-
-
-class _Window:
-    __slots__ = ("dests", "last", "times")
-
-    def __init__(self, calls: int | None) -> None:
-        self.times: deque[float] | None = deque(maxlen=calls + 1) if calls is not None else None
-        self.dests: OrderedDict[str, float] = OrderedDict()
-        self.last = 0.0
-
-
-class _Ends:
-    __slots__ = ("ends", "last", "short")
-
-    def __init__(self) -> None:
-        self.ends: deque[tuple[float, bool]] = deque()
-        self.short = 0
-        self.last = 0.0
-
-
-_S = TypeVar("_S", _Window, _Ends)
+        if self.min_completed < 1:
+            raise ValueError("min_completed must be at least 1")
 
 
 class Velocity(ActionPolicy):
     """Any threshold exceeded for the call's key -> the configured action (default: throttle, 503 +
-    Retry-After). The call being decided counts towards its own window."""
+    Retry-After). The call being decided counts towards its own window, throttled calls included (a flood
+    stays throttled)."""
 
     Params = VelocityParams
-    keep_on_reload = True
 
-    def __init__(self, params: VelocityParams) -> None:
+    def __init__(self, params: VelocityParams, env: Any = None) -> None:
         super().__init__(params)
-        self._key = _key_getter(params.key)
-        self._max_calls = params.max_calls or 0
-        self._windows: OrderedDict[str, _Window] = OrderedDict()
-        self._ends: OrderedDict[str, _Ends] = OrderedDict()
-        self._hits = {
-            why: params.decision(note=f"velocity:{params.key}:{why}")
-            for why in ("calls", "destinations", "short_calls")
-        }
+        self._key = key_getter(params.key)
+        counted = f"{params.key}/{params.window:g}/{params.short_call_seconds:g}/{params.short_window:g}"
+        scope = params.scope or f"{counted}/{getattr(env, 'filter_id', '')}"
+        self._prefix = f"velocity:{scope}:"
+        self._label = f"velocity:{params.key}"
 
-    def __len__(self) -> int:
-        return len(self._windows)
+    def observe(self, ctx: CallContext) -> Sequence[Op]:
+        key = self._key(ctx)
+        if key is None:
+            return ()
+        p = self.params
+        ops: list[Op] = []
+        if p.max_calls is not None:
+            ops.append(Window(f"{self._prefix}c:{key}", ctx.call_id, p.window, p.max_calls + 1))
+        if p.max_destinations is not None and ctx.dest_tn is not None:
+            ops.append(Window(f"{self._prefix}d:{key}", ctx.dest_tn, p.window, p.max_destinations + 1))
+        if p.max_short_share is not None:
+            ops.append(Tally(f"{self._prefix}e:{key}", _ENDS, (0, 0), p.short_window))
+        return ops
 
     def evaluate(self, ctx: CallContext) -> Decision:
-        key = self._key(ctx)
-        if key is None:
+        results = ctx.state_for(self)
+        if not results:
             return CONTINUE
         p = self.params
-        now = ctx.now
-        cutoff = now - p.window
-        windows = self._windows
-        w = windows.get(key)
-        if w is None:
-            w = windows[key] = _Window(p.max_calls)
-            w.last = now
-            _expire(windows, cutoff, p.max_keys)
-        else:
-            windows.move_to_end(key)
-            w.last = now
-        why = None
-        times = w.times
-        if times is not None:
-            times.append(now)
-            while times[0] <= cutoff:
-                times.popleft()
-            if len(times) > self._max_calls:
-                why = "calls"
-        limit = p.max_destinations
-        dest = ctx.dest_tn
-        if limit is not None and dest is not None:
-            dests = w.dests
-            dests[dest] = now
-            dests.move_to_end(dest)
-            while True:
-                first = next(iter(dests))
-                if dests[first] > cutoff:
-                    break
-                del dests[first]
-            if len(dests) > limit + 1:
-                dests.popitem(last=False)
-            if len(dests) > limit and why is None:
-                why = "destinations"
-        if why is None and p.max_short_share is not None:
-            e = self._ends.get(key)
-            if e is not None:
-                _trim(e, now - p.short_window)
-                n = len(e.ends)
-                if n >= p.min_completed and e.short > p.max_short_share * n:
-                    why = "short_calls"
-        return self._hits[why] if why is not None else CONTINUE
+        i = 0
+        if p.max_calls is not None:
+            calls = results[i]
+            i += 1
+            if calls > p.max_calls:
+                return self._fired(f"calls {calls} > {p.max_calls} in {p.window:g} s")
+        if p.max_destinations is not None and ctx.dest_tn is not None:
+            dests = results[i]
+            i += 1
+            if dests > p.max_destinations:
+                return self._fired(f"destinations {dests} > {p.max_destinations} in {p.window:g} s")
+        if p.max_short_share is not None:
+            answered, short = results[i]
+            if answered >= p.min_completed and short > p.max_short_share * answered:
+                return self._fired(f"short_share {short / answered:.2f} > {p.max_short_share:g} over "
+                                   f"{answered} calls")
+        return CONTINUE
 
-    def on_call_end(self, ctx: CallContext, duration: float) -> None:
-        """An answered call ended after `duration` seconds: count it for the short-call share."""
+    def _fired(self, why: str) -> Decision:
+        """The configured action, saying which threshold fired with what value (for records and logs)."""
+        return dataclasses.replace(self.hit, note=f"{self._label} {why}")
+
+    def ended(self, ctx: CallContext, outcome: CallOutcome) -> Sequence[Op]:
+        """An answered call ended: count it, and whether it was short, for the short-call share."""
         p = self.params
-        if p.max_short_share is None:
-            return
+        if p.max_short_share is None or not outcome.answered:
+            return ()
         key = self._key(ctx)
         if key is None:
-            return
-        ends = self._ends
-        e = ends.get(key)
-        if e is None:
-            e = ends[key] = _Ends()
-            e.last = ctx.now
-            _expire(ends, ctx.now - p.short_window, p.max_keys)
-        else:
-            ends.move_to_end(key)
-            e.last = ctx.now
-        short = duration < p.short_call_seconds
-        e.ends.append((ctx.now, short))
-        e.short += short
-        if len(e.ends) > p.max_samples and e.ends.popleft()[1]:
-            e.short -= 1
-        _trim(e, ctx.now - p.short_window)
-
-
-def _trim(e: _Ends, cutoff: float) -> None:
-    ends = e.ends
-    while ends and ends[0][0] <= cutoff:
-        if ends.popleft()[1]:
-            e.short -= 1
-
-
-def _expire(table: OrderedDict[str, _S], cutoff: float, max_keys: int) -> None:
-    """Drop keys idle since before `cutoff` (front = least recently active), and the oldest beyond max_keys."""
-    while len(table) > max_keys:
-        table.popitem(last=False)
-    while table:
-        first = next(iter(table.values()))
-        if first.last > cutoff:
-            break
-        table.popitem(last=False)
+            return ()
+        short = 1 if outcome.duration < p.short_call_seconds else 0
+        return (Tally(f"{self._prefix}e:{key}", _ENDS, (1, short), p.short_window),)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from policies.base import CallContext, Decision
-from policies.chain import Chain, ChainResult
+from policies.chain import Chain, ChainResult, StateRequest
 from proxy.authentication import Authenticator, add_display_prefix, add_verstat
 from proxy.routing import TrunkTarget
 from proxy.sip.grammar import NameAddr, ParseError, parse_name_addr, parse_uri
@@ -191,6 +191,10 @@ class CallHost:
 
     def verify_timed_out(self, call: Call, now: float) -> None:
         """The call's certificate did not come in time: decide it without (436 or the configured outcome)."""
+        raise NotImplementedError
+
+    def state_timed_out(self, call: Call, now: float) -> None:
+        """The state the call's policies asked for did not come in time: decide it per `state.on_error`."""
         raise NotImplementedError
 
     def call_ended(self, call: Call) -> None:
@@ -404,6 +408,7 @@ class Call:
         "inbound",
         "ingress",
         "invite",
+        "judging",
         "pai",
         "policy",
         "reinvites",
@@ -459,6 +464,8 @@ class Call:
         self.verify_waited = False
         #: The policy chain this call was judged by, its context and result (kept for on_call_end and logs).
         self.policy: tuple[Chain, CallContext, ChainResult] | None = None
+        #: While the call waits for its policies' state: the chain, the context and what was asked.
+        self.judging: tuple[Chain, CallContext, StateRequest] | None = None
         #: (policy, mode, action) per chain entry, for the call record.
         self.decisions: list[tuple[str, str, str]] = []
         #: Relayed re-INVITE client transactions: an INVITE in Proceeding has no timer of its own (RFC 3261
@@ -620,6 +627,9 @@ class Call:
         if kind == "verify":
             if self.state == ROUTING:
                 self.host.verify_timed_out(self, now)
+        elif kind == "state":
+            if self.state == ROUTING:
+                self.host.state_timed_out(self, now)
         elif kind == "failover":
             if self.state == CALLING:
                 self._try_next(now, 503, "Service Unavailable")

@@ -25,6 +25,7 @@ __all__ = [
     "RecordsSettings",
     "Route",
     "SipSettings",
+    "StateSettings",
     "Trunk",
     "load_config",
     "load_config_text",
@@ -186,6 +187,27 @@ class Route(_Base, frozen=True, rename={"from_": "from"}, kw_only=True):
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
+class StateSettings(_Base, frozen=True):
+    """`state:` where policies keep what they remember across calls (replay, velocity, campaign signals).
+
+    memory: in this process (one node; workers of one host each keep their own). redis: one Redis shared by
+    every worker and node, so a PASSporT replayed through another node is caught and a caller's velocity is
+    not split between nodes."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    #: The longest a call waits for its state; then `on_error` decides.
+    timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    #: open: the stateful policies count as `continue` (the miss is counted); closed: their action applies.
+    on_error: Literal["open", "closed"] = "open"
+    #: Prefix of every Redis key (several deployments may share one Redis).
+    key_prefix: str = "stirgate:"
+    #: Memory backend: entries kept per table (least recently active dropped first).
+    max_keys: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    #: Redis backend: after a failure, calls skip Redis (and count a miss) for this long before it is tried again.
+    retry_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+
+
 class LoggingSettings(_Base, frozen=True):
     level: LogLevel = "info"
     #: Per component (`call`, `transport`, `records`, `server`), overriding `level`: e.g. {call: warning}.
@@ -234,6 +256,7 @@ class _RawConfig(_Base, frozen=True):
     logging: LoggingSettings = LoggingSettings()
     records: RecordsSettings = RecordsSettings()
     api: ApiSettings = ApiSettings()
+    state: StateSettings = StateSettings()
     #: Policy YAML file (docs/POLICIES.md); none: every call continues as routed.
     policies: str | None = None
     overload: OverloadSettings = OverloadSettings()
@@ -263,6 +286,7 @@ class Config:
     api: ApiSettings
     overload: OverloadSettings
     protection: ProtectionSettings
+    state: StateSettings
     policies: str | None = None
 
     def trunk(self, name: str) -> Trunk:
@@ -336,6 +360,8 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
         if not all(c.isdigit() or c in "*#" for c in route.prefix):
             raise fail(f"$.routes[{i}].prefix", "a prefix is digits only (no '+')")
     _validate_stir(raw, fail)
+    if not raw.state.url.startswith(("redis://", "rediss://", "unix://")):
+        raise fail("$.state.url", "a Redis URL: redis://host:port/db, rediss://... or unix:///path")
     s = raw.sip
     for key in ("t1", "t2", "t4", "failover_timeout", "no_answer_timeout"):
         if getattr(s, key) <= 0:
@@ -354,6 +380,7 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
         policies=raw.policies,
         overload=raw.overload,
         protection=raw.protection,
+        state=raw.state,
     )
 
 

@@ -12,9 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import count
 
-from policies.base import CallContext
-from policies.chain import Counters
+from policies.base import CallContext, CallOutcome
+from policies.chain import Chain, Counters
 from policies.loader import PolicySet
+from policies.state import MemoryStore, Op, StateStore
 from proxy.authentication import Authenticator
 from proxy.b2bua import ROUTING, Call, CallHost, CallSettings
 from proxy.config import Config, Trunk
@@ -53,6 +54,8 @@ _STATS = (
     "pike_dropped",
     "tcp_refused",
     "tcp_timeouts",
+    "state_timeouts",
+    "state_errors",
 )
 
 
@@ -124,6 +127,14 @@ class Engine(CallHost):
         self.wall_offset = 0.0
         #: (A-leg Call-ID, Identity values) whose certificates the transport must fetch, then `resume`.
         self.fetch_requests: list[tuple[str, list[str]]] = []
+        #: Where policies keep what they remember (policies.state). The memory store answers at once; an
+        #: asynchronous one (Redis, set by the server) is fed `state_requests` (A-leg Call-ID, ops, wall time;
+        #: answered through `state_ready`) and `state_writes` (ops recorded after calls, no answer) by the
+        #: transport.
+        self.state: StateStore = MemoryStore(config.state.max_keys)
+        self.state_requests: list[tuple[str, list[Op], float]] = []
+        self.state_writes: list[tuple[list[Op], float]] = []
+        self.state_waiting = 0
         self._prefix = os.urandom(5).hex()
         self._seq = count(1)
         self._contacts = {t: f"<sip:{h}:{p}{'' if t == 'udp' else ';transport=' + t}>" for t, (h, p) in local.items()}
@@ -364,16 +375,19 @@ class Engine(CallHost):
                 extra = [Header.make("reason", outcome.reason_header)] if outcome.reason_header else None
                 call.reject(outcome.reject[0], outcome.reject[1], extra, now)
                 return
-        if self.policies is not None and not self._judge(call, invite, now):
-            return
-        call.start(now)
+        if self.policies is not None:
+            self._judge(call, invite, now)
+        else:
+            call.start(now)
 
-    def _judge(self, call: Call, invite: Request, now: float) -> bool:
-        """Run the ingress trunk's policy chain; False when it rejected the call (already answered)."""
+    def _judge(self, call: Call, invite: Request, now: float) -> None:
+        """Run the ingress trunk's policy chain, after gathering the state it needs (at once from the memory
+        store; from Redis the call waits for the answer, at most `state.timeout_ms`), then start the call."""
         assert self.policies is not None
         chain = self.policies.chain_for(call.ingress.name)
         if not len(chain):
-            return True
+            call.start(now)
+            return
         auth = self.auth
         try:
             display = invite.from_.display
@@ -398,7 +412,22 @@ class Engine(CallHost):
             orig_tn=auth.orig_tn(invite),
             dest_tn=dests[0] if dests else None,
         )
-        result = chain.evaluate(ctx)
+        request = chain.observe(ctx)
+        facts = None
+        if request is not None:
+            if request.ops and not self.state.synchronous:
+                call.judging = (chain, ctx, request)
+                self.state_requests.append((invite.call_id, request.ops, ctx.now))
+                self.state_waiting += 1
+                self.queue.start(call.timers, "state", now + self.config.state.timeout_ms / 1000.0)
+                return
+            facts = request.facts(self.state.execute(request.ops, ctx.now) if request.ops else [])
+        self._decide(call, chain, ctx, facts, now)
+
+    def _decide(self, call: Call, chain: Chain, ctx: CallContext, facts: dict[object, list[object]] | None,
+                now: float) -> None:
+        """Evaluate the chain with the call's state (None: the store did not answer) and act on it."""
+        result = chain.evaluate(ctx, facts, self.config.state.on_error)
         call.policy = (chain, ctx, result)
         call.decisions = [(step.name, step.mode, step.decision.outcome) for step in result.steps]
         decision = result.decision
@@ -406,14 +435,32 @@ class Engine(CallHost):
             self.stats["policy_rejected"] += 1
             headers = [Header.make(canonical_name(n), v) for n, v in decision.response_headers()]
             call.reject(decision.code or 603, decision.reason or "Decline", headers, now)
-            return False
+            return
         if decision.action == "route":
             targets = tuple(self.router.targets[n] for n in decision.trunks if n in self.router.targets)
             if targets:
                 call.targets = targets
         if decision.tagged:
             call.tags = decision
-        return True
+        call.start(now)
+
+    def state_ready(self, call_id: str, results: list[object] | None, now: float) -> None:
+        """The state a waiting call asked for (None: the store failed): decide the call now. A late answer,
+        for a call already decided without it or gone, is dropped."""
+        entry = self.calls.get(call_id)
+        if entry is None:
+            return
+        call = entry[0]
+        judging = call.judging
+        if judging is None or call.state != ROUTING:
+            return
+        call.judging = None
+        call.deadlines.pop("state", None)
+        self.state_waiting -= 1
+        if results is None:
+            self.stats["state_errors"] += 1
+        chain, ctx, request = judging
+        self._decide(call, chain, ctx, request.facts(results), now)
 
     def resume(self, call_id: str, now: float, fetched: Mapping[str, CertEntry] | None = None) -> None:
         """The certificates a waiting call needed are fetched (or failed): carry on with it."""
@@ -521,6 +568,16 @@ class Engine(CallHost):
     def verify_timed_out(self, call: Call, now: float) -> None:
         self.admit(call, now)
 
+    def state_timed_out(self, call: Call, now: float) -> None:
+        judging = call.judging
+        if judging is None:
+            return
+        call.judging = None
+        self.state_waiting -= 1
+        self.stats["state_timeouts"] += 1
+        chain, ctx, request = judging
+        self._decide(call, chain, ctx, request.facts(None), now)
+
     def call_ended(self, call: Call) -> None:
         self.live_calls -= 1
         if call.answered_at is None:
@@ -530,8 +587,25 @@ class Engine(CallHost):
         for leg in call.tried_legs:
             calls.pop(leg.call_id, None)
         self.stats["calls_ended"] += 1
-        if call.policy is not None and call.answered_at is not None and call.ended_at is not None:
-            chain, ctx, _ = call.policy
-            chain.on_call_end(ctx, call.ended_at - call.answered_at)
+        if call.judging is not None:
+            call.judging = None
+            self.state_waiting -= 1
+        if call.policy is not None:
+            self._record_outcome(call)
         for hook in self.call_end_hooks:
             hook(call)
+
+    def _record_outcome(self, call: Call) -> None:
+        """What the call's policies want remembered of how it ended (short calls, answer share ...)."""
+        assert call.policy is not None
+        chain, ctx, _ = call.policy
+        answered = call.answered_at is not None
+        ended = call.ended_at if call.ended_at is not None else call.created_at
+        duration = ended - call.answered_at if call.answered_at is not None else 0.0
+        ops = chain.ended(ctx, CallOutcome(answered, duration, call.final_status))
+        if not ops:
+            return
+        if self.state.synchronous:
+            self.state.execute(ops, ended + self.wall_offset)
+        else:
+            self.state_writes.append((ops, ended + self.wall_offset))

@@ -36,7 +36,7 @@ FORWARD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 FETCH_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 #: Engine counters exported as stirgate_sip_events_total{event=...}; the gauges are named on their own.
-_GAUGES: Final = frozenset({"active_calls", "transactions", "x5u_http_requests"})
+_GAUGES: Final = frozenset({"active_calls", "transactions", "x5u_http_requests", "state_waiting"})
 
 
 class Histo:
@@ -94,6 +94,8 @@ def engine_snapshot(engine: Engine) -> dict[str, float]:
     fetcher = engine.auth.fetcher
     if fetcher is not None:
         out["x5u_http_requests"] = fetcher.requests
+    out.update(getattr(engine.state, "stats", {}))  # the Redis state store's batches, ops, failures
+    out["state_waiting"] = engine.state_waiting
     return out
 
 

@@ -22,6 +22,7 @@ from proxy.engine import Engine
 from proxy.logsink import logger_factory, render_json, sink
 from proxy.metrics import Metrics, engine_snapshot
 from proxy.records import RecordWriter, call_end_hook
+from proxy.redis_state import RedisState
 from proxy.stir.signer import SignedCall
 from proxy.transport import SipServer
 
@@ -126,7 +127,7 @@ async def load_policy_set(config: Config, engine: Engine) -> PolicySet | None:
     if config.policies is None:
         return None
     pset = load_policies(config.policies, trunks=[t.name for t in config.trunks], tn_policy=engine.auth.tn_policy,
-                         counters=engine.policy_counters, previous=engine.policies)
+                         counters=engine.policy_counters)
     await pset.setup()
     return pset
 
@@ -140,6 +141,8 @@ async def reload(engine: Engine, worker: int) -> None:
     try:
         config = load_config(path)
         policies = await load_policy_set(config, engine)
+        if config.state != engine.config.state:
+            log.warning("state_settings_need_restart", worker=worker)
         engine.reconfigure(config, policies)
     except (ConfigError, OSError, ValueError) as exc:
         log.error("reload_failed", worker=worker, error=str(exc))
@@ -162,6 +165,11 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     engine = Engine(config, local)
     engine.call_end_hooks.append(_call_logger())
     server = SipServer(engine, loop, config.sip.max_tcp_message)
+    if config.state.backend == "redis":
+        server.state = RedisState(config.state, lambda call_id, results: engine.state_ready(call_id, results,
+                                                                                           loop.time()),
+                                  server.flush)
+        engine.state = server.state
     metrics = Metrics()
     server.metrics = metrics
     writer = RecordWriter(config.records) if config.records.enabled else None
@@ -233,6 +241,8 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     server.close()
     if api is not None:
         await api.cleanup()
+    if server.state is not None:
+        await server.state.close()
     if writer is not None:
         unwritten = writer.flush_and_close()
         log.info("records_closed", worker=worker, written=writer.written, dropped=writer.dropped,

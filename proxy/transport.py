@@ -16,6 +16,7 @@ import structlog
 
 from proxy.engine import Engine
 from proxy.metrics import Metrics
+from proxy.redis_state import RedisState
 from proxy.sip.message import ParseError, frame_stream
 from proxy.sip.transaction import Target
 from proxy.stir.certs import CertEntry
@@ -126,6 +127,8 @@ class SipServer:
         self._timer_at = 0.0
         self.on_idle: Callable[[], None] | None = None
         self.metrics: Metrics | None = None
+        #: The shared state store (Redis) that waiting calls' state ops go to; None with the memory store.
+        self.state: RedisState | None = None
 
     async def start(self, listens: list[tuple[str, str, int]], reuse_port: bool,
                     private_udp: tuple[str, int] | None = None) -> None:
@@ -234,6 +237,14 @@ class SipServer:
             for call_id, values in self.engine.fetch_requests:
                 self.loop.create_task(self._fetch_certs(call_id, values))
             self.engine.fetch_requests.clear()
+        engine = self.engine
+        if (engine.state_requests or engine.state_writes) and self.state is not None:
+            for call_id, ops, now in engine.state_requests:
+                self.state.submit(call_id, ops, now)
+            for ops, now in engine.state_writes:
+                self.state.write(ops, now)
+            engine.state_requests.clear()
+            engine.state_writes.clear()
         outbox = self.engine.outbox
         if outbox:
             udp = self.udp

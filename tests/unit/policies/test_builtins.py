@@ -20,10 +20,11 @@ from policies.neighbor_spoofing import NeighborSpoofing
 from policies.replay import Replay, signatures
 from policies.require_identity import RequireIdentity
 from policies.route_by_verstat import RouteByVerstat
+from policies.state import MemoryStore
 from policies.velocity import Velocity
 from policies.verification import Verification
 
-from .helpers import ctx, failed, missing, passed
+from .helpers import ctx, end, failed, judge, missing, passed
 
 
 def make(cls: Any, **params: Any) -> Any:
@@ -193,20 +194,23 @@ def test_neighbor_spoofing() -> None:
 # --- replay -------------------------------------------------------------------------------------------------
 def test_replay_same_passport_other_call(request: pytest.FixtureRequest) -> None:
     p = make(Replay, scope=request.node.name)
-    assert p.evaluate(ctx(identity="A" * 86, call_id="c1", now=100.0)) is CONTINUE
-    assert p.evaluate(ctx(identity="A" * 86, call_id="c1", now=101.0)) is CONTINUE  # same call again
-    d = p.evaluate(ctx(identity="A" * 86, call_id="c2", now=120.0))
+    assert judge(p, ctx(identity="A" * 86, call_id="c1", now=100.0)) is CONTINUE
+    assert judge(p, ctx(identity="A" * 86, call_id="c1", now=101.0)) is CONTINUE  # same call again
+    d = judge(p, ctx(identity="A" * 86, call_id="c2", now=120.0))
     assert (d.code, d.reason_header) == (438, 'STIR;cause=438;text="Invalid Identity Header"')
-    assert p.evaluate(ctx(identity="B" * 86, call_id="c3", now=121.0)) is CONTINUE
-    assert p.evaluate(ctx(identity="A" * 86, call_id="c4", now=161.0)) is CONTINUE  # window over: forgotten
-    assert p.evaluate(ctx(identity=False, verification=missing())) is CONTINUE
+    assert judge(p, ctx(identity="B" * 86, call_id="c3", now=121.0)) is CONTINUE
+    assert judge(p, ctx(identity="A" * 86, call_id="c4", now=161.0)) is CONTINUE  # window over: forgotten
+    assert judge(p, ctx(identity=False, verification=missing())) is CONTINUE
+    assert p.observe(ctx(identity=False, verification=missing())) == ()
 
 
 def test_replay_scope_shared_across_instances(request: pytest.FixtureRequest) -> None:
     a = make(Replay, scope=request.node.name)
     b = make(Replay, scope=request.node.name, action="tag")
-    a.evaluate(ctx(identity="C" * 86, call_id="c1"))
-    assert b.evaluate(ctx(identity="C" * 86, call_id="c2")).verstat == "TN-Validation-Failed"
+    other = make(Replay, scope=request.node.name + "-other")
+    judge(a, ctx(identity="C" * 86, call_id="c1"))
+    assert judge(b, ctx(identity="C" * 86, call_id="c2")).verstat == "TN-Validation-Failed"
+    assert judge(other, ctx(identity="C" * 86, call_id="c2")) is CONTINUE
 
 
 def test_signatures_parsing() -> None:
@@ -217,53 +221,64 @@ def test_signatures_parsing() -> None:
 
 # --- velocity -----------------------------------------------------------------------------------------------
 def test_velocity_calls_per_window_sliding() -> None:
-    p = make(Velocity, max_calls=3, window=10)
-    outcomes = [p.evaluate(ctx(now=t)).action for t in (0, 1, 2, 3, 4)]
+    p = make(Velocity, max_calls=3, window=10, scope="sliding")
+    outcomes = [judge(p, ctx(now=t)).action for t in (0, 1, 2, 3, 4)]
     assert outcomes == ["continue", "continue", "continue", "reject", "reject"]
-    d = p.evaluate(ctx(now=5))
+    d = judge(p, ctx(now=5))
     assert (d.code, d.retry_after, d.response_headers()) == (503, 60, (("Retry-After", "60"),))
+    assert d.note == "velocity:orig_tn calls 4 > 3 in 10 s"  # which threshold, with what value
     # the window slides: (4.5, 14.5] still holds 5, 9, 12, 14.5; (15, 25] only 16 and 25
-    assert [p.evaluate(ctx(now=t)).action for t in (9, 12, 14.5, 16, 25)] == ["reject"] * 4 + ["continue"]
-    assert p.evaluate(ctx("+12025551000", now=16)) is CONTINUE  # other callers pass
+    assert [judge(p, ctx(now=t)).action for t in (9, 12, 14.5, 16, 25)] == ["reject"] * 4 + ["continue"]
+    assert judge(p, ctx("+12025551000", now=16)) is CONTINUE  # other callers pass
 
 
 def test_velocity_distinct_destinations() -> None:
-    p = make(Velocity, max_destinations=2, window=60, action="tag", display_prefix="ROBO? ")
-    assert p.evaluate(ctx(dest="+13125550001", now=0)) is CONTINUE
-    assert p.evaluate(ctx(dest="+13125550001", now=1)) is CONTINUE
-    assert p.evaluate(ctx(dest="+13125550002", now=2)) is CONTINUE
-    assert p.evaluate(ctx(dest="+13125550003", now=3)).display_prefix == "ROBO? "
-    assert p.evaluate(ctx(dest="+13125550004", now=62)) is CONTINUE  # 0..2 expired: 003, 004
+    p = make(Velocity, max_destinations=2, window=60, action="tag", display_prefix="ROBO? ", scope="dests")
+    assert judge(p, ctx(dest="+13125550001", now=0)) is CONTINUE
+    assert judge(p, ctx(dest="+13125550001", now=1)) is CONTINUE
+    assert judge(p, ctx(dest="+13125550002", now=2)) is CONTINUE
+    assert judge(p, ctx(dest="+13125550003", now=3)).display_prefix == "ROBO? "
+    assert judge(p, ctx(dest="+13125550004", now=62)) is CONTINUE  # 0..2 expired: 003, 004
 
 
 def test_velocity_short_call_share() -> None:
-    p = make(Velocity, max_short_share=0.5, min_completed=4, action="reject")
-    c = ctx(now=0)
+    p = make(Velocity, max_short_share=0.5, min_completed=4, action="reject", scope="short")
     for duration in (1, 2, 30, 3):
-        assert p.evaluate(c) is CONTINUE
-        p.on_call_end(c, duration)
-    assert p.evaluate(ctx(now=10)).note == "velocity:orig_tn:short_calls"
-    assert p.evaluate(ctx(now=4000)) is CONTINUE  # short_window (3600 s) passed
+        c = ctx(now=0)
+        assert judge(p, c) is CONTINUE
+        end(p, c, duration)
+    unanswered = ctx(now=1)
+    judge(p, unanswered)
+    end(p, unanswered, None)  # not answered: not part of the share
+    assert judge(p, ctx(now=10)).note == "velocity:orig_tn short_share 0.75 > 0.5 over 4 calls"
+    assert judge(p, ctx(now=4000)) is CONTINUE  # short_window (3600 s) passed
 
 
 def test_velocity_keys_and_expiry() -> None:
-    p = make(Velocity, key="spc", max_calls=1, window=5, max_keys=2)
-    assert p.evaluate(ctx(verification=failed())) is CONTINUE  # untrusted SPC: no key
-    assert p.evaluate(ctx(verification=passed(spc="X"), now=0)) is CONTINUE
-    assert p.evaluate(ctx(verification=passed(spc="X"), now=1)).action == "reject"
-    p.evaluate(ctx(verification=passed(spc="Y"), now=10))
-    assert len(p) == 1  # X idle for a window: dropped
+    store = MemoryStore(max_keys=2)
+    p = make(Velocity, key="spc", max_calls=1, window=5)
+    assert p.observe(ctx(verification=failed())) == ()  # untrusted SPC: no key
+    assert judge(p, ctx(verification=passed(spc="X"), now=0), store) is CONTINUE
+    assert judge(p, ctx(verification=passed(spc="X"), now=1), store).action == "reject"
+    judge(p, ctx(verification=passed(spc="Y"), now=10), store)
+    assert len(store) == 1  # X idle for a window: dropped
     for spc in "ABCD":
-        p.evaluate(ctx(verification=passed(spc=spc), now=11))
-    assert len(p) <= 2
+        judge(p, ctx(verification=passed(spc=spc), now=11), store)
+    assert len(store) <= 2
     trunk = make(Velocity, key="trunk", max_calls=1)
-    trunk.evaluate(ctx("+12025550001"))
-    assert trunk.evaluate(ctx("+12025550002")).action == "reject"
+    judge(trunk, ctx("+12025550001"), store)
+    assert judge(trunk, ctx("+12025550002"), store).action == "reject"
+    combo = make(Velocity, key="origid+trunk", max_calls=1)
+    judge(combo, ctx(verification=passed(origid="o1"), trunk="t1"), store)
+    assert judge(combo, ctx(verification=passed(origid="o1"), trunk="t2"), store) is CONTINUE
+    assert judge(combo, ctx(verification=passed(origid="o1"), trunk="t1"), store).action == "reject"
 
 
 def test_velocity_needs_a_threshold() -> None:
     with pytest.raises(msgspec.ValidationError, match="needs max_calls"):
         msgspec.convert({}, Velocity.Params)
+    with pytest.raises(msgspec.ValidationError, match="unknown key 'origin'"):
+        msgspec.convert({"key": "origin", "max_calls": 1}, Velocity.Params)
 
 
 # --- anonymous ----------------------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ from typing import Any
 import msgspec
 
 from policies import CONTINUE, CallContext, Chain, ChainEntry, Counters, Decision, merge
-from policies.base import BasePolicy
+from policies.base import BasePolicy, CallOutcome
+from policies.filters import Filter
+from policies.state import MemoryStore, Op, Tally, Window
 
-from .helpers import ctx
+from .helpers import ctx, passed, run
 
 
 class Fixed(BasePolicy):
@@ -101,16 +103,61 @@ def test_a_policy_bug_counts_as_error_and_continues() -> None:
     assert counters.get("carrier", "p0", "enforce", "error") == 1
 
 
-def test_on_call_end_reaches_policies_with_the_hook() -> None:
-    seen: list[float] = []
+class Counting(Fixed):
+    """A stateful policy: observes one Window op, fires its decision when the count passes 1."""
 
-    class Ends(Fixed):
-        def on_call_end(self, c: CallContext, duration: float) -> None:
-            seen.append(duration)
+    hit = Decision.reject(603, "Decline")
 
-    c = chain(Fixed(CONTINUE), Ends(CONTINUE))
-    c.on_call_end(ctx(), 4.5)
-    assert seen == [4.5]
+    def observe(self, c: CallContext) -> list[Op]:
+        return [Window(f"counting:{id(self)}", c.call_id, 60.0, 5)]
+
+    def evaluate(self, c: CallContext) -> Decision:
+        (count,) = c.state_for(self) or (0,)
+        return self.hit if count > 1 else CONTINUE
+
+    def ended(self, c: CallContext, outcome: CallOutcome) -> list[Op]:
+        return [Tally(f"ended:{id(self)}", ("answered",), (int(outcome.answered),), 60.0)]
+
+
+def test_ended_collects_what_policies_record() -> None:
+    p = Counting(CONTINUE)
+    c = chain(Fixed(CONTINUE), p)
+    (op,) = c.ended(ctx(), CallOutcome(True, 4.5))
+    assert isinstance(op, Tally) and op.add == (1,)
+
+
+def test_state_gathered_before_evaluate() -> None:
+    p = Counting(CONTINUE)
+    c = chain(p)
+    store = MemoryStore()
+    assert run(c, ctx(now=1), store).decision.action == "continue"
+    assert run(c, ctx(now=2), store).decision.code == 603
+
+
+def test_state_missing_open_continues_and_is_counted_closed_applies_the_action() -> None:
+    counters = Counters()
+    p = Counting(CONTINUE)
+    c = chain(p, counters=counters)
+    request = c.observe(ctx())
+    assert request is not None and len(request.ops) == 1
+    open_result = c.evaluate(ctx(), request.facts(None), "open")
+    assert open_result.decision.action == "continue"
+    assert counters.get("carrier", "p0", "enforce", "state-miss") == 1
+    assert c.evaluate(ctx(), request.facts(None), "closed").decision.code == 603
+
+
+def test_when_filter_skips_entries_and_their_state() -> None:
+    counters = Counters()
+    p = Counting(CONTINUE)
+    only_c = Filter.parse({"attest": ["C"]})
+    c = Chain("carrier", [ChainEntry("p0", "counting", "enforce", p, when=only_c)], counters)
+    store = MemoryStore()
+    assert c.observe(ctx(verification=passed("A"))) == ([], [])
+    for _ in range(3):
+        assert run(c, ctx(verification=passed("A")), store).decision.action == "continue"
+    assert counters.items() == []  # never applied: not counted
+    run(c, ctx(verification=passed("C")), store)
+    assert run(c, ctx(verification=passed("C")), store).decision.code == 603
 
 
 def test_reject_response_headers() -> None:

@@ -1,0 +1,69 @@
+"""What every state store must answer, as plain scenarios: run against the in-process store (unit tests) and
+against a real Redis (tests/integration/test_state_redis.py), so the two backends cannot drift apart.
+
+`run(ops, now)` is the store under test: every op of one call, in order, results aligned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from policies.state import Claim, Op, Recent, Tally, Window
+
+Run = Callable[[Sequence[Op], float], list[Any]]
+T0 = 1_700_000_000.0
+
+
+def claims(run: Run, ns: str) -> None:
+    assert run([Claim(f"{ns}:sig", "call-1", 60)], T0) == [None]  # claimed
+    assert run([Claim(f"{ns}:sig", "call-1", 60)], T0 + 1) == [None]  # the same call again
+    assert run([Claim(f"{ns}:sig", "call-2", 60)], T0 + 2) == ["call-1"]  # another call: who holds it
+    assert run([Claim(f"{ns}:other", "call-2", 60)], T0 + 2) == [None]
+
+
+def windows(run: Run, ns: str) -> None:
+    key = f"{ns}:w"
+    counts = [run([Window(key, f"c{i}", 10, 4)], T0 + i)[0] for i in range(5)]
+    assert counts == [1, 2, 3, 4, 4]  # at most keep (max+1) held
+    assert run([Window(key, "c9", 10, 4)], T0 + 12)[0] == 3  # (2, 12]: c3, c4 and c9
+    assert run([Window(key, "late", 10, 4)], T0 + 30)[0] == 1  # everything before 20 gone
+    dests = f"{ns}:d"
+    assert [run([Window(dests, d, 60, 3)], T0)[0] for d in ("a", "a", "b")] == [1, 1, 2]
+
+
+def tallies(run: Run, ns: str) -> None:
+    key = f"{ns}:t"
+    fields = ("answered", "short")
+    assert run([Tally(key, fields, (1, 1), 100, 10)], T0) == [(1, 1)]
+    assert run([Tally(key, fields, (1, 0), 100, 10)], T0 + 15) == [(2, 1)]
+    assert run([Tally(key, fields, (0, 0), 100, 10)], T0 + 50) == [(2, 1)]  # read only
+    # 10 s buckets: at T0+105 the bucket holding T0 has left the window, T0+15's has not
+    assert run([Tally(key, fields, (0, 0), 100, 10)], T0 + 105) == [(1, 0)]
+    assert run([Tally(key, fields, (0, 0), 100, 10)], T0 + 300) == [(0, 0)]
+
+
+def claimed_bumps_a_tally(run: Run, ns: str) -> None:
+    """first-seen numbers: a Claim followed by a Tally with add_if_claimed counts only new claims."""
+    key = f"{ns}:gw"
+    fields = ("calls", "first_seen")
+
+    def call(number: str, at: float) -> tuple[int, ...]:
+        _held, totals = run([Claim(f"{ns}:seen:{number}", number, 3600),
+                            Tally(key, fields, (1, 0), 600, 10, add_if_claimed=1)], at)
+        return tuple(totals)
+
+    assert call("1", T0) == (1, 1)
+    assert call("2", T0 + 1) == (2, 2)
+    assert call("1", T0 + 2) == (3, 2)  # seen before: not first-seen
+
+
+def recents(run: Run, ns: str) -> None:
+    key = f"{ns}:r"
+    assert run([Recent(key, "a", 3, 60)], T0) == [("a",)]
+    assert run([Recent(key, "b", 3, 60)], T0 + 1) == [("b", "a")]
+    run([Recent(key, "c", 3, 60)], T0 + 2)
+    assert run([Recent(key, "d", 3, 60)], T0 + 3) == [("d", "c", "b")]
+
+
+SCENARIOS = (claims, windows, tallies, claimed_bumps_a_tally, recents)
