@@ -329,6 +329,11 @@ class Stirgate:
         #: Set by a test that stops stirgate during a call: calls active when it starts draining are expected.
         self.calls_active_at_drain = False
         self.terminated = False  # SIGTERM sent by a test
+        # Readiness is checked on the config's own listen addresses (a second node runs on 127.0.0.2).
+        listens = [str(x).split(":") for x in yaml.safe_load(config.read_text()).get("listen") or []]
+        udp = next(((h, int(p)) for t, h, p in listens if t == "udp"), (STIRGATE_IP, SIP_PORT))
+        self.sip_addr: tuple[str, int] = udp
+        self.transports = [t for t, h, p in listens if (h, int(p)) == udp] or ["udp", "tcp"]
 
     def start(self, ready_attempts: int = 150, bind_attempts: int = 3) -> Stirgate:
         """Start and wait until ready. Losing a race for the port to another process on this machine (it
@@ -343,8 +348,9 @@ class Stirgate:
         raise AssertionError("unreachable")
 
     def _start(self, ready_attempts: int) -> Stirgate:
-        wait_port_free(STIRGATE_IP, SIP_PORT, "udp")
-        wait_port_free(STIRGATE_IP, SIP_PORT, "tcp")
+        ip, port = self.sip_addr
+        for transport in self.transports:
+            wait_port_free(ip, port, transport)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [*stirgate_command(), "run", "-c", str(self.config)],
@@ -359,19 +365,19 @@ class Stirgate:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"stirgate exited with {self.proc.returncode} before ready:\n{self.log_tail()}\n"
-                    f"holders of {STIRGATE_IP}:{SIP_PORT} now:\n{port_holders(STIRGATE_IP, SIP_PORT)}"
+                    f"holders of {ip}:{port} now:\n{port_holders(ip, port)}"
                 )
             # Ours must hold the UDP and TCP sockets, or the 200 could come from another stirgate on the port.
             # Until it does, an OPTIONS is not even sent (a prompt foreign 200 would spend the attempts).
-            if not (owns_socket(pid, STIRGATE_IP, SIP_PORT, "udp") and owns_socket(pid, STIRGATE_IP, SIP_PORT, "tcp")):
+            if not all(owns_socket(pid, ip, port, t) for t in self.transports):
                 time.sleep(0.1)  # polling interval of a bounded readiness check, not a synchronisation
                 continue
-            if send_options() == 200:
+            if send_options((ip, port)) == 200:
                 return self
         self.kill()
         raise RuntimeError(
             f"stirgate never answered OPTIONS with 200 (or another process holds its port):\n{self.log_tail()}\n"
-            f"holders of {STIRGATE_IP}:{SIP_PORT}:\n{port_holders(STIRGATE_IP, SIP_PORT)}"
+            f"holders of {ip}:{port}:\n{port_holders(ip, port)}"
         )
 
     def stop(self, grace: float = 10.0) -> int:
