@@ -16,6 +16,7 @@ from typing import Any
 from .concurrency import QUICK_DIALOGS, run_concurrency
 from .modes import MODES, SIP_MODES, STANDALONE_MODES, Mode, Pki, X5uServer, make_pki, write_identity_pool
 from .procs import Addr
+from .state_cost import run_state
 from .step import StepResult, as_dict, run_step
 from .suts import REPO, SUT, VENV_BIN, Kamailio, Sippy, Stirgate
 
@@ -34,7 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mode", default="relay",
                    help="comma-separated: relay (default), sign, verify, flood (SIP sweeps, in that order, same "
                         "run), crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
-                        "records (bench/records_bench.py), concurrency (N long calls held: memory per dialog)")
+                        "records (bench/records_bench.py), concurrency (N long calls held: memory per dialog), "
+                        "state (CPU per call the Redis state backend adds over the memory one, bench/state_cost.py)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
@@ -91,7 +93,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency")
+    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency", "state")
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     rev_start = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     pki: Pki | None = None
     x5u: X5uServer | None = None
-    if any(MODES[m].needs_pki for m in sip_modes):
+    if any(MODES[m].needs_pki for m in sip_modes) or "state" in args.modes:
         pki = make_pki(rundir, VENV_BIN / "stirgate", Addr.parse(args.x5u_listen).offset(off))
     all_sweeps: dict[str, dict[str, Sweep]] = {}
     results: dict[str, Any] = {}
@@ -466,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
             results[m] = {"summary": summary, "ratios": ratios}
         # before the x5u server stops: stirgate fetches the certificate again in every step
         results["added_over_relay_us"] = added_over_relay(all_sweeps, args)
+        if "state" in args.modes and pki is not None:
+            if x5u is None:
+                x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
+                x5u.start()
+            results["state"] = run_state(args, rundir, pki, uacs[0], uas,
+                                         Addr.parse(args.stirgate_listen).offset(off))
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
             results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)
