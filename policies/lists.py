@@ -53,6 +53,10 @@ class ListsParams(ActionParams, frozen=True, kw_only=True):
     deny: ListSpec = ListSpec()
     #: Calls matching no allow list are treated as denied.
     allow_only: bool = False
+    #: Do-not-originate lists (the ITG/industry format: one number per line): numbers that never originate
+    #: calls (inbound-only, unassigned, government); as a caller they are spoofed. Denied like `deny`,
+    #: with their own note (`lists:dno`), unless an allow list matches.
+    dno_files: list[DataFile] = []
 
 
 _KINDS = ("orig_numbers", "orig_prefixes", "dest_numbers", "dest_prefixes", "sources", "spcs", "origids")
@@ -134,10 +138,12 @@ class Lists(ActionPolicy):
             self.deny = MatchSet(params.deny, tn_policy)
         except ValueError as exc:  # a bad inline number or CIDR
             raise ValueError(str(exc)) from None
-        if not (self.allow or self.deny):
-            raise ValueError("lists needs at least one allow or deny list")
+        self.dno = MatchSet(ListSpec(), tn_policy)
+        if not (self.allow or self.deny or params.dno_files):
+            raise ValueError("lists needs at least one allow, deny or DNO list")
         if params.allow_only and not self.allow:
             raise ValueError("allow_only needs allow lists")
+        self._dno_hit = params.decision(note="lists:dno")
 
     async def setup(self) -> None:
         await asyncio.to_thread(self._load)
@@ -145,10 +151,14 @@ class Lists(ActionPolicy):
     def _load(self) -> None:
         self.allow.load()
         self.deny.load()
+        for path in self.params.dno_files:
+            self.dno.checks.append((_field("orig_numbers"), _from_file("orig_numbers", path, self.dno.tn_policy)))
 
     def evaluate(self, ctx: CallContext) -> Decision:
         if self.params.allow_only:
             return CONTINUE if self.allow.matches(ctx) else self.hit
         if self.deny.matches(ctx) and not self.allow.matches(ctx):
             return self.hit
+        if self.dno.checks and self.dno.matches(ctx) and not self.allow.matches(ctx):
+            return self._dno_hit
         return CONTINUE

@@ -48,6 +48,8 @@ BUILTINS: Mapping[str, str] = MappingProxyType(
             "anonymous",
             "display_tag",
             "route_by_verstat",
+            "own_numbers",
+            "risk_score",
         )
     }
 )

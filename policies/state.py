@@ -202,6 +202,8 @@ class MemoryStore:
     def _tally(self, op: Tally, now: float, claimed: bool) -> tuple[int, ...]:
         tallies = self._tallies
         b = tallies.get(op.key)
+        if b is None and not any(op.add) and not (claimed and op.add_if_claimed >= 0):
+            return (0,) * len(op.fields)  # reading a key nobody counted: nothing to keep
         if b is None or len(b.totals) != len(op.fields):
             b = tallies[op.key] = _Buckets(len(op.fields), op.buckets, op.span)
         b.last = now

@@ -117,3 +117,27 @@ def test_reload_keeps_velocity_state_and_counters() -> None:
     assert run(changed.chain_for("a"), ctx(trunk="a"), store).decision.action == "continue"
     # the chain a call started with is unaffected by the swap
     assert len(old.chain_for("a")) == 1 and len(new.chain_for("a")) == 2
+
+
+def test_when_filter_errors_are_located() -> None:
+    text = "trunks:\n  a:\n    - policy: velocity\n      when: {attest: [D]}\n      params: {max_calls: 1}\n"
+    with pytest.raises(PolicyError) as ei:
+        load_policies_text(text, "p.yaml")
+    e = ei.value
+    assert (e.file, e.line, e.key) == ("p.yaml", 4, "trunks.a[0].when.attest[0]"), str(e)
+    bad = text.replace("attest: [D]", "sources: [not-an-ip]")
+    with pytest.raises(PolicyError, match="when"):
+        load_policies_text(bad, "p.yaml")
+
+
+def test_filtered_entries_count_apart() -> None:
+    """Two velocity entries that differ only in their `when:` keep separate counters."""
+    text = ("trunks:\n  a:\n    - policy: velocity\n      when: {attest: [C]}\n      params: {max_calls: 1}\n"
+            "    - policy: velocity\n      name: all\n      params: {max_calls: 1}\n")
+    pset = load_policies_text(text)
+    store = MemoryStore()
+    chain = pset.chain_for("a")
+    assert run(chain, ctx(trunk="a", verification=passed("A")), store).decision.action == "continue"
+    # the second call: the unfiltered entry has seen 2 calls, the attest-C one only this one
+    result = run(chain, ctx(trunk="a", verification=passed("C")), store)
+    assert [(s.name, s.decision.action) for s in result.steps] == [("velocity", "continue"), ("all", "reject")]
