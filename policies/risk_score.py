@@ -127,6 +127,9 @@ class RiskScoreParams(Params, frozen=True, kw_only=True):
     allow: ListSpec = ListSpec()
     #: State namespace (entries with one scope share their counters); default: the policy's own.
     scope: str = "risk"
+    #: Calls scoring at least this (and below every threshold) still get a note with their score, for
+    #: tuning in the records; 0 notes every call.
+    note_from: float = 20.0
 
     def __post_init__(self) -> None:
         for kind in self.gateway:
@@ -178,6 +181,9 @@ class RiskScore(BasePolicy):
         self.hit: Decision = self._thresholds[-1][1]
         self.allow = MatchSet(params.allow, getattr(env, "tn_policy", None))
         self._has_allow = bool(self.allow)
+        #: The last call's (context, gateway, neighbour match): observe, evaluate and ended of one call ask
+        #: in turn, usually with nothing in between.
+        self._memo: tuple[object, str | None, bool] = (None, None, False)
 
     async def setup(self) -> None:
         await asyncio.to_thread(self.allow.load)
@@ -187,11 +193,22 @@ class RiskScore(BasePolicy):
 
     # --- keys ---------------------------------------------------------------------------------------------
     def gateway(self, ctx: CallContext) -> str | None:
+        memo = self._memo
+        if memo[0] is ctx:
+            return memo[1]
+        gw = None
         for kind, get in self._gateways:
             value = get(ctx)
             if value is not None:
-                return f"{kind}:{value}"
-        return None
+                gw = f"{kind}:{value}"
+                break
+        self._memo = (ctx, gw, is_neighbor(ctx))
+        return gw
+
+    def _neighbor(self, ctx: CallContext) -> bool:
+        if self._memo[0] is not ctx:
+            self.gateway(ctx)
+        return self._memo[2]
 
     # --- state ------------------------------------------------------------------------------------------
     def observe(self, ctx: CallContext) -> Sequence[Op]:
@@ -204,7 +221,7 @@ class RiskScore(BasePolicy):
         status = "none" if v is None else v.status
         verified = status == "passed"
         add = (1, 0, int(verified and ctx.attest == "C"), int(verified and ctx.attest == "B"),
-               int(status == "missing"), int(status not in ("passed", "missing", "none")), int(is_neighbor(ctx)),
+               int(status == "missing"), int(status not in ("passed", "missing", "none")), int(self._neighbor(ctx)),
                0, 0, 0)
         orig = ctx.orig_tn
         dest = national(ctx.dest_tn)  # sweeps are judged on NANP numbers
@@ -293,7 +310,7 @@ class RiskScore(BasePolicy):
         values["attest_c"] = float(status == "passed" and ctx.attest == "C")
         values["unsigned"] = float(status == "missing")
         values["failed"] = float(status not in ("passed", "missing", "none"))
-        values["neighbor"] = float(is_neighbor(ctx))
+        values["neighbor"] = float(self._neighbor(ctx))
         values["first_seen"] = float(first_seen)
         return values, gw, calls
 
@@ -318,11 +335,12 @@ class RiskScore(BasePolicy):
         if not values:
             return CONTINUE
         total, parts = self.score(values)
-        note = _explain(total, parts, gw, calls)
         for at, decision in self._thresholds:
             if total >= at:
-                return dataclasses.replace(decision, note=note)
-        return Decision(note=note)
+                return dataclasses.replace(decision, note=_explain(total, parts, gw, calls))
+        if total >= self.params.note_from:
+            return Decision(note=_explain(total, parts, gw, calls))
+        return CONTINUE
 
 
 _PER_CALL = frozenset({"attest_c", "unsigned", "failed", "neighbor", "first_seen"})

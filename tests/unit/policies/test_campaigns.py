@@ -105,7 +105,7 @@ def test_unsigned_gateway_is_keyed_by_source_address() -> None:
 
 
 def test_failed_verification_scores() -> None:
-    p, store = risk(), MemoryStore()
+    p, store = risk(note_from=0), MemoryStore()
     c = ctx(verification=failed(), source=("198.51.100.9", 5060), now=T0)
     assert "failed +10" in judge(p, c, store).note
 
@@ -131,7 +131,7 @@ def test_feedback_reports_raise_the_number_and_gateway() -> None:
 
 
 def test_signals_are_configurable_and_bad_ones_refused() -> None:
-    p = risk(signals={"attest_c": {"weight": 0}}, actions=[{"at": 5, "action": "tag", "verstat": "No-TN-Validation"}])
+    p = risk(note_from=0, signals={"attest_c": {"weight": 0}}, actions=[{"at": 5, "action": "tag", "verstat": "No-TN-Validation"}])
     d = judge(p, ctx(verification=passed(attest="C"), now=T0), MemoryStore())
     assert "attest_c" not in d.note and d.verstat == "No-TN-Validation"  # first_seen +5 reaches 5
     with pytest.raises(msgspec.ValidationError, match="weight >= 0 and high > low"):
