@@ -278,7 +278,14 @@ class Engine(CallHost):
         if method == "INVITE":
             self._on_invite(req, source, trunk, now)
         elif method == "OPTIONS":
+            # A load balancer's health probe (Kamailio dispatcher): 503 while draining or overloaded takes this
+            # node out of rotation before it stops taking calls.
             txn = txns.create_server(req, source, None)
+            if not self.accepting or self.overloaded() is not None:
+                txns.respond(txn, self.make_response(req, 503, "Service Unavailable", self.new_tag(),
+                                                     [Header.make("retry-after", str(self.config.overload.retry_after))]),
+                             now)
+                return
             extra = [Header.make("allow", ALLOW), Header.make("accept", "application/sdp")]
             txns.respond(txn, self.make_response(req, 200, "OK", self.new_tag(), extra), now)
         elif method in _IN_DIALOG_ONLY:

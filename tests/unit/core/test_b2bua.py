@@ -679,6 +679,25 @@ def test_options_200_with_allow(h: Harness) -> None:
     h.assert_clean()
 
 
+def test_options_probe_503_while_draining_or_overloaded(h: Harness) -> None:
+    """The dispatcher's health probe: a draining or overloaded node answers 503 and leaves the rotation."""
+    c = Caller(h)
+
+    def probe(n: int) -> Response:
+        outs = h.feed(build_request("OPTIONS", "sip:127.0.0.1:5060", via=[c.via(c.branch())], from_=c.from_,
+                                    to="<sip:127.0.0.1>", call_id=f"probe{n}", cseq=1), A)
+        return resp_of(outs.to(A).one())
+
+    assert probe(1).status == 200
+    h.engine.calls_in_setup = h.engine.config.overload.max_calls_in_setup
+    r = probe(2)
+    assert (r.status, r.header("retry-after")) == (503, str(h.engine.config.overload.retry_after))
+    h.engine.calls_in_setup = 0
+    assert probe(3).status == 200
+    h.engine.accepting = False
+    assert probe(4).status == 503
+
+
 @pytest.mark.parametrize("method", ["REGISTER", "SUBSCRIBE", "MESSAGE", "PUBLISH"])
 def test_not_relayed_methods_405_with_allow(h: Harness, method: str) -> None:
     c = Caller(h)
