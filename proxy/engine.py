@@ -282,9 +282,8 @@ class Engine(CallHost):
             # node out of rotation before it stops taking calls.
             txn = txns.create_server(req, source, None)
             if not self.accepting or self.overloaded() is not None:
-                txns.respond(txn, self.make_response(req, 503, "Service Unavailable", self.new_tag(),
-                                                     [Header.make("retry-after", str(self.config.overload.retry_after))]),
-                             now)
+                retry = [Header.make("retry-after", str(self.config.overload.retry_after))]
+                txns.respond(txn, self.make_response(req, 503, "Service Unavailable", self.new_tag(), retry), now)
                 return
             extra = [Header.make("allow", ALLOW), Header.make("accept", "application/sdp")]
             txns.respond(txn, self.make_response(req, 200, "OK", self.new_tag(), extra), now)

@@ -131,7 +131,8 @@ def test_feedback_reports_raise_the_number_and_gateway() -> None:
 
 
 def test_signals_are_configurable_and_bad_ones_refused() -> None:
-    p = risk(note_from=0, signals={"attest_c": {"weight": 0}}, actions=[{"at": 5, "action": "tag", "verstat": "No-TN-Validation"}])
+    p = risk(note_from=0, signals={"attest_c": {"weight": 0}},
+             actions=[{"at": 5, "action": "tag", "verstat": "No-TN-Validation"}])
     d = judge(p, ctx(verification=passed(attest="C"), now=T0), MemoryStore())
     assert "attest_c" not in d.note and d.verstat == "No-TN-Validation"  # first_seen +5 reaches 5
     with pytest.raises(msgspec.ValidationError, match="weight >= 0 and high > low"):
