@@ -482,7 +482,8 @@ class PgRecordWriter(WriterBase):
 
     def _note_corrupt(self, spill: Spill) -> None:
         if spill.corrupt_lines > self._corrupt_seen:
-            log.error("records_spill_corrupt_line", spill=str(spill.path), lines=spill.corrupt_lines - self._corrupt_seen)
+            log.error("records_spill_corrupt_line", spill=str(spill.path),
+                      lines=spill.corrupt_lines - self._corrupt_seen)
             self._corrupt_seen = spill.corrupt_lines
 
     # --- the writer thread ----------------------------------------------------------------------------------------

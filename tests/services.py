@@ -181,7 +181,7 @@ class Postgres:
         try:
             with self.connect(connect_timeout=2):
                 return True
-        except Exception:  # noqa: BLE001 - any failure to connect means "not yet"
+        except Exception:  # any failure to connect means "not yet"
             return False
 
     def stop(self) -> None:

@@ -37,7 +37,6 @@ from tests.integration.test_records_e2e import (
     log_events,
     run_pair,
     sample,
-    scrape,
     stop_and_reap,
     wait_metric,
 )

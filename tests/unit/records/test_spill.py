@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def batch(start: int, n: int) -> list[CallRecord]:
     return [rec(a_call_id=f"c{i}", invite_at=1_700_000_000.0 + i, failures=("x5u-fetch",) if i % 2 else (),
-                policy_decisions=(("velocity", "enforce", "reject"),) if i % 3 == 0 else ()) for i in range(start, start + n)]
+                policy_decisions=(("velocity", "enforce", "reject"),) if i % 3 == 0 else ())
+            for i in range(start, start + n)]
 
 
 def replay_all(s: Spill) -> list[tuple[str, list[CallRecord]]]:
