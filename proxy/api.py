@@ -12,21 +12,24 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.config import ApiSettings, RecordsSettings
 from proxy.metrics import Metrics
-from proxy.records import RecordsError, Source, WriterBase, traceback
+from proxy.records import ReaderPool, RecordsError, Source, WriterBase, traceback
 from proxy.reports import parse_duration, parse_time, report
 
 __all__ = ["build_app", "start_api"]
 
+T = TypeVar("T")
+
 _METRICS_KEY = web.AppKey("metrics", Metrics)
 _DB_KEY = web.AppKey("db", object)
 _CC_KEY = web.AppKey("country_code", str)
+_POOL_KEY = web.AppKey("readers", object)
 _WRITER_KEY = web.AppKey("writer", object)
 
 
@@ -65,6 +68,14 @@ def _db(request: web.Request) -> Source | None:
     return db if isinstance(db, str) and db and Path(db).exists() else None
 
 
+def _query(request: web.Request, db: Source, query: Callable[[Source], T]) -> T:
+    """Run a query (on a worker thread): PostgreSQL sessions are kept between requests, SQLite opens per request."""
+    pool = request.app[_POOL_KEY]
+    if isinstance(pool, ReaderPool):
+        return pool.run(query)
+    return query(db)
+
+
 async def _traceback(request: web.Request) -> web.Response:
     q = request.query
     missing = [k for k in ("orig", "dest", "at") if not q.get(k)]
@@ -80,7 +91,8 @@ async def _traceback(request: web.Request) -> web.Response:
         return _json({"error": "no records database"}, status=503)
     cc = request.app[_CC_KEY]
     try:
-        records = await asyncio.to_thread(traceback, db, q["orig"], q["dest"], at, window, country_code=cc)
+        records = await asyncio.to_thread(
+            _query, request, db, lambda src: traceback(src, q["orig"], q["dest"], at, window, country_code=cc))
     except ValueError as exc:
         return _bad(str(exc))
     except RecordsError as exc:
@@ -107,7 +119,7 @@ async def _report(request: web.Request) -> web.Response:
     if db is None:
         return _json({"error": "no records database"}, status=503)
     try:
-        return _json(await asyncio.to_thread(report, db, since, until, limit))
+        return _json(await asyncio.to_thread(_query, request, db, lambda src: report(src, since, until, limit)))
     except RecordsError as exc:
         return _json({"error": str(exc)}, status=503)
 
@@ -118,6 +130,13 @@ def build_app(metrics: Metrics, db: str | RecordsSettings | None, *, writer: Wri
     app = web.Application()
     app[_METRICS_KEY] = metrics
     app[_DB_KEY] = db or ""
+    pool = ReaderPool(db) if isinstance(db, RecordsSettings) and db.backend == "postgresql" else None
+    app[_POOL_KEY] = pool
+    if pool is not None:
+        async def close_pool(_app: web.Application) -> None:
+            await asyncio.to_thread(pool.close)
+
+        app.on_cleanup.append(close_pool)
     app[_CC_KEY] = country_code
     app[_WRITER_KEY] = writer
     app.router.add_get("/healthz", _healthz)

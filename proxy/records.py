@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import msgspec
 import structlog
@@ -39,6 +39,7 @@ __all__ = [
     "CallRecord",
     "PolicyDecision",
     "Reader",
+    "ReaderPool",
     "RecordWriter",
     "RecordsError",
     "Source",
@@ -49,6 +50,7 @@ __all__ = [
     "is_postgres_dsn",
     "make_writer",
     "open_db",
+    "open_reader",
     "reading",
     "record_from_call",
     "record_from_row",
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger("stirgate.records", component="records")
+
+T = TypeVar("T")
 
 #: (policy name, mode such as "enforce" or "dry-run", action such as "reject" or "tag").
 PolicyDecision = tuple[str, str, str]
@@ -382,33 +386,80 @@ def is_postgres_dsn(text: str) -> bool:
     return text.startswith(("postgresql://", "postgres://"))
 
 
-@contextlib.contextmanager
-def reading(source: Source) -> Iterator[Reader]:
-    """A Reader on `source`, closed afterwards when this opened it. FileNotFoundError: no SQLite file."""
+def open_reader(source: Source) -> tuple[Reader, bool]:
+    """A Reader on `source`, and whether the caller owns it (must close it). FileNotFoundError: no SQLite file;
+    RecordsError: PostgreSQL unreachable."""
     if isinstance(source, Reader):
-        yield source
-        return
+        return source, False
     if isinstance(source, sqlite3.Connection):
-        yield SqliteReader(source, own=False)
-        return
-    reader: Reader
+        return SqliteReader(source, own=False), False
     if isinstance(source, RecordsSettings):
         if source.backend == "postgresql":
             from proxy.records_pg import PgReader
 
-            reader = PgReader.open(source.dsn, source.connect_timeout)
-        else:
-            reader = SqliteReader(connect_readonly(source.path))
-    elif isinstance(source, str) and is_postgres_dsn(source):
+            return PgReader.open(source.dsn, source.connect_timeout), True
+        return SqliteReader(connect_readonly(source.path)), True
+    if isinstance(source, str) and is_postgres_dsn(source):
         from proxy.records_pg import PgReader
 
-        reader = PgReader.open(source)
-    else:
-        reader = SqliteReader(connect_readonly(source))
+        return PgReader.open(source), True
+    return SqliteReader(connect_readonly(source)), True
+
+
+@contextlib.contextmanager
+def reading(source: Source) -> Iterator[Reader]:
+    """A Reader on `source`, closed afterwards when this opened it."""
+    reader, own = open_reader(source)
     try:
         yield reader
     finally:
+        if own:
+            reader.close()
+
+
+class ReaderPool:
+    """A few idle readers kept open between API requests: a PostgreSQL session costs ~10 ms to open, a traceback
+    lookup a fraction of a millisecond. A pooled reader that fails (the server restarted) is replaced once."""
+
+    def __init__(self, source: Source, keep: int = 2) -> None:
+        self.source = source
+        self.keep = keep
+        self._idle: list[Reader] = []
+        self._lock = threading.Lock()
+
+    def run(self, query: Callable[[Reader], T]) -> T:
+        """query(reader) on a pooled or new reader (from any thread)."""
+        with self._lock:
+            reader = self._idle.pop() if self._idle else None
+        if reader is not None:
+            try:
+                result = query(reader)
+            except RecordsError:
+                reader.close()  # stale: the server restarted or dropped us; try once on a fresh session
+            else:
+                self._give_back(reader)
+                return result
+        reader, _ = open_reader(self.source)
+        try:
+            result = query(reader)
+        except BaseException:
+            reader.close()
+            raise
+        self._give_back(reader)
+        return result
+
+    def _give_back(self, reader: Reader) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(reader)
+                return
         reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for reader in idle:
+            reader.close()
 
 
 # --- traceback ----------------------------------------------------------------------------------------------------

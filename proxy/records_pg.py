@@ -310,14 +310,22 @@ class PgRecordWriter(WriterBase):
         try:
             ensure_schema(conn)
             self._days = partition_days(conn)
-            self._ensure_days(conn, self._wanted_days())
         except psycopg.Error as exc:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
             self._failed("records_db_setup_failed", exc)
             return None
+        try:
+            self._ensure_days(conn, self._wanted_days())
+        except psycopg.Error as exc:
+            # Partitions ahead are a convenience (a batch creates the one it needs): a lock timeout behind a long
+            # report must not stop the writes.
+            log.warning("records_partitions_ahead_failed", error=str(exc).strip(), **self._where())
+            if conn.broken:
+                self._failed("records_db_setup_failed", exc)
+                return None
         if self._up is False:
-            log.warning("records_db_reachable", **self._where(), spill_bytes=self.spill_bytes)
+            log.info("records_db_reachable", **self._where(), spill_bytes=self.spill_bytes)
         self._up = True
         self._conn = conn
         return conn
@@ -530,7 +538,10 @@ class PgRecordWriter(WriterBase):
                              days=[partition_name(d) for d in sorted(expired)])
             conn.execute(f"DELETE FROM {BATCHES} WHERE written_at < %s", (now - BATCH_ID_DAYS * DAY,))
         except psycopg.Error as exc:
-            self._failed("records_prune_failed", exc)
+            if conn.broken:
+                self._failed("records_prune_failed", exc)
+            else:  # a lock timeout behind a long report, say: the next pass tries again; writes go on
+                log.warning("records_prune_failed", error=str(exc).strip(), **self._where())
 
     def close_spill(self) -> None:
         if self.spill is not None:

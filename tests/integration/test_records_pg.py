@@ -290,3 +290,26 @@ def test_queries_say_when_the_database_is_unreachable(pg_private: Postgres) -> N
     pg_private.stop()
     with pytest.raises(RecordsError, match=f"127.0.0.1:{pg_private.port}/rec"):
         report(dsn, NOW - 60, NOW)
+
+
+def test_api_reader_pool_survives_a_server_restart(pg_private: Postgres, tmp_path: Path) -> None:
+    """The API keeps PostgreSQL sessions between requests; after a restart the stale one is replaced, and the
+    request that met it still gets its answer."""
+    from proxy.records import ReaderPool
+
+    dsn = pg_private.create_database("rec")
+    settings = pg_settings(dsn, tmp_path)
+    run_writer(w := make_writer(settings), records(20))
+    w.flush_and_close()
+    pool = ReaderPool(settings)
+    ask = pool.run
+
+    def lookup(reader: Any) -> int:
+        return len(traceback(reader, "12125550001", "15551230001", NOW, 3600))
+
+    first = ask(lookup)
+    assert first > 0 and len(pool._idle) == 1
+    pg_private.restart()
+    assert ask(lookup) == first  # the pooled session died with the server: replaced, answered
+    pool.close()
+    assert pool._idle == []
