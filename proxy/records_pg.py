@@ -382,8 +382,9 @@ class PgRecordWriter(WriterBase):
                 self._failed("records_write_failed", exc, batch=len(records))
                 return False
             except psycopg.errors.CheckViolation as exc:
-                # "no partition of relation calls found for row": a partition dropped under us. Look again.
-                self._days = partition_days(conn) if not conn.broken else set()
+                # "no partition of relation calls found for row": a partition dropped under us. Forget what we
+                # knew: the next attempt creates (IF NOT EXISTS) every day the batch needs.
+                self._days = set()
                 if attempt:
                     self._failed("records_write_failed", exc, batch=len(records))
                     return False

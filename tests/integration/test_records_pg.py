@@ -313,3 +313,17 @@ def test_api_reader_pool_survives_a_server_restart(pg_private: Postgres, tmp_pat
     assert ask(lookup) == first  # the pooled session died with the server: replaced, answered
     pool.close()
     assert pool._idle == []
+
+
+def test_a_partition_dropped_under_the_writer_is_made_again(pg_server: Postgres, pg_dsn: str, tmp_path: Path) -> None:
+    """A DBA (or another node with a shorter retention) drops the partition this writer knows: its next COPY
+    fails with "no partition found for row"; the writer makes the partition again and the batch goes in."""
+    w = make_writer(pg_settings(pg_dsn, tmp_path))
+    assert isinstance(w, PgRecordWriter)
+    assert w._write(str(uuid.uuid4()), records(5))
+    db = dbname(pg_dsn)
+    pg_server.execute(f"DROP TABLE {partition_name(int(NOW) // DAY)}", dbname=db)
+    assert w._write(str(uuid.uuid4()), records(7, 5))
+    assert (w.written, w.spilled, w.write_errors) == (12, 0, 0)
+    assert len(ids_in_db(pg_server, db)) == 7  # the first five went with the dropped partition
+    w.flush_and_close()
