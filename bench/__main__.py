@@ -35,8 +35,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mode", default="relay",
                    help="comma-separated: relay (default), sign, verify, flood (SIP sweeps, in that order, same "
                         "run), crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
-                        "records (bench/records_bench.py), concurrency (N long calls held: memory per dialog), "
-                        "state (CPU per call the Redis state backend adds over the memory one, bench/state_cost.py)")
+                        "records (bench/records_bench.py: SQLite), records-pg (bench/records_pg_bench.py: "
+                        "PostgreSQL insert rate and traceback among 10M rows), concurrency (N long calls held: "
+                        "memory per dialog), state (CPU per call the Redis state backend adds over the memory one, "
+                        "bench/state_cost.py)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
@@ -288,12 +290,13 @@ def cpu_at(sw: Sweep, rate: float) -> float | None:
 
 
 def run_standalone(mode: str, rundir: Path) -> dict[str, Any]:
-    """crypto / policies / records: the micro-benchmarks, run as their own commands, output kept."""
+    """crypto / policies / records / records-pg: the micro-benchmarks, run as their own commands, output kept."""
     py = str(VENV_BIN / "python")
     cmd = {
         "crypto": [py, "-m", "bench.crypto", "--json", str(rundir / "crypto.json")],
         "policies": [py, "-m", "bench.policy_chain"],
         "records": [py, str(REPO / "bench" / "records_bench.py")],
+        "records-pg": [py, str(REPO / "bench" / "records_pg_bench.py")],
     }[mode]
     print(f"{mode}: {' '.join(cmd)}", flush=True)
     t0 = time.monotonic()

@@ -8,7 +8,7 @@ Method
   executemany from Python), rows spread over 7 days, 2M calling and 5M called numbers, then the indexes are
   built, exactly the schema stirgate writes (proxy.records.SCHEMA).
 - Lookups: 1000 (orig, dest, time) triples taken from random rows, each asked with a 5-minute window through
-  `proxy.records.traceback` on one warm read-only connection (the API and CLI shape), plus a cold series that
+  `proxy.recordstore.traceback` on one warm read-only connection (the API and CLI shape), plus a cold series that
   opens a new connection per lookup. The page cache is warm after generation: a first lookup on a cold disk
   costs a few random reads more.
 - SIP side: N calls run through an in-memory engine (INVITE/100/180/200/ACK/BYE/200, like
@@ -36,19 +36,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from proxy.b2bua import Call  # noqa: E402
-from proxy.config import load_config  # noqa: E402
+from proxy.config import RecordsSettings, load_config  # noqa: E402
 from proxy.engine import Engine  # noqa: E402
 from proxy.metrics import Metrics  # noqa: E402
 from proxy.records import (  # noqa: E402
     COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
-    RecordsSettings,
     RecordWriter,
     call_end_hook,
     record_from_call,
-    traceback,
 )
+from proxy.recordstore import traceback  # noqa: E402
 from proxy.sip.message import parse  # noqa: E402
 
 DAY = 86400.0

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.redisd import RedisServer
+from tests.services import Redis
 
 from .modes import MODES, Pki
 from .procs import Addr, tree_cpu
@@ -51,14 +51,14 @@ class StirgateWithState(Stirgate):
         return super().config_text() + f"policies: {policies}\n{state}"
 
 
-def redis_cpu(server: RedisServer) -> float:
+def redis_cpu(server: Redis) -> float:
     assert server.proc is not None
     return tree_cpu(server.proc.pid)[0]
 
 
 def run_state(args: argparse.Namespace, rundir: Path, pki: Pki, uac: Addr, uas: Addr, listen: Addr) -> dict[str, Any]:
     mode = MODES["verify"]
-    redis = RedisServer(rundir / "redis").start()
+    redis = Redis().start()
     print(f"state: redis-server on {redis.url} (PID {redis.proc.pid if redis.proc else '?'})", flush=True)
     suts = {
         backend: StirgateWithState(listen, uas, [uac], rundir, backend=backend, redis_url=redis.url,
@@ -98,7 +98,7 @@ def run_state(args: argparse.Namespace, rundir: Path, pki: Pki, uac: Addr, uas: 
                 print(f"  pair {k + 1}: redis adds {diffs[-1]:+.1f} us per call", flush=True)
             time.sleep(1)
     finally:
-        redis.stop()
+        redis.cleanup()
     out: dict[str, Any] = {
         "rate_cps": rate,
         "chain": "replay + velocity(orig_tn, calls) + velocity(origid, destinations)",

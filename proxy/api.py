@@ -12,21 +12,25 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from proxy.config import ApiSettings
+from proxy.config import ApiSettings, RecordsSettings
 from proxy.metrics import Metrics
-from proxy.records import RecordWriter, traceback
+from proxy.records import RecordsError, WriterBase
+from proxy.recordstore import ReaderPool, Source, traceback
 from proxy.reports import parse_duration, parse_time, report
 
 __all__ = ["build_app", "start_api"]
 
+T = TypeVar("T")
+
 _METRICS_KEY = web.AppKey("metrics", Metrics)
-_DB_KEY = web.AppKey("db_path", str)
+_DB_KEY = web.AppKey("db", object)
 _CC_KEY = web.AppKey("country_code", str)
+_POOL_KEY = web.AppKey("readers", object)
 _WRITER_KEY = web.AppKey("writer", object)
 
 
@@ -41,9 +45,14 @@ def _bad(message: str) -> web.Response:
 async def _healthz(request: web.Request) -> web.Response:
     writer = request.app[_WRITER_KEY]
     body: dict[str, Any] = {"status": "ok"}
-    if isinstance(writer, RecordWriter):
+    if isinstance(writer, WriterBase):
+        body["records_backend"] = writer.backend
         body["records_writer"] = "up" if writer.alive else "down"
         body["record_write_errors"] = writer.write_errors
+        if writer.has_spill:
+            up = writer.db_up
+            body["records_db"] = "unknown" if up is None else "up" if up else "down"
+            body["records_spill_bytes"] = writer.spill_bytes
     return _json(body)
 
 
@@ -52,9 +61,20 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _db(request: web.Request) -> str | None:
-    path = request.app[_DB_KEY]
-    return path if path and Path(path).exists() else None
+def _db(request: web.Request) -> Source | None:
+    """Where /traceback and /report read: the SQLite file once it exists, or the PostgreSQL database."""
+    db = request.app[_DB_KEY]
+    if isinstance(db, RecordsSettings):
+        return db if db.backend == "postgresql" or Path(db.path).exists() else None
+    return db if isinstance(db, str) and db and Path(db).exists() else None
+
+
+def _query(request: web.Request, db: Source, query: Callable[[Source], T]) -> T:
+    """Run a query (on a worker thread): PostgreSQL sessions are kept between requests, SQLite opens per request."""
+    pool = request.app[_POOL_KEY]
+    if isinstance(pool, ReaderPool):
+        return pool.run(query)
+    return query(db)
 
 
 async def _traceback(request: web.Request) -> web.Response:
@@ -72,9 +92,12 @@ async def _traceback(request: web.Request) -> web.Response:
         return _json({"error": "no records database"}, status=503)
     cc = request.app[_CC_KEY]
     try:
-        records = await asyncio.to_thread(traceback, db, q["orig"], q["dest"], at, window, country_code=cc)
+        records = await asyncio.to_thread(
+            _query, request, db, lambda src: traceback(src, q["orig"], q["dest"], at, window, country_code=cc))
     except ValueError as exc:
         return _bad(str(exc))
+    except RecordsError as exc:
+        return _json({"error": str(exc)}, status=503)
     return _json({
         "orig": q["orig"],
         "dest": q["dest"],
@@ -96,14 +119,25 @@ async def _report(request: web.Request) -> web.Response:
     db = _db(request)
     if db is None:
         return _json({"error": "no records database"}, status=503)
-    return _json(await asyncio.to_thread(report, db, since, until, limit))
+    try:
+        return _json(await asyncio.to_thread(_query, request, db, lambda src: report(src, since, until, limit)))
+    except RecordsError as exc:
+        return _json({"error": str(exc)}, status=503)
 
 
-def build_app(metrics: Metrics, db_path: str | None, *, writer: RecordWriter | None = None,
+def build_app(metrics: Metrics, db: str | RecordsSettings | None, *, writer: WriterBase | None = None,
               country_code: str = "") -> web.Application:
+    """`db`: the SQLite path, or the `records:` settings (their backend decides); None: no records."""
     app = web.Application()
     app[_METRICS_KEY] = metrics
-    app[_DB_KEY] = db_path or ""
+    app[_DB_KEY] = db or ""
+    pool = ReaderPool(db) if isinstance(db, RecordsSettings) and db.backend == "postgresql" else None
+    app[_POOL_KEY] = pool
+    if pool is not None:
+        async def close_pool(_app: web.Application) -> None:
+            await asyncio.to_thread(pool.close)
+
+        app.on_cleanup.append(close_pool)
     app[_CC_KEY] = country_code
     app[_WRITER_KEY] = writer
     app.router.add_get("/healthz", _healthz)
@@ -114,13 +148,14 @@ def build_app(metrics: Metrics, db_path: str | None, *, writer: RecordWriter | N
 
 
 async def start_api(settings: ApiSettings, engine_stats_getter: Callable[[], Mapping[str, float]] | None,
-                    db_path: str | None, *, metrics: Metrics | None = None, writer: RecordWriter | None = None,
+                    db: str | RecordsSettings | None, *, metrics: Metrics | None = None,
+                    writer: WriterBase | None = None,
                     country_code: str = "", port: int | None = None) -> web.AppRunner:
     """Serve the API; stop it with `await runner.cleanup()`. `port` overrides the configured one (a worker
     other than the first uses port + worker index: each worker has its own engine and counters)."""
     m = metrics if metrics is not None else Metrics()
     m.bind(engine_stats_getter, writer)
-    runner = web.AppRunner(build_app(m, db_path, writer=writer, country_code=country_code), access_log=None)
+    runner = web.AppRunner(build_app(m, db, writer=writer, country_code=country_code), access_log=None)
     await runner.setup()
     host, configured = settings.host_port
     site = web.TCPSite(runner, host, configured if port is None else port, reuse_address=True)

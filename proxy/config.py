@@ -219,18 +219,37 @@ class RecordsSettings(_Base, frozen=True):
 
     #: Record calls at all; off keeps the metrics (they do not need the database).
     enabled: bool = True
+    #: sqlite: a local file per host (the embedded default); postgresql: one database every node writes and every
+    #: traceback reads (docs/RECORDS.md).
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     #: SQLite file (its folder is created). Several workers may share one file: WAL and a busy timeout.
     path: str = "var/records.sqlite3"
+    #: PostgreSQL: a libpq connection string or URI (postgresql://user@host:5432/db); a password is better kept
+    #: in PGPASSWORD or ~/.pgpass than here.
+    dsn: str = ""
     #: Records waiting for the writer; beyond this a call's record is dropped and counted, never waited for.
     queue_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     #: Records per transaction.
     batch_size: Annotated[int, msgspec.Meta(ge=1)] = 2_000
     #: Longest a record waits in the queue before its batch is committed (seconds).
     flush_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    #: Records older than this are deleted; 0 keeps them for ever.
+    #: Records older than this are deleted (PostgreSQL: whole day partitions dropped); 0 keeps them for ever.
     retention_days: Annotated[float, msgspec.Meta(ge=0)] = 90.0
-    #: Seconds between pruning passes.
+    #: Seconds between pruning passes (PostgreSQL: also creating the partitions ahead).
     prune_interval: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    #: PostgreSQL: day partitions created ahead of today (a missing one is also created when a record needs it).
+    partitions_ahead: Annotated[int, msgspec.Meta(ge=1, le=60)] = 3
+    #: PostgreSQL: seconds a connection attempt may take.
+    connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    #: PostgreSQL: seconds between reconnection attempts while the database is unreachable.
+    retry_interval: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    #: PostgreSQL: while the database is unreachable records go to this local append-only file, and are replayed
+    #: in order when it returns (worker i > 0 appends ".i").
+    spill_path: str = "var/records.spill"
+    #: Largest the spill file may grow (bytes); beyond it records are dropped and counted. 0: no spill.
+    spill_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 << 30
+    #: fsync the spill after each batch appended: a power cut loses none of it (costs a disk flush per batch).
+    spill_fsync: bool = True
 
 
 class ApiSettings(_Base, frozen=True):
@@ -362,6 +381,8 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
     _validate_stir(raw, fail)
     if not raw.state.url.startswith(("redis://", "rediss://", "unix://")):
         raise fail("$.state.url", "a Redis URL: redis://host:port/db, rediss://... or unix:///path")
+    if raw.records.enabled and raw.records.backend == "postgresql" and not raw.records.dsn.strip():
+        raise fail("$.records.dsn", "backend postgresql needs a dsn, e.g. postgresql://stirgate@db.example/stirgate")
     s = raw.sip
     for key in ("t1", "t2", "t4", "failover_timeout", "no_answer_timeout"):
         if getattr(s, key) <= 0:

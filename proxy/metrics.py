@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from proxy.engine import Engine
-    from proxy.records import CallRecord, RecordWriter
+    from proxy.records import CallRecord, WriterBase
 
 __all__ = [
     "FETCH_BUCKETS",
@@ -114,14 +114,14 @@ class Metrics:
         self.forward_delay = Histo(FORWARD_BUCKETS)
         self.x5u_fetch = Histo(FETCH_BUCKETS)
         self.engine_stats: Callable[[], Mapping[str, float]] | None = None
-        self.writer: RecordWriter | None = None
+        self.writer: WriterBase | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(_Collector(self))
         if process_metrics:
             ProcessCollector(registry=self.registry)
 
     def bind(self, engine_stats: Callable[[], Mapping[str, float]] | None = None,
-             writer: RecordWriter | None = None) -> None:
+             writer: WriterBase | None = None) -> None:
         """Where the scrape-time gauges come from (the engine, the record writer)."""
         if engine_stats is not None:
             self.engine_stats = engine_stats
@@ -216,3 +216,15 @@ class _Collector(Collector):
             yield CounterMetricFamily("stirgate_records_pruned", "Records deleted by retention", value=w.pruned)
             yield GaugeMetricFamily("stirgate_records_writer_up", "1 while the writer thread runs",
                                     value=1.0 if w.alive else 0.0)
+            if w.has_spill:
+                yield CounterMetricFamily("stirgate_records_spilled", "Records kept in the local spill file while "
+                                          "the database was unreachable", value=w.spilled)
+                yield CounterMetricFamily("stirgate_records_replayed", "Spilled records committed to the database "
+                                          "since (they count in records_written too)", value=w.replayed)
+                yield CounterMetricFamily("stirgate_records_spill_dropped", "Records given up: the database "
+                                          "unreachable and the spill full or unwritable", value=w.spill_dropped)
+                yield GaugeMetricFamily("stirgate_records_spill_bytes", "Spilled bytes not replayed yet",
+                                        value=w.spill_bytes)
+                if w.db_up is not None:
+                    yield GaugeMetricFamily("stirgate_records_db_up", "1 when the last database operation worked, "
+                                            "0 when it failed (records go to the spill)", value=1.0 if w.db_up else 0.0)

@@ -1,10 +1,14 @@
-"""Call records: one per call, built on the SIP thread in a few microseconds, written to SQLite by a thread.
+"""Call records: one per call, built on the SIP thread in a few microseconds, written to a database by a thread.
 
 Why this shape: the SIP path must not wait for a disk. At call end `record_from_call` copies what the Call
-already holds into a frozen `CallRecord` (no parsing beyond the user part of two URIs), and `RecordWriter.put`
-appends it to a bounded deque: no lock, no syscall, and a full queue drops and counts instead of blocking.
-A writer thread commits batches in WAL mode, prunes old records and, when the database cannot be written,
-counts and logs the failure while calls carry on. Queries (traceback, reports) open their own connections.
+already holds into a frozen `CallRecord` (no parsing beyond the user part of two URIs), and `put` appends it to
+a bounded deque: no lock, no syscall, and a full queue drops and counts instead of blocking. A writer thread
+commits batches, prunes old records and, when the database cannot be written, counts and logs the failure
+while calls carry on. Queries (traceback, reports) open their own connections through a `Reader`.
+
+Two backends share the record model, the queue and the queries: SQLite here (`RecordWriter`, a file per host),
+PostgreSQL in `proxy.records_pg` (one database for every node). `proxy.recordstore` picks by `records.backend`
+(`make_writer`, `reading`) and runs the queries (`traceback`) on either.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import json
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 import structlog
@@ -33,16 +38,22 @@ __all__ = [
     "COLUMNS",
     "CallRecord",
     "PolicyDecision",
+    "Reader",
     "RecordWriter",
+    "RecordsError",
+    "SqliteReader",
+    "WriterBase",
     "call_end_hook",
     "connect_readonly",
     "open_db",
     "record_from_call",
     "record_from_row",
-    "traceback",
+    "tn_variants",
 ]
 
 log = structlog.get_logger("stirgate.records", component="records")
+
+T = TypeVar("T")
 
 #: (policy name, mode such as "enforce" or "dry-run", action such as "reject" or "tag").
 PolicyDecision = tuple[str, str, str]
@@ -270,10 +281,12 @@ def record_from_row(row: Sequence[Any]) -> CallRecord:
     """A CallRecord back from a SELECT of COLUMNS."""
     kw: dict[str, Any] = {}
     for name, value in zip(COLUMNS, row, strict=True):
+        # JSON columns: text from SQLite, already decoded lists from PostgreSQL's jsonb.
         if name == "failures":
-            value = tuple(json.loads(value)) if value else ()
+            value = tuple(json.loads(value) if isinstance(value, str) else value) if value else ()
         elif name == "policy_decisions":
-            value = tuple(tuple(d) for d in json.loads(value)) if value else ()
+            decoded = json.loads(value) if isinstance(value, str) else value
+            value = tuple(tuple(d) for d in decoded) if value else ()
         elif name in _BOOL_COLUMNS and value is not None:
             value = bool(value)
         kw[name] = value
@@ -317,6 +330,46 @@ def connect_readonly(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+# --- reading, whatever the backend -------------------------------------------------------------------------------
+
+
+class RecordsError(Exception):
+    """The records cannot be read (database unreachable, refused, missing): said to the user, never a crash."""
+
+
+class Reader(ABC):
+    """A read-only connection to the records. Traceback and reports write their SQL once for both backends;
+    the few spots where the dialects differ are attributes here."""
+
+    #: The driver's parameter placeholder.
+    param: str = "?"
+    #: SQL for the epoch minute of invite_at, as an integer (SQLite's CAST truncates; PostgreSQL's rounds).
+    minute_sql: str = "CAST(invite_at / 60 AS INTEGER)"
+
+    @abstractmethod
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Every row of one query (`param` placeholders). Raises RecordsError (or sqlite3.Error)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def placeholders(self, n: int) -> str:
+        return ", ".join([self.param] * n)
+
+
+class SqliteReader(Reader):
+    def __init__(self, conn: sqlite3.Connection, *, own: bool = True) -> None:
+        self.conn = conn
+        self.own = own
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, tuple(params)).fetchall()
+
+    def close(self) -> None:
+        if self.own:
+            self.conn.close()
+
+
 # --- traceback ----------------------------------------------------------------------------------------------------
 
 
@@ -339,42 +392,24 @@ def tn_variants(tn: str, country_code: str = "") -> list[str]:
     return out
 
 
-def traceback(db: str | Path | sqlite3.Connection, orig: str, dest: str, at: float, window: float = 300.0,
-              *, country_code: str = "", limit: int = 1000) -> list[CallRecord]:
-    """Calls from `orig` to `dest` whose INVITE arrived within `window` seconds either side of `at`.
-
-    One index range scan on (orig, dest, invite_at) per TN spelling: milliseconds among millions of records.
-    """
-    origs = tn_variants(orig, country_code)
-    dests = tn_variants(dest, country_code)
-    sql = (
-        f"SELECT {', '.join(COLUMNS)} FROM calls WHERE orig IN ({', '.join('?' * len(origs))}) "
-        f"AND dest IN ({', '.join('?' * len(dests))}) AND invite_at BETWEEN ? AND ? ORDER BY invite_at LIMIT ?"
-    )
-    params = (*origs, *dests, at - window, at + window, limit)
-    own = not isinstance(db, sqlite3.Connection)
-    conn = connect_readonly(db) if not isinstance(db, sqlite3.Connection) else db
-    try:
-        return [record_from_row(row) for row in conn.execute(sql, params)]
-    finally:
-        if own:
-            conn.close()
-
-
 # --- the writer -----------------------------------------------------------------------------------------------------
 
 
-class RecordWriter:
-    """Bounded queue in front of a writer thread. `put` is the only method the SIP thread calls.
+class WriterBase(ABC):
+    """Bounded queue in front of a writer thread. `put` is the only method the SIP thread calls; the backends
+    (SQLite below, PostgreSQL in proxy.records_pg) say how a batch reaches the database.
 
-    Counters (read them from any thread): `dropped` (queue full), `written`, `write_errors` (failed
-    commits or opens), `lost` (records given up after failed retries), `pruned`.
+    Counters (read them from any thread): `dropped` (queue full), `written` (committed), `write_errors`
+    (failed commits or opens), `lost` (records given up after failed retries), `pruned`; with a spill (the
+    PostgreSQL backend) also `spilled`, `replayed` and `spill_dropped` (no room in the spill).
     """
 
     #: A failed batch is retried this many times (one per flush cycle) before it is counted as lost.
     RETRIES: Final = 3
     #: Failures are logged at most once per this many seconds (plus the first one).
     LOG_EVERY: Final = 60.0
+    #: What `records.backend` names this writer.
+    backend: str = ""
 
     def __init__(self, settings: RecordsSettings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -385,9 +420,6 @@ class RecordWriter:
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._pending: list[tuple[Any, ...]] = []
-        self._pending_tries = 0
         self._last_log = -1e18
         self._next_prune = 0.0
         self.dropped = 0
@@ -395,6 +427,9 @@ class RecordWriter:
         self.write_errors = 0
         self.lost = 0
         self.pruned = 0
+        self.spilled = 0
+        self.replayed = 0
+        self.spill_dropped = 0
         #: CPU seconds the writer thread spent (bench: what a record costs off the SIP path).
         self.cpu_seconds = 0.0
 
@@ -418,6 +453,21 @@ class RecordWriter:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def has_spill(self) -> bool:
+        """Whether this backend spills to a local file while its database is unreachable."""
+        return False
+
+    @property
+    def spill_bytes(self) -> int:
+        """Bytes spilled and not replayed yet."""
+        return 0
+
+    @property
+    def db_up(self) -> bool | None:
+        """Whether the last attempt to reach the database worked (None: not known, or a local file)."""
+        return None
+
     # --- life cycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the writer thread (in the worker process: threads do not survive fork)."""
@@ -427,7 +477,7 @@ class RecordWriter:
         self._thread.start()
 
     def flush_and_close(self, timeout: float = 30.0) -> int:
-        """Stop taking records, commit every queued one, close. Returns how many could not be written."""
+        """Stop taking records, commit (or spill) every queued one, close. Returns how many could not be kept."""
         self._stopping = True
         self._wake.set()
         thread = self._thread
@@ -435,11 +485,11 @@ class RecordWriter:
             thread.join(timeout)
             if thread.is_alive():
                 log.error("records_flush_timeout", queued=len(self._queue))
-                return len(self._queue) + len(self._pending)
+                return self._unwritten()
         else:
             self._drain(final=True)
             self._close_conn()
-        return len(self._queue) + len(self._pending)
+        return self._unwritten()
 
     # --- writer thread -------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -459,6 +509,47 @@ class RecordWriter:
         finally:
             self._close_conn()
             self.cpu_seconds = time.thread_time() - t0
+
+    @abstractmethod
+    def _drain(self, final: bool = False) -> None:
+        """Write the queue out. `final`: the last call before the thread ends."""
+
+    @abstractmethod
+    def _maybe_prune(self) -> None:
+        """Retention (and other upkeep) when its interval has passed."""
+
+    @abstractmethod
+    def _close_conn(self) -> None: ...
+
+    def _unwritten(self) -> int:
+        """Records neither written nor kept anywhere (after the final drain: lost)."""
+        return len(self._queue)
+
+    def _where(self) -> dict[str, Any]:
+        """Which database, for log lines."""
+        return {"path": self.settings.path}
+
+    def _log_failure(self, event: str, exc: BaseException, **kw: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= self.LOG_EVERY:
+            self._last_log = now
+            log.error(event, error=str(exc).strip(), **self._where(), write_errors=self.write_errors,
+                      lost=self.lost, **kw)
+
+
+class RecordWriter(WriterBase):
+    """The SQLite writer: batches committed in WAL mode; a failing batch is retried, then counted lost."""
+
+    backend = "sqlite"
+
+    def __init__(self, settings: RecordsSettings, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(settings, clock=clock)
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Any, ...]] = []
+        self._pending_tries = 0
+
+    def _unwritten(self) -> int:
+        return len(self._queue) + len(self._pending)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -526,13 +617,6 @@ class RecordWriter:
             self._close_conn()
             self._log_failure("records_prune_failed", exc)
 
-    def _log_failure(self, event: str, exc: BaseException, **kw: Any) -> None:
-        now = time.monotonic()
-        if now - self._last_log >= self.LOG_EVERY:
-            self._last_log = now
-            log.error(event, error=str(exc), path=self.settings.path, write_errors=self.write_errors,
-                      lost=self.lost, **kw)
-
 
 def prune(conn: sqlite3.Connection, before: float, chunk: int = 20_000) -> int:
     """Delete records whose INVITE is older than `before`, in short transactions (the writer keeps going)."""
@@ -553,7 +637,7 @@ def prune(conn: sqlite3.Connection, before: float, chunk: int = 20_000) -> int:
 # --- the engine hook --------------------------------------------------------------------------------------------
 
 
-def call_end_hook(writer: RecordWriter | None, observers: Iterable[Callable[[CallRecord], None]] = (),
+def call_end_hook(writer: WriterBase | None, observers: Iterable[Callable[[CallRecord], None]] = (),
                   tn_policy: TNPolicy = DEFAULT_TN_POLICY) -> Callable[[Call], None]:
     """What goes in `engine.call_end_hooks`: build the record once, feed the metrics, queue it for the disk."""
     obs = tuple(observers)

@@ -1,7 +1,8 @@
 """Suspicious-traffic reports over the call records, and the time/duration parsing the CLI and API share.
 
-Why SQL aggregates: a report window (an hour, a day) is an index range on invite_at; SQLite groups the rows
-without shipping them to Python, so a report over a busy hour stays well under a second.
+Why SQL aggregates: a report window (an hour, a day) is an index range on invite_at; the database groups the
+rows without shipping them to Python, so a report over a busy hour stays well under a second. The SQL is written
+once for SQLite and PostgreSQL (CASE sums instead of summing booleans); `Reader` names the one difference.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import datetime
 import importlib
 import re
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from proxy.records import CallRecord, connect_readonly
+from proxy.records import CallRecord, Reader
+from proxy.recordstore import Source, reading
 
 __all__ = [
     "DIMENSIONS",
@@ -97,19 +98,21 @@ def format_duration(seconds: float) -> str:
 # --- the report -------------------------------------------------------------------------------------------------
 
 
-def _section(conn: sqlite3.Connection, column: str, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+def _section(r: Reader, column: str, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+    p = r.param
     sql = f"""
         SELECT {column}, COUNT(*),
-               SUM(answered_at IS NOT NULL),
-               SUM(answered_at IS NOT NULL AND duration < ?),
+               SUM(CASE WHEN answered_at IS NOT NULL THEN 1 ELSE 0 END),
+               SUM(CASE WHEN answered_at IS NOT NULL AND duration < {p} THEN 1 ELSE 0 END),
                COUNT(DISTINCT dest),
-               SUM(COALESCE(verification = 'failed', 0)),
-               SUM(COALESCE(identity_present = 0 OR (identity_present IS NULL AND verification = 'missing'), 0))
+               SUM(CASE WHEN verification = 'failed' THEN 1 ELSE 0 END),
+               SUM(CASE WHEN NOT identity_present OR (identity_present IS NULL AND verification = 'missing')
+                   THEN 1 ELSE 0 END)
         FROM calls
-        WHERE invite_at >= ? AND invite_at < ? AND {column} IS NOT NULL AND {column} != ''
-        GROUP BY {column} ORDER BY COUNT(*) DESC, {column} LIMIT ?"""
+        WHERE invite_at >= {p} AND invite_at < {p} AND {column} IS NOT NULL AND {column} != ''
+        GROUP BY {column} ORDER BY COUNT(*) DESC, {column} LIMIT {p}"""
     rows = []
-    for key, calls, answered, short, dests, failed, unsigned in conn.execute(sql, (SHORT_CALL, since, until, limit)):
+    for key, calls, answered, short, dests, failed, unsigned in r.fetch(sql, (SHORT_CALL, since, until, limit)):
         short_share = short / answered if answered else 0.0
         failed_share = failed / calls
         unsigned_share = unsigned / calls
@@ -136,19 +139,15 @@ def _section(conn: sqlite3.Connection, column: str, since: float, until: float, 
     return rows
 
 
-def report(db: str | Path | sqlite3.Connection, since: float, until: float, limit: int = 20) -> dict[str, Any]:
+def report(db: Source, since: float, until: float, limit: int = 20) -> dict[str, Any]:
     """The busiest sources in [since, until) by orig TN, origid, SPC and ingress trunk, with the shares that
     tell robocalling from ordinary traffic: short answered calls (< 6 s), distinct destinations per call,
     failed verification and unsigned calls (both as shares of all the source's calls)."""
-    own = not isinstance(db, sqlite3.Connection)
-    conn = connect_readonly(db) if not isinstance(db, sqlite3.Connection) else db
-    try:
-        total = conn.execute("SELECT COUNT(*) FROM calls WHERE invite_at >= ? AND invite_at < ?",
-                             (since, until)).fetchone()[0]
-        sections = {name: _section(conn, col, since, until, limit) for name, col in DIMENSIONS.items()}
-    finally:
-        if own:
-            conn.close()
+    with reading(db) as r:
+        p = r.param
+        total = r.fetch(f"SELECT COUNT(*) FROM calls WHERE invite_at >= {p} AND invite_at < {p}",
+                        (since, until))[0][0]
+        sections = {name: _section(r, col, since, until, limit) for name, col in DIMENSIONS.items()}
     return {
         "since": format_time(since),
         "until": format_time(until),
@@ -158,21 +157,17 @@ def report(db: str | Path | sqlite3.Connection, since: float, until: float, limi
     }
 
 
-def per_minute(db: str | Path | sqlite3.Connection, since: float, until: float) -> dict[str, list[tuple[float, int]]]:
+def per_minute(db: Source, since: float, until: float) -> dict[str, list[tuple[float, int]]]:
     """Calls per minute by verstat ("none" for unverified calls): what `--plot` draws."""
-    own = not isinstance(db, sqlite3.Connection)
-    conn = connect_readonly(db) if not isinstance(db, sqlite3.Connection) else db
     out: dict[str, list[tuple[float, int]]] = {}
-    try:
-        rows = conn.execute(
-            "SELECT CAST(invite_at / 60 AS INTEGER), COALESCE(verstat, 'none'), COUNT(*) FROM calls "
-            "WHERE invite_at >= ? AND invite_at < ? GROUP BY 1, 2 ORDER BY 1", (since, until))
-        counts: dict[str, dict[int, int]] = {}
-        for minute, verstat, n in rows:
-            counts.setdefault(verstat, {})[minute] = n
-    finally:
-        if own:
-            conn.close()
+    with reading(db) as r:
+        p = r.param
+        rows = r.fetch(
+            f"SELECT {r.minute_sql}, COALESCE(verstat, 'none'), COUNT(*) FROM calls "
+            f"WHERE invite_at >= {p} AND invite_at < {p} GROUP BY 1, 2 ORDER BY 1", (since, until))
+    counts: dict[str, dict[int, int]] = {}
+    for minute, verstat, n in rows:
+        counts.setdefault(verstat, {})[int(minute)] = n
     # Every minute of the window, quiet ones as zeros: a gap in traffic is information, not a line to draw over.
     minutes = range(int(since // 60), int((until - 1e-9) // 60) + 1)
     for verstat, by_minute in counts.items():

@@ -21,7 +21,8 @@ from proxy.config import Config, ConfigError, load_config
 from proxy.engine import Engine
 from proxy.logsink import logger_factory, render_json, sink
 from proxy.metrics import Metrics, engine_snapshot
-from proxy.records import RecordWriter, call_end_hook
+from proxy.records import WriterBase, call_end_hook
+from proxy.recordstore import make_writer
 from proxy.redis_state import RedisState
 from proxy.stir.signer import SignedCall
 from proxy.transport import SipServer
@@ -172,7 +173,7 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
         engine.state = server.state
     metrics = Metrics()
     server.metrics = metrics
-    writer = RecordWriter(config.records) if config.records.enabled else None
+    writer = make_writer(config.records, worker=worker) if config.records.enabled else None
     if writer is not None:
         writer.start()
     engine.call_end_hooks.append(call_end_hook(writer, [metrics.observe_call], engine.auth.tn_policy))
@@ -215,7 +216,7 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     if config.api.enabled:
         try:
             api = await start_api(config.api, lambda: engine_snapshot(engine),
-                                  config.records.path if writer is not None else None, metrics=metrics,
+                                  config.records if writer is not None else None, metrics=metrics,
                                   writer=writer, country_code=config.stir.country_code,
                                   port=config.api.host_port[1] + worker if workers > 1 else None)
         except OSError as exc:
@@ -245,10 +246,18 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
         await server.state.close()
     if writer is not None:
         unwritten = writer.flush_and_close()
-        log.info("records_closed", worker=worker, written=writer.written, dropped=writer.dropped,
-                 lost=writer.lost + unwritten, write_errors=writer.write_errors)
+        _log_records_closed(writer, worker, unwritten)
     log.info("stopped", worker=worker, **engine.stats)  # written at once, after the batched call lines
     return 0
+
+
+def _log_records_closed(writer: WriterBase, worker: int, unwritten: int) -> None:
+    extra = {}
+    if writer.has_spill:
+        extra = {"spilled": writer.spilled, "replayed": writer.replayed, "spill_dropped": writer.spill_dropped,
+                 "spill_bytes": writer.spill_bytes}
+    log.info("records_closed", worker=worker, backend=writer.backend, written=writer.written,
+             dropped=writer.dropped, lost=writer.lost + unwritten, write_errors=writer.write_errors, **extra)
 
 
 def _run_worker(config: Config, worker: int, workers: int) -> int:

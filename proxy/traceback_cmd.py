@@ -1,6 +1,8 @@
 """CLI subcommands `traceback` and `report` (registered by proxy.cli like the STIR ones).
 
-Both read the records database directly (read-only), so they work whether or not stirgate is running.
+Both read the records database directly (read-only), so they work whether or not stirgate is running: the
+SQLite file, or the PostgreSQL database every node writes (`records.backend` in the config, or a
+postgresql:// URI as --db).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import sys
 import time
 
 from proxy.config import RecordsSettings
-from proxy.records import traceback
+from proxy.records import RecordsError
+from proxy.recordstore import Source, traceback
 from proxy.reports import (
     format_duration,
     format_records,
@@ -28,9 +31,9 @@ from proxy.reports import (
 __all__ = ["register"]
 
 
-def _db_and_cc(args: argparse.Namespace) -> tuple[str, str] | None:
-    """The database path and country code: --db/--country-code, else the config's, else the defaults."""
-    path: str | None = args.db
+def _db_and_cc(args: argparse.Namespace) -> tuple[Source, str] | None:
+    """Where the records are and the country code: --db/--country-code, else the config's, else the defaults."""
+    db: Source | None = args.db
     cc: str | None = args.country_code
     if args.config:
         from proxy.config import ConfigError, load_config
@@ -41,11 +44,11 @@ def _db_and_cc(args: argparse.Namespace) -> tuple[str, str] | None:
             print(f"stirgate: {exc}", file=sys.stderr)
             return None
         records = getattr(config, "records", None)
-        if path is None and isinstance(records, RecordsSettings):
-            path = records.path
+        if db is None and isinstance(records, RecordsSettings):
+            db = records  # its backend decides: the SQLite path or the PostgreSQL DSN
         if cc is None:
             cc = config.stir.country_code
-    return path or RecordsSettings().path, cc or ""
+    return db if db is not None else RecordsSettings().path, cc or ""
 
 
 def _traceback(args: argparse.Namespace) -> int:
@@ -61,7 +64,7 @@ def _traceback(args: argparse.Namespace) -> int:
         return 2
     try:
         records = traceback(db, args.orig, args.dest, at, window, country_code=cc)
-    except (ValueError, FileNotFoundError, sqlite3.Error) as exc:
+    except (ValueError, FileNotFoundError, sqlite3.Error, RecordsError) as exc:
         print(f"stirgate: traceback: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -89,7 +92,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         rep = report(db, since, until, args.limit)
         series = per_minute(db, since, until) if args.plot else None
-    except (FileNotFoundError, sqlite3.Error) as exc:
+    except (FileNotFoundError, sqlite3.Error, RecordsError) as exc:
         print(f"stirgate: report: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(rep, indent=1) if args.json else format_report(rep))
@@ -103,9 +106,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help=f"records database (default: the config's records.path, else "
-                                f"{RecordsSettings().path})")
-    p.add_argument("-c", "--config", help="stirgate YAML: its records.path and stir.country_code are used")
+    p.add_argument("--db", help=f"records database: a SQLite file or a PostgreSQL URI (postgresql://user@host/db) "
+                                f"(default: the config's records, else {RecordsSettings().path})")
+    p.add_argument("-c", "--config", help="stirgate YAML: its records (SQLite path or PostgreSQL DSN) and "
+                                          "stir.country_code are used")
     p.add_argument("--country-code", help="completes national numbers as stored (default: the config's)")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 

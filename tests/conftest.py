@@ -6,6 +6,9 @@ import os
 
 from proxy import compiled
 
+# Real PostgreSQL and Redis servers for any test that asks (tests/services.py says how to use them).
+from tests.services import pg_dsn, pg_private, pg_server, redis_private, redis_server, redis_url  # noqa: F401
+
 
 def pytest_configure() -> None:
     compiled.check()  # an extension older than its source would test old code

@@ -33,12 +33,9 @@ from tests.integration.test_policies_e2e import (
     wait_hits,
     write_policies,
 )
-from tests.redisd import RedisServer, have_redis
+from tests.services import Redis
 
-pytestmark = [
-    pytest.mark.usefixtures("sipp_bin"),
-    pytest.mark.skipif(not have_redis(), reason="redis-server is not installed (`make test` installs it)"),
-]
+pytestmark = pytest.mark.usefixtures("sipp_bin")
 
 NODE_A = "127.0.0.1"
 NODE_B = "127.0.0.2"
@@ -57,14 +54,7 @@ def x5u(pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uS
     server.stop()
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
-def node(factory: StirgateFactory, ip: str, policy_file: Path, redis: RedisServer, **state: Any) -> Stirgate:
+def node(factory: StirgateFactory, ip: str, policy_file: Path, redis_url: str, **state: Any) -> Stirgate:
     """A stirgate on `ip` (SIP and API), the carrier's chain from `policy_file`, its state in `redis`."""
     api_port = harness.free_port(ip, kind=socket.SOCK_STREAM)
     return factory(
@@ -74,7 +64,7 @@ def node(factory: StirgateFactory, ip: str, policy_file: Path, redis: RedisServe
             "api": {"listen": f"{ip}:{api_port}"},
             "policies": str(policy_file),
             # Generous: the machine may be busy; a miss would let a call through and fail the test.
-            "state": {"backend": "redis", "url": redis.url, "timeout_ms": 500, "retry_interval": 0.2, **state},
+            "state": {"backend": "redis", "url": redis_url, "timeout_ms": 500, "retry_interval": 0.2, **state},
             "stir": {"verify": {"x5u_allow_any_port": True}},
         },
     )
@@ -109,10 +99,10 @@ def wait_metric(sg: Stirgate, event: str, at_least: float) -> None:
 
 
 def test_replay_through_another_node_is_rejected(stirgate_factory: StirgateFactory, tmp_path: Path,
-                                                 pki: StirPki, x5u: X5uServer, redis_server: RedisServer) -> None:
+                                                 pki: StirPki, x5u: X5uServer, redis_url: str) -> None:
     policies = write_policies(tmp_path / "policies.yaml", [{"policy": "replay"}])
-    a = node(stirgate_factory, NODE_A, policies, redis_server)
-    b = node(stirgate_factory, NODE_B, policies, redis_server)
+    a = node(stirgate_factory, NODE_A, policies, redis_url)
+    b = node(stirgate_factory, NODE_B, policies, redis_url)
     identity = sign_identity(pki.key, x5u.url())
     with harness.running(uas(tmp_path, "customer", CUSTOMER_IP, calls=2)):
         first = carrier_uac(tmp_path, "via-a", NODE_A, [(CALLER, "", identity)])
@@ -123,11 +113,11 @@ def test_replay_through_another_node_is_rejected(stirgate_factory: StirgateFacto
 
 
 def test_velocity_counted_on_one_node_throttles_on_the_other(
-        stirgate_factory: StirgateFactory, tmp_path: Path, redis_server: RedisServer) -> None:
+        stirgate_factory: StirgateFactory, tmp_path: Path, redis_url: str) -> None:
     chain = [{"policy": "velocity", "params": {"key": "orig_tn", "window": 60, "max_calls": 3}}]
     policies = write_policies(tmp_path / "policies.yaml", chain)
-    a = node(stirgate_factory, NODE_A, policies, redis_server)
-    b = node(stirgate_factory, NODE_B, policies, redis_server)
+    a = node(stirgate_factory, NODE_A, policies, redis_url)
+    b = node(stirgate_factory, NODE_B, policies, redis_url)
     with harness.running(uas(tmp_path, "customer", CUSTOMER_IP, calls=5)):  # would answer B's calls too
         via_a = carrier_uac(tmp_path, "via-a", NODE_A, [(CALLER, "", None)] * 3)
         via_b = carrier_uac(tmp_path, "via-b", NODE_B, [(CALLER, "", None)] * 2)
@@ -137,12 +127,12 @@ def test_velocity_counted_on_one_node_throttles_on_the_other(
 
 
 def test_short_call_share_learnt_on_one_node_applies_on_the_other(
-        stirgate_factory: StirgateFactory, tmp_path: Path, redis_server: RedisServer) -> None:
+        stirgate_factory: StirgateFactory, tmp_path: Path, redis_url: str) -> None:
     chain = [{"policy": "velocity",
               "params": {"key": "orig_tn", "max_short_share": 0.5, "min_completed": 3, "short_call_seconds": 6}}]
     policies = write_policies(tmp_path / "policies.yaml", chain)
-    a = node(stirgate_factory, NODE_A, policies, redis_server)
-    b = node(stirgate_factory, NODE_B, policies, redis_server)
+    a = node(stirgate_factory, NODE_A, policies, redis_url)
+    b = node(stirgate_factory, NODE_B, policies, redis_url)
     with harness.running(uas(tmp_path, "customer", CUSTOMER_IP, calls=4)):
         via_a = carrier_uac(tmp_path, "via-a", NODE_A, [(CALLER, "", None)] * 3)  # answered, hung up at once
         assert finals(via_a) == [200] * 3, explain(a, via_a)
@@ -156,10 +146,10 @@ LOAD_CALLS = 120
 
 
 def test_redis_down_mid_load_calls_complete_and_state_returns(
-        stirgate_factory: StirgateFactory, tmp_path: Path, redis_server: RedisServer) -> None:
+        stirgate_factory: StirgateFactory, tmp_path: Path, redis_private: Redis) -> None:
     chain = [{"policy": "velocity", "params": {"key": "orig_tn", "window": 60, "max_calls": 2}}]
     policies = write_policies(tmp_path / "policies.yaml", chain)
-    a = node(stirgate_factory, NODE_A, policies, redis_server)
+    a = node(stirgate_factory, NODE_A, policies, redis_private.url)
     rows: list[Row] = [(f"+1212555{n:04d}", "", None) for n in range(LOAD_CALLS)]  # every caller once
     load = Sipp("stir_uac.xml", CARRIER_IP, tmp_path, name="load", remote=(NODE_A, SIP_PORT), calls=LOAD_CALLS,
                 port=harness.free_port(CARRIER_IP),
@@ -167,9 +157,8 @@ def test_redis_down_mid_load_calls_complete_and_state_returns(
     with harness.running(uas(tmp_path, "customer", CUSTOMER_IP, calls=LOAD_CALLS + 3)):
         with harness.running(load):
             wait_metric(a, "calls_ended", 20)
-            redis_server.stop()
-            wait_metric(a, "calls_ended", 60)
-            redis_server.start()
+            with redis_private.stopped():
+                wait_metric(a, "calls_ended", 60)
             load_r = load.wait()
         assert finals(load_r) == [200] * LOAD_CALLS, explain(a, load_r)
         assert_clean(load_r, LOAD_CALLS)

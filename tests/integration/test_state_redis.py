@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,16 +13,7 @@ from policies.state import Op, Window
 from proxy.config import StateSettings
 from proxy.redis_state import RedisState
 from tests import state_contract
-from tests.redisd import RedisServer, have_redis
-
-pytestmark = pytest.mark.skipif(not have_redis(), reason="redis-server is not installed (`make test` installs it)")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+from tests.services import Redis
 
 
 class Driver:
@@ -65,8 +55,8 @@ class Driver:
 
 
 @pytest.fixture
-def driver(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[Driver]:
-    d = Driver(redis_server.url, key_prefix=f"test:{request.node.name}:")
+def driver(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Driver]:
+    d = Driver(redis_url, key_prefix=f"test:{request.node.name}:")
     yield d
     d.close()
 
@@ -84,20 +74,19 @@ def test_many_calls_one_batch(driver: Driver) -> None:
     assert sorted(r[0] for r in results if r is not None) == list(range(1, 51))
 
 
-def test_redis_down_answers_none_at_once_and_recovers(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "redis").start()
-    d = Driver(server.url, retry_interval=0.05)
+def test_redis_down_answers_none_at_once_and_recovers(redis_private: Redis) -> None:
+    d = Driver(redis_private.url, retry_interval=0.05)
     try:
         assert d.run([Window("k", "a", 60, 5)], state_contract.T0) == [1]
-        server.stop()
-        assert d.calls([("down", [Window("k", "b", 60, 5)], state_contract.T0)]) == [None]
-        assert d.state.stats["state_failures"] == 1
-        server.start()  # same port, empty (no persistence)
-        for _ in range(200):  # skipped for retry_interval after the failure, then tried again
+        with redis_private.stopped():
+            assert d.calls([("down", [Window("k", "b", 60, 5)], state_contract.T0)]) == [None]
+            assert d.state.stats["state_failures"] == 1
+        # back on the same port, empty (no persistence): skipped for retry_interval after the failure, then
+        # tried again
+        for _ in range(200):
             got = d.calls([("back", [Window("k", "c", 60, 5)], state_contract.T0)])
             if got != [None]:
                 break
         assert got == [[1]]
     finally:
         d.close()
-        server.stop()

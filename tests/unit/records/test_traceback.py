@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.records import INSERT_SQL, CallRecord, open_db, row_of, tn_variants, traceback
+from proxy.records import INSERT_SQL, CallRecord, open_db, row_of, tn_variants
+from proxy.recordstore import traceback
 from proxy.reports import parse_duration, parse_time, per_minute, plot_per_minute, report
 from proxy.traceback_cmd import register
 from tests.unit.records.helpers import rec
