@@ -31,10 +31,13 @@ sysdeps-test: sysdeps-run
 sysdeps-bench: sysdeps-run
 	$(call apt_install,$(APT_BENCH))
 
+# The editable install compiles nothing (fast); `make compile` needs what a wheel build asks pip for
+# (build_backend/stirgate_build.py: mypy, stubs, the dependencies) plus setuptools, so it gets the same list.
 $(VENV)/.stamp-run: pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip >/dev/null
-	$(PIP) install -q -e . 'mypy>=1.10' setuptools
+	$(PIP) install -q 'setuptools>=77'
+	$(PIP) install -q -e . $$($(PY) build_backend/stirgate_build.py compile-requires)
 	@touch $@
 
 $(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-run

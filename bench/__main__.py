@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ from .modes import MODES, SIP_MODES, STANDALONE_MODES, Mode, Pki, X5uServer, mak
 from .procs import Addr
 from .step import StepResult, as_dict, run_step
 from .suts import REPO, SUT, VENV_BIN, Kamailio, Sippy, Stirgate
+from .wheel_mode import run_wheel_mode
 
 LADDER = [50, 100, 250, 500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000,
           12000, 14000, 16000, 20000]
@@ -34,7 +36,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mode", default="relay",
                    help="comma-separated: relay (default), sign, verify, flood (SIP sweeps, in that order, same "
                         "run), crypto (python -m bench.crypto), policies (python -m policies.bench_chain), "
-                        "records (bench/records_bench.py), concurrency (N long calls held: memory per dialog)")
+                        "records (bench/records_bench.py), concurrency (N long calls held: memory per dialog), "
+                        "wheel (stirgate installed by `pip install` into a fresh virtualenv, beside Kamailio: "
+                        "--common-rate, 1 worker, --pairs pairs; CPU per call ratio against the 0.75 target)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
@@ -91,7 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency")
+    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency", "wheel")
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
@@ -466,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
             results[m] = {"summary": summary, "ratios": ratios}
         # before the x5u server stops: stirgate fetches the certificate again in every step
         results["added_over_relay_us"] = added_over_relay(all_sweeps, args)
+        if "wheel" in args.modes:
+            wheel_relay = dataclasses.replace(MODES["relay"], name="wheel")  # the relay, in folders of its own
+            results["wheel"], runners = run_wheel_mode(
+                args, rundir, uacs, uas, lambda sut: Sweep(sut, args, rundir, uacs[:1], uas, wheel_relay))
+            all_sweeps["wheel"] = runners  # type: ignore[assignment]  # their steps go into the JSON too
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
             results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)
