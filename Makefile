@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 CONFIG ?= examples/loopback.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUN  := python3-venv python3-dev gcc openssl
-APT_TEST := sip-tester secsipidx redis-server
+APT_TEST := sip-tester secsipidx redis-server systemd
 APT_BENCH := kamailio kamailio-secsipid-modules sip-tester secsipidx
 
 .PHONY: run test test-pure pure-tree bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench compile pure clean
@@ -97,7 +97,7 @@ test-pure: venv-test pure-tree
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: venv-test
-	$(VENV)/bin/ruff check proxy policies tests
+	$(VENV)/bin/ruff check proxy policies tests build_backend setup.py
 	$(VENV)/bin/mypy
 
 bench: venv-test sysdeps-bench

@@ -29,6 +29,18 @@ from proxy import compiled  # noqa: E402
 
 MODE = os.environ.get("STIRGATE_BUILD", "pure")
 BUILD_DIR = os.environ.get("STIRGATE_BUILD_DIR") or "build"
+C_DIR = Path(BUILD_DIR) / "mypyc-c"
+EXTENSIONS = compiled.ext_modules(target_dir=str(C_DIR)) if MODE == "compiled" else []
+
+
+def _note() -> dict[str, object]:
+    """proxy/_build.json: which hot path this wheel holds; when compiled, by which mypyc and from which C."""
+    if MODE != "compiled":
+        return {"hot_path": "python", "why": os.environ.get("STIRGATE_BUILD_WHY") or "not compiled"}
+    from mypy.version import __version__ as mypy_version
+
+    return {"hot_path": "compiled", "why": None, "modules": list(compiled.MODULES), "mypy": mypy_version,
+            "c_sha256": compiled.c_digest(C_DIR)}
 
 
 class BuildPyWithNote(build_py):  # type: ignore[misc]
@@ -41,16 +53,13 @@ class BuildPyWithNote(build_py):  # type: ignore[misc]
         lib = Path(self.build_lib)
         for stray in lib.glob("proxy/**/*.so"):  # build_ext puts this build's own ones in afterwards
             stray.unlink()
-        note = {"hot_path": "compiled" if MODE == "compiled" else "python",
-                "why": None if MODE == "compiled" else os.environ.get("STIRGATE_BUILD_WHY", "not compiled"),
-                "modules": list(compiled.MODULES) if MODE == "compiled" else []}
         target = lib / compiled.BUILD_INFO
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(note, indent=1) + "\n")
+        target.write_text(json.dumps(_note(), indent=1) + "\n")
 
 
 setup(
-    ext_modules=compiled.ext_modules(target_dir=str(Path(BUILD_DIR) / "mypyc-c")) if MODE == "compiled" else [],
+    ext_modules=EXTENSIONS,
     cmdclass={"build_py": BuildPyWithNote},
     options={"build": {"build_base": BUILD_DIR}},
 )

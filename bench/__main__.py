@@ -408,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     sip_modes = [m for m in args.modes if m in SIP_MODES]
-    print(f"bench: modes {', '.join(args.modes)}; {', '.join(names)}; {args.uacs} UAC(s) "
+    systems = ", ".join(names) if sip_modes else "stirgate from a wheel, kamailio" if "wheel" in args.modes else "-"
+    print(f"bench: modes {', '.join(args.modes)}; {systems}; {args.uacs} UAC(s) "
           f"{', '.join(map(str, uacs))} -> SUT -> UAS {uas}; {args.duration:g} s steps; stirgate workers "
           f"{args.workers}; files in {rundir}", flush=True)
     # stirgate runs from the working tree (editable install) and is restarted each step: note the commit at

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Not part of what a user builds from: virtualenvs, caches, build output, local data.
-_SKIP_NAMES = {".venv", ".git", "build", "bench-results", "__pycache__", ".mypy_cache", ".ruff_cache",
-               ".pytest_cache", ".hypothesis", "demo-certs", "var", "corpus", "crashes"}
+# Not part of what a user builds from: virtualenvs, caches, build output, local data. mypy's cache is kept: it
+# only saves the build the type check of unchanged modules (a checkout that ran `make compile` has it too).
+_SKIP_NAMES = {".venv", ".git", "build", "bench-results", "__pycache__", ".ruff_cache", ".pytest_cache",
+               ".hypothesis", "demo-certs", "var", "corpus", "crashes"}
 BUILD_TIMEOUT = 900  # seconds: a cold mypyc build on a busy 2-core machine takes a few minutes at worst
 
 
@@ -111,16 +112,17 @@ def install(workdir: Path, src: Path, *, pure: bool = False, isolated: bool | No
     if isolated is None:
         isolated = index_reachable(builder, src)
     env = _build_env(pure)
-    _run([builder, "-m", "venv", str(venv)], log, env)
-    pip = [str(venv / "bin" / "python"), "-m", "pip"]
     if isolated:
-        _run([*pip, "install", "-v", str(src)], log, env, cwd=workdir)
+        _run([builder, "-m", "venv", str(venv)], log, env)
+        _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-v", str(src)], log, env, cwd=workdir)
         return Install(venv, log, True)
+    _run([builder, "-m", "venv", "--without-pip", str(venv)], log, env)  # the builder's pip installs into it
     dist = workdir / "dist"
     _run([builder, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w", str(dist), str(src)], log,
          env, cwd=workdir)
     wheels = sorted(dist.glob("stirgate-*.whl"))
-    _run([*pip, "install", "--no-deps", "--no-index", str(wheels[-1])], log, env, cwd=workdir)
+    _run([builder, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index",
+          str(wheels[-1])], log, env, cwd=workdir)
     inst = Install(venv, log, False)
     paths = sysconfig.get_paths()  # the running virtualenv's: where its dependencies are
     deps = dict.fromkeys([paths["purelib"], paths["platlib"]])

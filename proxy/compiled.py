@@ -16,6 +16,7 @@ extensions were built from the sources beside them, whatever times the installer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -69,6 +70,20 @@ def ext_modules(target_dir: str = "build") -> list[Extension]:
     from mypyc.build import mypycify
 
     return mypycify(list(MODULES), group_name=GROUP, opt_level=OPT_LEVEL, target_dir=target_dir)
+
+
+def c_digest(target_dir: Path) -> str | None:
+    """sha256 over the C that mypyc generated into `target_dir` (file names and contents); None when there is none.
+
+    The wheel records it (proxy/_build.json) and `make compile` leaves its C in build/: equal digests mean the two
+    builds compiled the same code into the same extension modules."""
+    files = sorted(p for p in (target_dir / "proxy").rglob("*") if p.suffix in (".c", ".h"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(target_dir).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def build_info() -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ import sys
 import tomllib
 import zipfile
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,10 @@ def test_wheel_has_the_compiled_hot_path(compiled_install: wheel.Install) -> Non
         assert extension_names(in_tree) == EXPECTED_EXTENSIONS
     note = json.loads((site / compiled.BUILD_INFO).read_text())
     assert note["hot_path"] == "compiled" and note["modules"] == list(compiled.MODULES)
+    # ... compiled from the very same C, when this checkout was compiled by the same mypyc (build/ keeps its C).
+    in_tree_c = compiled.c_digest(compiled.ROOT / "build")
+    if compiled.extensions() and in_tree_c and note["mypy"] == version("mypy"):
+        assert note["c_sha256"] == in_tree_c, "the wheel's generated C differs from `make compile`'s (build/)"
 
     # Imported from the virtualenv, compiled, with nothing of the checkout on sys.path.
     probe = subprocess.run(
