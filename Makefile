@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 CONFIG ?= examples/loopback.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUN  := python3-venv python3-dev gcc openssl
-APT_TEST := sip-tester secsipidx redis-server postgresql
+APT_TEST := sip-tester secsipidx redis-server postgresql systemd
 APT_BENCH := kamailio kamailio-secsipid-modules sip-tester secsipidx postgresql
 
 .PHONY: run test test-pure pure-tree bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench compile pure clean
@@ -31,10 +31,13 @@ sysdeps-test: sysdeps-run
 sysdeps-bench: sysdeps-run
 	$(call apt_install,$(APT_BENCH))
 
+# The editable install compiles nothing (fast); `make compile` needs what a wheel build asks pip for
+# (build_backend/stirgate_build.py: mypy, stubs, the dependencies) plus setuptools, so it gets the same list.
 $(VENV)/.stamp-run: pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip >/dev/null
-	$(PIP) install -q -e . 'mypy>=1.10' setuptools
+	$(PIP) install -q 'setuptools>=77'
+	$(PIP) install -q -e . $$($(PY) build_backend/stirgate_build.py compile-requires)
 	@touch $@
 
 $(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-run
@@ -95,7 +98,7 @@ test-pure: venv-test pure-tree
 
 # Style, types, and the one-way layers (pyproject.toml [tool.importlinter]; docs/ARCHITECTURE.md).
 lint: venv-test
-	$(VENV)/bin/ruff check proxy policies tests bench
+	$(VENV)/bin/ruff check proxy policies tests bench build_backend setup.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 

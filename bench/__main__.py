@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ from .procs import Addr
 from .state_cost import run_state
 from .step import StepResult, as_dict, run_step
 from .suts import REPO, SUT, VENV_BIN, Kamailio, Sippy, Stirgate
+from .wheel_mode import run_wheel_mode
 
 LADDER = [50, 100, 250, 500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000,
           12000, 14000, 16000, 20000]
@@ -38,7 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "records (bench/records_bench.py: SQLite), records-pg (bench/records_pg_bench.py: "
                         "PostgreSQL insert rate and traceback among 10M rows), concurrency (N long calls held: "
                         "memory per dialog), state (CPU per call the Redis state backend adds over the memory one, "
-                        "bench/state_cost.py)")
+                        "bench/state_cost.py), wheel (stirgate installed by `pip install` into a fresh virtualenv, "
+                        "beside Kamailio: --common-rate, 1 worker, --pairs pairs; CPU per call ratio against the "
+                        "0.75 target)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
@@ -95,7 +99,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency", "state")
+    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency", "state", "wheel")
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
@@ -409,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     sip_modes = [m for m in args.modes if m in SIP_MODES]
-    print(f"bench: modes {', '.join(args.modes)}; {', '.join(names)}; {args.uacs} UAC(s) "
+    systems = ", ".join(names) if sip_modes else "stirgate from a wheel, kamailio" if "wheel" in args.modes else "-"
+    print(f"bench: modes {', '.join(args.modes)}; {systems}; {args.uacs} UAC(s) "
           f"{', '.join(map(str, uacs))} -> SUT -> UAS {uas}; {args.duration:g} s steps; stirgate workers "
           f"{args.workers}; files in {rundir}", flush=True)
     # stirgate runs from the working tree (editable install) and is restarted each step: note the commit at
@@ -477,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
                 x5u.start()
             results["state"] = run_state(args, rundir, pki, uacs[0], uas,
                                          Addr.parse(args.stirgate_listen).offset(off))
+        if "wheel" in args.modes:
+            wheel_relay = dataclasses.replace(MODES["relay"], name="wheel")  # the relay, in folders of its own
+            results["wheel"], runners = run_wheel_mode(
+                args, rundir, uacs, uas, lambda sut: Sweep(sut, args, rundir, uacs[:1], uas, wheel_relay))
+            all_sweeps["wheel"] = runners  # type: ignore[assignment]  # their steps go into the JSON too
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
             results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)

@@ -166,16 +166,18 @@ class Stirgate(SUT):
     name = "stirgate"
 
     def __init__(self, *a: object, workers: int = 1, log_level: str = "info", worker_port_base: int = 5100,
-                 records: bool = False, max_calls_in_setup: int = 100, **kw: object) -> None:
+                 records: bool = False, max_calls_in_setup: int = 100, exe: Path | None = None,
+                 origin: str = "", **kw: object) -> None:
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.records = records
         self.max_calls_in_setup = max_calls_in_setup
         self.workers = workers
         self.worker_port_base = worker_port_base
         self.log_level = log_level
-        self.label = f"stirgate ({workers} worker{'s' if workers > 1 else ''}{', records' if records else ''})"
+        extra = (", records" if records else "") + (f", {origin}" if origin else "")
+        self.label = f"stirgate ({workers} worker{'s' if workers > 1 else ''}{extra})"
         self.config = self.workdir / "stirgate-bench.yaml"
-        self.exe = VENV_BIN / "stirgate"
+        self.exe = exe or VENV_BIN / "stirgate"  # default: the checkout's editable install
 
     def available(self) -> str | None:
         if not self.exe.exists():

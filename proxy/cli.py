@@ -78,8 +78,30 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """`stirgate --version`: the installed version, where it runs from, and which hot path (compiled or not)."""
+    from proxy import compiled
+
+    return f"stirgate {compiled.installed_version()} ({compiled.ROOT / 'proxy'})\nhot path: {compiled.describe()}"
+
+
+class _VersionAction(argparse.Action):
+    """Like argparse's "version", but the text is worked out only when asked for (it imports the engine)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stirgate", description="STIR/SHAKEN call-authentication gateway")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version and whether the hot path is compiled, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the B2BUA")
     run.add_argument("-c", "--config", required=True, help="YAML configuration file")

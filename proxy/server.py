@@ -24,6 +24,7 @@ from proxy.metrics import Metrics, engine_snapshot
 from proxy.records import WriterBase, call_end_hook
 from proxy.recordstore import make_writer
 from proxy.redis_state import RedisState
+from proxy.sdnotify import Notifier
 from proxy.stir.signer import SignedCall
 from proxy.transport import SipServer
 
@@ -133,12 +134,15 @@ async def load_policy_set(config: Config, engine: Engine) -> PolicySet | None:
     return pset
 
 
-async def reload(engine: Engine, worker: int) -> None:
+async def reload(engine: Engine, worker: int, notifier: Notifier | None = None) -> None:
     """SIGHUP: re-read the config and policy files; on any error keep running on the old ones.
 
-    Calls in progress keep the routes and policy chain they started with; new calls get the new ones.
+    Calls in progress keep the routes and policy chain they started with; new calls get the new ones. Under
+    systemd (one worker) the reload is bracketed by RELOADING=1 and READY=1, so `systemctl reload` shows it.
     """
     path = engine.config.path
+    if notifier is not None:
+        notifier.reloading()
     try:
         config = load_config(path)
         policies = await load_policy_set(config, engine)
@@ -147,11 +151,18 @@ async def reload(engine: Engine, worker: int) -> None:
         engine.reconfigure(config, policies)
     except (ConfigError, OSError, ValueError) as exc:
         log.error("reload_failed", worker=worker, error=str(exc))
+        if notifier is not None:
+            notifier.ready(f"reload failed, running the previous configuration: {exc}")
         return
     log.info("reloaded", worker=worker, config=path, policies=config.policies)
+    if notifier is not None:
+        notifier.ready("reloaded; carrying calls")
 
 
-async def _serve(config: Config, worker: int, workers: int) -> int:
+async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[str], object],
+                 notifier: Notifier | None) -> int:
+    """One worker's life. `on_ready(status)` once its sockets are bound and its policies loaded; `notifier`
+    (the single process under systemd, else None) hears of the drain and of reloads."""
     loop = asyncio.get_running_loop()
     udp_listens = [(x.transport, x.host, x.port) for x in config.listen]
     first_udp = next((x for x in config.listen if x.transport == "udp"), config.listen[0])
@@ -200,6 +211,8 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
             stop.set()  # a second SIGTERM: stop now
             return
         log.info("draining", worker=worker, active_calls=engine.active_calls())
+        if notifier is not None:
+            notifier.stopping(f"draining {engine.active_calls()} calls for up to {config.sip.drain_grace:g} s")
         engine.accepting = False
         server.on_idle = check_drained  # from now on, after every message and timer: are we done?
         stop.set()
@@ -211,7 +224,8 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_term)
     reloading: list[asyncio.Task[None]] = []
-    loop.add_signal_handler(signal.SIGHUP, lambda: reloading.append(loop.create_task(reload(engine, worker))))
+    loop.add_signal_handler(signal.SIGHUP,
+                            lambda: reloading.append(loop.create_task(reload(engine, worker, notifier))))
     api = None
     if config.api.enabled:
         try:
@@ -228,9 +242,10 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
         loop.create_task(_flush_logs()),
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
     ]
+    listening = [f"{t}:{h}:{p}" for t, h, p in udp_listens]
     log.info("listening", worker=worker, hot_path="compiled" if compiled.is_compiled() else "python",
-             listen=[f"{t}:{h}:{p}" for t, h, p in udp_listens],
-             trunks=len(config.trunks))
+             version=compiled.installed_version(), listen=listening, trunks=len(config.trunks))
+    on_ready(f"listening on {', '.join(listening)}")
     await stop.wait()
     check_drained()
     try:
@@ -260,32 +275,66 @@ def _log_records_closed(writer: WriterBase, worker: int, unwritten: int) -> None
              dropped=writer.dropped, lost=writer.lost + unwritten, write_errors=writer.write_errors, **extra)
 
 
-def _run_worker(config: Config, worker: int, workers: int) -> int:
+def _run_worker(config: Config, worker: int, workers: int, on_ready: Callable[[str], object],
+                notifier: Notifier | None) -> int:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
         log.warning("uvloop_missing")
-    return asyncio.run(_serve(config, worker, workers))
+    return asyncio.run(_serve(config, worker, workers, on_ready, notifier))
+
+
+def _warn_if_python() -> None:
+    """A pure install runs, slower: say so once at start (the `listening` line says which one runs, too)."""
+    if not compiled.is_compiled():
+        log.warning("hot_path_not_compiled", hot_path=compiled.describe())
+
+
+def _wait_workers_ready(ready_r: int, workers: int) -> bool:
+    """Block until every worker wrote its byte to the pipe (True) or every writer closed it first (False)."""
+    got = 0
+    while got < workers:
+        chunk = os.read(ready_r, workers - got)
+        if not chunk:
+            return False
+        got += len(chunk)
+    return True
 
 
 def run(config: Config, workers: int = 1) -> int:
     configure_logging(config.logging.level, {str(k): v for k, v in config.logging.components.items()})
+    _warn_if_python()
+    notifier = Notifier()  # systemd's NOTIFY_SOCKET, if any: only this process may use it
     if workers <= 1:
-        return _run_worker(config, 0, 1)
+        return _run_worker(config, 0, 1, notifier.ready, notifier)
+    # Several workers: each tells the parent it is listening through a pipe; once all have, the parent tells
+    # systemd. Workers never notify themselves (systemd would ignore them and log it).
+    ready_r, ready_w = os.pipe()
     children: list[int] = []
     for i in range(workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = _run_worker(config, i, workers)
+                os.close(ready_r)
+
+                def worker_ready(_status: str, fd: int = ready_w) -> None:
+                    os.write(fd, b"r")
+                    os.close(fd)
+
+                code = _run_worker(config, i, workers, worker_ready, None)
             finally:
                 os._exit(code)
         children.append(pid)
+    os.close(ready_w)
+    stopping: list[bool] = []
 
     def forward(signum: int, _frame: object) -> None:
+        if signum == signal.SIGTERM and not stopping:
+            stopping.append(True)
+            notifier.stopping(f"draining {workers} workers for up to {config.sip.drain_grace:g} s")
         for pid in children:
             try:
                 os.kill(pid, signum)
@@ -295,6 +344,11 @@ def run(config: Config, workers: int = 1) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)
+    try:
+        if _wait_workers_ready(ready_r, workers) and not stopping:
+            notifier.ready(f"{workers} workers listening")
+    finally:
+        os.close(ready_r)
     rc = 0
     for pid in children:
         _, status = os.waitpid(pid, 0)

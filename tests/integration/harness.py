@@ -320,9 +320,12 @@ def send_options(
 class Stirgate:
     """A stirgate subprocess on a config file; JSON logs to `log_path`."""
 
-    def __init__(self, config: Path, workdir: Path) -> None:
+    def __init__(self, config: Path, workdir: Path, command: Sequence[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
         self.workdir = workdir
+        self.command = list(command) if command is not None else stirgate_command()
+        self.env = env  # None: the test's own environment
         self.log_path = workdir / "stirgate.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
@@ -353,8 +356,9 @@ class Stirgate:
             wait_port_free(ip, port, transport)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*stirgate_command(), "run", "-c", str(self.config)],
+            [*self.command, "run", "-c", str(self.config)],
             cwd=self.workdir,
+            env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -42,3 +42,23 @@ def test_source_newer_than_its_build_is_refused(tmp_path: Path, monkeypatch: pyt
 def test_no_build_is_pure_python_and_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiled, "ROOT", tmp_path)
     assert compiled.stale() == [] and compiled.extensions() == []
+
+
+def test_an_installed_wheel_is_never_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip gives installed files its own times: a wheel's extensions are built from the sources beside them."""
+    _tree(tmp_path, source_time=3000.0, build_time=2000.0)  # every source "newer" than its extension
+    (tmp_path / compiled.BUILD_INFO).write_text('{"hot_path": "compiled", "why": null}')
+    monkeypatch.setattr(compiled, "ROOT", tmp_path)
+    assert compiled.stale() == []
+    compiled.check()
+
+
+def test_describe_says_why_a_wheel_is_pure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "proxy").mkdir()
+    (tmp_path / compiled.BUILD_INFO).write_text('{"hot_path": "python", "why": "built with STIRGATE_PURE=1"}')
+    monkeypatch.setattr(compiled, "ROOT", tmp_path)
+    monkeypatch.setattr(compiled, "is_compiled", lambda: False)
+    assert compiled.describe().startswith(
+        "python, not compiled (the wheel was built without it: built with STIRGATE_PURE=1)")
+    (tmp_path / compiled.BUILD_INFO).unlink()  # a checkout that was not compiled
+    assert "make compile" in compiled.describe()
