@@ -466,8 +466,9 @@ class Call:
         self.policy: tuple[Chain, CallContext, ChainResult] | None = None
         #: While the call waits for its policies' state: the chain, the context and what was asked.
         self.judging: tuple[Chain, CallContext, StateRequest] | None = None
-        #: (policy, mode, action) per chain entry, for the call record.
-        self.decisions: list[tuple[str, str, str]] = []
+        #: (policy, mode, action, note) per chain entry, for the call record: the note says which rule fired
+        #: with what value.
+        self.decisions: list[tuple[str, str, str, str]] = []
         #: Relayed re-INVITE client transactions: an INVITE in Proceeding has no timer of its own (RFC 3261
         #: 17.1.1), so when the call ends the ones still open are answered and dropped here.
         self.reinvites: list[Transaction] = []

@@ -435,7 +435,7 @@ class Engine(CallHost):
         """Evaluate the chain with the call's state (None: the store did not answer) and act on it."""
         result = chain.evaluate(ctx, facts, self.config.state.on_error)
         call.policy = (chain, ctx, result)
-        call.decisions = [(step.name, step.mode, step.decision.outcome) for step in result.steps]
+        call.decisions = [(step.name, step.mode, step.decision.outcome, step.decision.note) for step in result.steps]
         decision = result.decision
         if decision.action == "reject":
             self.stats["policy_rejected"] += 1

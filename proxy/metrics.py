@@ -137,7 +137,8 @@ class Metrics:
         if rec.policy_decisions:
             hits = self.policy_hits
             for d in rec.policy_decisions:
-                hits[d] = hits.get(d, 0) + 1
+                hit = (d[0], d[1], d[2])
+                hits[hit] = hits.get(hit, 0) + 1
         if rec.failures:
             fails = self.verification_failures
             for check in rec.failures:

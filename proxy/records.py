@@ -55,8 +55,9 @@ log = structlog.get_logger("stirgate.records", component="records")
 
 T = TypeVar("T")
 
-#: (policy name, mode such as "enforce" or "dry-run", action such as "reject" or "tag").
-PolicyDecision = tuple[str, str, str]
+#: (policy name, mode such as "enforce" or "dry-run", action such as "reject" or "tag", note: which rule fired
+#: with what value). Records written before notes were kept have three elements.
+PolicyDecision = tuple[str, ...]
 
 SCHEMA_VERSION: Final = 1
 

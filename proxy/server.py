@@ -109,6 +109,8 @@ def _call_logger() -> Callable[[Call], None]:
                     else signed.attest if isinstance(signed, SignedCall) else None),
             duration=round(call.ended_at - call.answered_at, 3)
             if call.answered_at is not None and call.ended_at is not None else 0,
+            # what the policies did, and why (dry-run ones too): only the entries that acted or explained
+            policies=[d for d in call.decisions if d[2] != "continue" or d[3]] or None,
         )
 
     return log_call
