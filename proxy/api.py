@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy.campaigns import campaigns
 from proxy.config import ApiSettings, RecordsSettings
 from proxy.metrics import Metrics
 from proxy.records import RecordsError, WriterBase
@@ -114,13 +115,20 @@ async def _report(request: web.Request) -> web.Response:
         since = now - parse_duration(q.get("since", "1h"))
         until = parse_time(q["until"], now) if q.get("until") else now
         limit = int(q.get("limit", "20"))
+        gap = parse_duration(q.get("gap", "1h"))
     except ValueError as exc:
         return _bad(str(exc))
     db = _db(request)
     if db is None:
         return _json({"error": "no records database"}, status=503)
+    if q.get("campaigns") in ("1", "true", "yes"):
+        def query(src: Source) -> dict[str, Any]:
+            return campaigns(src, since, until, gap=gap, limit=limit)
+    else:
+        def query(src: Source) -> dict[str, Any]:
+            return report(src, since, until, limit)
     try:
-        return _json(await asyncio.to_thread(_query, request, db, lambda src: report(src, since, until, limit)))
+        return _json(await asyncio.to_thread(_query, request, db, query))
     except RecordsError as exc:
         return _json({"error": str(exc)}, status=503)
 

@@ -357,6 +357,10 @@ class Reader(ABC):
     def placeholders(self, n: int) -> str:
         return ", ".join([self.param] * n)
 
+    def json_text_sql(self, column: str) -> str:
+        """A JSON column as text (SQLite stores text; PostgreSQL's jsonb needs a cast)."""
+        return column
+
 
 class SqliteReader(Reader):
     def __init__(self, conn: sqlite3.Connection, *, own: bool = True) -> None:
