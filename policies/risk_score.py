@@ -147,19 +147,23 @@ class RiskScoreParams(Params, frozen=True, kw_only=True):
 def sweep_share(dests: Sequence[str], gap: int, minimum: int) -> float:
     """How much the recent destinations (10 national digits, newest first) look like a range being walked by
     this call: the larger of the share of consecutive pairs within `gap` of each other (sequential dialling)
-    and the share in the commonest thousands-block (block-wise). 0 with fewer than `minimum` numbers, or when
-    this call's destination does not continue the pattern (the cheap common case)."""
+    and the share in the commonest thousands-block (block-wise), over the distinct numbers. 0 with fewer than
+    `minimum` distinct numbers, or when this call's destination does not continue the pattern (the cheap
+    common case)."""
     if len(dests) < minimum:
         return 0.0
     newest, previous = dests[0], dests[1]
-    if newest[:7] != previous[:7] and abs(int(newest) - int(previous)) > gap:
+    if newest == previous or (newest[:7] != previous[:7] and abs(int(newest) - int(previous)) > gap):
         return 0.0
-    values = [int(n) for n in dests]
-    close = sum(1 for a, b in pairwise(values) if a != b and abs(a - b) <= gap)
+    distinct = list(dict.fromkeys(dests))  # calling one number again and again is not walking a range
+    if len(distinct) < minimum:
+        return 0.0
+    values = [int(n) for n in distinct]
+    close = sum(1 for a, b in pairwise(values) if abs(a - b) <= gap)
     blocks: dict[str, int] = {}
-    for n in dests:
+    for n in distinct:
         blocks[n[:7]] = blocks.get(n[:7], 0) + 1
-    return max(close / (len(values) - 1), max(blocks.values()) / len(dests))
+    return max(close / (len(values) - 1), max(blocks.values()) / len(distinct))
 
 
 class RiskScore(BasePolicy):
@@ -248,6 +252,14 @@ class RiskScore(BasePolicy):
         short = answered and outcome.duration < p.short_call_seconds
         add = (0, 0, 0, 0, 0, 0, 0, 1, int(answered), int(short))
         return (Tally(f"{self._ns}g:{gw}", GATEWAY_FIELDS, add, p.window, p.buckets),)
+
+    def gateway_from(self, values: dict[str, str | None]) -> str | None:
+        """The gateway key of a past call from its recorded values by key kind (origid, source_ip, ...)."""
+        for kind, _ in self._gateways:
+            parts = [values.get(k) for k in kind.split("+")]
+            if all(parts):
+                return f"{kind}:{'|'.join(p for p in parts if p)}"
+        return None
 
     def feedback(self, gateway: str | None, orig_tn: str | None, label: str) -> list[Op]:
         """What a POST /feedback label ("robocall" or "wanted") records for a call's gateway and number."""

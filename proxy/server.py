@@ -19,6 +19,7 @@ from proxy.api import start_api
 from proxy.b2bua import Call
 from proxy.config import Config, ConfigError, load_config
 from proxy.engine import Engine
+from proxy.feedback import apply_feedback
 from proxy.logsink import logger_factory, render_json, sink
 from proxy.metrics import Metrics, engine_snapshot
 from proxy.records import WriterBase, call_end_hook
@@ -234,7 +235,8 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
             api = await start_api(config.api, lambda: engine_snapshot(engine),
                                   config.records if writer is not None else None, metrics=metrics,
                                   writer=writer, country_code=config.stir.country_code,
-                                  port=config.api.host_port[1] + worker if workers > 1 else None)
+                                  port=config.api.host_port[1] + worker if workers > 1 else None,
+                                  feedback=lambda rec, label: apply_feedback(engine, rec, label, server.flush))
         except OSError as exc:
             # Calls matter more than metrics: carry them without the API rather than not at all.
             log.error("api_unavailable", listen=config.api.listen, error=str(exc))

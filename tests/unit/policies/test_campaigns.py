@@ -149,6 +149,8 @@ def test_signals_are_configurable_and_bad_ones_refused() -> None:
     (["2125550107", "3125551234", "4155559876", "7185550001", "2025553333"], 0.0),    # spread out
     (["2125550107", "2125550106", "2125550105"], 0.0),                                # too few
     (["4155559876", "2125550106", "2125550105", "2125550104", "2125550103"], 0.0),    # this call breaks it
+    (["2125550107"] * 8, 0.0),                                                        # one number, again and again
+    (["2125550107", "2125550106", "2125550107", "2125550106", "2125550107"], 0.0),    # two numbers only
 ])
 def test_sweep_share(dests: list[str], share: float) -> None:
     assert sweep_share(dests, gap=20, minimum=5) == share
