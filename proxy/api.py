@@ -100,7 +100,9 @@ async def _report(request: web.Request) -> web.Response:
 
 
 def build_app(metrics: Metrics, db_path: str | None, *, writer: RecordWriter | None = None,
-              country_code: str = "") -> web.Application:
+              country_code: str = "",
+              extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
+    """`extra_routes` adds more endpoints (the ATIS-1000082 API when it has no listener of its own)."""
     app = web.Application()
     app[_METRICS_KEY] = metrics
     app[_DB_KEY] = db_path or ""
@@ -110,17 +112,21 @@ def build_app(metrics: Metrics, db_path: str | None, *, writer: RecordWriter | N
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/traceback", _traceback)
     app.router.add_get("/report", _report)
+    if extra_routes is not None:
+        extra_routes(app)
     return app
 
 
 async def start_api(settings: ApiSettings, engine_stats_getter: Callable[[], Mapping[str, float]] | None,
                     db_path: str | None, *, metrics: Metrics | None = None, writer: RecordWriter | None = None,
-                    country_code: str = "", port: int | None = None) -> web.AppRunner:
+                    country_code: str = "", port: int | None = None,
+                    extra_routes: Callable[[web.Application], None] | None = None) -> web.AppRunner:
     """Serve the API; stop it with `await runner.cleanup()`. `port` overrides the configured one (a worker
     other than the first uses port + worker index: each worker has its own engine and counters)."""
     m = metrics if metrics is not None else Metrics()
     m.bind(engine_stats_getter, writer)
-    runner = web.AppRunner(build_app(m, db_path, writer=writer, country_code=country_code), access_log=None)
+    runner = web.AppRunner(build_app(m, db_path, writer=writer, country_code=country_code,
+                                     extra_routes=extra_routes), access_log=None)
     await runner.setup()
     host, configured = settings.host_port
     site = web.TCPSite(runner, host, configured if port is None else port, reuse_address=True)
