@@ -129,7 +129,7 @@ _TN_CHARS = frozenset("0123456789+*#-.() ")
 
 
 def _decode_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> RequestError:
-    if isinstance(exc, msgspec.DecodeError):
+    if not isinstance(exc, msgspec.ValidationError):  # (a ValidationError is a DecodeError too)
         return RequestError(400, f"malformed JSON: {exc}".replace("JSON is malformed: ", ""))
     message = str(exc)
     path = ""
