@@ -8,8 +8,8 @@ PIP    := $(VENV)/bin/pip
 CONFIG ?= examples/loopback.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUN  := python3-venv python3-dev gcc openssl
-APT_TEST := sip-tester secsipidx redis-server
-APT_BENCH := kamailio kamailio-secsipid-modules sip-tester secsipidx
+APT_TEST := sip-tester secsipidx redis-server kamailio kamailio-utils-modules kamailio-extra-modules
+APT_BENCH := kamailio kamailio-secsipid-modules sip-tester secsipidx wrk
 
 .PHONY: run test test-pure pure-tree bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench compile pure clean
 
