@@ -422,6 +422,9 @@ def service_vs_inline(results: dict[str, Any]) -> dict[str, Any]:
             theirs = e.get("inline_sign_us", e.get("inline_us"))
             verdict = "meets" if e["ratio"] <= e["target"] else "misses"
             print(f"  {key}: {mine:.0f} vs {theirs:.0f} µs = {e['ratio']:.2f} ({verdict} the target {e['target']})")
+    elif ("redirect" in results or "rest" in results) and not (sign or verify):
+        print("\nSTI service modes: no passing inline sign/verify step in this run to compare with "
+              "(add --mode sign,verify, or the machine was too busy for them to pass)")
     return out
 
 

@@ -233,7 +233,7 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
         stop.set()
 
     def check_drained() -> None:
-        if not engine.accepting and not engine.calls:
+        if not engine.accepting and not engine.calls and not engine.redirector.pending:
             drained.set()
 
     loop.add_signal_handler(signal.SIGTERM, on_term)

@@ -92,18 +92,19 @@ class StiApi:
         self.metrics = metrics
         self.writer = writer
         self.settings = settings
-        self._by_token: dict[bytes, StiClient] = {}
+        #: sha256(token) -> (client, token): found by digest, then compared in constant time.
+        self._by_token: dict[bytes, tuple[StiClient, str]] = {}
         self._by_tls: dict[str, StiClient] = {}
         self.reconfigure(settings)
 
     def reconfigure(self, settings: StiApiSettings) -> None:
         """A reloaded config's clients, tokens and limits (the listener and its TLS need a restart)."""
-        by_token: dict[bytes, StiClient] = {}
+        by_token: dict[bytes, tuple[StiClient, str]] = {}
         by_tls: dict[str, StiClient] = {}
         for client in settings.clients:
-            token = client_token(client)
+            token = client_token(client)  # token files are read here, not per request
             if token:
-                by_token[hashlib.sha256(token.encode()).digest()] = client
+                by_token[hashlib.sha256(token.encode()).digest()] = (client, token)
             if client.tls_name:
                 by_tls[client.tls_name.lower()] = client
         self.settings, self._by_token, self._by_tls = settings, by_token, by_tls
@@ -149,10 +150,10 @@ class StiApi:
             if scheme.lower() != "bearer" or not token:
                 raise _Refused(401, "Authorization: expected a Bearer token", "",
                                {"WWW-Authenticate": 'Bearer error="invalid_request"'})
-            client = self._by_token.get(hashlib.sha256(token.encode()).digest())
-            if client is None or not hmac.compare_digest(client_token(client) or "", token):
+            found = self._by_token.get(hashlib.sha256(token.encode()).digest())
+            if found is None or not hmac.compare_digest(found[1].encode(), token.encode()):
                 raise _Refused(401, "unknown bearer token", "", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-            return client
+            return found[0]
         transport = request.transport
         if transport is not None and self._by_tls:
             for name in _cert_names(transport.get_extra_info("peercert")):
