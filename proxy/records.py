@@ -163,10 +163,7 @@ def record_from_call(call: Call, wall_offset: float, tn_policy: TNPolicy = DEFAU
     a = call.a
     from_na = a.remote_na
     pai: str | None = getattr(call, "pai", None)
-    if pai is not None and tn_policy.orig_order[0] == "pai":
-        orig_signaled = _user(pai) or _user(from_na.uri)
-    else:
-        orig_signaled = _user(from_na.uri) or _user(pai)
+    orig_signaled = _orig_signaled(pai, from_na.uri, tn_policy)
     ruri: str | None = getattr(call, "ruri", None)
     dest_signaled = _user(ruri) or _user(a.local_na.uri)
     identity_present: bool | None = getattr(call, "identity_present", None)
@@ -225,6 +222,13 @@ def record_from_call(call: Call, wall_offset: float, tn_policy: TNPolicy = DEFAU
     )
 
 
+def _orig_signaled(pai: str | None, from_uri: str, tn_policy: TNPolicy) -> str | None:
+    """The caller's user part as signalled: PAI or From first, per `stir.orig_order`."""
+    if pai is not None and tn_policy.orig_order[0] == "pai":
+        return _user(pai) or _user(from_uri)
+    return _user(from_uri) or _user(pai)
+
+
 def _verified(inbound: InboundOutcome) -> tuple[str, str, str | None, str | None, str | None, str | None,
                                                  tuple[str, ...]]:
     """(verification, verstat, attest, origid, spc, cert subject, failed checks) of a verification outcome."""
@@ -236,10 +240,7 @@ def _verified(inbound: InboundOutcome) -> tuple[str, str, str | None, str | None
 def record_from_redirect(r: Redirected, wall_offset: float, tn_policy: TNPolicy = DEFAULT_TN_POLICY) -> CallRecord:
     """The record of an INVITE answered in redirect mode: a call that was signed or verified and judged, whose
     "egress" is the first Contact's trunk and whose status is the 302 (or the rejection) stirgate answered."""
-    if r.pai is not None and tn_policy.orig_order[0] == "pai":
-        orig_signaled = _user(r.pai) or _user(r.from_uri)
-    else:
-        orig_signaled = _user(r.from_uri) or _user(r.pai)
+    orig_signaled = _orig_signaled(r.pai, r.from_uri, tn_policy)
     dest_signaled = _user(r.ruri)
     verification = verstat = attest = origid = spc = subject = None
     failures: tuple[str, ...] = ()

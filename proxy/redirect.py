@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
 
-from proxy.b2bua import OWNED_HEADERS, apply_tags, rewrite_uri_host
+from proxy.b2bua import OWNED_HEADERS, apply_inbound, apply_tags, rewrite_uri_host
 from proxy.routing import TrunkTarget, dialled_digits
 from proxy.service import has_chain, invite_context, judge
-from proxy.sip.grammar import NameAddr, ParseError, parse_name_addr
+from proxy.sip.grammar import NameAddr, ParseError
 from proxy.sip.message import Header, Request, Response, VersionError, canonical_name, parse, pretty_name
 from proxy.sip.transaction import Target
 from proxy.sip.validate import check_request
@@ -312,13 +312,7 @@ class Redirector:
         before = {(h.key, h.value) for h in headers}
         from_na: NameAddr = req.from_
         if inbound is not None:
-            if inbound.pai is not None:
-                values = iter(inbound.pai)
-                headers = [Header.make("p-asserted-identity", next(values, h.value))
-                           if h.key == "p-asserted-identity" else h for h in headers]
-            if inbound.from_value is not None:
-                from_na = parse_name_addr(inbound.from_value)
-            headers.extend(inbound.extra)
+            headers, from_na = apply_inbound(inbound, headers, from_na)
         if tags is not None:
             headers, from_na = apply_tags(tags, headers, from_na)
         auth = self.engine.auth

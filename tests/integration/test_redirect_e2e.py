@@ -23,7 +23,6 @@ from tests.integration.stir_env import (
     X5uServer,
     inf_file,
     jws_parts,
-    make_pki,
     secsipidx_check,
     sign_identity,
     tamper_signature,
@@ -34,22 +33,10 @@ CALLER_B = "+12125550100"  # not owned: attest B
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> StirPki:
-    return make_pki(tmp_path_factory.mktemp("redirect-pki"))
-
-
-@pytest.fixture(scope="module")
-def x5u(pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uServer]:
-    server = X5uServer(pki, tmp_path_factory.mktemp("redirect-x5u")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gate(pki: StirPki, x5u: X5uServer, tmp_path_factory: pytest.TempPathFactory
+def gate(sti_pki: StirPki, sti_x5u: X5uServer, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[tuple[StirgateAt, dict[str, Any]]]:
     workdir = tmp_path_factory.mktemp("redirect-gate")
-    cfg = sti_config(pki, x5u.url(), workdir, redirect=True)
+    cfg = sti_config(sti_pki, sti_x5u.url(), workdir, redirect=True)
     g = start_stirgate(cfg, workdir / "run")
     yield g, cfg
     rc = g.stop()
@@ -92,7 +79,7 @@ def contacts(msg: Any) -> list[tuple[str, dict[str, list[str]], str]]:
 
 
 def test_signing_redirect_302_carries_the_identity(sipp_bin: str, gate: tuple[StirgateAt, dict[str, Any]],
-                                                   pki: StirPki, x5u: X5uServer, tmp_path: Path) -> None:
+                                                   sti_pki: StirPki, sti_x5u: X5uServer, tmp_path: Path) -> None:
     _, cfg = gate
     rows: list[tuple[str, str, str | None]] = [(CALLER_A, "", None), (CALLER_B, "", None), (BLOCKED, "", None)]
     result = run_uac(sipp_bin, tmp_path, "sign", rows, ip=CUSTOMER_IP)
@@ -110,9 +97,9 @@ def test_signing_redirect_302_carries_the_identity(sipp_bin: str, gate: tuple[St
         _, claims, _ = jws_parts(identity)
         assert (claims["attest"], claims["orig"], claims["dest"]) == (attest, {"tn": caller.lstrip("+")},
                                                                       {"tn": [DIALLED]})
-        assert identity.endswith(f";info=<{x5u.url()}>;alg=ES256;ppt=shaken")
+        assert identity.endswith(f";info=<{sti_x5u.url()}>;alg=ES256;ppt=shaken")
         if SECSIPIDX is not None:
-            check = secsipidx_check(identity, pki.pub)
+            check = secsipidx_check(identity, sti_pki.pub)
             assert check.returncode == 0, check.stdout + check.stderr
     # The Contact is escaped as RFC 3261 wants: no raw ';', '<', '>' or '=' inside the URI header value.
     raw = got[0].header("Contact")
@@ -128,9 +115,9 @@ def test_signing_redirect_302_carries_the_identity(sipp_bin: str, gate: tuple[St
 
 
 def test_verification_redirect_and_reject_codes(sipp_bin: str, gate: tuple[StirgateAt, dict[str, Any]],
-                                                pki: StirPki, x5u: X5uServer, tmp_path: Path) -> None:
-    good = sign_identity(pki.key, x5u.url(), orig=CALLER_A.lstrip("+"), dest=DIALLED)
-    blocked = sign_identity(pki.key, x5u.url(), orig=BLOCKED.lstrip("+"), dest=DIALLED)
+                                                sti_pki: StirPki, sti_x5u: X5uServer, tmp_path: Path) -> None:
+    good = sign_identity(sti_pki.key, sti_x5u.url(), orig=CALLER_A.lstrip("+"), dest=DIALLED)
+    blocked = sign_identity(sti_pki.key, sti_x5u.url(), orig=BLOCKED.lstrip("+"), dest=DIALLED)
     pai = f"P-Asserted-Identity: <sip:{CALLER_A}@{CARRIER_IP}>"
     rows: list[tuple[str, str, str | None]] = [
         (CALLER_A, pai, good),                       # valid: 302, PAI tagged Passed
@@ -155,11 +142,11 @@ def test_verification_redirect_and_reject_codes(sipp_bin: str, gate: tuple[Stirg
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
-def test_redirect_listener(sipp_bin: str, gate: tuple[StirgateAt, dict[str, Any]], pki: StirPki,
-                           x5u: X5uServer, tmp_path: Path, transport: str) -> None:
+def test_redirect_listener(sipp_bin: str, gate: tuple[StirgateAt, dict[str, Any]], sti_pki: StirPki,
+                           sti_x5u: X5uServer, tmp_path: Path, transport: str) -> None:
     """carrier-tag is an inline trunk; its INVITEs to the redirect listener (5062) are answered there."""
     _, cfg = gate
-    good = sign_identity(pki.key, x5u.url(), orig=CALLER_A.lstrip("+"), dest=DIALLED)
+    good = sign_identity(sti_pki.key, sti_x5u.url(), orig=CALLER_A.lstrip("+"), dest=DIALLED)
     rows: list[tuple[str, str, str | None]] = [(CALLER_A, "", good), (CALLER_A, "", tamper_signature(good))]
     result = run_uac(sipp_bin, tmp_path, f"listener-{transport}", rows, ip=TAG_IP, port=REDIRECT_PORT,
                      transport=transport)

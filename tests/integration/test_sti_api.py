@@ -40,7 +40,6 @@ from tests.integration.stir_env import (
     StirPki,
     X5uServer,
     jws_parts,
-    make_pki,
     secsipidx_check,
     secsipidx_sign,
     sign_identity,
@@ -57,22 +56,10 @@ needs_secsipidx = pytest.mark.skipif(SECSIPIDX is None, reason="secsipidx not in
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> StirPki:
-    return make_pki(tmp_path_factory.mktemp("sti-pki"))
-
-
-@pytest.fixture(scope="module")
-def x5u(pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uServer]:
-    server = X5uServer(pki, tmp_path_factory.mktemp("sti-x5u")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gate(pki: StirPki, x5u: X5uServer, tmp_path_factory: pytest.TempPathFactory
+def gate(sti_pki: StirPki, sti_x5u: X5uServer, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[tuple[StirgateAt, dict[str, Any]]]:
     workdir = tmp_path_factory.mktemp("sti-gate")
-    cfg = sti_config(pki, x5u.url(), workdir)
+    cfg = sti_config(sti_pki, sti_x5u.url(), workdir)
     g = start_stirgate(cfg, workdir / "run")
     yield g, cfg
     rc = g.stop()
@@ -87,7 +74,7 @@ def api(gate: tuple[StirgateAt, dict[str, Any]]) -> Iterator[ApiClient]:
 
 # ----------------------------------------------------------------------------------------------- signing
 @needs_secsipidx
-def test_signing_sample_request_verifies_in_secsipidx(api: ApiClient, pki: StirPki, x5u: X5uServer) -> None:
+def test_signing_sample_request_verifies_in_secsipidx(api: ApiClient, sti_pki: StirPki, sti_x5u: X5uServer) -> None:
     req = signing_request(ORIG, [DEST], "A")
     r = api.post(SIGN, req, request_id="req-0001")
     assert r.status == 200, r.body
@@ -96,18 +83,18 @@ def test_signing_sample_request_verifies_in_secsipidx(api: ApiClient, pki: StirP
     identity = r.inner()["identity"]
     assert set(r.inner()) == {"identity"}
     header, claims, sig = jws_parts(identity)
-    assert header == {"alg": "ES256", "ppt": "shaken", "typ": "passport", "x5u": x5u.url()}
+    assert header == {"alg": "ES256", "ppt": "shaken", "typ": "passport", "x5u": sti_x5u.url()}
     assert claims == {"attest": "A", "dest": {"tn": [DEST]}, "iat": req["signingRequest"]["iat"],
                       "orig": {"tn": ORIG.lstrip("+")}, "origid": req["signingRequest"]["origid"]}
     assert len(sig) == 64
-    assert identity.endswith(f";info=<{x5u.url()}>;alg=ES256;ppt=shaken")
-    check = secsipidx_check(identity, pki.pub)
+    assert identity.endswith(f";info=<{sti_x5u.url()}>;alg=ES256;ppt=shaken")
+    check = secsipidx_check(identity, sti_pki.pub)
     assert check.returncode == 0 and check.stdout.strip().endswith("ok"), check.stdout + check.stderr
 
 
 @needs_secsipidx
-def test_secsipidx_signed_header_verifies_through_the_api(api: ApiClient, pki: StirPki, x5u: X5uServer) -> None:
-    identity = secsipidx_sign(pki.key, x5u.url(), orig=ORIG.lstrip("+"), dest=DEST, attest="B")
+def test_secsipidx_signed_header_verifies_through_the_api(api: ApiClient, sti_pki: StirPki, sti_x5u: X5uServer) -> None:
+    identity = secsipidx_sign(sti_pki.key, sti_x5u.url(), orig=ORIG.lstrip("+"), dest=DEST, attest="B")
     r = api.verify(ORIG, [DEST], identity, request_id="v-1")
     assert r.status == 200, r.body
     body = r.inner()
@@ -126,8 +113,8 @@ def test_api_signed_identity_verifies_through_the_api(api: ApiClient) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- verification
-def test_verification_failures_follow_the_mapped_trunk(api: ApiClient, pki: StirPki, x5u: X5uServer) -> None:
-    good = sign_identity(pki.key, x5u.url(), orig=ORIG.lstrip("+"), dest=DEST)
+def test_verification_failures_follow_the_mapped_trunk(api: ApiClient, sti_pki: StirPki, sti_x5u: X5uServer) -> None:
+    good = sign_identity(sti_pki.key, sti_x5u.url(), orig=ORIG.lstrip("+"), dest=DEST)
     # carrier (verify mode reject): a bad signature is refused with 438 and its RFC 9410 Reason
     body = api.verify(ORIG, [DEST], tamper_signature(good)).inner()
     assert (body["verstat"], body["reasonCode"], body["reasonText"]) == (
@@ -137,7 +124,7 @@ def test_verification_failures_follow_the_mapped_trunk(api: ApiClient, pki: Stir
     # claims that do not match the call
     assert api.verify(ORIG, ["12125550111"], good).inner()["reasonCode"] == 438
     # an untrusted certificate: 437
-    untrusted = sign_identity(pki.untrusted_key, x5u.url("untrusted.pem"), orig=ORIG.lstrip("+"), dest=DEST)
+    untrusted = sign_identity(sti_pki.untrusted_key, sti_x5u.url("untrusted.pem"), orig=ORIG.lstrip("+"), dest=DEST)
     assert api.verify(ORIG, [DEST], untrusted).inner()["decision"]["code"] == 437
     # a stale call time: 403 Stale Date
     stale = api.post(VERIFY, verification_request(ORIG, [DEST], good, at=int(time.time()) - 3600)).inner()
@@ -149,8 +136,8 @@ def test_verification_failures_follow_the_mapped_trunk(api: ApiClient, pki: Stir
                                                                                 "continue")
 
 
-def test_verification_runs_the_trunks_policy_chain(api: ApiClient, pki: StirPki, x5u: X5uServer) -> None:
-    identity = sign_identity(pki.key, x5u.url(), orig=BLOCKED.lstrip("+"), dest=DEST)
+def test_verification_runs_the_trunks_policy_chain(api: ApiClient, sti_pki: StirPki, sti_x5u: X5uServer) -> None:
+    identity = sign_identity(sti_pki.key, sti_x5u.url(), orig=BLOCKED.lstrip("+"), dest=DEST)
     body = api.verify(BLOCKED, [DEST], identity).inner()
     assert body["verstat"] == "TN-Validation-Passed"
     assert body["decision"] == {"action": "reject", "code": 608, "reason": "Rejected",
@@ -216,11 +203,11 @@ def test_errors_get_a_status_and_a_reason(api: ApiClient, path: str, body: Any, 
 
 
 def test_requests_leave_call_records_and_metrics(gate: tuple[StirgateAt, dict[str, Any]], api: ApiClient,
-                                                 pki: StirPki, x5u: X5uServer) -> None:
+                                                 sti_pki: StirPki, sti_x5u: X5uServer) -> None:
     _, cfg = gate
     orig, dest = "+15551239876", "12125559876"
     assert api.sign(orig, [dest], "A", request_id="rec-sign").status == 200
-    identity = sign_identity(pki.key, x5u.url(), orig=orig.lstrip("+"), dest=dest)
+    identity = sign_identity(sti_pki.key, sti_x5u.url(), orig=orig.lstrip("+"), dest=dest)
     assert api.verify(orig, [dest], tamper_signature(identity), request_id="rec-verify").status == 200
     calls = traceback_calls(cfg, orig, dest, want=2)
     by_id = {c["a_call_id"]: c for c in calls}
@@ -269,7 +256,7 @@ def _client_cert(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], cn: st
     return cert_path, key_path
 
 
-def test_mutual_tls_on_its_own_listener(pki: StirPki, x5u: X5uServer, tmp_path: Path) -> None:
+def test_mutual_tls_on_its_own_listener(sti_pki: StirPki, sti_x5u: X5uServer, tmp_path: Path) -> None:
     import socket
 
     from tests.integration import harness
@@ -280,13 +267,13 @@ def test_mutual_tls_on_its_own_listener(pki: StirPki, x5u: X5uServer, tmp_path: 
     unknown = _client_cert(clients_ca, "someone-else.test", tmp_path, "other")
     rogue = _client_cert(_ca("rogue CA"), MTLS_NAME, tmp_path, "rogue")
     port = harness.free_port("127.0.0.1", kind=socket.SOCK_STREAM)
-    tls = {"cert": str(pki.dir / "x5u-server.pem"), "key": str(pki.dir / "x5u-server.key"),
+    tls = {"cert": str(sti_pki.dir / "x5u-server.pem"), "key": str(sti_pki.dir / "x5u-server.key"),
            "client_ca": str(tmp_path / "clients-ca.pem")}
-    cfg = sti_config(pki, x5u.url(), tmp_path, sti_listen=f"127.0.0.1:{port}", tls=tls, ip=TERM_IP)
+    cfg = sti_config(sti_pki, sti_x5u.url(), tmp_path, sti_listen=f"127.0.0.1:{port}", tls=tls, ip=TERM_IP)
     gate = start_stirgate(cfg, tmp_path / "run")
 
     def ctx(cert: tuple[Path, Path] | None) -> ssl.SSLContext:
-        c = ssl.create_default_context(cafile=str(pki.ca))
+        c = ssl.create_default_context(cafile=str(sti_pki.ca))
         if cert is not None:
             c.load_cert_chain(str(cert[0]), str(cert[1]))
         return c

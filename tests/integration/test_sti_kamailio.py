@@ -29,7 +29,6 @@ from tests.integration.stir_env import (
     X5uServer,
     inf_file,
     jws_parts,
-    make_pki,
     secsipidx_check,
     sign_identity,
     tamper_signature,
@@ -45,22 +44,10 @@ pytestmark = pytest.mark.skipif(kamailio_binary() is None or module_dir(*MODULES
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> StirPki:
-    return make_pki(tmp_path_factory.mktemp("kam-pki"))
-
-
-@pytest.fixture(scope="module")
-def x5u(pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uServer]:
-    server = X5uServer(pki, tmp_path_factory.mktemp("kam-x5u")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gate(pki: StirPki, x5u: X5uServer, tmp_path_factory: pytest.TempPathFactory
+def gate(sti_pki: StirPki, sti_x5u: X5uServer, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[tuple[StirgateAt, dict[str, Any]]]:
     workdir = tmp_path_factory.mktemp("kam-gate")
-    cfg = sti_config(pki, x5u.url(), workdir)
+    cfg = sti_config(sti_pki, sti_x5u.url(), workdir)
     g = start_stirgate(cfg, workdir / "run")
     yield g, cfg
     assert g.stop() == 0, g.log_tail()
@@ -88,8 +75,8 @@ def calls_through(k: Kamailio, tmp_path: Path, name: str, rows: list[tuple[str, 
     return uac_result, uas_result
 
 
-def test_kamailio_signs_through_the_api(sipp_bin: str, gate: tuple[StirgateAt, dict[str, Any]], pki: StirPki,
-                                        x5u: X5uServer, tmp_path: Path) -> None:
+def test_kamailio_signs_through_the_api(sipp_bin: str, gate: tuple[StirgateAt, dict[str, Any]], sti_pki: StirPki,
+                                        sti_x5u: X5uServer, tmp_path: Path) -> None:
     _, cfg = gate
     k = kamailio(tmp_path, cfg, "STI_SIGN", CARRIER_IP)
     assert k.check().returncode == 0, k.check().stderr
@@ -105,9 +92,9 @@ def test_kamailio_signs_through_the_api(sipp_bin: str, gate: tuple[StirgateAt, d
         _, claims, _ = jws_parts(identity)
         assert (claims["orig"], claims["dest"], claims["attest"], claims["origid"]) == (
             {"tn": caller.lstrip("+")}, {"tn": [DIALLED]}, "A", ORIGID)
-        assert identity.endswith(f";info=<{x5u.url()}>;alg=ES256;ppt=shaken")
+        assert identity.endswith(f";info=<{sti_x5u.url()}>;alg=ES256;ppt=shaken")
         if SECSIPIDX is not None:
-            check = secsipidx_check(identity, pki.pub)
+            check = secsipidx_check(identity, sti_pki.pub)
             assert check.returncode == 0, check.stdout + check.stderr
     # One record per request, named by the Call-ID Kamailio sent as X-RequestID.
     recs = traceback_calls(cfg, CALLERS[0], DIALLED, want=1)
@@ -117,10 +104,10 @@ def test_kamailio_signs_through_the_api(sipp_bin: str, gate: tuple[StirgateAt, d
 
 
 def test_kamailio_verifies_through_the_api(sipp_bin: str, gate: tuple[StirgateAt, dict[str, Any]],
-                                           pki: StirPki, x5u: X5uServer, tmp_path: Path) -> None:
+                                           sti_pki: StirPki, sti_x5u: X5uServer, tmp_path: Path) -> None:
     _, cfg = gate
-    good = sign_identity(pki.key, x5u.url(), orig="15551230001", dest=DIALLED)
-    blocked = sign_identity(pki.key, x5u.url(), orig=BLOCKED.lstrip("+"), dest=DIALLED)
+    good = sign_identity(sti_pki.key, sti_x5u.url(), orig="15551230001", dest=DIALLED)
+    blocked = sign_identity(sti_pki.key, sti_x5u.url(), orig=BLOCKED.lstrip("+"), dest=DIALLED)
     rows: list[tuple[str, str, str | None]] = [
         ("+15551230001", "", good),                    # valid -> relayed with X-Verstat: TN-Validation-Passed
         ("+15551230001", "", tamper_signature(good)),  # the API's decision: 438 (carrier trunk, mode reject)
