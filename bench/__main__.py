@@ -15,8 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from .concurrency import QUICK_DIALOGS, run_concurrency
-from .modes import MODES, SIP_MODES, STANDALONE_MODES, Mode, Pki, X5uServer, make_pki, write_identity_pool
+from .modes import (
+    MODES,
+    SERVICE_MODES,
+    SIP_MODES,
+    STANDALONE_MODES,
+    Mode,
+    Pki,
+    X5uServer,
+    make_pki,
+    write_identity_pool,
+)
 from .procs import Addr
+from .rest import run_rest
 from .state_cost import run_state
 from .step import StepResult, as_dict, run_step
 from .suts import REPO, SUT, VENV_BIN, Kamailio, Sippy, Stirgate
@@ -35,8 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "and INVITE->200 p99 <= 200 ms. CPU per call = the SUT's own utime+stime (all its "
                     "processes) over the step / successful calls.")
     p.add_argument("--mode", default="relay",
-                   help="comma-separated: relay (default), sign, verify, flood (SIP sweeps, in that order, same "
-                        "run), crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
+                   help="comma-separated: relay (default), sign, verify, flood, redirect (SIP sweeps, in that "
+                        "order, same run), rest (the ATIS-1000082 API under wrk, after the sweeps), "
+                        "crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
                         "records (bench/records_bench.py: SQLite), records-pg (bench/records_pg_bench.py: "
                         "PostgreSQL insert rate and traceback among 10M rows), concurrency (N long calls held: "
                         "memory per dialog), state (CPU per call the Redis state backend adds over the memory one, "
@@ -90,6 +102,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "quick 1000)")
     p.add_argument("--api-listen", default="127.0.0.1:8180",
                    help="concurrency mode: stirgate's HTTP API, polled for its gauges (--port-offset applies)")
+    p.add_argument("--rest-listen", default="127.0.0.1:8190",
+                   help="rest mode: stirgate's HTTP API for the ATIS-1000082 load (--port-offset applies)")
+    p.add_argument("--rest-duration", type=float, default=None,
+                   help="rest mode: seconds of load per operation (default 10, quick 4)")
+    p.add_argument("--rest-connections", type=int, default=8, help="rest mode: keep-alive connections (default 8)")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and per-step files")
     a = p.parse_args(argv)
     a.uacs = a.uacs or a.workers
@@ -99,7 +116,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency", "state", "wheel")
+    known = (*SIP_MODES, *STANDALONE_MODES, *SERVICE_MODES, "concurrency", "state", "wheel")
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
@@ -107,6 +124,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.sut = a.sut or "stirgate,kamailio,sippy"
     a.dialogs = a.dialogs or (QUICK_DIALOGS if a.quick else 100_000)
     a.setup_rate = a.setup_rate or (1000.0 if a.quick else 2000.0)
+    a.rest_duration = a.rest_duration or (4.0 if a.quick else 10.0)
     return a
 
 
@@ -385,6 +403,40 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
     return added
 
 
+def service_vs_inline(results: dict[str, Any]) -> dict[str, Any]:
+    """stirgate's CPU per redirect and per REST request against its own inline signed/verified call (same run).
+
+    Targets (issue 16): redirect signing <= 0.60 of an inline signed call; REST within 1.5x of inline."""
+    def inline(mode: str) -> float | None:
+        s = results.get(mode, {}).get("summary", {}).get("stirgate", {})
+        v = s.get("cpu_us_per_call_at_common_rate") or s.get("cpu_us_per_call_at_max_rate")
+        return float(v) if v else None
+
+    out: dict[str, Any] = {}
+    sign, verify = inline("sign"), inline("verify")
+    redirect = inline("redirect")
+    if sign and redirect:
+        out["redirect_over_inline_sign"] = {"redirect_us": redirect, "inline_sign_us": sign,
+                                            "ratio": round(redirect / sign, 3), "target": 0.60}
+    rest = results.get("rest", {})
+    for op, base in (("signing", sign), ("verification", verify)):
+        cpu = rest.get(op, {}).get("cpu_us_per_request") if isinstance(rest.get(op), dict) else None
+        if cpu and base:
+            out[f"rest_{op}_over_inline"] = {"rest_us": cpu, "inline_us": base, "ratio": round(cpu / base, 3),
+                                             "target": 1.5}
+    if out:
+        print("\nSTI service modes against stirgate's own inline calls (CPU per call/request, same run):")
+        for key, e in out.items():
+            mine = e.get("redirect_us", e.get("rest_us"))
+            theirs = e.get("inline_sign_us", e.get("inline_us"))
+            verdict = "meets" if e["ratio"] <= e["target"] else "misses"
+            print(f"  {key}: {mine:.0f} vs {theirs:.0f} µs = {e['ratio']:.2f} ({verdict} the target {e['target']})")
+    elif ("redirect" in results or "rest" in results) and not (sign or verify):
+        print("\nSTI service modes: no passing inline sign/verify step in this run to compare with "
+              "(add --mode sign,verify, or the machine was too busy for them to pass)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -422,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     rev_start = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     pki: Pki | None = None
     x5u: X5uServer | None = None
-    if any(MODES[m].needs_pki for m in sip_modes) or "state" in args.modes:
+    if any(MODES[m].needs_pki for m in sip_modes) or "state" in args.modes or "rest" in args.modes:
         pki = make_pki(rundir, VENV_BIN / "stirgate", Addr.parse(args.x5u_listen).offset(off))
     all_sweeps: dict[str, dict[str, Sweep]] = {}
     results: dict[str, Any] = {}
@@ -448,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if sut.name == "sippy" and (mode.needs_pki or mode.flood):
                     print(f"{sut.label}: no STIR/SHAKEN and no overload control: not run in mode {m}", flush=True)
+                    continue
+                if sut.name != "stirgate" and mode.redirect:
+                    print(f"{sut.label}: no STI redirect mode: not run in mode {m}", flush=True)
                     continue
                 sw = Sweep(sut, args, rundir, uacs, uas, mode, pki)
                 print(f"{sut.label} [mode {m}]:", flush=True)
@@ -487,6 +542,20 @@ def main(argv: list[str] | None = None) -> int:
             results["wheel"], runners = run_wheel_mode(
                 args, rundir, uacs, uas, lambda sut: Sweep(sut, args, rundir, uacs[:1], uas, wheel_relay))
             all_sweeps["wheel"] = runners  # type: ignore[assignment]  # their steps go into the JSON too
+        if "rest" in args.modes and pki is not None:
+            if x5u is None:
+                x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
+                x5u.start()
+            print(f"rest: the ATIS-1000082 API, {args.rest_duration:g} s per operation", flush=True)
+            try:
+                results["rest"] = run_rest(rundir, VENV_BIN / "stirgate", pki,
+                                           Addr.parse(args.stirgate_listen).offset(off),
+                                           Addr.parse(args.rest_listen).offset(off), seconds=args.rest_duration,
+                                           connections=args.rest_connections, records=args.records)
+            except RuntimeError as exc:
+                print(f"rest: could not run: {exc}", flush=True)
+                results["rest"] = {"error": str(exc)}
+        results["service_vs_inline"] = service_vs_inline(results)
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
             results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)

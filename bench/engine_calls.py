@@ -11,6 +11,8 @@ its own time and every transaction lingers for its RFC 3261 timers.
     python -m bench.engine_calls --sign              # the customer trunk signs (STI-AS), demo PKI
     python -m bench.engine_calls --verify            # the UAC is a carrier trunk: every INVITE's Identity
                                                      # verified (STI-VS), certificate cached
+    python -m bench.engine_calls --redirect          # the customer trunk in redirect mode: INVITE -> 302 with
+                                                     # the Identity in the Contact -> ACK (no B-leg)
     valgrind --tool=callgrind python -m bench.engine_calls --calls 2000
 """
 
@@ -68,7 +70,7 @@ stir:
 X5U = "https://127.0.0.1:8443/sp.pem"
 
 
-def config_text(sign_dir: str | None, verify_dir: str | None = None) -> str:
+def config_text(sign_dir: str | None, verify_dir: str | None = None, redirect: bool = False) -> str:
     """The relay config; with a demo PKI folder, the customer trunk signs every call (attestation A), or the
     UAC's trunk is a carrier whose INVITEs are verified (failures rejected)."""
     if verify_dir is not None:
@@ -79,9 +81,11 @@ def config_text(sign_dir: str | None, verify_dir: str | None = None) -> str:
         return text + VERIFY.format(ca=os.path.join(verify_dir, "ca.pem"))
     if sign_dir is None:
         return CONFIG
+    mode = ", mode: redirect" if redirect else ""
     text = CONFIG.replace(
         "destination: 127.0.0.10:5060, transport: udp}",
-        'destination: 127.0.0.10:5060, transport: udp, sign: {profile: bench, attestation: {prefixes: ["1202"]}}}',
+        'destination: 127.0.0.10:5060, transport: udp, sign: {profile: bench, attestation: {prefixes: ["1202"]}}'
+        + mode + "}",
     )
     return text + SIGN.format(key=os.path.join(sign_dir, "sp.key"))
 
@@ -142,8 +146,39 @@ def _prefill_cert_cache(engine: Engine, pki: str) -> None:
     fetcher.put(entry, 3600.0)
 
 
-def run(calls: int, rate: float, sign_dir: str | None = None, verify_dir: str | None = None) -> tuple[Engine, float]:
+def run_redirect(calls: int, rate: float, sign_dir: str) -> tuple[Engine, float]:
+    """Redirect mode: INVITE -> 302 (Identity in the Contact) -> ACK, `calls` times."""
+    engine = Engine(load_config_text(config_text(sign_dir, redirect=True), "<bench>"), LOCAL)
+    engine.wall_offset = time.time()
+    tune_gc()
+    step = 1.0 / rate
+    now = 0.0
+    cpu = 0.0
+    clock = time.process_time
+    for i in range(calls):
+        now += step
+        invite = _uac_request("INVITE", i, 1, "sip:12025550199@127.0.0.1:5060")
+        t = clock()
+        engine.receive(invite, UAC, now)
+        cpu += clock() - t
+        answer = parse(_take(engine, b"SIP/2.0 302"))
+        engine.outbox.clear()
+        ack = _uac_request("ACK", i, 1, "sip:12025550199@127.0.0.1:5060", f";tag={answer.to_tag}")
+        t = clock()
+        engine.receive(ack, UAC, now + 0.0002)
+        engine.handle_timer(now + 0.0003)
+        cpu += clock() - t
+        assert not engine.outbox
+    assert engine.stats["redirected"] == calls and not engine.calls, engine.stats
+    return engine, cpu
+
+
+def run(calls: int, rate: float, sign_dir: str | None = None, verify_dir: str | None = None,
+        redirect: bool = False) -> tuple[Engine, float]:
     """Replay `calls` bench calls; returns the engine and the process CPU seconds spent inside it."""
+    if redirect:
+        assert sign_dir is not None
+        return run_redirect(calls, rate, sign_dir)
     engine = Engine(load_config_text(config_text(sign_dir, verify_dir), "<bench>"), LOCAL)
     engine.wall_offset = time.time()
     identities = [""] * calls
@@ -204,26 +239,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (for instruction counts)")
     ap.add_argument("--sign", action="store_true", help="the customer trunk signs every call (demo PKI)")
     ap.add_argument("--verify", action="store_true", help="every INVITE's Identity is verified (cached cert)")
+    ap.add_argument("--redirect", action="store_true", help="redirect mode: INVITE -> 302 with the Identity -> ACK")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         sign_dir = verify_dir = None
-        if args.sign or args.verify:
+        if args.sign or args.verify or args.redirect:
             init_demo_certs(tmp)
-        if args.sign:
+        if args.sign or args.redirect:
             sign_dir = tmp
         elif args.verify:
             verify_dir = tmp
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
-            run(args.calls, args.rate, sign_dir, verify_dir)
+            run(args.calls, args.rate, sign_dir, verify_dir, args.redirect)
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
             return 0
         if not args.no_warmup:
-            run(min(args.calls, 2000), args.rate, sign_dir, verify_dir)
-        _engine, cpu = run(args.calls, args.rate, sign_dir, verify_dir)
-    what = "signing" if args.sign else "verifying" if args.verify else "relay"
+            run(min(args.calls, 2000), args.rate, sign_dir, verify_dir, args.redirect)
+        _engine, cpu = run(args.calls, args.rate, sign_dir, verify_dir, args.redirect)
+    what = "redirect" if args.redirect else "signing" if args.sign else "verifying" if args.verify else "relay"
     print(f"engine CPU per call ({what}): {cpu / args.calls * 1e6:.1f} µs over {args.calls} calls at {args.rate:g} cps")
     return 0
 

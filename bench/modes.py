@@ -10,6 +10,11 @@
 - flood: the plain relay scenario, but the UAC also accepts a 503 (and ACKs it); stirgate has an `overload:`
   block, Kamailio loads pike with its default settings. A step passes when every INVITE gets an answer (200 or
   503) with p99 <= 200 ms at >= 97 % of the offered rate.
+- redirect: stirgate's customer trunk in `mode: redirect` with the same signing set-up as `sign`: each INVITE
+  gets a 302 whose Contact carries the Identity (checked by the UAC), then an ACK; no B-leg, no BYE. stirgate
+  only (the peers have no redirect STI mode). Compared with `sign`: CPU per redirect <= 60 % of a signed call.
+- rest (bench/rest.py, not a SIP sweep): the ATIS-1000082 API under a keep-alive HTTP load (wrk), signing and
+  verification: requests/s and CPU per request, compared with `sign` / `verify` (target: within 1.5x).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Mode:
     needs_x5u_server: bool = False
     identity_pool: bool = False     # the UAC sends a fresh Identity (SIPp -inf file)
     flood: bool = False
+    redirect: bool = False          # stirgate answers 302 (mode: redirect); the UAS sees nothing
 
 
 MODES: dict[str, Mode] = {
@@ -46,9 +52,12 @@ MODES: dict[str, Mode] = {
     "verify": Mode("verify", SCENARIOS / "uac_identity.xml", "MODE_VERIFY", needs_pki=True,
                    needs_x5u_server=True, identity_pool=True),
     "flood": Mode("flood", SCENARIOS / "uac_flood.xml", None, flood=True),
+    "redirect": Mode("redirect", SCENARIOS / "uac_redirect.xml", None, needs_pki=True, redirect=True),
 }
 SIP_MODES = tuple(MODES)
 STANDALONE_MODES = ("crypto", "policies", "records", "records-pg")
+#: Not SIPp sweeps: run after them, in the same run (they need the PKI and x5u server the SIP modes use).
+SERVICE_MODES = ("rest",)
 
 
 @dataclass

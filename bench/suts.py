@@ -199,12 +199,14 @@ class Stirgate(SUT):
         sources = ", ".join(sorted({a.host for a in self.uacs}))
         mode, pki = self.mode.name, self.pki
         sign = ""
-        if mode == "sign":
+        if mode in ("sign", "redirect"):
             sign = f"""    sign:
       profile: bench
       attestation:
         prefixes: ["{ATTEST_PREFIX}"]     # the UAC's From (+1202...) is attested A
 """
+        if mode == "redirect":
+            sign += "    mode: redirect              # INVITEs answered 302 with the Identity in the Contact\n"
         if mode == "verify":
             trunks = f"""trunks:
   - name: carrier           # the UAC(s): every INVITE carries an Identity, verified; failures rejected
@@ -251,7 +253,7 @@ routes:
     trunks: [customer]
 """
         stir = ""
-        if pki is not None and mode in ("sign", "verify"):
+        if pki is not None and mode in ("sign", "verify", "redirect"):
             stir = f"""
 stir:
   trust_anchors: [{pki.ca}]

@@ -190,8 +190,10 @@ async def _feedback(request: web.Request) -> web.Response:
 
 def build_app(metrics: Metrics, db: str | RecordsSettings | None, *, writer: WriterBase | None = None,
               country_code: str = "",
-              feedback: Callable[[CallRecord, str], dict[str, Any]] | None = None) -> web.Application:
-    """`db`: the SQLite path, or the `records:` settings (their backend decides); None: no records."""
+              feedback: Callable[[CallRecord, str], dict[str, Any]] | None = None,
+              extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
+    """`db`: the SQLite path, or the `records:` settings (their backend decides); None: no records.
+    `extra_routes` adds more endpoints (the ATIS-1000082 API when it has no listener of its own)."""
     app = web.Application()
     app[_METRICS_KEY] = metrics
     app[_DB_KEY] = db or ""
@@ -210,6 +212,8 @@ def build_app(metrics: Metrics, db: str | RecordsSettings | None, *, writer: Wri
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/traceback", _traceback)
     app.router.add_get("/report", _report)
+    if extra_routes is not None:
+        extra_routes(app)
     return app
 
 
@@ -217,13 +221,14 @@ async def start_api(settings: ApiSettings, engine_stats_getter: Callable[[], Map
                     db: str | RecordsSettings | None, *, metrics: Metrics | None = None,
                     writer: WriterBase | None = None,
                     country_code: str = "", port: int | None = None,
-                    feedback: Callable[[CallRecord, str], dict[str, Any]] | None = None) -> web.AppRunner:
+                    feedback: Callable[[CallRecord, str], dict[str, Any]] | None = None,
+                    extra_routes: Callable[[web.Application], None] | None = None) -> web.AppRunner:
     """Serve the API; stop it with `await runner.cleanup()`. `port` overrides the configured one (a worker
     other than the first uses port + worker index: each worker has its own engine and counters)."""
     m = metrics if metrics is not None else Metrics()
     m.bind(engine_stats_getter, writer)
-    runner = web.AppRunner(build_app(m, db, writer=writer, country_code=country_code, feedback=feedback),
-                           access_log=None)
+    runner = web.AppRunner(build_app(m, db, writer=writer, country_code=country_code, feedback=feedback,
+                                     extra_routes=extra_routes), access_log=None)
     await runner.setup()
     host, configured = settings.host_port
     site = web.TCPSite(runner, host, configured if port is None else port, reuse_address=True)

@@ -217,24 +217,12 @@ class Authenticator:
             values = self.identity_values(invite)
         result = self.verifier.verify(values, self.orig_tn(invite), self.dest_tns(invite), invite.header("date"),
                                       wall_now, self.certs_for(values, fetched))
-        settings = ingress.verify
-        if result.status == "missing":
-            if settings.on_missing == "reject":
-                return InboundOutcome(result, reject=(428, "Use Identity Header"))
-        elif not result.passed and settings.mode == "reject":
-            code = result.sip_code or 438
-            return InboundOutcome(result, reject=(code, result.reason or "Invalid Identity Header"),
-                                  reason_header=result.reason_header())
-        verstat = result.verstat
-        if verstat == VERSTAT_PASSED and settings.passed_only_for_attest_a and result.attest != "A":
-            verstat = VERSTAT_NONE
+        rejected = self.rejection(result, ingress)
+        if rejected is not None:
+            return rejected
+        verstat = self.verstat_for(result, ingress)
         pais = invite.headers_all("p-asserted-identity")
-        extra: list[Header] = []
-        if settings.attestation_headers and result.passed:
-            if result.attest:
-                extra.append(Header.make("p-attestation-indicator", result.attest))
-            if result.origid:
-                extra.append(Header.make("p-origination-id", result.origid))
+        extra = self.attestation_headers(result, ingress)
         try:
             if pais:
                 return InboundOutcome(result, pai=tuple(add_verstat(v, verstat) for v in pais), extra=tuple(extra))
@@ -244,6 +232,36 @@ class Authenticator:
                                   extra=tuple(extra))
         except ParseError:
             return InboundOutcome(result, extra=tuple(extra))
+
+    @staticmethod
+    def rejection(result: VerificationResult, ingress: Trunk) -> InboundOutcome | None:
+        """The trunk's verify settings turn a failure (or a missing Identity) into a rejection, or not."""
+        settings = ingress.verify
+        if result.status == "missing":
+            if settings.on_missing == "reject":
+                return InboundOutcome(result, reject=(428, "Use Identity Header"))
+        elif not result.passed and settings.mode == "reject":
+            code = result.sip_code or 438
+            return InboundOutcome(result, reject=(code, result.reason or "Invalid Identity Header"),
+                                  reason_header=result.reason_header())
+        return None
+
+    @staticmethod
+    def verstat_for(result: VerificationResult, ingress: Trunk) -> str:
+        verstat = result.verstat
+        if verstat == VERSTAT_PASSED and ingress.verify.passed_only_for_attest_a and result.attest != "A":
+            verstat = VERSTAT_NONE
+        return verstat
+
+    @staticmethod
+    def attestation_headers(result: VerificationResult, ingress: Trunk) -> list[Header]:
+        extra: list[Header] = []
+        if ingress.verify.attestation_headers and result.passed:
+            if result.attest:
+                extra.append(Header.make("p-attestation-indicator", result.attest))
+            if result.origid:
+                extra.append(Header.make("p-origination-id", result.origid))
+        return extra
 
     # --- STI-AS -----------------------------------------------------------------------------------------------
     def signs(self, ingress: Trunk, egress: Trunk) -> bool:

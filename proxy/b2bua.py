@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from proxy.authentication import InboundOutcome
     from proxy.config import Trunk
 
-__all__ = ["OWNED_HEADERS", "Call", "CallHost", "CallSettings", "Leg"]
+__all__ = ["OWNED_HEADERS", "Call", "CallHost", "CallSettings", "Leg", "apply_inbound", "apply_tags"]
 
 #: Headers each leg writes for itself; everything else crosses the B2BUA unchanged.
 OWNED_HEADERS: Final = frozenset(
@@ -101,6 +101,20 @@ def apply_tags(tags: Decision, headers: list[Header], from_na: NameAddr) -> tupl
         headers.append(Header.make(key, value))
     for name, value in tags.add_headers:
         headers.append(Header.make(canonical_name(name), value))
+    return headers, from_na
+
+
+def apply_inbound(inbound: InboundOutcome, headers: list[Header], from_na: NameAddr
+                  ) -> tuple[list[Header], NameAddr]:
+    """The header changes verification asks for (verstat on each PAI, or on From; attestation headers)."""
+    if inbound.pai is not None:
+        values = iter(inbound.pai)
+        headers = [Header.make("p-asserted-identity", next(values, h.value))
+                   if h.key == "p-asserted-identity" else h for h in headers]
+    if inbound.from_value is not None:
+        from_na = parse_name_addr(inbound.from_value)
+    if inbound.extra:
+        headers = [*headers, *inbound.extra]
     return headers, from_na
 
 

@@ -40,6 +40,7 @@ MODULES = (
     "proxy/sip/transaction.py",
     "proxy/routing.py",
     "proxy/b2bua.py",
+    "proxy/redirect.py",
     "proxy/engine.py",
     "proxy/transport.py",
     "proxy/authentication.py",

@@ -26,7 +26,10 @@ __all__ = [
     "Route",
     "SipSettings",
     "StateSettings",
+    "StiApiSettings",
+    "StiClient",
     "Trunk",
+    "client_token",
     "load_config",
     "load_config_text",
 ]
@@ -125,6 +128,11 @@ class ProtectionSettings(_Base, frozen=True):
     tcp_message_timeout: float = 10.0
 
 
+#: inline: stirgate is the B2BUA in the call path. redirect: an INVITE is never relayed; stirgate answers it
+#: with 302 (a Contact carrying the Identity, or the verstat-tagged identity) or with the reject code.
+Mode = Literal["inline", "redirect"]
+
+
 class Trunk(_Base, frozen=True):
     name: str
     role: Literal["customer", "carrier"]
@@ -133,6 +141,8 @@ class Trunk(_Base, frozen=True):
     transport: Literal["udp", "tcp"] = "udp"
     sign: TrunkSignSettings | None = None
     verify: TrunkVerifySettings = TrunkVerifySettings()
+    #: redirect: INVITEs from this trunk are answered 302/reject, never relayed (docs/STI_SERVICE.md).
+    mode: Mode = "inline"
 
 
 class SigningProfileSettings(_Base, frozen=True):
@@ -265,8 +275,88 @@ class ApiSettings(_Base, frozen=True):
         return host.strip("[]"), int(port)
 
 
+class StiClientSign(_Base, frozen=True):
+    """What one API client may sign."""
+
+    profile: str
+    #: The highest attestation the client may ask for; a request above it is refused with 403.
+    max_attest: Literal["A", "B", "C"] = "A"
+
+
+class StiClientVerify(_Base, frozen=True):
+    """Whose rules one API client's verification requests follow."""
+
+    #: A carrier trunk: its `verify:` settings and its policy chain decide, as for a call from that trunk.
+    trunk: str
+
+
+class StiClient(_Base, frozen=True):
+    """One SBC (or other system) allowed to call the ATIS-1000082 API."""
+
+    name: str
+    #: Bearer token (at least 16 characters), given here or read from `token_file` (first line).
+    token: str | None = None
+    token_file: str | None = None
+    #: Mutual TLS: the CN or a DNS subjectAltName of the client's certificate (needs `sti_api.tls.client_ca`).
+    tls_name: str | None = None
+    sign: StiClientSign | None = None
+    verify: StiClientVerify | None = None
+
+
+class StiTlsSettings(_Base, frozen=True):
+    cert: str
+    key: str
+    #: CA bundle for client certificates; with it, clients may authenticate by certificate (`tls_name`).
+    client_ca: str | None = None
+    #: Refuse the TLS handshake without a client certificate signed by `client_ca`.
+    require_client_cert: bool = False
+
+
+class StiApiSettings(_Base, frozen=True):
+    """`sti_api:` in the YAML: the ATIS-1000082 STI-AS/VS REST API (POST /stir/v1/signing, /stir/v1/verification)."""
+
+    #: host:port of a listener of its own (shared by the workers); none: served on `api.listen`.
+    listen: Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):\d{1,5}$")] | None = None
+    #: https on the own listener (and mutual TLS with `client_ca`).
+    tls: StiTlsSettings | None = None
+    #: Largest request body accepted (bytes); larger ones get 413.
+    max_body: Annotated[int, msgspec.Meta(ge=256, le=1_048_576)] = 8192
+    #: A signing request's iat may be this many seconds from the service's clock (else 400).
+    iat_tolerance: Annotated[int, msgspec.Meta(ge=1)] = 60
+    clients: list[StiClient] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.clients)
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def client_token(client: StiClient) -> str | None:
+    """The client's bearer token: `token`, or the first line of `token_file`."""
+    if client.token is not None:
+        return client.token
+    if client.token_file is not None:
+        lines = Path(client.token_file).read_text().splitlines()
+        return lines[0].strip() if lines else ""
+    return None
+
+
+class ListenSpec(_Base, frozen=True):
+    """A listen entry in its long form: `{address: udp:HOST:PORT, mode: redirect}`."""
+
+    address: str
+    mode: Mode = "inline"
+
+
 class _RawConfig(_Base, frozen=True):
-    listen: list[str] = msgspec.field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
+    listen: list[str | ListenSpec] = msgspec.field(
+        default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
     unknown_source: Literal["reject", "drop"] = "reject"
     sip: SipSettings = SipSettings()
     trunks: list[Trunk] = []
@@ -280,6 +370,7 @@ class _RawConfig(_Base, frozen=True):
     policies: str | None = None
     overload: OverloadSettings = OverloadSettings()
     protection: ProtectionSettings = ProtectionSettings()
+    sti_api: StiApiSettings = StiApiSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +378,8 @@ class Listen:
     transport: str
     host: str
     port: int
+    #: redirect: every INVITE arriving here is answered 302/reject (whatever its trunk's own mode).
+    mode: str = "inline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +399,7 @@ class Config:
     overload: OverloadSettings
     protection: ProtectionSettings
     state: StateSettings
+    sti_api: StiApiSettings
     policies: str | None = None
 
     def trunk(self, name: str) -> Trunk:
@@ -318,7 +412,7 @@ class Config:
 # --- semantic checks ----------------------------------------------------------------------------------------
 
 
-def _parse_listen(text: str) -> Listen:
+def _parse_listen(text: str, mode: str = "inline") -> Listen:
     parts = text.split(":")
     if len(parts) != 3 or parts[0] not in ("udp", "tcp") or not parts[2].isdigit():
         raise ValueError("expected transport:host:port, e.g. udp:127.0.0.1:5060")
@@ -326,7 +420,7 @@ def _parse_listen(text: str) -> Listen:
     port = int(parts[2])
     if not 0 < port < 65536:
         raise ValueError("port out of range")
-    return Listen(parts[0], parts[1], port)
+    return Listen(parts[0], parts[1], port, mode)
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -342,13 +436,17 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
     fail = doc.error
 
     listens: list[Listen] = []
-    for i, text in enumerate(raw.listen):
+    for i, entry in enumerate(raw.listen):
+        text, mode, where = (entry, "inline", f"$.listen[{i}]") if isinstance(entry, str) else (
+            entry.address, entry.mode, f"$.listen[{i}].address")
         try:
-            listens.append(_parse_listen(text))
+            listens.append(_parse_listen(text, mode))
         except ValueError as exc:
-            raise fail(f"$.listen[{i}]", str(exc)) from None
+            raise fail(where, str(exc)) from None
     if not listens:
         raise fail("$.listen", "at least one listen address is needed")
+    if all(x.mode == "redirect" for x in listens):
+        raise fail("$.listen", "at least one listen address must be inline (the B-legs and dialogs use it)")
     names: set[str] = set()
     for i, trunk in enumerate(raw.trunks):
         if trunk.name in names:
@@ -383,6 +481,7 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
         raise fail("$.state.url", "a Redis URL: redis://host:port/db, rediss://... or unix:///path")
     if raw.records.enabled and raw.records.backend == "postgresql" and not raw.records.dsn.strip():
         raise fail("$.records.dsn", "backend postgresql needs a dsn, e.g. postgresql://stirgate@db.example/stirgate")
+    _validate_sti_api(raw, fail)
     s = raw.sip
     for key in ("t1", "t2", "t4", "failover_timeout", "no_answer_timeout"):
         if getattr(s, key) <= 0:
@@ -402,6 +501,7 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
         overload=raw.overload,
         protection=raw.protection,
         state=raw.state,
+        sti_api=raw.sti_api,
     )
 
 
@@ -425,6 +525,57 @@ def _validate_stir(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> 
                     raise fail(f"$.trunks[{i}].sign.origid", "origid must be a UUID") from None
     if stir.country_code and not stir.country_code.isdigit():
         raise fail("$.stir.country_code", "digits only, e.g. \"1\"")
+
+
+def _validate_sti_api(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> None:
+    api = raw.sti_api
+    profiles = {p.name for p in raw.stir.signing_profiles}
+    trunks = {t.name: t for t in raw.trunks}
+    names: set[str] = set()
+    tokens: set[str] = set()
+    if api.tls is not None:
+        for key in ("cert", "key", "client_ca"):
+            path = getattr(api.tls, key)
+            if path is not None and not Path(path).is_file():
+                raise fail(f"$.sti_api.tls.{key}", f"no such file: {path}")
+        if api.listen is None:
+            raise fail("$.sti_api.tls", "https needs a listener of its own (sti_api.listen)")
+    if api.clients and api.listen is None and not raw.api.enabled:
+        raise fail("$.sti_api", "without a listener of its own (sti_api.listen) the API needs api.enabled")
+    for i, client in enumerate(api.clients):
+        at = f"$.sti_api.clients[{i}]"
+        if client.name in names:
+            raise fail(f"{at}.name", f"duplicate client name {client.name!r}")
+        names.add(client.name)
+        if client.token is not None and client.token_file is not None:
+            raise fail(f"{at}.token_file", "give token or token_file, not both")
+        try:
+            token = client_token(client)
+        except OSError as exc:
+            raise fail(f"{at}.token_file", exc.strerror or str(exc)) from None
+        if token is not None:
+            if len(token) < 16 or not token.isprintable() or " " in token:
+                raise fail(f"{at}.token" if client.token is not None else f"{at}.token_file",
+                           "a token is at least 16 printable characters without spaces")
+            if token in tokens:
+                raise fail(f"{at}.token", "another client has the same token")
+            tokens.add(token)
+        if client.tls_name is not None and (api.tls is None or api.tls.client_ca is None):
+            raise fail(f"{at}.tls_name", "client certificates need sti_api.tls.client_ca")
+        if token is None and client.tls_name is None:
+            raise fail(at, "a client needs a token, a token_file or a tls_name to authenticate with")
+        if client.sign is None and client.verify is None:
+            raise fail(at, "a client needs sign: and/or verify:")
+        if client.sign is not None and client.sign.profile not in profiles:
+            raise fail(f"{at}.sign.profile", f"unknown signing profile {client.sign.profile!r}")
+        if client.verify is not None:
+            trunk = trunks.get(client.verify.trunk)
+            if trunk is None:
+                raise fail(f"{at}.verify.trunk", f"unknown trunk {client.verify.trunk!r}")
+            if trunk.role != "carrier":
+                raise fail(f"{at}.verify.trunk", f"trunk {trunk.name!r} is not a carrier trunk")
+            if not raw.stir.trust_anchors:
+                raise fail(f"{at}.verify", "verification needs stir.trust_anchors")
 
 
 def load_config_text(text: str, file: str = "<config>") -> Config:

@@ -20,6 +20,7 @@ from proxy.authentication import Authenticator
 from proxy.b2bua import ROUTING, Call, CallHost, CallSettings
 from proxy.config import Config, Trunk
 from proxy.protection import Pike
+from proxy.redirect import Redirector
 from proxy.routing import Router, dialled_digits
 from proxy.sip.grammar import ParseError
 from proxy.sip.message import Header, Request, Response, VersionError, canonical_name, parse
@@ -139,6 +140,8 @@ class Engine(CallHost):
         self._seq = count(1)
         self._contacts = {t: f"<sip:{h}:{p}{'' if t == 'udp' else ';transport=' + t}>" for t, (h, p) in local.items()}
         self._via_hosts = {t: f"{h}:{p}" for t, (h, p) in local.items()}
+        #: INVITEs from trunks in redirect mode are answered there (302/reject), never relayed.
+        self.redirector = Redirector(self)
 
     def reconfigure(self, config: Config, policies: PolicySet | None) -> None:
         """A reloaded config: routes, trunks, STIR settings and policies for new calls.
@@ -312,6 +315,9 @@ class Engine(CallHost):
 
     def _on_invite(self, req: Request, source: Target, trunk: Trunk, now: float) -> None:
         self.stats["invites"] += 1
+        if trunk.mode == "redirect":
+            self.redirector.on_invite(req, source, trunk, now)
+            return
         if req.call_id not in self.calls:
             why = self.overloaded(source[1])
             if why is not None:

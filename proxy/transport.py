@@ -16,6 +16,7 @@ import structlog
 
 from proxy.engine import Engine
 from proxy.metrics import Metrics
+from proxy.redirect import Outbox
 from proxy.redis_state import RedisState
 from proxy.sip.message import ParseError, frame_stream
 from proxy.sip.transaction import Target
@@ -40,9 +41,36 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         log.debug("udp_error", error=str(exc))
 
 
-class _TcpConnection(asyncio.Protocol):
-    def __init__(self, server: SipServer, peer: tuple[str, int] | None = None) -> None:
+class _RedirectUdp(asyncio.DatagramProtocol):
+    """A UDP listener in redirect mode: its messages go to the engine's Redirector, its answers leave from it."""
+
+    def __init__(self, server: SipServer) -> None:
         self.server = server
+        self.outbox: Outbox = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.server.on_redirect_message(data, ("udp", addr[0], addr[1]), self.outbox)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp_error", error=str(exc))
+
+    def flush(self) -> None:
+        transport = self.transport
+        for data, target in self.outbox:
+            if transport is not None:
+                transport.sendto(data, (target[1], target[2]))
+        self.outbox.clear()
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, server: SipServer, peer: tuple[str, int] | None = None, redirect: bool = False) -> None:
+        self.server = server
+        #: Accepted on a listener in redirect mode: messages go to the Redirector.
+        self.redirect = redirect
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.peer = peer
@@ -86,7 +114,10 @@ class _TcpConnection(asyncio.Protocol):
         assert self.peer is not None
         source: Target = ("tcp", self.peer[0], self.peer[1])
         for msg in messages:
-            self.server.on_message(msg, source)
+            if self.redirect:
+                self.server.on_redirect_message(msg, source, self.server.redirect_tcp_outbox)
+            else:
+                self.server.on_message(msg, source)
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
@@ -129,10 +160,25 @@ class SipServer:
         self.metrics: Metrics | None = None
         #: The shared state store (Redis) that waiting calls' state ops go to; None with the memory store.
         self.state: RedisState | None = None
+        self.redirect_udp: list[_RedirectUdp] = []
+        #: Answers to messages on redirect TCP listeners (sent over their connections, by peer address).
+        self.redirect_tcp_outbox: Outbox = []
 
     async def start(self, listens: list[tuple[str, str, int]], reuse_port: bool,
-                    private_udp: tuple[str, int] | None = None) -> None:
+                    private_udp: tuple[str, int] | None = None,
+                    redirect_listens: list[tuple[str, str, int]] | None = None) -> None:
+        """Bind `listens` (inline) and `redirect_listens` (every INVITE answered 302/reject by the Redirector)."""
         self.sync_wall_clock()
+        for transport, host, port in redirect_listens or ():
+            if transport == "udp":
+                sock = _udp_socket(host, port, reuse_port, self.engine.config.sip.udp_recv_buffer)
+                proto = _RedirectUdp(self)
+                await self.loop.create_datagram_endpoint(_returning(proto), sock=sock)
+                self.redirect_udp.append(proto)
+            else:
+                server = await self.loop.create_server(lambda: _TcpConnection(self, redirect=True), host, port,
+                                                       reuse_port=reuse_port, reuse_address=True, backlog=1024)
+                self.tcp_servers.append(server)
         for transport, host, port in listens:
             if transport == "udp":
                 sock = _udp_socket(host, port, reuse_port, self.engine.config.sip.udp_recv_buffer)
@@ -178,7 +224,7 @@ class SipServer:
             self._timer.cancel()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
-        for t in (self.udp, self.udp_private):
+        for t in (self.udp, self.udp_private, *(r.transport for r in self.redirect_udp)):
             if t is not None:
                 t.close()
         for server in self.tcp_servers:
@@ -199,7 +245,15 @@ class SipServer:
         if forwarded and self.metrics is not None:
             self.metrics.observe_forward_delay(time.perf_counter() - t0)
 
-    async def _fetch_certs(self, call_id: str, values: list[str]) -> None:
+    def on_redirect_message(self, data: bytes, source: Target, outbox: Outbox) -> None:
+        """A message on a redirect listener: the Redirector answers into the listener's own outbox."""
+        try:
+            self.engine.redirector.receive(data, source, self.loop.time(), outbox)
+        except Exception:
+            log.exception("redirect_error", source=source)
+        self.flush()
+
+    async def _fetch_certs(self, call_id: str, values: list[str], redirect: bool = False) -> None:
         """Fetch a waiting call's x5u certificates off the SIP path, then let the engine carry on."""
         verifier = self.engine.auth.verifier
         fetched: dict[str, CertEntry] = {}
@@ -214,6 +268,10 @@ class SipServer:
             except Exception:
                 log.exception("x5u_fetch_error", call_id=call_id)
         # The entries go along with the call: a certificate served as uncacheable (no-store) is still good for it.
+        if redirect:
+            self.engine.redirector.resume(call_id, self.loop.time(), fetched)
+            self.flush()
+            return
         self.engine.resume(call_id, self.loop.time(), fetched)
         forwarded = any(d.startswith(b"INVITE ") for d, _ in self.engine.outbox)
         self.flush()
@@ -245,6 +303,18 @@ class SipServer:
                 self.state.write(ops, now)
             engine.state_requests.clear()
             engine.state_writes.clear()
+        redirector = self.engine.redirector
+        if redirector.fetch_requests:
+            for call_id, values in redirector.fetch_requests:
+                self.loop.create_task(self._fetch_certs(call_id, values, redirect=True))
+            redirector.fetch_requests.clear()
+        for proto in self.redirect_udp:
+            if proto.outbox:
+                proto.flush()
+        if self.redirect_tcp_outbox:
+            for data, (_, host, port) in self.redirect_tcp_outbox:
+                self._send_tcp(data, host, port)
+            self.redirect_tcp_outbox.clear()
         outbox = self.engine.outbox
         if outbox:
             udp = self.udp
@@ -297,6 +367,10 @@ class SipServer:
             log.info("tcp_connect_failed", host=host, port=port, error=str(exc))
             if self.tcp_connections.get((host, port)) is conn:
                 del self.tcp_connections[(host, port)]
+
+
+def _returning(proto: _RedirectUdp) -> Callable[[], _RedirectUdp]:
+    return lambda: proto
 
 
 def _udp_socket(host: str, port: int, reuse_port: bool, recv_buffer: int) -> socket.socket:

@@ -67,9 +67,12 @@ def _plain_params(text: str) -> list[tuple[str, str]] | None:
             if sep or part.strip(" \t"):
                 return None
             continue
-        value = value.strip() if sep else ""
-        if value.startswith("<") and value.find(">") != len(value) - 1:
+        stripped = value.strip() if sep else ""
+        # Text after a `>` (even a control character str.strip() would drop) is the scanner's to judge.
+        if stripped.startswith("<") and (stripped.find(">") != len(stripped) - 1
+                                         or value.rstrip(" \t") != value.rstrip()):
             return None
+        value = stripped
         out.append((name, value))
     return out
 
