@@ -48,7 +48,7 @@ MODES: dict[str, Mode] = {
     "flood": Mode("flood", SCENARIOS / "uac_flood.xml", None, flood=True),
 }
 SIP_MODES = tuple(MODES)
-STANDALONE_MODES = ("crypto", "policies", "records")
+STANDALONE_MODES = ("crypto", "policies", "records", "campaigns")
 
 
 @dataclass
