@@ -28,6 +28,7 @@ trunk, or tagged where the callee sees it: a display-name prefix or verstat=TN-V
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import heapq
@@ -38,15 +39,17 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from policies.base import Decision
+from policies.base import CallContext, Decision
+from policies.chain import Chain, ChainResult
 from policies.loader import load_policies
+from policies.state import MemoryStore
 from proxy.b2bua import Call as EngineCall
 from proxy.config import load_config_text
 from proxy.engine import Engine
@@ -199,6 +202,12 @@ class Replay:
     wall_s: float
     stats: dict[str, int]
     policy_counters: list[tuple[tuple[str, str, str, str], int]] = field(default_factory=list)
+    #: With `breakdown`: process CPU seconds in each part of the policy path (see `policy_parts_timed`).
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+    def breakdown_us(self) -> dict[str, float]:
+        n = max(1, len(self.results))
+        return {k: round(v / n * 1e6, 1) for k, v in self.breakdown.items()}
 
     @property
     def cpu_us_per_call(self) -> float:
@@ -241,7 +250,7 @@ class Sim:
     """One engine, one policy set, the traffic played into it in simulated time (`run_until`)."""
 
     def __init__(self, traffic: Traffic, policies: str | Path | None, pki: Pki, identities: Identities,
-                 config_extra: dict[str, Any] | None = None) -> None:
+                 config_extra: dict[str, Any] | None = None, name: str = "0") -> None:
         self.traffic = traffic
         self.calls = traffic.calls
         self.identities = identities
@@ -264,8 +273,12 @@ class Sim:
         self.a: dict[str, tuple[int, _A]] = {}
         self.b: dict[str, tuple[int, _B]] = {}
         self.cpu = 0.0
+        self.ended: list[tuple[str, ChainResult]] = []
         self.now = traffic.start_hour * 3600.0
-        self.tag = f"s{id(self) & 0xFFFF:x}"
+        #: In every A-leg Call-ID ("<call index>-bench<name>@<source>"): what tells the caller's messages from
+        #: the callee's (the B-leg's Call-IDs are the engine's own), wherever a route sends the B-leg.
+        self.tag = f"bench{name}"
+        self._a_mark = f"-{self.tag}@".encode()
 
     # -- scheduling -------------------------------------------------------------------------------------------
     def at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
@@ -308,6 +321,8 @@ class Sim:
             c = clock()
             eng.handle_timer(d)
             self.cpu += clock() - c
+            if self.ended:
+                self._read_ended()
             self._drain(d)
 
     def _send(self, data: bytes, source: tuple[str, str, int], t: float) -> None:
@@ -315,6 +330,8 @@ class Sim:
         c = clock()
         self.engine.receive(data, source, t)
         self.cpu += clock() - c
+        if self.ended:
+            self._read_ended()
         self._drain(t)
 
     def _drain(self, t: float) -> None:
@@ -323,8 +340,9 @@ class Sim:
             return
         msgs = list(out)
         out.clear()
+        mark = self._a_mark
         for data, target in msgs:
-            if target[1] in _CALLER_IPS:
+            if mark in data:
                 self.at(t + NET, self._to_a, (data, target))
             else:
                 self.at(t + NET, self._to_b, (data, target))
@@ -543,14 +561,22 @@ class Sim:
 
     # -- what the engine decided ------------------------------------------------------------------------------
     def _ended(self, call: EngineCall) -> None:
-        """Engine hook at the end of every call: the chain's decision and the steps that said something."""
-        if call.policy is None:
-            return
-        idx = _index_of(call.a.call_id)
+        """Engine hook at the end of every call (inside the engine's timed CPU): only note the call's policy
+        result; `_read_ended` reads it after the engine returns."""
+        if call.policy is not None:
+            self.ended.append((call.a.call_id, call.policy[2]))
+
+    def _read_ended(self) -> None:
+        """The chain's decision and the steps that said something, of the calls that just ended."""
+        ended, self.ended = self.ended, []
+        for call_id, result in ended:
+            self._read_result(call_id, result)
+
+    def _read_result(self, call_id: str, result: ChainResult) -> None:
+        idx = _index_of(call_id)
         if idx is None or not 0 <= idx < len(self.results):
             return
         r = self.results[idx]
-        _chain, _ctx, result = call.policy
         r.decision = result.decision.outcome
         r.decision_flagged = flags(result.decision)
         if r.verdict == "forwarded" and result.decision.tagged and not r.decision_flagged:
@@ -565,9 +591,6 @@ class Sim:
             if s.mode == "dry-run" and flags(d):
                 r.dry_flagged = True
         r.steps = tuple(steps)
-
-
-_CALLER_IPS = frozenset(ip for ips in TRUNKS.values() for ip in ips)
 
 
 def _index_of(call_id: str) -> int | None:
@@ -594,6 +617,48 @@ def _response(req: Request, status: int, reason: str, to_tag: str | None = None,
 
 # --- playing ----------------------------------------------------------------------------------------------------
 
+#: The policy path of a call, as the engine walks it: context built, state ops gathered, run on the memory
+#: store (before the chain, and again when the call ends), the chain evaluated, end-of-call ops gathered.
+_PARTS: tuple[tuple[type, str, str], ...] = (
+    (CallContext, "build", "context"),
+    (Chain, "observe", "observe"),
+    (MemoryStore, "execute", "state"),
+    (Chain, "evaluate", "evaluate"),
+    (Chain, "ended", "ended"),
+)
+
+
+@contextlib.contextmanager
+def policy_parts_timed(acc: dict[str, float]) -> Iterator[None]:
+    """Process CPU spent in each part of the policy path, added to `acc` (seconds), while the block runs.
+
+    The engine is compiled but these classes are not, so it calls them through their class attributes, which
+    are wrapped here and restored after. Each wrapped call costs two clock reads more (~1 us): the parts are
+    for finding where the time goes, the paired engines for the figure."""
+    clock = time.process_time
+    saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in _PARTS]
+
+    def timed(fn: Callable[..., Any], part: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            c = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                acc[part] = acc.get(part, 0.0) + clock() - c
+        return wrapper
+
+    try:
+        for cls, name, part in _PARTS:
+            raw = cls.__dict__[name]
+            if isinstance(raw, classmethod):
+                setattr(cls, name, classmethod(timed(raw.__func__, part)))
+            else:
+                setattr(cls, name, timed(raw, part))
+        yield
+    finally:
+        for cls, name, raw in saved:
+            setattr(cls, name, raw)
+
 def _wall_offset(traffic: Traffic) -> float:
     """Simulated second 0 is midnight UTC today: iat and the state store's windows see plausible wall time, and
     the same traffic gives the same windows whatever the hour the bench runs."""
@@ -603,27 +668,33 @@ def _wall_offset(traffic: Traffic) -> float:
 
 def play_pair(traffic: Traffic, policies: str | Path | None, *, baseline: str | Path | None = None,
               config_extra: dict[str, Any] | None = None, slice_s: float = 600.0,
-              progress: Callable[[str], None] | None = None) -> tuple[Replay, Replay | None]:
+              progress: Callable[[str], None] | None = None, breakdown: bool = False
+              ) -> tuple[Replay, Replay | None]:
     """Play the traffic through an engine with `policies` and, interleaved slice by slice so the machine's
     background load falls on both alike, through one with `baseline` (None: no policy file) when `baseline`
-    is not the string "skip". Returns (with policies, baseline or None)."""
+    is not the string "skip". Returns (with policies, baseline or None). `breakdown`: also time each part of
+    the policy path in the first engine (Replay.breakdown; adds ~1 us per part to its CPU)."""
     tune_gc()
     with tempfile.TemporaryDirectory(prefix="bench-campaigns-") as tmp:
         pki = Pki.build(Path(tmp))
         identities = Identities(pki, _wall_offset(traffic))
-        sims = [Sim(traffic, policies, pki, identities, config_extra)]
+        sims = [Sim(traffic, policies, pki, identities, config_extra, "0")]
         if baseline != "skip":
-            sims.append(Sim(traffic, baseline, pki, identities, config_extra))
+            sims.append(Sim(traffic, baseline, pki, identities, config_extra, "1"))
         walls = [0.0] * len(sims)
         t = traffic.start_hour * 3600.0
         end = t + traffic.hours * 3600.0 + 3600.0
         last_report = time.monotonic()
         slices = 0
+        parts: dict[str, float] = {}
         while not all(s.done() for s in sims) and t < end + 86400.0:
             t += slice_s
-            for k, s in enumerate(sims):
+            # alternate which engine goes first: the first of a slice pays for warming caches (measured: an
+            # A/A pair of identical engines differed by ~8 % when one always went first)
+            for k, s in (reversed(list(enumerate(sims))) if slices % 2 else enumerate(sims)):
                 w = time.perf_counter()
-                s.run_until(t)
+                with policy_parts_timed(parts) if breakdown and k == 0 else contextlib.nullcontext():
+                    s.run_until(t)
                 walls[k] += time.perf_counter() - w
             identities.forget_before(min(s.next_call for s in sims) - 1)
             slices += 1
@@ -634,17 +705,19 @@ def play_pair(traffic: Traffic, policies: str | Path | None, *, baseline: str | 
                 done = min(s.next_call for s in sims)
                 progress(f"  simulated {(t - traffic.start_hour * 3600.0) / 3600.0:5.1f} h, {done:,} calls "
                          f"started, {sum(walls):.0f} s")
-        for s in sims:
-            s.run_until(t + 300.0)   # lingering transactions end
+        for k, s in enumerate(sims):
+            with policy_parts_timed(parts) if breakdown and k == 0 else contextlib.nullcontext():
+                s.run_until(t + 300.0)   # lingering transactions end
         replays = [Replay(s.policies, s.results, s.cpu, walls[k], dict(s.engine.stats),
-                          s.engine.policy_counters.items()) for k, s in enumerate(sims)]
+                          s.engine.policy_counters.items(), parts if k == 0 else {}) for k, s in enumerate(sims)]
     return replays[0], (replays[1] if len(replays) > 1 else None)
 
 
 def play(traffic: Traffic, policies: str | Path | None, *, config_extra: dict[str, Any] | None = None,
-         progress: Callable[[str], None] | None = None) -> Replay:
+         progress: Callable[[str], None] | None = None, breakdown: bool = False) -> Replay:
     """Play the traffic through one engine with `policies` (None: no policy file)."""
-    return play_pair(traffic, policies, baseline="skip", config_extra=config_extra, progress=progress)[0]
+    return play_pair(traffic, policies, baseline="skip", config_extra=config_extra, progress=progress,
+                     breakdown=breakdown)[0]
 
 
 # --- the report -------------------------------------------------------------------------------------------------
@@ -666,14 +739,22 @@ def _counts(calls: Sequence[Call], results: Sequence[CallResult], idx: Iterable[
     return out
 
 
-def summarize(traffic: Traffic, replay: Replay, baseline: Replay | None = None) -> dict[str, Any]:
+def summarize(traffic: Traffic, replay: Replay, baseline: Replay | None = None,
+              warmup_hours: float = 0.0) -> dict[str, Any]:
     """Per campaign kind: flagged share of calls 6..N of each campaign (the target), of all its calls, of its
-    first 5; per legitimate kind and per trap (neighbours, unsigned, short calls, each bulk caller); why."""
+    first 5; per legitimate kind and per trap (neighbours, unsigned, short calls, each bulk caller); why.
+
+    `warmup_hours`: judge only the calls (and campaigns) that start after the first hours of the simulation,
+    once the state the policies keep has filled (e.g. 24 of a 48-hour run: the second day)."""
     calls, res = traffic.calls, replay.results
     out: dict[str, Any] = {"policies": replay.policies, "seed": traffic.seed, "hours": traffic.hours,
-                           "calls": len(calls), "mix": traffic.mix()}
+                           "warmup_hours": warmup_hours, "calls": len(calls), "mix": traffic.mix()}
+    since = traffic.start_hour * 3600.0 + warmup_hours * 3600.0
+    starts = {c.id: c.start for c in traffic.campaigns}
+    counted = [c.t >= since if c.legit else starts.get(c.campaign, c.t) >= since for c in calls]
+    out["judged_calls"] = sum(counted)
     camp: dict[str, Any] = {}
-    robo = [i for i, c in enumerate(calls) if not c.legit]
+    robo = [i for i, c in enumerate(calls) if not c.legit and counted[i]]
     for kind in (*CAMPAIGN_KINDS, "all"):
         idx = [i for i in robo if kind == "all" or calls[i].kind == kind]
         after = [i for i in idx if calls[i].seq > 5]
@@ -689,7 +770,7 @@ def summarize(traffic: Traffic, replay: Replay, baseline: Replay | None = None) 
         e["operations"] = by_op
         camp[kind] = e
     out["campaigns"] = camp
-    legit = [i for i, c in enumerate(calls) if c.legit]
+    legit = [i for i, c in enumerate(calls) if c.legit and counted[i]]
     lk: dict[str, Any] = {}
     for kind in (*LEGIT_KINDS, "all"):
         lk[kind] = _counts(calls, res, [i for i in legit if kind == "all" or calls[i].kind == kind])
@@ -721,6 +802,11 @@ def summarize(traffic: Traffic, replay: Replay, baseline: Replay | None = None) 
         cpu["baseline_policies"] = baseline.policies
         cpu["baseline_engine_us_per_call"] = round(baseline.cpu_us_per_call, 1)
         cpu["added_us_per_call"] = round(replay.cpu_us_per_call - baseline.cpu_us_per_call, 1)
+    if replay.breakdown:
+        parts = replay.breakdown_us()
+        cpu["policy_path_us_per_call"] = parts
+        if "added_us_per_call" in cpu:
+            cpu["policy_path_us_per_call"]["engine_rest"] = round(cpu["added_us_per_call"] - sum(parts.values()), 1)
     out["cpu"] = cpu
     after = camp["all"]["after_5"]["flagged_share"] or 0.0
     legit_share = lk["all"]["flagged_share"] or 0.0
@@ -752,9 +838,11 @@ def _pct(x: float | None) -> str:
 
 
 def format_summary(s: dict[str, Any]) -> str:
+    warm = (f"; judged: {s['judged_calls']:,} calls after the first {s['warmup_hours']:g} h"
+            if s["warmup_hours"] else "")
     lines = [f"policies: {s['policies']}   seed {s['seed']}, {s['hours']:g} h, {s['calls']:,} calls "
              f"({s['mix']['campaign_calls']:,} in {s['mix']['campaigns']} campaigns, mean size "
-             f"{s['mix']['campaign_size_mean']})", "",
+             f"{s['mix']['campaign_size_mean']}){warm}", "",
              "| campaign kind | campaigns | calls | flagged after 5 | flagged, all calls | first 5 | tagged "
              "| rejected |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -781,6 +869,9 @@ def format_summary(s: dict[str, Any]) -> str:
         line += (f"; {cpu['baseline_policies'] or 'no policy file'}: {cpu['baseline_engine_us_per_call']:.1f} "
                  f"µs/call; added {cpu['added_us_per_call']:+.1f} µs/call")
     lines += ["", line + f" (replay {cpu['wall_s']:.0f} s wall)"]
+    if "policy_path_us_per_call" in cpu:
+        lines.append("policy path, µs/call (timed apart): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in cpu["policy_path_us_per_call"].items()))
     for name, t in s["targets"].items():
         val = f"{100 * t['value']:.2f}%" if name != "added_cpu_us" else f"{t['value']:.1f} µs"
         goal = f"{100 * t['target']:.1f}%" if name != "added_cpu_us" else f"{t['target']:.0f} µs"
@@ -813,6 +904,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="policy file of the CPU comparison engine (default: none, so 'added' is the policies' cost)")
     ap.add_argument("--no-cpu", action="store_true", help="play with the policies only (about half the time)")
     ap.add_argument("--config-extra", default=None, help="YAML file deep-merged into the generated main config")
+    ap.add_argument("--warmup-hours", type=float, default=0.0,
+                    help="judge only calls after the first N simulated hours (e.g. --hours 48 --warmup-hours 24)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the parts of the policy path (context, observe, state, evaluate, ended)")
     ap.add_argument("--json", default=None, help="write the summary (and, with --per-call, every call) here")
     ap.add_argument("--per-call", action="store_true", help="include every call and its result in the JSON")
     args = ap.parse_args(argv)
@@ -824,10 +919,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(seed {args.seed}), generated in {time.monotonic() - t0:.1f} s; policies {policies}", flush=True)
     progress = (lambda m: print(m, flush=True))  # noqa: E731
     if args.no_cpu:
-        replay, base = play(traffic, policies, config_extra=extra, progress=progress), None
+        replay, base = play(traffic, policies, config_extra=extra, progress=progress, breakdown=args.breakdown), None
     else:
-        replay, base = play_pair(traffic, policies, baseline=args.baseline, config_extra=extra, progress=progress)
-    summary = summarize(traffic, replay, base)
+        replay, base = play_pair(traffic, policies, baseline=args.baseline, config_extra=extra, progress=progress,
+                                 breakdown=args.breakdown)
+    summary = summarize(traffic, replay, base, args.warmup_hours)
     summary["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(format_summary(summary))
     if args.json:

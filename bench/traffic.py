@@ -136,7 +136,7 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 #: Calls per kind, as shares of the legitimate calls / of the campaign calls.
-LEGIT_SHARES = {"residential": 0.45, "unsigned": 0.30, "enterprise": 0.14, "bulk": 0.08, "gateway": 0.03}
+LEGIT_SHARES = {"residential": 0.47, "unsigned": 0.30, "enterprise": 0.14, "bulk": 0.06, "gateway": 0.03}
 CAMPAIGN_SHARES = {"attest_c": 0.25, "unsigned_gw": 0.25, "neighbor": 0.08, "sequential": 0.12, "short_pool": 0.15,
                    "invalid": 0.15}
 
@@ -601,7 +601,7 @@ class _Builder:
     # -- campaigns -----------------------------------------------------------------------------------------
     def campaign_size(self) -> int:
         """Lognormal: mean ~13, 95 % under 27 (NCSU 2020: 2,687 campaigns averaging 13 calls)."""
-        return max(1, round(self.rng.lognormvariate(math.log(11.8), 0.45)))
+        return max(1, round(self.rng.lognormvariate(math.log(11.7), 0.45)))
 
     def operations(self, n_calls: int) -> None:
         rng = self.rng

@@ -122,3 +122,20 @@ def test_runner_reads_the_engines_decisions() -> None:
     s = summarize(traffic, replay)
     assert s["checks"] == {"lost_calls": 0, "decision_verdict_mismatches": 0, "internal_errors": 0}
     assert s["campaigns"]["neighbor"]["flagged_share"] == 1.0
+
+
+def test_runner_follows_a_call_routed_to_another_trunk(tmp_path: Path) -> None:
+    """A chain routing neighbour spoofing to a carrier trunk (whose peers are also callers): seen as routed,
+    and the call still completes there (answered, ended) instead of being lost."""
+    policy = tmp_path / "route.yaml"
+    policy.write_text("default:\n  - policy: neighbor_spoofing\n    params: {action: route, trunks: [ixc1]}\n")
+    full = generate(seed=5, hours=3, scale=4_000)
+    keep = sorted([c for c in full.calls if c.kind == "neighbor"][:40]
+                  + [c for c in full.calls if c.kind == "enterprise"][:40], key=lambda c: c.t)
+    traffic = Traffic(full.seed, full.hours, full.start_hour, keep, full.campaigns)
+    replay = play(traffic, policy)
+    pairs = list(zip(traffic.calls, replay.results, strict=True))
+    assert all(r.verdict == "routed" for c, r in pairs if c.kind == "neighbor")
+    assert all(r.verdict == "forwarded" for c, r in pairs if c.kind == "enterprise" and c.attest == "A")
+    assert replay.stats["answered"] == sum(c.outcome == "answered" for c in traffic.calls)
+    assert replay.stats["calls_ended"] == len(traffic.calls)
