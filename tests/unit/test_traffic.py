@@ -139,3 +139,14 @@ def test_runner_follows_a_call_routed_to_another_trunk(tmp_path: Path) -> None:
     assert all(r.verdict == "forwarded" for c, r in pairs if c.kind == "enterprise" and c.attest == "A")
     assert replay.stats["answered"] == sum(c.outcome == "answered" for c in traffic.calls)
     assert replay.stats["calls_ended"] == len(traffic.calls)
+
+
+def test_replay_is_deterministic() -> None:
+    """Same traffic, same policy file: the same verdict and the same reasons for every call (so a profile can
+    be tuned by comparing runs)."""
+    full = generate(seed=9, hours=2, scale=2_500)
+    traffic = Traffic(full.seed, full.hours, full.start_hour, full.calls[:250], full.campaigns)
+    a = play(traffic, ROOT / "bench" / "baseline-policies.yaml")
+    b = play(traffic, ROOT / "bench" / "baseline-policies.yaml")
+    assert [(r.verdict, r.code, r.steps) for r in a.results] == [(r.verdict, r.code, r.steps) for r in b.results]
+    assert any(r.steps for r in a.results)
