@@ -54,7 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "memory per dialog), state (CPU per call the Redis state backend adds over the memory one, "
                         "bench/state_cost.py), wheel (stirgate installed by `pip install` into a fresh virtualenv, "
                         "beside Kamailio: --common-rate, 1 worker, --pairs pairs; CPU per call ratio against the "
-                        "0.75 target)")
+                        "0.75 target), campaigns (seeded robocall campaigns in "
+                        "legitimate traffic through the engine in memory: share caught after 5 calls, legitimate "
+                        "calls flagged, added CPU; python -m bench.campaigns)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
@@ -107,6 +109,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rest-duration", type=float, default=None,
                    help="rest mode: seconds of load per operation (default 10, quick 4)")
     p.add_argument("--rest-connections", type=int, default=8, help="rest mode: keep-alive connections (default 8)")
+    p.add_argument("--campaign-seed", type=int, default=1, help="campaigns mode: traffic seed (default 1)")
+    p.add_argument("--campaign-hours", type=float, default=24.0, help="campaigns mode: simulated hours (24)")
+    p.add_argument("--campaign-scale", type=int, default=None,
+                   help="campaigns mode: calls over the simulated hours (default 60000, quick 12000)")
+    p.add_argument("--campaign-policies", default=None,
+                   help="campaigns mode: policy file (default examples/policies-campaigns.yaml when present, "
+                        "else bench/baseline-policies.yaml)")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and per-step files")
     a = p.parse_args(argv)
     a.uacs = a.uacs or a.workers
@@ -125,6 +134,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.dialogs = a.dialogs or (QUICK_DIALOGS if a.quick else 100_000)
     a.setup_rate = a.setup_rate or (1000.0 if a.quick else 2000.0)
     a.rest_duration = a.rest_duration or (4.0 if a.quick else 10.0)
+    a.campaign_scale = a.campaign_scale or (12_000 if a.quick else 60_000)
     return a
 
 
@@ -311,22 +321,32 @@ def cpu_at(sw: Sweep, rate: float) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def run_standalone(mode: str, rundir: Path) -> dict[str, Any]:
-    """crypto / policies / records / records-pg: the micro-benchmarks, run as their own commands, output kept."""
+def run_standalone(mode: str, rundir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """crypto / policies / records / records-pg / campaigns: the benchmarks run as their own commands, output
+    kept."""
     py = str(VENV_BIN / "python")
+    campaigns = [py, "-m", "bench.campaigns", "--seed", str(args.campaign_seed), "--hours", f"{args.campaign_hours:g}",
+                 "--scale", str(args.campaign_scale), "--json", str(rundir / "campaigns.json")]
+    if args.campaign_policies:
+        campaigns += ["--policies", args.campaign_policies]
     cmd = {
         "crypto": [py, "-m", "bench.crypto", "--json", str(rundir / "crypto.json")],
         "policies": [py, "-m", "bench.policy_chain"],
         "records": [py, str(REPO / "bench" / "records_bench.py")],
         "records-pg": [py, str(REPO / "bench" / "records_pg_bench.py")],
+        "campaigns": campaigns,
     }[mode]
     print(f"{mode}: {' '.join(cmd)}", flush=True)
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
     (rundir / f"{mode}.txt").write_text(r.stdout + r.stderr)
     print(r.stdout.rstrip() + ("\n" + r.stderr.rstrip() if r.returncode else ""), flush=True)
-    return {"command": " ".join(cmd), "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
-            "output": r.stdout[-8000:]}
+    out = {"command": " ".join(cmd), "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
+           "output": r.stdout[-8000:]}
+    summary = rundir / "campaigns.json"
+    if mode == "campaigns" and summary.exists():
+        out["summary"] = json.loads(summary.read_text())
+    return out
 
 
 def print_mode(mode: str, sweeps: dict[str, Sweep], skipped: dict[str, str], ratios: dict[str, Any],
@@ -481,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     try:
         for name in [m for m in args.modes if m in STANDALONE_MODES]:
-            results[name] = run_standalone(name, rundir)
+            results[name] = run_standalone(name, rundir, args)
         for sut in suts:
             why = sut.available()
             if why:

@@ -55,7 +55,7 @@ MODES: dict[str, Mode] = {
     "redirect": Mode("redirect", SCENARIOS / "uac_redirect.xml", None, needs_pki=True, redirect=True),
 }
 SIP_MODES = tuple(MODES)
-STANDALONE_MODES = ("crypto", "policies", "records", "records-pg")
+STANDALONE_MODES = ("crypto", "policies", "records", "records-pg", "campaigns")
 #: Not SIPp sweeps: run after them, in the same run (they need the PKI and x5u server the SIP modes use).
 SERVICE_MODES = ("rest",)
 
