@@ -141,7 +141,8 @@ def test_verification_runs_the_trunks_policy_chain(api: ApiClient, sti_pki: Stir
     body = api.verify(BLOCKED, [DEST], identity).inner()
     assert body["verstat"] == "TN-Validation-Passed"
     assert body["decision"] == {"action": "reject", "code": 608, "reason": "Rejected",
-                                "callInfo": f"<{JCARD}>;purpose=jcard", "policies": [["lists", "enforce", "reject", "lists"]]}
+                                "callInfo": f"<{JCARD}>;purpose=jcard",
+                                "policies": [["lists", "enforce", "reject", "lists"]]}
 
 
 # ----------------------------------------------------------------------------------------------- errors
