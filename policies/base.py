@@ -150,11 +150,13 @@ class CallContext:
 
 @dataclass(frozen=True, slots=True)
 class CallOutcome:
-    """How a call ended, for policies that record it (`ended`): answered or not, seconds talked, final code."""
+    """How a call ended, for policies that record it (`ended`): answered or not, seconds talked, final code, and
+    whether it reached the called side at all (False: refused here, by verification or a policy)."""
 
     answered: bool
     duration: float = 0.0
     status: int | None = None
+    reached: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -614,7 +614,7 @@ class Engine(CallHost):
         answered = call.answered_at is not None
         ended = call.ended_at if call.ended_at is not None else call.created_at
         duration = ended - call.answered_at if call.answered_at is not None else 0.0
-        ops = chain.ended(ctx, CallOutcome(answered, duration, call.final_status))
+        ops = chain.ended(ctx, CallOutcome(answered, duration, call.final_status, call.b is not None))
         if not ops:
             return
         if self.state.synchronous:

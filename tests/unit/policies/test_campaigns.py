@@ -52,7 +52,7 @@ def test_rotating_attest_c_gateway_is_flagged_after_min_calls_with_its_reasons()
     assert [d.action for d in decisions[:4]] == ["continue"] * 4  # fewer than min_calls: per-call signals only
     assert all(d.action == "continue" and d.display_prefix == "SPAM? " for d in decisions[4:])
     note = decisions[-1].note
-    assert note.startswith("risk ") and "first_seen_share 1.00 +35" in note and "attest_c_share 1.00 +15" in note
+    assert note.startswith("risk ") and "first_seen_share 1.00 +35" in note and "attest_c_share 1.00 +10" in note
     assert "(origid:gw-c, 8 calls)" in note
 
 
