@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from .certs import CertEntry, TrustStore
-from .demo_certs import init_demo_certs
+from .demo_certs import init_demo_certs, parse_range
 from .errors import SigningError
 from .fetcher import CertFetcher, FetchSettings
 from .signer import Signer, SigningProfile, date_header
@@ -23,7 +23,13 @@ from .x5u import X5uPolicy
 
 
 def _certs_init(args: argparse.Namespace) -> int:
-    for path in init_demo_certs(args.dir, spc=args.spc):
+    try:
+        ranges = tuple(parse_range(r) for r in args.delegate_range or ())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    tns = tuple(args.delegate_tn or ())
+    for path in init_demo_certs(args.dir, spc=args.spc, delegate_ranges=ranges, delegate_tns=tns):
         print(path)
     return 0
 
@@ -80,6 +86,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init = certs_sub.add_parser("init", help="write the demo STI-CA, SP certificate/key and x5u https cert")
     init.add_argument("dir")
     init.add_argument("--spc", default="9999", help="SPC put in the SP certificate's TNAuthList")
+    init.add_argument("--delegate-range", action="append", metavar="START-END",
+                      help="also write an ATIS-1000092 delegate certificate for this TN range (repeatable; "
+                           "START+COUNT works too)")  # fmt: skip
+    init.add_argument("--delegate-tn", action="append", metavar="TN", help="a single TN for the delegate certificate")
     init.set_defaults(func=_certs_init)
 
     sign = subparsers.add_parser("sign", help="print an Identity header value (ppt=shaken)")
