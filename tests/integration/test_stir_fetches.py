@@ -178,7 +178,7 @@ def test_concurrent_validations_share_one_crl_fetch(pki: Pki) -> None:
                 return web.Response(body=crl_body)
 
             site.files["/sti.crl"] = slow_crl
-            for i, url in enumerate(urls):  # five different SP certificates, one CRL
+            for i in range(len(urls)):  # five different SP certificates, one CRL
                 site.files[f"/sp{i}.pem"] = sp_with_cdp(pki.demo, [site.url("/sti.crl")], now, spc=f"70{i}").body
             fetcher, crls = _fetchers(pki, Clock())
             try:

@@ -66,8 +66,9 @@ def delegate_body(pki: Pki) -> tuple[bytes, Signer]:
     return body, Signer(SigningProfile("delegate", "", X5U), key=d.delegate.key)
 
 
-def test_delegate_certificate_validates_with_spc_of_the_delegating_sp(pki: Pki,
-                                                                      delegate_body: tuple[bytes, Signer]) -> None:  # fmt: skip
+def test_delegate_certificate_validates_with_spc_of_the_delegating_sp(
+    pki: Pki, delegate_body: tuple[bytes, Signer]
+) -> None:
     entry = pki.trust.validate_body(X5U, delegate_body[0], NOW)
     assert entry.ok, entry.failures
     assert entry.spc == "9999" and entry.scope == TNAuthList(ranges=(RANGE,), tns=(SINGLE,))

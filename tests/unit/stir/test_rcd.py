@@ -116,8 +116,10 @@ LOGO_OK = {LOGO_URL: ContentEntry(LOGO_URL, digests_of(LOGO))}
     ({"nam": "Acme", "icn": LOGO_URL}, {"/icn": integrity(LOGO)},
      {LOGO_URL: ContentEntry(LOGO_URL, failure=None)}, (436, "rcd-content-unreachable")),
 ])  # fmt: skip
-def test_bad_rcd_is_rejected_with_its_code(pki: Pki, rcd: dict[str, Any], rcdi: dict[str, str] | None,
-                                           contents: dict[str, ContentEntry], expected: tuple[int, str]) -> None:  # fmt: skip
+def test_bad_rcd_is_rejected_with_its_code(
+    pki: Pki, rcd: dict[str, Any], rcdi: dict[str, str] | None, contents: dict[str, ContentEntry],
+    expected: tuple[int, str],
+) -> None:
     if expected[1] == "rcd-jcd-jcl" and "jcd" not in rcd:
         expected = (438, "rcdi-incomplete")  # icn + jcl is allowed; the jcl just has no digest
     value = _forged_rcd(pki, rcd, rcdi)
