@@ -131,6 +131,16 @@ class CrlFetcher:
             task.add_done_callback(lambda _t: self._inflight.pop(url, None))
         return await asyncio.shield(task)
 
+    def preload(self, url: str, body: bytes, signers: Sequence[x509.Certificate]) -> bool:
+        """Take a CRL obtained out of band (a file, a bench) for `url`, under the same rules as a download:
+        kept (memory and disk) only when it parses, verifies with one of `signers` and is current."""
+        parsed, _error = self._accept(body, signers, self._clock())
+        if parsed is None:
+            return False
+        self._remember(url, parsed)
+        self._store(url, parsed)
+        return True
+
     def _accept(
         self, body: bytes, signers: Sequence[x509.Certificate], now: float
     ) -> tuple[x509.CertificateRevocationList | None, str | None]:

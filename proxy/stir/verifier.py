@@ -196,9 +196,10 @@ def content_urls_of(value: str) -> tuple[str, ...]:
         ih = parse_identity(value)
         if ih.compact:
             return ()
-        return content_urls(decode_token(ih.token).claims)
+        claims = decode_token(ih.token).claims
     except (IdentityHeaderError, PassportError):
         return ()
+    return content_urls(claims) if claims.rcdi else ()
 
 
 class Verifier:
@@ -281,14 +282,8 @@ class Verifier:
         call_orig = try_canonical_tn(orig_tn, tn_policy) if orig_tn else None
         call_dest = frozenset(t for t in (try_canonical_tn(d, tn_policy) for d in dest_tns) if t)
         date_check = self._date_check(date_header, now)
-        if contents is not None:
-            content: Callable[[str], ContentEntry | None] = contents.get
-        elif self.contents is not None:
-            content = self.contents.cached
-        else:
-            content = _no_content
         results = tuple(
-            self._verify_one(i, v, call_orig, call_dest, date_check, now, certs_by_url, content)
+            self._verify_one(i, v, call_orig, call_dest, date_check, now, certs_by_url, contents)
             for i, v in enumerate(identity_values)
         )
         if len(results) > 1 and any(r.ppt == PPT_DIV for r in results):
@@ -383,7 +378,7 @@ class Verifier:
         date_check: tuple[float | None, list[Failure]],
         now: float,
         certs_by_url: Mapping[str, CertEntry],
-        contents: Callable[[str], ContentEntry | None],
+        contents: Mapping[str, ContentEntry] | None,
     ) -> HeaderResult:
         s = self.settings
         try:
@@ -417,7 +412,7 @@ class Verifier:
         failures.extend(self._match_failures(jws, call_orig, call_dest))
         rcd = claims.rcd
         if rcd is not None or claims.rcdi is not None:
-            failures.extend(rcd_failures(claims, contents))
+            failures.extend(rcd_failures(claims, self._content_lookup(contents)))
         if entry is None:
             spc = subject = None
             notes: tuple[str, ...] = ()
@@ -443,6 +438,14 @@ class Verifier:
             div=claims.div.tn if claims.div is not None else None,
             rcd_name=rcd.nam if rcd is not None else None,
         )
+
+    def _content_lookup(self, contents: Mapping[str, ContentEntry] | None) -> Callable[[str], ContentEntry | None]:
+        """Where rcdi finds the digests of fetched content: what the caller passed, else the content cache."""
+        if contents is not None:
+            return contents.get
+        if self.contents is not None:
+            return self.contents.cached
+        return _no_content
 
     def _scope_failures(self, entry: CertEntry, jws: DecodedJws) -> list[Failure]:
         """ATIS-1000092: a certificate limited to TNs (delegate) covers only PASSporTs from those TNs (437)."""
