@@ -224,8 +224,10 @@ class Verifier:
         urls = [u for u in (x5u_of(v) for v in identity_values) if u]
         content = [u for v in identity_values for u in content_urls_of(v)]
         if content and self.contents is not None:
-            certs, _ = await asyncio.gather(self.fetcher.get_many(urls), self.contents.get_many(content))
-            return certs
+            # Both at once; not asyncio.gather, whose list result the compiled build would take for a tuple.
+            certs = asyncio.ensure_future(self.fetcher.get_many(urls))
+            await self.contents.get_many(content)
+            return await certs
         return await self.fetcher.get_many(urls)
 
     def cached_certs(self, identity_values: Sequence[str]) -> dict[str, CertEntry] | None:
