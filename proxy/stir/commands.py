@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from .certs import CertEntry, TrustStore
+from .crl_fetcher import CrlFetcher
 from .demo_certs import init_demo_certs, parse_range
 from .errors import SigningError
 from .fetcher import CertFetcher, FetchSettings
@@ -72,7 +73,8 @@ def _verify(args: argparse.Namespace) -> int:
         verifier = Verifier(settings)
     else:
         fetch = FetchSettings(ca_file=args.https_ca, total_timeout=args.timeout)
-        verifier = Verifier(settings, CertFetcher(trust, policy, fetch, clock=lambda: now))
+        crls = None if args.no_crl_fetch else CrlFetcher(policy, fetch, unavailable=args.crl_unavailable)
+        verifier = Verifier(settings, CertFetcher(trust, policy, fetch, clock=lambda: now, revocation=crls))
         certs = asyncio.run(_fetch(verifier, values))
     result = verifier.verify(values, args.orig, args.dest, args.date, now, certs)
     print(json.dumps(result.as_dict(), indent=2))
@@ -121,4 +123,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify.add_argument("--allow-private", action="store_true", help="allow loopback/private x5u (tests)")
     verify.add_argument("--https-ca", help="extra CA file for the x5u https server")
     verify.add_argument("--timeout", type=float, default=4.0, help="x5u fetch timeout (s)")
+    verify.add_argument("--no-crl-fetch", action="store_true",
+                        help="do not fetch CRLs from the certificate's distribution points")  # fmt: skip
+    verify.add_argument("--crl-unavailable", choices=["pass", "fail"], default="pass",
+                        help="a CRL that cannot be fetched: pass with a note, or fail 437")  # fmt: skip
     verify.set_defaults(func=_verify)

@@ -107,15 +107,22 @@ def test_delegate_without_an_spc_in_its_chain_is_437(pki: Pki) -> None:
     assert (result.sip_code, result.verstat) == (437, VERSTAT_FAILED)
 
 
-def test_delegate_beyond_its_issuers_numbers_is_437(pki: Pki) -> None:
+@pytest.mark.parametrize(("issuer_tnauthlist", "check"), [
+    (encode_tnauthlist(spcs=("9999",), ranges=(("15551230000", 100),)), "delegate-scope"),  # leaf wider than issuer
+    (b"\x30\x00", "delegate-issuer-tnauthlist"),  # the SP CA's TNAuthList does not decode
+])  # fmt: skip
+def test_delegate_outside_its_issuer_is_437(pki: Pki, issuer_tnauthlist: bytes, check: str) -> None:
     start, end = utc(NOW - 86400), utc(NOW + 86400 * 30)
     sp_ca = issue("SP CA with numbers", pki.demo.intermediate, ca=True, path_length=0, not_before=start, not_after=end,
-                  tnauthlist_der=encode_tnauthlist(spcs=("9999",), ranges=(("15551230000", 100),)))  # fmt: skip
+                  tnauthlist_der=issuer_tnauthlist)  # fmt: skip
     leaf = issue("too wide", sp_ca, ca=False, tnauthlist_der=encode_tnauthlist(ranges=(RANGE,)), not_before=start,
                  not_after=end)  # fmt: skip
     body = pem(leaf.cert) + pem(sp_ca.cert) + pem(pki.demo.intermediate.cert)
     entry = pki.trust.validate_body(X5U, body, NOW)
-    assert [(f.check, f.sip_code) for f in entry.failures] == [("delegate-scope", 437)]
+    assert [(f.check, f.sip_code) for f in entry.failures] == [(check, 437)]
+    value = Signer(SigningProfile("d", "", X5U), key=leaf.key).sign("15551230001", ["15550100001"], "A", ORIGID, NOW)
+    result = Verifier().verify([value], "15551230001", ["15550100001"], None, NOW, {X5U: entry})
+    assert (result.sip_code, result.verstat, result.failures[0].check) == (437, VERSTAT_FAILED, check)
 
 
 def test_delegate_ca_needs_room_in_the_path_length(pki: Pki) -> None:

@@ -1,7 +1,8 @@
 """Diverted calls (RFC 8946): div PASSporTs signed for forwarded calls, and shaken + div verified as a chain.
 
-The claim shapes follow RFC 8946 §3-§4: `div` carries the diverting TN, `dest` the new target, `orig` the
-original caller, and no attest/origid (the RFC's own examples use the numbers 12155551212..14, reused here).
+The claim shapes follow RFC 8946: `div` carries the diverting TN, `dest` the new target, `orig` the original
+caller, no attest/origid. The numbers are in the style of the RFC's examples; its example PASSporTs cannot be
+replayed byte for byte (their keys are not published), so the canonical form is checked instead.
 """
 
 from __future__ import annotations
