@@ -4,13 +4,16 @@ certificate, whose signature it must carry, and the verdict (revoked 437, unavai
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from proxy.stir import crl
 from proxy.stir.crl import CrlResult
 from proxy.stir.demo_certs import issue
+from proxy.stir.signer import Signer, SigningProfile
 from proxy.stir.verifier import VERSTAT_FAILED, VERSTAT_PASSED, Verifier
 
 from .crl_helpers import make_crl, sp_with_cdp
@@ -104,8 +107,6 @@ def test_revoked_entry_for_another_issuer_does_not_count(pki: Pki) -> None:
         .add_extension(x509.CertificateIssuer([x509.DirectoryName(other)]), critical=True)
         .build()
     )
-    from cryptography.hazmat.primitives import hashes
-
     parsed = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(pki.demo.intermediate.cert.subject)
@@ -119,8 +120,6 @@ def test_revoked_entry_for_another_issuer_does_not_count(pki: Pki) -> None:
 
 def test_verifier_reports_revocation_as_437_tn_validation_failed(pki: Pki) -> None:
     """The verdict a CertEntry carries reaches the call: 437 Unsupported Credential, verstat failed."""
-    from dataclasses import replace
-
     cdp = sp_with_cdp(pki.demo, [CRL_URL], NOW)
     entry, chain = pki.trust.validate_body_chain(URL, cdp.body, NOW)
     v = crl.evaluate(crl.chain_checks(chain),
@@ -128,8 +127,6 @@ def test_verifier_reports_revocation_as_437_tn_validation_failed(pki: Pki) -> No
                                                                          revoked=[cdp.sp.cert])))},
                      chain, NOW)  # fmt: skip
     revoked_entry = replace(entry, failures=v.failures)
-    from proxy.stir.signer import Signer, SigningProfile
-
     signer = Signer(SigningProfile("t", "", URL), key=cdp.sp.key)
     value = signer.sign(ORIG, [DEST], "A", ORIGID, NOW)
     result = Verifier().verify([value], ORIG, [DEST], None, NOW, {URL: revoked_entry})
