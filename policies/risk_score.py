@@ -261,7 +261,7 @@ class RiskScore(BasePolicy):
         answered = int(outcome.answered)
         short = int(outcome.answered and outcome.duration < p.short_call_seconds)
         results = ctx.state_for(self)
-        novel = int(ctx.orig_tn is not None and bool(results) and results[0] is None)  # it claimed its number
+        novel = int(ctx.orig_tn is not None and results is not None and len(results) > 0 and results[0] is None)
         add = (0, 0, 0, 0, 0, 0, 0, 1, answered, short, novel, novel * answered, novel * short,
                novel * int(self._neighbor(ctx)))
         return (Tally(f"{self._ns}g:{gw}", GATEWAY_FIELDS, add, p.window, p.buckets),)

@@ -538,8 +538,11 @@ class Call:
             if isinstance(signed, SignedCall) and not (has_identity and auth.keeps_existing(self.ingress)):
                 headers = [h for h in headers if h.key != "identity"]
                 headers.append(Header.make("identity", signed.identity))
+                headers.extend(Header.make("identity", v) for v in signed.extra)  # e.g. rcd (RFC 9795)
                 if signed.date is not None and not any(h.key == "date" for h in headers):
                     headers.append(Header.make("date", signed.date))
+            elif isinstance(signed, SignedCall) and signed.div is not None:
+                headers.append(Header.make("identity", signed.div))  # forwarded: div after the caller's (RFC 8946)
         b = Leg(host.new_call_id(), host.new_tag(), from_na, a.local_na, None, dest,
                 host.contact_for(target.transport))
         b.remote_target = rewrite_uri_host(invite.uri, target.host, target.port)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -73,6 +73,27 @@ class AttestationSettings(_Base, frozen=True):
     known_customer: bool = True
 
 
+class RcdSettings(_Base, frozen=True):
+    """Rich Call Data (RFC 9795) signed for the customer's numbers: `numbers`/`prefixes`/`numbers_file` select
+    the calling TNs (none: every call of the trunk)."""
+
+    #: The caller's name as the called party should see it.
+    nam: str
+    #: https URL of an icon (logo); `icn_file`: the same bytes locally, to put their digest in `rcdi`.
+    icn: str | None = None
+    icn_file: str | None = None
+    #: An inline jCard (RFC 7095 array), or the https URL of one (`jcl`, with `jcl_file` for its digest).
+    jcd: list[Any] | None = None
+    jcl: str | None = None
+    jcl_file: str | None = None
+    apn: str | None = None
+    #: Call reason (the `crn` claim).
+    crn: str | None = None
+    numbers: list[str] = []
+    prefixes: list[str] = []
+    numbers_file: str | None = None
+
+
 class TrunkSignSettings(_Base, frozen=True):
     """STI-AS for calls from this (customer) trunk that leave through a carrier trunk."""
 
@@ -83,6 +104,14 @@ class TrunkSignSettings(_Base, frozen=True):
     add_date: bool = False
     #: An Identity already on the INVITE: keep it (transit) or replace it with ours.
     existing_identity: Literal["keep", "replace"] = "keep"
+    #: RCD for this customer (one block) or per number list (several; the first matching the caller wins).
+    rcd: RcdSettings | list[RcdSettings] | None = None
+    #: Put the rcd claims in the shaken PASSporT instead of a separate ppt=rcd one.
+    rcd_in_shaken: bool = False
+    #: RFC 8946: a call arriving signed and forwarded gets a div PASSporT after its own: `owned` when Diversion
+    #: or History-Info shows a redirect by a number the customer owns (its attestation numbers/prefixes),
+    #: `always` for a trunk that forwards (diverting number from Diversion/History-Info, else To), `off`.
+    div: Literal["off", "owned", "always"] = "owned"
 
 
 class TrunkVerifySettings(_Base, frozen=True):
@@ -97,6 +126,8 @@ class TrunkVerifySettings(_Base, frozen=True):
     passed_only_for_attest_a: bool = False
     #: Also add P-Attestation-Indicator and P-Origination-Id towards the customer.
     attestation_headers: bool = False
+    #: Show the verified RCD caller name (RFC 9795 `nam`) as the display name towards the customer.
+    rcd_display_name: bool = False
 
 
 class OverloadSettings(_Base, frozen=True):
@@ -172,6 +203,10 @@ class StirVerifySettings(_Base, frozen=True):
     x5u_ca_file: str | None = None
     #: Accept a TNAuthList without an SPC (the libstirshaken test vectors have one).
     lenient_tnauthlist: bool = False
+    #: RCD (RFC 9795): content pinned by `rcdi` (icons, jCards) is fetched under the x5u rules, up to this size,
+    #: and its digest kept this long.
+    rcd_max_bytes: int = 262144
+    rcd_content_ttl: float = 3600.0
 
 
 class StirSettings(_Base, frozen=True):
@@ -184,6 +219,23 @@ class StirSettings(_Base, frozen=True):
     crl_dir: str | None = None
     #: Seconds between re-reads of crl_dir (the files are refreshed by a cron job or the STI-CA's CDP fetcher).
     crl_refresh: float = 3600.0
+    #: ATIS-1000080: fetch the CRL each certificate's CRL Distribution Point names (cached until nextUpdate).
+    crl_fetch: bool = True
+    #: Where fetched CRLs are kept across restarts.
+    crl_cache_dir: str = "var/crl-cache"
+    #: A certificate whose CRL cannot be obtained: pass (with a note on the verdict) or fail 437.
+    crl_unavailable: Literal["pass", "fail"] = "pass"
+    crl_max_bytes: int = 1048576
+    #: Certificates that sign indirect CRLs (the STI-PA's CRL signer named by cRLIssuer), PEM files.
+    crl_signers: list[str] = []
+    #: The STI-PA's list of approved STI-CA roots (https), refreshed every `trust_list_refresh` seconds and on
+    #: SIGHUP; the token (or the file holding it) is sent as `Authorization: Bearer`. Anchors are
+    #: `trust_anchors` plus the list; the last good list is kept in `trust_list_cache`.
+    trust_list_url: str | None = None
+    trust_list_token: str | None = None
+    trust_list_token_file: str | None = None
+    trust_list_refresh: float = 3600.0
+    trust_list_cache: str = "var/sti-trust-list.pem"
     signing_profiles: list[SigningProfileSettings] = []
     verify: StirVerifySettings = StirVerifySettings()
 
@@ -523,8 +575,42 @@ def _validate_stir(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> 
                     uuid.UUID(trunk.sign.origid)
                 except ValueError:
                     raise fail(f"$.trunks[{i}].sign.origid", "origid must be a UUID") from None
+            rcd = trunk.sign.rcd
+            rules = [rcd] if isinstance(rcd, RcdSettings) else rcd or []
+            for j, rule in enumerate(rules):
+                at = f"$.trunks[{i}].sign.rcd" + (f"[{j}]" if isinstance(rcd, list) else "")
+                _validate_rcd(rule, at, fail)
     if stir.country_code and not stir.country_code.isdigit():
         raise fail("$.stir.country_code", "digits only, e.g. \"1\"")
+    if stir.trust_list_url is not None and not stir.trust_list_url.startswith("https://"):
+        raise fail("$.stir.trust_list_url", "the trust list URL must be https://")
+    if stir.trust_list_token_file is not None and not Path(stir.trust_list_token_file).is_file():
+        raise fail("$.stir.trust_list_token_file", f"no such file: {stir.trust_list_token_file}")
+    for i, path in enumerate(stir.crl_signers):
+        if not Path(path).is_file():
+            raise fail(f"$.stir.crl_signers[{i}]", f"no such file: {path}")
+    for key in ("trust_list_refresh", "crl_max_bytes"):
+        if getattr(stir, key) <= 0:
+            raise fail(f"$.stir.{key}", "must be positive")
+
+
+def _validate_rcd(rule: RcdSettings, at: str, fail: Callable[[str, str], ConfigError]) -> None:
+    if not rule.nam.strip():
+        raise fail(f"{at}.nam", "the caller name is empty")
+    for key in ("icn", "jcl"):
+        url = getattr(rule, key)
+        if url is not None and not url.startswith("https://"):
+            raise fail(f"{at}.{key}", "must be an https:// URL")
+    if rule.jcd is not None and rule.jcl is not None:
+        raise fail(f"{at}.jcl", "jcd and jcl are exclusive (RFC 9795)")
+    for key, url_key in (("icn_file", "icn"), ("jcl_file", "jcl"), ("numbers_file", None)):
+        path = getattr(rule, key)
+        if path is None:
+            continue
+        if url_key is not None and getattr(rule, url_key) is None:
+            raise fail(f"{at}.{key}", f"{key} without {url_key}")
+        if not Path(path).is_file():
+            raise fail(f"{at}.{key}", f"no such file: {path}")
 
 
 def _validate_sti_api(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> None:

@@ -152,6 +152,31 @@ async def _refresh_crls(engine: Engine, interval: float) -> None:
             log.warning("crl_refresh_failed", error=str(exc))
 
 
+async def refresh_trust_list(engine: Engine) -> None:
+    """Download the STI-PA trust list once; a good new list replaces the anchors, a bad one is reported and the
+    previous list stays (proxy.stir.trust_list)."""
+    auth = engine.auth
+    fetcher = auth.trust_list
+    if fetcher is None:
+        return
+    result = await fetcher.refresh()
+    if result.anchors is not None:
+        auth.apply_trust_list(result.anchors)
+        log.info("trust_list_updated", url=fetcher.url, anchors=len(result.anchors))
+    elif result.error is not None:
+        log.warning("trust_list_refresh_failed", url=fetcher.url, error=result.error, kept=len(fetcher.anchors))
+
+
+async def _refresh_trust_list(engine: Engine) -> None:
+    """At start, then every `stir.trust_list_refresh` seconds (read each time: a reload may change it)."""
+    while True:
+        try:
+            await refresh_trust_list(engine)
+        except Exception:  # never let a refresh bug stop the loop: the old list keeps working
+            log.exception("trust_list_refresh_error")
+        await asyncio.sleep(engine.config.stir.trust_list_refresh)
+
+
 async def load_policy_set(config: Config, engine: Engine) -> PolicySet | None:
     """The config's policy file, validated and with its data loaded (lists are read in threads)."""
     if config.policies is None:
@@ -188,6 +213,10 @@ async def reload(engine: Engine, worker: int, notifier: Notifier | None = None, 
             notifier.ready(f"reload failed, running the previous configuration: {exc}")
         return
     log.info("reloaded", worker=worker, config=path, policies=config.policies)
+    try:
+        await refresh_trust_list(engine)  # SIGHUP also refreshes the STI-PA list
+    except Exception as exc:
+        log.warning("trust_list_refresh_failed", worker=worker, error=str(exc))
     if notifier is not None:
         notifier.ready("reloaded; carrying calls")
 
@@ -291,6 +320,7 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         loop.create_task(_full_gc(config.sip.gc_full_interval)),
         loop.create_task(_flush_logs()),
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
+        loop.create_task(_refresh_trust_list(engine)),
     ]
     listening = [f"{t}:{h}:{p}" for t, h, p in udp_listens]
     log.info("listening", worker=worker, hot_path="compiled" if compiled.is_compiled() else "python",

@@ -53,8 +53,9 @@ def _params(text: str) -> list[tuple[str, str]]:
 
 def _plain_params(text: str) -> list[tuple[str, str]] | None:
     """The usual `info=<url>;alg=ES256;ppt=shaken` by splitting at `;`; None for anything unusual (quotes,
-    a `;` inside <...>, text after a `>`, an empty name), which the scanner then reads."""
-    if '"' in text:
+    a `;` inside <...>, text after a `>`, an empty name, whitespace other than space and tab, which `strip`
+    would drop here but the scanner keeps), which the scanner then reads."""
+    if '"' in text or not text.replace("\t", " ").isprintable():
         return None
     lt = text.find("<")
     if lt >= 0 and (text.find("<", lt + 1) >= 0 or ";" in text[lt : text.find(">", lt) + 1 or len(text)]):
