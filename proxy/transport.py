@@ -68,9 +68,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class _StreamConnection(asyncio.Protocol):
     """One TCP or TLS connection, accepted (`peer` None) or dialled."""
 
-    def __init__(self, server: SipServer, scheme: str, peer: tuple[str, int] | None = None) -> None:
+    def __init__(self, server: SipServer, scheme: str, peer: tuple[str, int] | None = None,
+                 tls: TrunkTlsSettings | None = None) -> None:
         self.server = server
         self.scheme = scheme
+        #: Accepted TLS: the settings of the trunk its address belongs to (for the client certificate's name).
+        self.tls = tls
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.peer = peer
@@ -96,7 +99,7 @@ class _StreamConnection(asyncio.Protocol):
         t = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         peer = t.get_extra_info("peername")
         if not peer:  # reset before we even saw it
-            self.released = True
+            self.release()
             t.abort()
             return
         sock = t.get_extra_info("sockname")
@@ -108,53 +111,22 @@ class _StreamConnection(asyncio.Protocol):
             self._established(t)
             return
         self.peer = (peer[0], peer[1])
+        tls = self.tls
+        if tls is not None:  # accepted TLS, handshake done (counted and started by SipServer._accept_tls)
+            if tls.verify_peer and tls.server_name and not cert_names_match(t.get_extra_info("peercert"),
+                                                                             tls.server_name):
+                server.count("tls_peer_name_mismatch")
+                log.info("tls_peer_refused", peer=self.peer, reason="certificate does not name " + tls.server_name)
+                self.release()
+                t.abort()
+                return
+            self.verified = tls.verify_peer
+            self._established(t)
+            return
         if not server.admit(self):
             self.released = True
             t.abort()
             return
-        if self.scheme == "tls":
-            ctx = server.accept_context(self)
-            if ctx is None:
-                self.release()
-                t.abort()
-                return
-            # Registered now, so an answer to a request read right after the handshake finds this connection.
-            server.connections[self.key] = self
-            t.pause_reading()  # the ClientHello stays in the socket for start_tls
-            server.loop.create_task(self._accept_tls(t, ctx[0], ctx[1]))
-            return
-        self._established(t)
-
-    async def _accept_tls(self, raw: asyncio.Transport, ctx: ssl.SSLContext, tls: TrunkTlsSettings) -> None:
-        server = self.server
-        timeout = server.protection.tls_handshake_timeout
-        try:
-            t = await asyncio.wait_for(server.loop.start_tls(raw, self, ctx, server_side=True,
-                                                             ssl_handshake_timeout=timeout + 1.0), timeout)
-        except TimeoutError:
-            server.count("tls_handshake_timeouts")
-            log.info("tls_handshake_timeout", peer=self.peer, side="server")
-            raw.abort()
-            self.release()
-            return
-        except (OSError, EOFError, RuntimeError) as exc:  # ssl.SSLError is an OSError
-            server.count("tls_handshake_failures")
-            log.info("tls_handshake_failed", peer=self.peer, side="server", error=str(exc))
-            raw.abort()
-            self.release()
-            return
-        if t is None or self.released:
-            raw.abort()
-            self.release()
-            return
-        if tls.verify_peer and tls.server_name and not cert_names_match(t.get_extra_info("peercert"),
-                                                                         tls.server_name):
-            server.count("tls_peer_name_mismatch")
-            log.info("tls_peer_refused", peer=self.peer, reason="certificate does not name " + tls.server_name)
-            t.abort()
-            self.release()
-            return
-        self.verified = tls.verify_peer
         self._established(t)
 
     def _established(self, t: asyncio.Transport) -> None:
@@ -274,6 +246,9 @@ class SipServer:
         self.udp_local: tuple[str, int] = ("0.0.0.0", 0)
         self.private_local: tuple[str, int] = ("0.0.0.0", 0)
         self.stream_servers: list[asyncio.Server] = []
+        #: TLS listeners are accepted here (the trunk, hence the TLS context, depends on the peer's address).
+        self.listen_sockets: list[socket.socket] = []
+        self.accept_tasks: list[asyncio.Task[None]] = []
         #: (transport, host, port) -> the connection to or from that peer address.
         self.connections: dict[tuple[str, str, int], _StreamConnection] = {}
         #: Peer IP -> an accepted TLS connection whose client certificate was verified (reused to reach it).
@@ -313,6 +288,10 @@ class SipServer:
                 udp, _ = await self.loop.create_datagram_endpoint(partial(_UdpProtocol, self, local), sock=sock)
                 self.udp = udp
                 self.udp_local = local
+            elif transport == "tls":
+                lsock = _listen_socket(host, port, reuse_port)
+                self.listen_sockets.append(lsock)
+                self.accept_tasks.append(self.loop.create_task(self._accept_tls_loop(lsock)))
             else:
                 server = await self.loop.create_server(partial(_StreamConnection, self, transport), host, port,
                                                        reuse_port=reuse_port, reuse_address=True, backlog=1024)
@@ -389,6 +368,10 @@ class SipServer:
                 t.close()
         for server in self.stream_servers:
             server.close()
+        for task in self.accept_tasks:
+            task.cancel()
+        for lsock in self.listen_sockets:
+            lsock.close()
         for conn in list(self.connections.values()):
             if conn.transport is not None:
                 conn.transport.close()
@@ -419,22 +402,49 @@ class SipServer:
         conn.counted = True
         return True
 
-    def accept_context(self, conn: _StreamConnection) -> tuple[ssl.SSLContext, TrunkTlsSettings] | None:
-        """The server context for a TLS connection from `conn.peer`: its trunk's, or None (refused: no TLS
-        trunk owns that address)."""
-        assert conn.peer is not None
-        trunk = self.engine.router.trunk_for_source(conn.peer[0])
+    async def _accept_tls_loop(self, lsock: socket.socket) -> None:
+        while True:
+            try:
+                sock, addr = await self.loop.sock_accept(lsock)
+            except OSError as exc:  # e.g. EMFILE: keep listening
+                log.warning("tls_accept_failed", error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            self.loop.create_task(self._accept_tls(sock, (addr[0], addr[1])))
+
+    async def _accept_tls(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        """One accepted TLS connection: refused before any handshake when its address belongs to no TLS trunk
+        or its source is at its cap; else the handshake with that trunk's context, bounded in time.
+
+        (The socket is accepted here rather than by a server protocol and upgraded with start_tls: uvloop may
+        deliver the ClientHello to the plain protocol before start_tls takes the transport over.)"""
+        trunk = self.engine.router.trunk_for_source(peer[0])
         tls = trunk.tls if trunk is not None and trunk.transport == "tls" else None
         if tls is None:
             self.count("tls_refused")
-            log.info("tls_peer_refused", peer=conn.peer, reason="no TLS trunk has this address")
-            return None
+            log.info("tls_peer_refused", peer=peer, reason="no TLS trunk has this address")
+            sock.close()
+            return
+        conn = _StreamConnection(self, "tls", None, tls)
+        conn.peer = peer
+        if not self.admit(conn):
+            sock.close()
+            return
+        timeout = self.protection.tls_handshake_timeout
         try:
-            return self._context(tls, True), tls
-        except (OSError, ValueError) as exc:  # files changed since the config was checked
-            self.count("tls_refused")
-            log.warning("tls_context_failed", trunk=trunk.name if trunk else None, error=str(exc))
-            return None
+            ctx = self._context(tls, True)
+            await asyncio.wait_for(self.loop.connect_accepted_socket(lambda: conn, sock, ssl=ctx,
+                                                                     ssl_handshake_timeout=timeout + 1.0), timeout)
+        except TimeoutError:
+            self.count("tls_handshake_timeouts")
+            log.info("tls_handshake_timeout", peer=peer, side="server")
+            conn.release()
+            sock.close()
+        except (OSError, EOFError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self.count("tls_handshake_failures")
+            log.info("tls_handshake_failed", peer=peer, side="server", error=str(exc))
+            conn.release()
+            sock.close()
 
     # --- the pump ---------------------------------------------------------------------------------------------
     def on_message(self, data: bytes, source: Target, local: tuple[str, int] | None = None) -> None:
@@ -630,6 +640,17 @@ class SipServer:
         # The transactions waiting on this peer fail now: the call moves on to its next trunk.
         self.engine.transport_failed((scheme, host, port), self.loop.time())
         self.flush()
+
+
+def _listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def _udp_socket(host: str, port: int, reuse_port: bool, recv_buffer: int) -> socket.socket:
