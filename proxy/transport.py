@@ -612,14 +612,18 @@ class SipServer:
                 self._connect_failed(conn, scheme, host, port, f"TLS settings unusable: {exc}", "connect_failures")
                 return
             name = tls.server_name or host if tls.verify_peer else None
+        # From this transport's listen address (the peer knows stirgate by it), unless that is a wildcard.
+        listen = self.listen_addrs.get(scheme)
+        local = (listen[0], 0) if listen is not None and listen[0] not in ("0.0.0.0", "::") else None
         started = self.loop.time()
         try:
             if ctx is not None:
                 await asyncio.wait_for(self.loop.create_connection(
-                    lambda: conn, host, port, ssl=ctx, server_hostname=name or host,
+                    lambda: conn, host, port, ssl=ctx, server_hostname=name or host, local_addr=local,
                     ssl_handshake_timeout=handshake), timeout=CONNECT_TIMEOUT + handshake)
             else:
-                await asyncio.wait_for(self.loop.create_connection(lambda: conn, host, port), timeout=CONNECT_TIMEOUT)
+                await asyncio.wait_for(self.loop.create_connection(lambda: conn, host, port, local_addr=local),
+                                       timeout=CONNECT_TIMEOUT)
         except ssl.SSLCertVerificationError as exc:
             self._connect_failed(conn, scheme, host, port, f"peer certificate refused: {exc.verify_message}",
                                  "tls_handshake_failures")

@@ -431,3 +431,62 @@ def metrics(config: Path) -> dict[str, float]:
 
 def event_count(config: Path, event: str) -> float:
     return metrics(config).get(f'stirgate_sip_events_total{{event="{event}"}}', 0.0)
+
+
+class HepTcpCollector:
+    """A TCP HEP receiver on 127.0.0.1 (thread): every packet of every connection, in arrival order."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((harness.STIRGATE_IP, 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.packets: list[HepPacket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="hep-tcp")
+
+    @property
+    def address(self) -> str:
+        return f"{harness.STIRGATE_IP}:{self.port}"
+
+    def start(self) -> HepTcpCollector:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        conns: list[socket.socket] = []
+        pending: dict[socket.socket, bytes] = {}
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+                c.settimeout(0.05)
+                conns.append(c)
+                pending[c] = b""
+            except TimeoutError:
+                pass
+            for c in list(conns):
+                try:
+                    data = c.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    conns.remove(c)
+                    c.close()
+                    continue
+                buf = pending[c] + data
+                packets = split_hep_stream(buf)
+                pending[c] = buf[sum(len(p) for p in packets):]
+                self.packets.extend(read_hep(p) for p in packets)
+        for c in conns:
+            c.close()
+
+    def wait_for(self, predicate: Any, what: str, seconds: float = 15.0) -> None:
+        harness.wait_until(lambda: predicate(self.packets), what, attempts=int(seconds / 0.05), interval=0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
