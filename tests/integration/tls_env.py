@@ -316,15 +316,17 @@ class HepTee:
 class Sngrep:
     """`sngrep -N -q -L udp:127.0.0.1:PORT -O FILE`: a real HEP receiver writing what it understood as pcap."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, config: Path | None = None) -> None:
         self.port = harness.free_port(harness.STIRGATE_IP)
+        self.config = config
         self.pcap = workdir / "sngrep.pcap"
         self.log = workdir / "sngrep.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Sngrep:
         out = self.log.open("wb")
-        self.proc = subprocess.Popen(["sngrep", "-N", "-q", "-F", "-L", f"udp:{harness.STIRGATE_IP}:{self.port}",
+        conf = ["-f", str(self.config)] if self.config is not None else ["-F"]
+        self.proc = subprocess.Popen(["sngrep", "-N", "-q", *conf, "-L", f"udp:{harness.STIRGATE_IP}:{self.port}",
                                       "-O", str(self.pcap)],
                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
         out.close()
