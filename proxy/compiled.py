@@ -27,6 +27,8 @@ MODULES = (
     "proxy/b2bua.py",
     "proxy/engine.py",
     "proxy/transport.py",
+    "proxy/hep.py",
+    "proxy/capture.py",
     "proxy/authentication.py",
     "proxy/stir/tn.py",
     "proxy/stir/identity.py",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ import uvloop
 
 from proxy.capture import CORRELATION_GENERATION, HepSender, call_id_of
 from proxy.config import HepSettings
+from tests.unit.core.sipfake import Harness, b_invite, loopback_config, make_engine, start_call
 
 
 @pytest.mark.parametrize(("header", "want"), [
@@ -31,27 +31,37 @@ def test_call_id_is_only_read_from_the_head() -> None:
     assert call_id_of(msg) == b""
 
 
-def _calls(b_call_id: str, a_call_id: str) -> dict[str, Any]:
-    call = SimpleNamespace(a=SimpleNamespace(call_id=a_call_id))
-    return {a_call_id: (call, 0), b_call_id: (call, 1)}
+def _engine_calls(n: int = 1) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The engine's own call table after `n` calls were routed (A- and B-leg Call-IDs of each)."""
+    h = Harness(make_engine(loopback_config()))
+    ids = []
+    for _ in range(n):
+        _caller, outs = start_call(h)
+        b_id = b_invite(outs).call_id
+        call, leg = h.engine.calls[b_id]
+        assert leg == 1
+        ids.append((call.a.call_id, b_id))
+    return dict(h.engine.calls), ids
 
 
 def test_both_legs_correlate_to_the_a_leg_call_id_even_after_the_call_ended() -> None:
     sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop())
-    calls = _calls("b-1", "a-1")
-    a_msg = b"INVITE sip:x SIP/2.0\r\nCall-ID: a-1\r\n\r\n"
-    b_msg = b"INVITE sip:x SIP/2.0\r\nCall-ID: b-1\r\n\r\n"
-    assert sender.correlation(a_msg, calls) == b"a-1"
-    assert sender.correlation(b_msg, calls) == b"a-1"
+    calls, [(a_id, b_id)] = _engine_calls()
+    a_msg = f"INVITE sip:x SIP/2.0\r\nCall-ID: {a_id}\r\n\r\n".encode()
+    b_msg = f"INVITE sip:x SIP/2.0\r\nCall-ID: {b_id}\r\n\r\n".encode()
+    assert sender.correlation(a_msg, calls) == a_id.encode()
+    assert sender.correlation(b_msg, calls) == a_id.encode()
     calls.clear()  # the call ended: a late B-leg message still correlates
-    assert sender.correlation(b_msg, calls) == b"a-1"
+    assert sender.correlation(b_msg, calls) == a_id.encode()
     assert sender.correlation(b"SIP/2.0 200 OK\r\nCall-ID: stray\r\n\r\n", calls) == b"stray"
 
 
-def test_correlation_memory_is_bounded() -> None:
+def test_many_calls_each_correlate_to_their_own_a_leg() -> None:
     sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop())
-    for i in range(2 * CORRELATION_GENERATION + 10):
-        sender.correlation(f"SIP/2.0 200 OK\r\nCall-ID: b{i}\r\n\r\n".encode(), _calls(f"b{i}", f"a{i}"))
+    calls, ids = _engine_calls(25)
+    for _ in range(3):
+        for a_id, b_id in ids:
+            assert sender.correlation(f"ACK sip:x SIP/2.0\r\nCall-ID: {b_id}\r\n\r\n".encode(), calls) == a_id.encode()
     assert len(sender._corr) + len(sender._corr_old) <= 2 * CORRELATION_GENERATION
 
 
