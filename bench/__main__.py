@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from .concurrency import QUICK_DIALOGS, run_concurrency
-from .modes import MODES, SIP_MODES, STANDALONE_MODES, Mode, Pki, X5uServer, make_pki, write_identity_pool
+from .modes import (
+    MODES,
+    SIP_MODES,
+    STANDALONE_MODES,
+    HepSink,
+    Mode,
+    Pki,
+    X5uServer,
+    make_pki,
+    write_identity_pool,
+)
 from .procs import Addr
 from .step import StepResult, as_dict, run_step
 from .suts import REPO, SUT, VENV_BIN, Kamailio, Sippy, Stirgate
@@ -32,9 +42,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "and INVITE->200 p99 <= 200 ms. CPU per call = the SUT's own utime+stime (all its "
                     "processes) over the step / successful calls.")
     p.add_argument("--mode", default="relay",
-                   help="comma-separated: relay (default), sign, verify, flood (SIP sweeps, in that order, same "
-                        "run), crypto (python -m bench.crypto), policies (python -m policies.bench_chain), "
-                        "records (bench/records_bench.py), concurrency (N long calls held: memory per dialog)")
+                   help="comma-separated: relay (default), sign, verify, flood, hep, hep-tcp (SIP sweeps, in that "
+                        "order, same run; hep modes: stirgate only), crypto (python -m bench.crypto), policies "
+                        "(python -m policies.bench_chain), records (bench/records_bench.py), concurrency (N long "
+                        "calls held: memory per dialog)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
@@ -72,6 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep-traces", action="store_true", help="keep SIPp's per-call RTT files")
     p.add_argument("--x5u-listen", default="127.0.0.1:8443",
                    help="the bench's x5u https server (verify mode; --port-offset applies)")
+    p.add_argument("--hep-listen", default="127.0.0.1:9060",
+                   help="hep modes: the HEP sink stirgate sends its copies to (--port-offset applies)")
     p.add_argument("--max-calls-in-setup", type=int, default=100,
                    help="flood mode: stirgate's overload.max_calls_in_setup (default 100)")
     p.add_argument("--no-pike", action="store_true", help="flood mode: Kamailio without pike")
@@ -346,7 +359,7 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
     run back to back (--pairs times; the background load drifts between sweeps), median of the differences."""
     relay = all_sweeps.get("relay")
     added: dict[str, dict[str, Any]] = {}
-    for m in ("sign", "verify"):
+    for m in ("sign", "verify", "hep", "hep-tcp"):
         for name, sw in all_sweeps.get(m, {}).items() if relay else ():
             base = relay.get(name) if relay else None
             if base is None or base.best() is None or sw.best() is None:
@@ -370,7 +383,13 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
         for m, per in added.items():
             for name, e in per.items():
                 pm, am = e["paired_median_us"], e["all_steps_median_us"]
-                print(f"  {m} {name} at {e['rate_cps']:.0f} cps: back-to-back pairs "
+                base_us = cpu_at(relay[name], e["rate_cps"]) if relay and name in relay else None
+                added_us = pm if pm is not None else am
+                e["added_pct_of_relay"] = round(100 * added_us / base_us, 1) if added_us is not None and base_us \
+                    else None
+                share = f" ({e['added_pct_of_relay']:+.1f} % of the relay)" if e["added_pct_of_relay"] is not None \
+                    else ""
+                print(f"  {m} {name} at {e['rate_cps']:.0f} cps{share}: back-to-back pairs "
                       f"{'n/a' if pm is None else f'{pm:+.0f} µs'} ({', '.join(f'{d:+.0f}' for d in e['pairs_us'])}); "
                       f"medians of every clean step {'n/a' if am is None else f'{am:+.0f} µs'}")
     return added
@@ -394,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "stirgate":
             suts.append(Stirgate(Addr.parse(args.stirgate_listen).offset(off), uas, uacs, rundir,
                                  workers=args.workers, log_level=args.log_level, worker_port_base=5100 + off,
-                                 records=args.records, max_calls_in_setup=args.max_calls_in_setup))
+                                 records=args.records, max_calls_in_setup=args.max_calls_in_setup,
+                                 hep_listen=Addr.parse(args.hep_listen).offset(off)))
         elif name == "kamailio":
             suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir, pike=not args.no_pike))
         elif name == "sippy":
@@ -412,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     rev_start = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     pki: Pki | None = None
     x5u: X5uServer | None = None
+    sink: HepSink | None = None
     if any(MODES[m].needs_pki for m in sip_modes):
         pki = make_pki(rundir, VENV_BIN / "stirgate", Addr.parse(args.x5u_listen).offset(off))
     all_sweeps: dict[str, dict[str, Sweep]] = {}
@@ -431,10 +452,20 @@ def main(argv: list[str] | None = None) -> int:
                 x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
                 x5u.start()
                 print(f"x5u server on https://{x5u.listen}/ (PID {x5u.proc.pid if x5u.proc else '?'})", flush=True)
+            if mode.hep:
+                if sink is not None:
+                    sink.stop()
+                sink = HepSink(VENV_BIN / "python", Addr.parse(args.hep_listen).offset(off), mode.hep, rundir)
+                sink.start()
+                print(f"HEP sink ({mode.hep}) on {sink.listen} (PID {sink.proc.pid if sink.proc else '?'})",
+                      flush=True)
             sweeps: dict[str, Sweep] = {}
             all_sweeps[m] = sweeps
             for sut in suts:
                 if sut.name in skipped:
+                    continue
+                if mode.hep and sut.name != "stirgate":
+                    print(f"{sut.label}: no HEP capture configured here: not run in mode {m}", flush=True)
                     continue
                 if sut.name == "sippy" and (mode.needs_pki or mode.flood):
                     print(f"{sut.label}: no STIR/SHAKEN and no overload control: not run in mode {m}", flush=True)
@@ -474,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if x5u is not None:
             x5u.stop()
+        if sink is not None:
+            sink.stop()
 
 
     doc = {

@@ -46,13 +46,16 @@ _CALL_ID_RE = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECA
 
 
 def call_id_of(data: bytes) -> bytes:
-    """The Call-ID of a SIP message, from its bytes (b"" if none): no parse."""
-    head_end = data.find(b"\r\n\r\n")
-    i = data.find(b"\nCall-ID:", 0, head_end if head_end >= 0 else len(data))
+    """The Call-ID of a SIP message, from its bytes (b"" if none): found, not parsed; the head only (a sipfrag
+    body can hold a Call-ID of its own)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = len(data)
+    i = data.find(b"\nCall-ID:", 0, end)
     if i >= 0:
-        j = data.find(b"\r", i + 9)
-        return data[i + 9 : j if j >= 0 else len(data)].strip()
-    m = _CALL_ID_RE.search(data, 0, head_end if head_end >= 0 else len(data))
+        j = data.find(b"\r", i + 9, end + 1)
+        return data[i + 9 : j if j >= 0 else end].strip()
+    m = _CALL_ID_RE.search(data, 0, end)
     return m.group(1).strip() if m else b""
 
 
@@ -139,21 +142,18 @@ class HepSender:
 
     # --- correlation ------------------------------------------------------------------------------------------------
     def correlation(self, data: bytes, calls: Mapping[str, tuple[Call, int]]) -> bytes:
-        """The A-leg Call-ID of the call `data` belongs to (its own Call-ID for A-legs and strays)."""
+        """The A-leg Call-ID of the call `data` belongs to (its own Call-ID for A-legs and strays). Each Call-ID
+        seen in a call is remembered with its answer: after a call's first messages, one dict lookup."""
         cid = call_id_of(data)
         if not cid:
             return b""
         hit = self._corr.get(cid)
-        if hit is None:
-            hit = self._corr_old.get(cid)
-            if hit is not None:
-                return hit
-        else:
+        if hit is not None:
             return hit
         entry = calls.get(cid.decode("latin-1"))
-        if entry is None or entry[1] == 0:
-            return cid
-        a = entry[0].a.call_id.encode("latin-1")
+        if entry is None:  # not (or no longer) a call: what we knew of it, else its own Call-ID
+            return self._corr_old.get(cid, cid)
+        a = cid if entry[1] == 0 else entry[0].a.call_id.encode("latin-1")
         if len(self._corr) >= CORRELATION_GENERATION:
             self._corr_old = self._corr
             self._corr = {}

@@ -43,60 +43,62 @@ def _chunk(kind: int, value: bytes) -> bytes:
 
 
 class HepEncoder:
-    """Encodes packets for one capture agent (its id and auth key); per-address chunks are cached."""
+    """Encodes packets for one capture agent (its id and auth key). What depends only on the two addresses and
+    the protocol is built once per address pair and reused (peers repeat): per message, two packs and a join."""
 
-    __slots__ = ("_addr_cache", "_after_time", "_auth", "_family_proto")
+    __slots__ = ("_after_time", "_auth", "_pairs")
 
     def __init__(self, capture_id: int, auth_key: bytes | None = None) -> None:
         self._after_time = _chunk(11, bytes([_PROTO_SIP])) + _chunk(12, struct.pack("!I", capture_id))
         self._auth = _chunk(14, auth_key) if auth_key else b""
-        #: (family, IP protocol) -> their two chunks.
-        self._family_proto: dict[tuple[int, int], bytes] = {}
-        #: IP text -> (family, packed address): peers repeat, so inet_pton runs once per address.
-        self._addr_cache: dict[str, tuple[int, bytes]] = {}
+        #: (IP protocol, source IP, destination IP) -> (family and protocol chunks, the chunks from the protocol
+        #: type through the auth key), or None when the pair cannot be encoded.
+        self._pairs: dict[tuple[int, str, str], tuple[bytes, bytes] | None] = {}
 
-    def _address(self, host: str) -> tuple[int, bytes]:
-        hit = self._addr_cache.get(host)
-        if hit is None:
-            if ":" in host:
-                hit = (_AF_INET6, socket.inet_pton(socket.AF_INET6, host))
-            else:
-                hit = (_AF_INET, socket.inet_pton(socket.AF_INET, host))
-            if len(self._addr_cache) >= 4096:
-                self._addr_cache.clear()
-            self._addr_cache[host] = hit
-        return hit
-
-    def encode(self, payload: bytes, ip_proto: int, src_host: str, src_port: int, dst_host: str, dst_port: int,
-               seconds: int, micros: int, correlation: bytes = b"") -> bytes | None:
-        """One HEPv3 packet, or None when it would exceed 65535 bytes (or an address is not an IP literal)."""
+    def _pair(self, ip_proto: int, src_host: str, dst_host: str) -> tuple[bytes, bytes] | None:
         try:
-            family, src = self._address(src_host)
-            dst_family, dst = self._address(dst_host)
+            family, src = _address(src_host)
+            dst_family, dst = _address(dst_host)
         except OSError:
             return None
         if dst_family != family:
             return None
         v6 = family == _AF_INET6
-        addrs = _CHUNK_HEAD.pack(0, 5 if v6 else 3, 6 + len(src)) + src + \
-            _CHUNK_HEAD.pack(0, 6 if v6 else 4, 6 + len(dst)) + dst
-        fp = self._family_proto.get((family, ip_proto))
-        if fp is None:
-            fp = self._family_proto[(family, ip_proto)] = _chunk(1, bytes([family])) + _chunk(2, bytes([ip_proto]))
-        corr = _CHUNK_HEAD.pack(0, 17, 6 + len(correlation)) + correlation if correlation else b""
-        auth = self._auth
-        after = self._after_time
-        total = 6 + len(fp) + _PORTS_TIME.size + len(after) + len(addrs) + len(auth) + 6 + len(payload) + len(corr)
+        middle = b"".join((self._after_time, _chunk(5 if v6 else 3, src), _chunk(6 if v6 else 4, dst), self._auth))
+        return _chunk(1, bytes([family])) + _chunk(2, bytes([ip_proto])), middle
+
+    def encode(self, payload: bytes, ip_proto: int, src_host: str, src_port: int, dst_host: str, dst_port: int,
+               seconds: int, micros: int, correlation: bytes = b"") -> bytes | None:
+        """One HEPv3 packet, or None when it would exceed 65535 bytes (or an address is not an IP literal)."""
+        key = (ip_proto, src_host, dst_host)
+        pair = self._pairs.get(key)
+        if pair is None:
+            if key in self._pairs:
+                return None
+            pair = self._pair(ip_proto, src_host, dst_host)
+            if len(self._pairs) >= 4096:
+                self._pairs.clear()
+            self._pairs[key] = pair
+            if pair is None:
+                return None
+        fp, middle = pair
+        n = len(payload)
+        c = len(correlation)
+        total = 6 + len(fp) + _PORTS_TIME.size + len(middle) + 6 + n + (6 + c if c else 0)
         if total > MAX_PACKET:
             return None
         return b"".join((
             _START.pack(b"HEP3", total),
             fp,
             _PORTS_TIME.pack(0, 7, 8, src_port, 0, 8, 8, dst_port, 0, 9, 10, seconds, 0, 10, 10, micros),
-            after,
-            addrs,
-            auth,
-            _CHUNK_HEAD.pack(0, 15, 6 + len(payload)),
+            middle,
+            _CHUNK_HEAD.pack(0, 15, 6 + n),
             payload,
-            corr,
+            _CHUNK_HEAD.pack(0, 17, 6 + c) + correlation if c else b"",
         ))
+
+
+def _address(host: str) -> tuple[int, bytes]:
+    if ":" in host:
+        return _AF_INET6, socket.inet_pton(socket.AF_INET6, host)
+    return _AF_INET, socket.inet_pton(socket.AF_INET, host)
