@@ -395,6 +395,25 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
     return added
 
 
+_TLS_FILES: list[Any] = []
+
+
+def tls_front(sut: SUT, rundir: Path, off: int) -> SUT:
+    """Mode tls: the SUT behind the Kamailio TLS front (bench/tls_front.py), certificates made once per run."""
+    from .procs import Addr as _Addr
+    from .tls_front import FRONT_B, TlsFront, make_tls_pki
+
+    if not _TLS_FILES:
+        _TLS_FILES.append(make_tls_pki(rundir / "tls-pki"))
+    files = _TLS_FILES[0]
+    tls_port = 5061 + off
+    sut.tls_files = files  # type: ignore[attr-defined]
+    sut.tls_listen = _Addr(sut.listen.host, sut.listen.port + 1)  # type: ignore[attr-defined]
+    if sut.name == "kamailio":
+        sut.tls_next_hop = f"sip:{FRONT_B}:{tls_port};transport=tls"  # type: ignore[attr-defined]
+    return TlsFront(sut, files, udp_port=5060 + off, tls_port=tls_port)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -467,6 +486,15 @@ def main(argv: list[str] | None = None) -> int:
                 if mode.hep and sut.name != "stirgate":
                     print(f"{sut.label}: no HEP capture configured here: not run in mode {m}", flush=True)
                     continue
+                if mode.tls:
+                    if sut.name == "sippy":
+                        print(f"{sut.label}: no TLS: not run in mode {m}", flush=True)
+                        continue
+                    sut = tls_front(sut, rundir, off)
+                    why = sut.available()
+                    if why:
+                        print(f"{sut.label}: skipped: {why}", flush=True)
+                        continue
                 if sut.name == "sippy" and (mode.needs_pki or mode.flood):
                     print(f"{sut.label}: no STIR/SHAKEN and no overload control: not run in mode {m}", flush=True)
                     continue

@@ -12,6 +12,8 @@
   503) with p99 <= 200 ms at >= 97 % of the offered rate.
 - hep, hep-tcp: the plain relay with HEP capture on (`hep:` to `python -m bench.hep_sink` over UDP, or over TCP):
   what a HEPv3 copy of every message costs per call (stirgate only; compared with its relay, same run).
+- tls: the plain relay over TLS on both trunks, SIPp reaching the SUT through a Kamailio TLS front
+  (bench/tls_front.py): stirgate against Kamailio with its tls module, same front and load.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Mode:
     identity_pool: bool = False     # the UAC sends a fresh Identity (SIPp -inf file)
     flood: bool = False
     hep: str | None = None          # HEP capture on, over this transport (stirgate only)
+    tls: bool = False               # the SUT behind the Kamailio TLS front (bench/tls_front.py)
 
 
 MODES: dict[str, Mode] = {
@@ -51,6 +54,7 @@ MODES: dict[str, Mode] = {
     "flood": Mode("flood", SCENARIOS / "uac_flood.xml", None, flood=True),
     "hep": Mode("hep", SCENARIOS / "uac.xml", None, hep="udp"),
     "hep-tcp": Mode("hep-tcp", SCENARIOS / "uac.xml", None, hep="tcp"),
+    "tls": Mode("tls", SCENARIOS / "uac.xml", None, tls=True),
 }
 SIP_MODES = tuple(MODES)
 STANDALONE_MODES = ("crypto", "policies", "records")

@@ -46,16 +46,14 @@ _CALL_ID_RE = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECA
 
 
 def call_id_of(data: bytes) -> bytes:
-    """The Call-ID of a SIP message, from its bytes (b"" if none): found, not parsed; the head only (a sipfrag
-    body can hold a Call-ID of its own)."""
+    """The Call-ID of a SIP message, from its bytes (b"" if none): found, not parsed; in the head only (a
+    sipfrag body can hold a Call-ID of its own)."""
+    i = data.find(b"\nCall-ID:")
+    if i >= 0 and data.find(b"\r\n\r\n", 0, i) < 0:  # the usual spelling, before the end of the head
+        j = data.find(b"\r", i + 9)
+        return data[i + 9 : j if j >= 0 else len(data)].strip()
     end = data.find(b"\r\n\r\n")
-    if end < 0:
-        end = len(data)
-    i = data.find(b"\nCall-ID:", 0, end)
-    if i >= 0:
-        j = data.find(b"\r", i + 9, end + 1)
-        return data[i + 9 : j if j >= 0 else end].strip()
-    m = _CALL_ID_RE.search(data, 0, end)
+    m = _CALL_ID_RE.search(data, 0, end if end >= 0 else len(data))
     return m.group(1).strip() if m else b""
 
 
