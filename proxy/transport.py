@@ -268,11 +268,6 @@ class SipServer:
         for name in TRANSPORT_STATS:
             stats.setdefault(name, 0)
 
-    # Kept for readers of the TCP-only names.
-    @property
-    def tcp_connections(self) -> dict[tuple[str, str, int], _StreamConnection]:
-        return self.connections
-
     def count(self, name: str) -> None:
         stats = self.engine.stats
         stats[name] = stats.get(name, 0) + 1
