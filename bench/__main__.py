@@ -20,6 +20,7 @@ from .modes import (
     SERVICE_MODES,
     SIP_MODES,
     STANDALONE_MODES,
+    HepSink,
     Mode,
     Pki,
     X5uServer,
@@ -46,8 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "and INVITE->200 p99 <= 200 ms. CPU per call = the SUT's own utime+stime (all its "
                     "processes) over the step / successful calls.")
     p.add_argument("--mode", default="relay",
-                   help="comma-separated: relay (default), sign, verify, flood, redirect (SIP sweeps, in that "
-                        "order, same run), rest (the ATIS-1000082 API under wrk, after the sweeps), "
+                   help="comma-separated: relay (default), sign, verify, flood, redirect, hep, hep-tcp, tls "
+                        "(SIP sweeps, in that order, same run; redirect/hep: stirgate only), rest (the "
+                        "ATIS-1000082 API under wrk, after the sweeps), "
                         "crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
                         "records (bench/records_bench.py: SQLite), records-pg (bench/records_pg_bench.py: "
                         "PostgreSQL insert rate and traceback among 10M rows), concurrency (N long calls held: "
@@ -94,6 +96,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep-traces", action="store_true", help="keep SIPp's per-call RTT files")
     p.add_argument("--x5u-listen", default="127.0.0.1:8443",
                    help="the bench's x5u https server (verify mode; --port-offset applies)")
+    p.add_argument("--hep-listen", default="127.0.0.1:9060",
+                   help="hep modes: the HEP sink stirgate sends its copies to (--port-offset applies)")
     p.add_argument("--max-calls-in-setup", type=int, default=100,
                    help="flood mode: stirgate's overload.max_calls_in_setup (default 100)")
     p.add_argument("--no-pike", action="store_true", help="flood mode: Kamailio without pike")
@@ -393,7 +397,7 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
     run back to back (--pairs times; the background load drifts between sweeps), median of the differences."""
     relay = all_sweeps.get("relay")
     added: dict[str, dict[str, Any]] = {}
-    for m in ("sign", "verify"):
+    for m in ("sign", "verify", "hep", "hep-tcp"):
         for name, sw in all_sweeps.get(m, {}).items() if relay else ():
             base = relay.get(name) if relay else None
             if base is None or base.best() is None or sw.best() is None:
@@ -417,7 +421,13 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
         for m, per in added.items():
             for name, e in per.items():
                 pm, am = e["paired_median_us"], e["all_steps_median_us"]
-                print(f"  {m} {name} at {e['rate_cps']:.0f} cps: back-to-back pairs "
+                base_us = cpu_at(relay[name], e["rate_cps"]) if relay and name in relay else None
+                added_us = pm if pm is not None else am
+                e["added_pct_of_relay"] = round(100 * added_us / base_us, 1) if added_us is not None and base_us \
+                    else None
+                share = f" ({e['added_pct_of_relay']:+.1f} % of the relay)" if e["added_pct_of_relay"] is not None \
+                    else ""
+                print(f"  {m} {name} at {e['rate_cps']:.0f} cps{share}: back-to-back pairs "
                       f"{'n/a' if pm is None else f'{pm:+.0f} µs'} ({', '.join(f'{d:+.0f}' for d in e['pairs_us'])}); "
                       f"medians of every clean step {'n/a' if am is None else f'{am:+.0f} µs'}")
     return added
@@ -457,6 +467,25 @@ def service_vs_inline(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TLS_FILES: list[Any] = []
+
+
+def tls_front(sut: SUT, rundir: Path, off: int) -> SUT:
+    """Mode tls: the SUT behind the Kamailio TLS front (bench/tls_front.py), certificates made once per run."""
+    from .procs import Addr as _Addr
+    from .tls_front import FRONT_B, TlsFront, make_tls_pki
+
+    if not _TLS_FILES:
+        _TLS_FILES.append(make_tls_pki(rundir / "tls-pki"))
+    files = _TLS_FILES[0]
+    tls_port = 5061 + off
+    sut.tls_files = files  # type: ignore[attr-defined]
+    sut.tls_listen = _Addr(sut.listen.host, sut.listen.port + 1)  # type: ignore[attr-defined]
+    if sut.name == "kamailio":
+        sut.tls_next_hop = f"sip:{FRONT_B}:{tls_port};transport=tls"  # type: ignore[attr-defined]
+    return TlsFront(sut, files, udp_port=5060 + off, tls_port=tls_port)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -475,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "stirgate":
             suts.append(Stirgate(Addr.parse(args.stirgate_listen).offset(off), uas, uacs, rundir,
                                  workers=args.workers, log_level=args.log_level, worker_port_base=5100 + off,
-                                 records=args.records, max_calls_in_setup=args.max_calls_in_setup))
+                                 records=args.records, max_calls_in_setup=args.max_calls_in_setup,
+                                 hep_listen=Addr.parse(args.hep_listen).offset(off)))
         elif name == "kamailio":
             suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir, pike=not args.no_pike))
         elif name == "sippy":
@@ -494,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     rev_start = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     pki: Pki | None = None
     x5u: X5uServer | None = None
+    sink: HepSink | None = None
     if any(MODES[m].needs_pki for m in sip_modes) or "state" in args.modes or "rest" in args.modes:
         pki = make_pki(rundir, VENV_BIN / "stirgate", Addr.parse(args.x5u_listen).offset(off))
     all_sweeps: dict[str, dict[str, Sweep]] = {}
@@ -513,11 +544,30 @@ def main(argv: list[str] | None = None) -> int:
                 x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
                 x5u.start()
                 print(f"x5u server on https://{x5u.listen}/ (PID {x5u.proc.pid if x5u.proc else '?'})", flush=True)
+            if mode.hep:
+                if sink is not None:
+                    sink.stop()
+                sink = HepSink(VENV_BIN / "python", Addr.parse(args.hep_listen).offset(off), mode.hep, rundir)
+                sink.start()
+                print(f"HEP sink ({mode.hep}) on {sink.listen} (PID {sink.proc.pid if sink.proc else '?'})",
+                      flush=True)
             sweeps: dict[str, Sweep] = {}
             all_sweeps[m] = sweeps
             for sut in suts:
                 if sut.name in skipped:
                     continue
+                if mode.hep and sut.name != "stirgate":
+                    print(f"{sut.label}: no HEP capture configured here: not run in mode {m}", flush=True)
+                    continue
+                if mode.tls:
+                    if sut.name == "sippy":
+                        print(f"{sut.label}: no TLS: not run in mode {m}", flush=True)
+                        continue
+                    sut = tls_front(sut, rundir, off)
+                    why = sut.available()
+                    if why:
+                        print(f"{sut.label}: skipped: {why}", flush=True)
+                        continue
                 if sut.name == "sippy" and (mode.needs_pki or mode.flood):
                     print(f"{sut.label}: no STIR/SHAKEN and no overload control: not run in mode {m}", flush=True)
                     continue
@@ -584,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if x5u is not None:
             x5u.stop()
+        if sink is not None:
+            sink.stop()
 
 
     doc = {

@@ -63,8 +63,10 @@ def resolve_target(uri: str, transport: str, fallback: Target) -> Target:
         return fallback
     if not _is_ip_literal(u.host):
         return fallback
-    t = (u.param("transport") or transport).lower()
-    return (t if t in ("udp", "tcp") else transport, u.host.strip("[]"), u.port or 5060)
+    t = (u.param("transport") or ("tls" if u.scheme == "sips" else transport)).lower()
+    if t not in ("udp", "tcp", "tls"):
+        t = transport
+    return (t, u.host.strip("[]"), u.port or (5061 if t == "tls" else 5060))
 
 
 def apply_tags(tags: Decision, headers: list[Header], from_na: NameAddr) -> tuple[list[Header], NameAddr]:

@@ -43,6 +43,8 @@ MODULES = (
     "proxy/redirect.py",
     "proxy/engine.py",
     "proxy/transport.py",
+    "proxy/hep.py",
+    "proxy/capture.py",
     "proxy/authentication.py",
     "proxy/stir/tn.py",
     "proxy/stir/identity.py",

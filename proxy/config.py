@@ -7,6 +7,7 @@ imports the components themselves (`proxy.yamlfile` does the located YAML readin
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ __all__ = [
     "ApiSettings",
     "Config",
     "ConfigError",
+    "HepSettings",
     "Listen",
     "RecordsSettings",
     "Route",
@@ -29,6 +31,7 @@ __all__ = [
     "StiApiSettings",
     "StiClient",
     "Trunk",
+    "TrunkTlsSettings",
     "client_token",
     "load_config",
     "load_config_text",
@@ -61,6 +64,10 @@ class SipSettings(_Base, frozen=True):
     server_header: str = ""
     #: Seconds between full cyclic-GC passes (automatic full passes are off: they stall the loop); 0: never.
     gc_full_interval: float = 600.0
+    #: RFC 5626 3.5.1 keep-alive on the TCP/TLS connections stirgate opens: a CRLFCRLF ping after this many quiet
+    #: seconds; no answer (any byte) within `keepalive_timeout` closes the connection. 0: no pings.
+    keepalive_interval: float = 30.0
+    keepalive_timeout: float = 10.0
 
 
 class AttestationSettings(_Base, frozen=True):
@@ -157,6 +164,77 @@ class ProtectionSettings(_Base, frozen=True):
     tcp_idle_timeout: float = 300.0
     #: A TCP connection holding a partial message longer than this is closed (slowloris).
     tcp_message_timeout: float = 10.0
+    #: A TLS handshake (either direction) not done in this many seconds is cut; other calls never wait on it.
+    tls_handshake_timeout: float = 5.0
+
+
+TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
+_TLS_VERSIONS: dict[str, ssl.TLSVersion] = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class TrunkTlsSettings(_Base, frozen=True):
+    """`tls:` of a trunk with `transport: tls`: how stirgate proves itself to this peer and checks it.
+
+    `cert_file`/`key_file` are stirgate's certificate towards this trunk: the server certificate when the peer
+    connects in, the client certificate (mutual TLS) when stirgate connects out. `ca_file` is the only trust
+    for this peer: its certificate must chain to it, in both directions. `server_name` is the name the peer's
+    certificate must carry (SNI and hostname check when stirgate connects; checked on the client certificate
+    when the peer connects in); default: the destination host, and no name check on inbound connections.
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Off only in labs: the peer's certificate is then not checked at all (and a client needs none).
+    verify_peer: bool = True
+    server_name: str | None = None
+    min_version: TlsVersion = "TLSv1.2"
+    #: OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults); empty: OpenSSL's defaults.
+    ciphers: str = ""
+
+    def _context(self, purpose: ssl.Purpose) -> ssl.SSLContext:
+        server = purpose is ssl.Purpose.CLIENT_AUTH
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = _TLS_VERSIONS[self.min_version]
+        if self.ciphers:
+            ctx.set_ciphers(self.ciphers)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.verify_peer:
+            if self.ca_file is not None:
+                ctx.load_verify_locations(cafile=self.ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """For connections stirgate opens to this trunk: the peer's certificate and name are checked."""
+        return self._context(ssl.Purpose.SERVER_AUTH)
+
+    def server_context(self) -> ssl.SSLContext:
+        """For connections this trunk opens to stirgate: with `verify_peer`, a client certificate chaining to
+        `ca_file` is required (mutual TLS); a client without one fails the handshake."""
+        return self._context(ssl.Purpose.CLIENT_AUTH)
+
+
+class HepSettings(_Base, frozen=True):
+    """`hep:`: a HEPv3 copy of every SIP message stirgate receives or sends, to Homer or sngrep."""
+
+    #: host:port of the capture server (heplify-server, Homer, sngrep -L udp:HOST:PORT).
+    address: Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):\d{1,5}$")]
+    capture_id: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 2001
+    #: Sent in the auth-key chunk when set (the capture server's password).
+    auth_key: str | None = None
+    transport: Literal["udp", "tcp"] = "udp"
+    #: TCP only: bytes waiting for the capture server beyond which copies are dropped (and counted).
+    max_queue_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 #: inline: stirgate is the B2BUA in the call path. redirect: an INVITE is never relayed; stirgate answers it
@@ -169,7 +247,9 @@ class Trunk(_Base, frozen=True):
     role: Literal["customer", "carrier"]
     sources: list[str] = []
     destination: str | None = None
-    transport: Literal["udp", "tcp"] = "udp"
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    #: Required with `transport: tls`.
+    tls: TrunkTlsSettings | None = None
     sign: TrunkSignSettings | None = None
     verify: TrunkVerifySettings = TrunkVerifySettings()
     #: redirect: INVITEs from this trunk are answered 302/reject, never relayed (docs/STI_SERVICE.md).
@@ -423,6 +503,8 @@ class _RawConfig(_Base, frozen=True):
     overload: OverloadSettings = OverloadSettings()
     protection: ProtectionSettings = ProtectionSettings()
     sti_api: StiApiSettings = StiApiSettings()
+    #: HEPv3 capture (Homer, sngrep); none: off.
+    hep: HepSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,6 +535,7 @@ class Config:
     state: StateSettings
     sti_api: StiApiSettings
     policies: str | None = None
+    hep: HepSettings | None = None
 
     def trunk(self, name: str) -> Trunk:
         for t in self.trunks:
@@ -466,8 +549,8 @@ class Config:
 
 def _parse_listen(text: str, mode: str = "inline") -> Listen:
     parts = text.split(":")
-    if len(parts) != 3 or parts[0] not in ("udp", "tcp") or not parts[2].isdigit():
-        raise ValueError("expected transport:host:port, e.g. udp:127.0.0.1:5060")
+    if len(parts) != 3 or parts[0] not in ("udp", "tcp", "tls") or not parts[2].isdigit():
+        raise ValueError("expected transport:host:port (udp, tcp or tls), e.g. udp:127.0.0.1:5060")
     ipaddress.ip_address(parts[1])
     port = int(parts[2])
     if not 0 < port < 65536:
@@ -534,6 +617,15 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
     if raw.records.enabled and raw.records.backend == "postgresql" and not raw.records.dsn.strip():
         raise fail("$.records.dsn", "backend postgresql needs a dsn, e.g. postgresql://stirgate@db.example/stirgate")
     _validate_sti_api(raw, fail)
+    _validate_tls(raw, listens, fail)
+    if raw.hep is not None:
+        host, port = raw.hep.host_port
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise fail("$.hep.address", "an IP address and port, e.g. 127.0.0.1:9060 (no DNS here)") from None
+        if not 0 < port < 65536:
+            raise fail("$.hep.address", "port out of range")
     s = raw.sip
     for key in ("t1", "t2", "t4", "failover_timeout", "no_answer_timeout"):
         if getattr(s, key) <= 0:
@@ -554,7 +646,37 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
         protection=raw.protection,
         state=raw.state,
         sti_api=raw.sti_api,
+        hep=raw.hep,
     )
+
+
+def _validate_tls(raw: _RawConfig, listens: list[Listen], fail: Callable[[str, str], ConfigError]) -> None:
+    """TLS trunks: settings present, files readable, contexts buildable (errors located at the key)."""
+    tls_listen = any(x.transport == "tls" for x in listens)
+    for i, trunk in enumerate(raw.trunks):
+        where = f"$.trunks[{i}]"
+        tls = trunk.tls
+        if trunk.transport != "tls":
+            if tls is not None:
+                raise fail(f"{where}.tls", "tls settings need `transport: tls`")
+            continue
+        if tls is None:
+            raise fail(f"{where}.transport", "a TLS trunk needs a `tls:` block (ca_file, cert_file, key_file)")
+        if tls.verify_peer and tls.ca_file is None:
+            raise fail(f"{where}.tls.ca_file", "needed to check the peer's certificate (or verify_peer: false)")
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise fail(f"{where}.tls.cert_file", "cert_file and key_file go together")
+        if tls_listen and trunk.sources and tls.cert_file is None:
+            raise fail(f"{where}.tls.cert_file", "needed to accept TLS connections from this trunk's sources")
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path is not None and not Path(path).is_file():
+                raise fail(f"{where}.tls.{key}", f"no such file: {path}")
+        for build in (tls.client_context, tls.server_context):
+            try:
+                build()
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise fail(f"{where}.tls", f"cannot use these TLS settings: {exc}") from None
 
 
 def _validate_stir(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> None:

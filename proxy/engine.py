@@ -183,6 +183,11 @@ class Engine(CallHost):
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()
 
+    def transport_failed(self, target: Target, now: float) -> None:
+        """Nothing could be delivered to `target` (connection refused, TLS peer untrusted or misnamed): its
+        client transactions fail now (RFC 3261 8.1.3.1: as a 503), so a call fails over without waiting."""
+        self.txns.transport_failed(target, now)
+
     def earliest_deadline(self) -> float | None:
         """A lower bound of next_deadline (cancelled timers included), at the cost of one index."""
         return self.queue.earliest()
@@ -237,7 +242,7 @@ class Engine(CallHost):
 
     # --- requests ---------------------------------------------------------------------------------------------
     def _on_request(self, req: Request, source: Target, now: float) -> None:
-        trunk = self.router.trunk_for_source(source[1])
+        trunk = self.router.trunk_for(source)
         if (trunk is None or self.pike.covers_trunks) and self.pike.blocked(source[1], now):
             self.stats["pike_dropped"] += 1
             return
@@ -496,7 +501,7 @@ class Engine(CallHost):
 
     # --- responses --------------------------------------------------------------------------------------------
     def _on_response(self, resp: Response, source: Target, now: float) -> None:
-        if self.router.trunk_for_source(source[1]) is None:
+        if self.router.trunk_for(source) is None:
             self.stats["dropped_unknown_source"] += 1
             return
         if self.txns.match_client(resp, now):

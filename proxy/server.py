@@ -230,11 +230,12 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
     udp_listens = [(x.transport, x.host, x.port) for x in inline]
     redirect_listens = [(x.transport, x.host, x.port) for x in config.listen if x.mode == "redirect"]
     first_udp = next((x for x in inline if x.transport == "udp"), inline[0])
-    first_tcp = next((x for x in inline if x.transport == "tcp"), None)
     private: tuple[str, int] | None = None
     local = {"udp": (first_udp.host, first_udp.port)}
-    if first_tcp is not None:
-        local["tcp"] = (first_tcp.host, first_tcp.port)
+    for stream in ("tcp", "tls"):  # Via and Contact name the first listen address of each transport
+        first = next((x for x in inline if x.transport == stream), None)
+        if first is not None:
+            local[stream] = (first.host, first.port)
     if workers > 1:
         private = (first_udp.host, config.sip.worker_port_base + worker)
         local["udp"] = private
