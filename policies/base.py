@@ -122,33 +122,24 @@ class CallContext:
         `headers` are (canonical name, value) pairs in message order (compact forms already expanded);
         `orig_tn`/`dest_tn` may be passed when the caller already canonicalised them.
         """
-        kept: dict[str, list[str]] = {}
+        kept: dict[str, tuple[str, ...]] = {}
         for name, value in headers:
             key = name.lower()
             if key in header_names:
-                kept.setdefault(key, []).append(value)
-        frozen = MappingProxyType({k: tuple(v) for k, v in kept.items()}) if kept else _EMPTY
+                kept[key] = (*kept[key], value) if key in kept else (value,)
+        frozen = MappingProxyType(kept) if kept else _EMPTY
+        if orig_tn is None:
+            orig_tn = try_canonical_tn(orig, tn_policy)
+        if dest_tn is None:
+            dest_tn = try_canonical_tn(dest, tn_policy)
         v = verification
-        return cls(
-            call_id=call_id,
-            trunk=trunk,
-            trunk_role=trunk_role,
-            source_ip=source[0],
-            source_port=source[1],
-            orig=orig,
-            orig_tn=orig_tn if orig_tn is not None else try_canonical_tn(orig, tn_policy),
-            dest=dest,
-            dest_tn=dest_tn if dest_tn is not None else try_canonical_tn(dest, tn_policy),
-            display_name=display_name,
-            verification=v,
-            attest=v.attest if v is not None else None,
-            origid=v.origid if v is not None else None,
-            spc=v.spc if v is not None else None,
-            rcd_name=v.rcd_name if v is not None else None,
-            identity_present="identity" in frozen or (v is not None and v.status != "missing"),
-            headers=frozen,
-            now=now,
-        )
+        if v is None:
+            return cls(call_id, trunk, trunk_role, source[0], source[1], orig, orig_tn, dest, dest_tn, display_name,
+                       None, None, None, None, None, "identity" in frozen, frozen, now)
+        # Positional, in field order: a context per call, and keywords cost a fifth of its construction.
+        return cls(call_id, trunk, trunk_role, source[0], source[1], orig, orig_tn, dest, dest_tn, display_name,
+                   v, v.attest, v.origid, v.spc, v.rcd_name, "identity" in frozen or v.status != "missing", frozen,
+                   now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,23 +178,29 @@ class Decision:
     verstat: str | None = None
     attestation_indicator: str | None = None
     note: str = ""
+    #: Whether it carries any tag (header edits, display prefix, verstat, attestation indicator).
+    tagged: bool = field(init=False, repr=False, compare=False)
+    #: `continue`, `tag`, `route` or `reject`: the label counters and logs use. Both are worked out once, when
+    #: the decision is made (most are made when the policy file loads), as every call reads them several times.
+    outcome: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def tagged(self) -> bool:
-        return bool(
+    def __post_init__(self) -> None:
+        tagged = bool(
             self.add_headers
             or self.set_headers
             or self.display_prefix
             or self.verstat
             or self.attestation_indicator
         )
+        object.__setattr__(self, "tagged", tagged)
+        action = self.action
+        object.__setattr__(self, "outcome", ("tag" if tagged else "continue") if action == "continue" else action)
 
-    @property
-    def outcome(self) -> str:
-        """`continue`, `tag`, `route` or `reject`: the label counters and logs use."""
-        if self.action == "continue":
-            return "tag" if self.tagged else "continue"
-        return self.action
+    def with_note(self, note: str) -> Decision:
+        """This decision saying why: policies keep their decisions from load time and note them per call."""
+        return Decision(self.action, self.trunks, self.code, self.reason, self.reason_header, self.jcard_url,
+                        self.retry_after, self.add_headers, self.set_headers, self.display_prefix, self.verstat,
+                        self.attestation_indicator, note)
 
     def response_headers(self) -> tuple[tuple[str, str], ...]:
         """Headers for the reject response: Reason (RFC 9410), Call-Info jCard (RFC 8688), Retry-After."""

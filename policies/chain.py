@@ -161,9 +161,12 @@ class Chain:
         self.trunk = trunk
         self.entries: tuple[ChainEntry, ...] = tuple(entries)
         self.counters = counters if counters is not None else Counters()
+        # Per entry, what evaluate needs without attribute lookups, and its step for a plain `continue` (what
+        # most entries say about most calls: one shared Step instead of a new one per call).
         self._entries = tuple(
             (e.name, e.mode, e.mode == "dry-run", e.policy.evaluate, e.policy,
-             callable(getattr(e.policy, "observe", None)), e.when.matches if e.when is not None else None)
+             callable(getattr(e.policy, "observe", None)), e.when.matches if e.when is not None else None,
+             Step(e.name, e.mode, CONTINUE))
             for e in self.entries
         )
         self._observers = tuple(
@@ -213,7 +216,7 @@ class Chain:
         trunk = ctx.trunk
         steps: list[Step] = []
         enforced: list[Decision] = []
-        for name, mode, dry, evaluate, policy, stateful, when in self._entries:
+        for name, mode, dry, evaluate, policy, stateful, when, continued in self._entries:
             try:
                 if when is not None and not when(ctx):
                     continue
@@ -227,7 +230,7 @@ class Chain:
                 d, outcome = CONTINUE, "error"
             key = (trunk, name, mode, outcome)
             counts[key] = counts.get(key, 0) + 1
-            steps.append(Step(name, mode, d))
+            steps.append(continued if d is CONTINUE else Step(name, mode, d))
             if dry or outcome == "continue" or outcome == "error" or outcome == "state-miss":
                 continue
             enforced.append(d)

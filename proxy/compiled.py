@@ -52,6 +52,8 @@ MODULES = (
     "proxy/stir/x5u.py",
     "proxy/stir/verifier.py",
     "proxy/stir/signer.py",
+    "policies/state.py",
+    "policies/risk_core.py",
 )
 
 
