@@ -19,57 +19,91 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 __all__ = ["Claim", "MemoryStore", "Op", "Recent", "StateStore", "Tally", "Window", "run_ops"]
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class _Value:
+    """Base of the ops: plain values, compared and shown by their fields. Their attributes are `Final`: read-only
+    when compiled (mypyc), and built natively: a policy makes several per call, and a dataclass's generated
+    `__init__` (interpreted, even when compiled) cost more than running the op."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and isinstance(other, _Value) and other._values() == self._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._values()))
+
+
+class Claim(_Value):
     """Own `key` for `ttl` seconds unless another call does. Result: None when this call claimed it (or already
     held it with the same value), else the value the key holds."""
 
-    key: str
-    value: str
-    ttl: float
+    __slots__ = ("key", "ttl", "value")
+    _fields = ("key", "value", "ttl")
+
+    def __init__(self, key: str, value: str, ttl: float) -> None:
+        self.key: Final = key
+        self.value: Final = value
+        self.ttl: Final = ttl
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
+class Window(_Value):
     """Add `member` at now; forget members seen `span` seconds ago or earlier; keep the newest `keep`.
     Result: how many distinct members are in the window (at most `keep`). A member seen again moves up."""
 
-    key: str
-    member: str
-    span: float
-    keep: int
+    __slots__ = ("keep", "key", "member", "span")
+    _fields = ("key", "member", "span", "keep")
+
+    def __init__(self, key: str, member: str, span: float, keep: int) -> None:
+        self.key: Final = key
+        self.member: Final = member
+        self.span: Final = span
+        self.keep: Final = keep
 
 
-@dataclass(frozen=True, slots=True)
-class Tally:
+class Tally(_Value):
     """Counters `fields` over the last `span` seconds, in `buckets` buckets (the window slides a bucket at a
     time). Adds `add` (aligned with fields) to the current bucket; when `add_if_claimed` names a field, that
     field also gets 1 if the last Claim before this op in the call's ops newly claimed its key. Result: a tuple
     of the sums over the window, aligned with fields, this call's additions included."""
 
-    key: str
-    fields: tuple[str, ...]
-    add: tuple[int, ...]
-    span: float
-    buckets: int = 10
-    add_if_claimed: int = -1
+    __slots__ = ("add", "add_if_claimed", "buckets", "fields", "key", "span")
+    _fields = ("key", "fields", "add", "span", "buckets", "add_if_claimed")
+
+    def __init__(self, key: str, fields: tuple[str, ...], add: tuple[int, ...], span: float, buckets: int = 10,
+                 add_if_claimed: int = -1) -> None:
+        self.key: Final = key
+        self.fields: Final = fields
+        self.add: Final = add
+        self.span: Final = span
+        self.buckets: Final = buckets
+        self.add_if_claimed: Final = add_if_claimed
 
 
-@dataclass(frozen=True, slots=True)
-class Recent:
+class Recent(_Value):
     """Push `member` onto a list of the last `keep`, kept `ttl` seconds after the last push. Result: the
     list, newest first, this member included."""
 
-    key: str
-    member: str
-    keep: int
-    ttl: float
+    __slots__ = ("keep", "key", "member", "ttl")
+    _fields = ("key", "member", "keep", "ttl")
+
+    def __init__(self, key: str, member: str, keep: int, ttl: float) -> None:
+        self.key: Final = key
+        self.member: Final = member
+        self.keep: Final = keep
+        self.ttl: Final = ttl
 
 
 Op = Claim | Window | Tally | Recent
