@@ -28,6 +28,7 @@ from typing import Any
 
 from policies.base import CallContext, CallOutcome
 from policies.chain import Chain
+from policies.loader import load_policies
 from policies.state import MemoryStore
 
 from .campaigns import default_policies, play
@@ -45,25 +46,29 @@ class Recording:
         self.calls = 0
 
 
+def _build_args(ctx: CallContext) -> dict[str, Any]:
+    """What the engine passed to `CallContext.build` for this context (the headers it kept, in order)."""
+    return {"call_id": ctx.call_id, "trunk": ctx.trunk, "trunk_role": ctx.trunk_role,
+            "source": (ctx.source_ip, ctx.source_port), "orig": ctx.orig, "dest": ctx.dest,
+            "display_name": ctx.display_name, "verification": ctx.verification,
+            "headers": [(k, v) for k, values in ctx.headers.items() for v in values], "now": ctx.now,
+            "orig_tn": ctx.orig_tn, "dest_tn": ctx.dest_tn}
+
+
 @contextlib.contextmanager
-def _recording(rec: Recording) -> Iterator[None]:
-    """Wrap the policy path's entry points (the compiled engine calls them through their classes)."""
-    build = CallContext.__dict__["build"]
+def _recording(rec: Recording, header_names: list[frozenset[str]]) -> Iterator[None]:
+    """Wrap the chain's and the store's entry points (the compiled engine calls them through their classes; the
+    context is built natively, so its arguments are read back from it)."""
     observe, evaluate, ended = Chain.observe, Chain.evaluate, Chain.ended
     execute = MemoryStore.execute
     index: dict[int, int] = {}
     pending: list[list[Any]] = []
 
-    def build_w(cls: type[CallContext], **kw: Any) -> CallContext:
-        kw["headers"] = list(kw.get("headers", ()))
-        ctx = build.__func__(cls, **kw)
-        index[id(ctx)] = len(rec.events)
-        rec.events.append(("judge", None, kw, None, None))
-        return ctx
-
     def observe_w(self: Chain, ctx: CallContext) -> Any:
-        i = index[id(ctx)]
-        rec.events[i] = ("judge", self, *rec.events[i][2:])
+        index[id(ctx)] = len(rec.events)
+        kw = _build_args(ctx)
+        kw["header_names"] = header_names[0]
+        rec.events.append(("judge", self, kw, None, None))
         return observe(self, ctx)
 
     def evaluate_w(self: Chain, ctx: CallContext, *a: Any, **kw: Any) -> Any:
@@ -86,13 +91,11 @@ def _recording(rec: Recording) -> Iterator[None]:
             pending.pop()[4] = now
         return execute(self, ops, now)
 
-    CallContext.build = classmethod(build_w)  # type: ignore[assignment,method-assign]
     Chain.observe, Chain.evaluate, Chain.ended = observe_w, evaluate_w, ended_w  # type: ignore[method-assign]
     MemoryStore.execute = execute_w  # type: ignore[method-assign]
     try:
         yield
     finally:
-        CallContext.build = build  # type: ignore[method-assign]
         Chain.observe, Chain.evaluate, Chain.ended = observe, evaluate, ended  # type: ignore[method-assign]
         MemoryStore.execute = execute  # type: ignore[method-assign]
         rec.events = [tuple(e) for e in rec.events]
@@ -102,7 +105,8 @@ def record(hours: float, scale: int, seed: int, policies: str | Path) -> Recordi
     traffic = generate(seed, hours, scale)
     rec = Recording()
     rec.calls = len(traffic.calls)
-    with _recording(rec):
+    names = [load_policies(policies).header_names]
+    with _recording(rec, names):
         play(traffic, policies)
     return rec
 

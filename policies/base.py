@@ -8,16 +8,14 @@ frozen values is what lets a chain run in a few microseconds and be tested witho
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from proxy.stir.tn import DEFAULT_TN_POLICY, TNPolicy, try_canonical_tn
-from proxy.stir.verifier import VerificationResult
+from .context import DEFAULT_HEADERS, CallContext, CallOutcome
 
 __all__ = [
     "CONTINUE",
@@ -33,124 +31,6 @@ __all__ = [
 ]
 
 Action = Literal["continue", "route", "reject"]
-
-#: Headers every CallContext carries (canonical lower-case names); a policy class may ask for more with
-#: its `headers` class attribute. Copying only these keeps building a context cheap.
-DEFAULT_HEADERS: frozenset[str] = frozenset(
-    {"from", "to", "p-asserted-identity", "privacy", "identity", "diversion", "history-info", "date"}
-)
-
-_EMPTY: Mapping[str, tuple[str, ...]] = MappingProxyType({})
-_NO_FACTS: Mapping[object, list[Any]] = MappingProxyType({})
-
-
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    """Everything a policy may know about one call, frozen at admission.
-
-    `orig`/`dest` are the user parts as signaled (PAI/From, R-URI/To); `orig_tn`/`dest_tn` their canonical
-    form (digits only, None when not a number). `verification` is None on trunks that do not verify.
-    `attest`/`origid`/`spc` come from the verification result (`verified` says whether they are trusted);
-    `rcd_name` is the caller name of a verified Rich Call Data PASSporT (RFC 9795), None without one.
-    `headers` maps canonical lower-case names to every value, in order. `now` is wall-clock epoch seconds.
-    """
-
-    call_id: str
-    trunk: str
-    trunk_role: str = "carrier"
-    source_ip: str = ""
-    source_port: int = 0
-    orig: str | None = None
-    orig_tn: str | None = None
-    dest: str | None = None
-    dest_tn: str | None = None
-    display_name: str | None = None
-    verification: VerificationResult | None = None
-    attest: str | None = None
-    origid: str | None = None
-    spc: str | None = None
-    rcd_name: str | None = None
-    identity_present: bool = False
-    headers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: _EMPTY)
-    now: float = 0.0
-    #: Results of each stateful policy's `observe` ops, by policy (filled by the chain before evaluating).
-    facts: Mapping[object, list[Any]] = field(default_factory=lambda: _NO_FACTS)
-
-    def state_for(self, policy: object) -> list[Any] | None:
-        """The results of `policy`'s observe ops for this call, aligned with them; None when the store did
-        not answer (the chain then applies the state store's `on_error` and does not ask the policy)."""
-        return self.facts.get(policy)
-
-    @property
-    def verified(self) -> bool:
-        """True when an Identity header passed verification (attest/origid/spc can be trusted)."""
-        v = self.verification
-        return v is not None and v.status == "passed"
-
-    @property
-    def verstat(self) -> str | None:
-        """The verifier's verstat, None on a trunk that does not verify."""
-        v = self.verification
-        return v.verstat if v is not None else None
-
-    def header(self, name: str) -> str | None:
-        """The first value of a header (canonical lower-case name), or None."""
-        values = self.headers.get(name)
-        return values[0] if values else None
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        call_id: str,
-        trunk: str,
-        trunk_role: str = "carrier",
-        source: tuple[str, int] = ("", 0),
-        orig: str | None = None,
-        dest: str | None = None,
-        display_name: str | None = None,
-        verification: VerificationResult | None = None,
-        headers: Iterable[tuple[str, str]] = (),
-        now: float = 0.0,
-        tn_policy: TNPolicy = DEFAULT_TN_POLICY,
-        header_names: frozenset[str] = DEFAULT_HEADERS,
-        orig_tn: str | None = None,
-        dest_tn: str | None = None,
-    ) -> CallContext:
-        """The engine's one way to make a context: canonicalises the TNs, keeps only the wanted headers.
-
-        `headers` are (canonical name, value) pairs in message order (compact forms already expanded);
-        `orig_tn`/`dest_tn` may be passed when the caller already canonicalised them.
-        """
-        kept: dict[str, tuple[str, ...]] = {}
-        for name, value in headers:
-            key = name.lower()
-            if key in header_names:
-                kept[key] = (*kept[key], value) if key in kept else (value,)
-        frozen = MappingProxyType(kept) if kept else _EMPTY
-        if orig_tn is None:
-            orig_tn = try_canonical_tn(orig, tn_policy)
-        if dest_tn is None:
-            dest_tn = try_canonical_tn(dest, tn_policy)
-        v = verification
-        if v is None:
-            return cls(call_id, trunk, trunk_role, source[0], source[1], orig, orig_tn, dest, dest_tn, display_name,
-                       None, None, None, None, None, "identity" in frozen, frozen, now)
-        # Positional, in field order: a context per call, and keywords cost a fifth of its construction.
-        return cls(call_id, trunk, trunk_role, source[0], source[1], orig, orig_tn, dest, dest_tn, display_name,
-                   v, v.attest, v.origid, v.spc, v.rcd_name, "identity" in frozen or v.status != "missing", frozen,
-                   now)
-
-
-@dataclass(frozen=True, slots=True)
-class CallOutcome:
-    """How a call ended, for policies that record it (`ended`): answered or not, seconds talked, final code, and
-    whether it reached the called side at all (False: refused here, by verification or a policy)."""
-
-    answered: bool
-    duration: float = 0.0
-    status: int | None = None
-    reached: bool = True
 
 
 @dataclass(frozen=True, slots=True)

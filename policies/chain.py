@@ -210,8 +210,8 @@ class Chain:
         """
         if facts is not None:
             # The context is this call's own and no policy has seen it yet: filling in its facts here is
-            # part of building it (a dataclasses.replace of every field cost more than the policies).
-            object.__setattr__(ctx, "facts", facts)
+            # part of building it.
+            ctx.facts = facts
         counts = self.counters.counts
         trunk = ctx.trunk
         steps: list[Step] = []

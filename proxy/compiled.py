@@ -52,6 +52,7 @@ MODULES = (
     "proxy/stir/x5u.py",
     "proxy/stir/verifier.py",
     "proxy/stir/signer.py",
+    "policies/context.py",
     "policies/state.py",
     "policies/risk_core.py",
 )
