@@ -13,10 +13,9 @@ from typing import Literal
 
 import msgspec
 
-from proxy.stir.tn import user_part
-
 from .actions import ActionParams, ActionPolicy
 from .base import CONTINUE, CallContext, Decision
+from .numbering import nanp_problem, unprefixed_problem
 
 __all__ = ["InvalidNumbers", "nanp_problem"]
 
@@ -40,37 +39,6 @@ class InvalidNumbersParams(ActionParams, frozen=True, kw_only=True):
     #: How a number written without `+` may be read: `national` (10 NANP digits), `nanp_1` (1 + 10 digits),
     #: `international` (an E.164 number missing its `+`, min_length..max_length). Fitting none is `length`.
     unprefixed: list[Unprefixed] = msgspec.field(default_factory=lambda: list(_ALL_FORMS))
-
-
-def nanp_problem(tn: str, checks: frozenset[str], min_length: int = 7, max_length: int = 15,
-                 national_nanp: bool = True) -> str | None:
-    """Why a canonical TN is invalid (the check's name), or None."""
-    if not tn.isdigit():
-        return None
-    if tn[0] == "1":
-        national: str | None = tn[1:]
-    elif national_nanp and len(tn) == 10:
-        national = tn
-    else:
-        national = None
-    if national is None:
-        if "length" in checks and not min_length <= len(tn) <= max_length:
-            return "length"
-        if "same_digit" in checks and tn.count(tn[0]) == len(tn):
-            return "same_digit"
-        return None
-    if len(national) != 10:
-        return "length" if "length" in checks else None
-    npa, nxx, line = national[:3], national[3:6], national[6:]
-    if "same_digit" in checks and national.count(national[0]) == 10:
-        return "same_digit"
-    if "leading_0_1" in checks and (npa[0] in "01" or nxx[0] in "01"):
-        return "leading_0_1"
-    if "n11" in checks and (npa[1:] == "11" or nxx[1:] == "11"):
-        return "n11"
-    if "fictional_555" in checks and nxx == "555" and line[:2] == "01":
-        return "fictional_555"
-    return None
 
 
 class InvalidNumbers(ActionPolicy):
@@ -108,16 +76,5 @@ class InvalidNumbers(ActionPolicy):
         forms = self._forms
         if forms is None or signalled is None or "length" not in self._checks:
             return None
-        user = user_part(signalled)[0].split(";", 1)[0]
-        if user.startswith("+"):
-            return None
-        digits = "".join(c for c in user if c.isdigit())
-        if not digits:
-            return None
-        n = len(digits)
-        if ("national" in forms and n == 10) or ("nanp_1" in forms and n == 11 and digits[0] == "1"):
-            return None
         p = self.params
-        if "international" in forms and p.min_length <= n <= p.max_length:
-            return None
-        return "length"
+        return "length" if unprefixed_problem(signalled, forms, p.min_length, p.max_length) else None

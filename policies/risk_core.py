@@ -88,11 +88,38 @@ def sweep_share(dests: Sequence[str], gap: int, minimum: int) -> float:
     return max(close / (len(values) - 1), max(blocks.values()) / len(distinct))
 
 
+#: Numbers as the explanation shows them, by value: shares are ratios of small counts and points follow from
+#: them, so the same few values come back call after call, and formatting a float costs ~10 times a lookup.
+_SHOWN: Final[dict[float, str]] = {}
+_WHOLE: Final[dict[float, str]] = {}
+_SHOWN_MAX: Final = 4096
+
+
+def _shown(value: float) -> str:
+    """`value` with two decimals."""
+    text = _SHOWN.get(value)
+    if text is None:
+        if len(_SHOWN) >= _SHOWN_MAX:
+            _SHOWN.clear()
+        text = _SHOWN[value] = f"{value:.2f}"
+    return text
+
+
+def _whole(value: float) -> str:
+    """`value` rounded to a whole number."""
+    text = _WHOLE.get(value)
+    if text is None:
+        if len(_WHOLE) >= _SHOWN_MAX:
+            _WHOLE.clear()
+        text = _WHOLE[value] = f"{value:.0f}"
+    return text
+
+
 def explain(total: float, parts: Sequence[tuple[str, float, float]], gateway: str, calls: int) -> str:
     """`risk 74: first_seen_share 0.93 +35, attest_c +5 (origid:6c1e..., 14 calls)`"""
-    reasons = ", ".join(f"{name} +{points:.0f}" if name in PER_CALL else f"{name} {value:.2f} +{points:.0f}"
+    reasons = ", ".join(f"{name} +{_whole(points)}" if name in PER_CALL else f"{name} {_shown(value)} +{_whole(points)}"
                         for name, value, points in parts)
-    return f"risk {total:.0f}: {reasons or 'no signal'} ({gateway}, {calls} calls)"
+    return f"risk {_whole(total)}: {reasons or 'no signal'} ({gateway}, {calls} calls)"
 
 
 def _points(part: tuple[str, float, float]) -> float:

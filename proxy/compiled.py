@@ -55,6 +55,7 @@ MODULES = (
     "policies/context.py",
     "policies/state.py",
     "policies/risk_core.py",
+    "policies/numbering.py",
 )
 
 

@@ -1,0 +1,61 @@
+"""The numbering-plan checks of `invalid_numbers` on plain values, compiled with mypyc (proxy/compiled.py):
+they run on every call of a chain that has the policy. `policies.invalid_numbers` reads the parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Container
+
+from proxy.stir.tn import user_part
+
+__all__ = ["nanp_problem", "unprefixed_problem"]
+
+
+def nanp_problem(tn: str, checks: Container[str], min_length: int = 7, max_length: int = 15,
+                 national_nanp: bool = True) -> str | None:
+    """Why a canonical TN is invalid (the check's name), or None."""
+    if not tn.isdigit():
+        return None
+    if tn[0] == "1":
+        national: str | None = tn[1:]
+    elif national_nanp and len(tn) == 10:
+        national = tn
+    else:
+        national = None
+    if national is None:
+        if "length" in checks and not min_length <= len(tn) <= max_length:
+            return "length"
+        if "same_digit" in checks and tn.count(tn[0]) == len(tn):
+            return "same_digit"
+        return None
+    if len(national) != 10:
+        return "length" if "length" in checks else None
+    npa, nxx, line = national[:3], national[3:6], national[6:]
+    if "same_digit" in checks and national.count(national[0]) == 10:
+        return "same_digit"
+    if "leading_0_1" in checks and (npa[0] in "01" or nxx[0] in "01"):
+        return "leading_0_1"
+    if "n11" in checks and (npa[1:] == "11" or nxx[1:] == "11"):
+        return "n11"
+    if "fictional_555" in checks and nxx == "555" and line[:2] == "01":
+        return "fictional_555"
+    return None
+
+
+def unprefixed_problem(signalled: str, forms: Container[str], min_length: int, max_length: int) -> bool:
+    """Whether a number as signalled is written without `+` in a form `forms` does not allow: 10 digits
+    (`national`), `1` + 10 digits (`nanp_1`), `min_length`..`max_length` digits (`international`)."""
+    user = user_part(signalled)[0].split(";", 1)[0]
+    if user.startswith("+"):
+        return False
+    n = 0
+    first = ""
+    for c in user:
+        if ("0" <= c <= "9") if c <= "\x7f" else c.isdigit():
+            if n == 0:
+                first = c
+            n += 1
+    if n == 0:
+        return False
+    if ("national" in forms and n == 10) or ("nanp_1" in forms and n == 11 and first == "1"):
+        return False
+    return not ("international" in forms and min_length <= n <= max_length)
