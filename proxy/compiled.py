@@ -56,6 +56,7 @@ MODULES = (
     "policies/state.py",
     "policies/risk_core.py",
     "policies/numbering.py",
+    "policies/chain_core.py",
 )
 
 
