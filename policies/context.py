@@ -1,21 +1,25 @@
-"""What a policy sees of a call (`CallContext`) and of how it ended (`CallOutcome`); `policies.base` exports both.
+"""What a policy sees of a call (`CallContext`), what it answers (`Decision`) and how the call ended
+(`CallOutcome`); `policies.base` exports them.
 
-The engine builds one of each per call, so this module is compiled with it (proxy/compiled.py): as native
-classes they are built in well under a microsecond, where frozen dataclasses of as many fields took several
-(a dataclass's generated `__init__` stays interpreted even when compiled). Their attributes are `Final`: read-only
-in the compiled build, as the frozen dataclasses they replace were (the pure build does not enforce it).
+Every call makes some of each, so this module is compiled with the engine (proxy/compiled.py): as native classes
+they are built in well under a microsecond, where frozen dataclasses of as many fields took several (a
+dataclass's generated `__init__` stays interpreted even when compiled), and compiled code reads them directly.
+Their attributes are `Final`: read-only in the compiled build, as the frozen dataclasses they replace were (the
+pure build does not enforce it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from proxy.stir.tn import DEFAULT_TN_POLICY, TNPolicy, try_canonical_tn
 from proxy.stir.verifier import VerificationResult
 
-__all__ = ["DEFAULT_HEADERS", "CallContext", "CallOutcome"]
+__all__ = ["CONTINUE", "DEFAULT_HEADERS", "Action", "CallContext", "CallOutcome", "Decision"]
+
+Action = Literal["continue", "route", "reject"]
 
 #: Headers every CallContext carries (canonical lower-case names); a policy class may ask for more with
 #: its `headers` class attribute. Copying only these keeps building a context cheap.
@@ -189,3 +193,155 @@ class CallOutcome:
 
     def __hash__(self) -> int:
         return hash((self.answered, self.duration, self.status, self.reached))
+
+
+_DECISION_FIELDS: Final = ("action", "trunks", "code", "reason", "reason_header", "jcard_url", "retry_after",
+                           "add_headers", "set_headers", "display_prefix", "verstat", "attestation_indicator", "note")
+
+
+class Decision:
+    """One policy's answer; the chain's merged answer has the same shape.
+
+    action: `continue` (nothing, or only tags), `route` (send the call to `trunks`, in order) or `reject`
+    (answer `code`/`reason`, with an optional RFC 9410 `reason_header`, RFC 8688 `jcard_url` for 608 and
+    `retry_after` for 503). Tags ride on any non-reject action: `add_headers` (appended), `set_headers`
+    (replace every header of that name), `display_prefix` (prepended to the caller's display name),
+    `verstat` (overrides the verifier's), `attestation_indicator` (P-Attestation-Indicator value).
+    `note` says why, for logs and call records. Decisions compare by these fields.
+    """
+
+    __slots__ = ("action", "add_headers", "attestation_indicator", "code", "display_prefix", "jcard_url", "note",
+                 "outcome", "reason", "reason_header", "retry_after", "set_headers", "tagged", "trunks", "verstat")
+
+    def __init__(
+        self,
+        action: Action = "continue",
+        trunks: tuple[str, ...] = (),
+        code: int | None = None,
+        reason: str | None = None,
+        reason_header: str | None = None,
+        jcard_url: str | None = None,
+        retry_after: int | None = None,
+        add_headers: tuple[tuple[str, str], ...] = (),
+        set_headers: tuple[tuple[str, str], ...] = (),
+        display_prefix: str | None = None,
+        verstat: str | None = None,
+        attestation_indicator: str | None = None,
+        note: str = "",
+    ) -> None:
+        self.action: Final = action
+        self.trunks: Final = trunks
+        self.code: Final = code
+        self.reason: Final = reason
+        self.reason_header: Final = reason_header
+        self.jcard_url: Final = jcard_url
+        self.retry_after: Final = retry_after
+        self.add_headers: Final = add_headers
+        self.set_headers: Final = set_headers
+        self.display_prefix: Final = display_prefix
+        self.verstat: Final = verstat
+        self.attestation_indicator: Final = attestation_indicator
+        self.note: Final = note
+        tagged = bool(add_headers or set_headers or display_prefix or verstat or attestation_indicator)
+        #: Whether it carries any tag (header edits, display prefix, verstat, attestation indicator).
+        self.tagged: Final = tagged
+        #: `continue`, `tag`, `route` or `reject`: the label counters and logs use (worked out once: every call
+        #: reads it several times).
+        self.outcome: Final[str] = ("tag" if tagged else "continue") if action == "continue" else action
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.action, self.trunks, self.code, self.reason, self.reason_header, self.jcard_url,
+                self.retry_after, self.add_headers, self.set_headers, self.display_prefix, self.verstat,
+                self.attestation_indicator, self.note)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(_DECISION_FIELDS, self._fields(), strict=True))
+        return f"Decision({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def with_note(self, note: str) -> Decision:
+        """This decision saying why: policies keep their decisions from load time and note them per call."""
+        return Decision(self.action, self.trunks, self.code, self.reason, self.reason_header, self.jcard_url,
+                        self.retry_after, self.add_headers, self.set_headers, self.display_prefix, self.verstat,
+                        self.attestation_indicator, note)
+
+    def response_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers for the reject response: Reason (RFC 9410), Call-Info jCard (RFC 8688), Retry-After."""
+        out: list[tuple[str, str]] = []
+        if self.reason_header:
+            out.append(("Reason", self.reason_header))
+        if self.jcard_url:
+            out.append(("Call-Info", f"<{self.jcard_url}>;purpose=jcard"))
+        if self.retry_after is not None:
+            out.append(("Retry-After", str(self.retry_after)))
+        return tuple(out)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action}
+        for key in ("code", "reason", "reason_header", "jcard_url", "retry_after", "display_prefix", "verstat",
+                    "attestation_indicator"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.trunks:
+            out["trunks"] = list(self.trunks)
+        if self.add_headers:
+            out["add_headers"] = [list(h) for h in self.add_headers]
+        if self.set_headers:
+            out["set_headers"] = [list(h) for h in self.set_headers]
+        if self.note:
+            out["note"] = self.note
+        return out
+
+    # --- constructors policy authors use ----------------------------------------------------------------
+    @staticmethod
+    def tag(
+        *,
+        verstat: str | None = None,
+        display_prefix: str | None = None,
+        attestation_indicator: str | None = None,
+        add_headers: Iterable[tuple[str, str]] = (),
+        set_headers: Iterable[tuple[str, str]] = (),
+        note: str = "",
+    ) -> Decision:
+        return Decision(
+            "continue",
+            verstat=verstat,
+            display_prefix=display_prefix,
+            attestation_indicator=attestation_indicator,
+            add_headers=tuple(add_headers),
+            set_headers=tuple(set_headers),
+            note=note,
+        )
+
+    @staticmethod
+    def route(trunks: Iterable[str], note: str = "") -> Decision:
+        return Decision("route", trunks=tuple(trunks), note=note)
+
+    @staticmethod
+    def reject(
+        code: int,
+        reason: str,
+        *,
+        reason_header: str | None = None,
+        jcard_url: str | None = None,
+        retry_after: int | None = None,
+        note: str = "",
+    ) -> Decision:
+        return Decision(
+            "reject",
+            code=code,
+            reason=reason,
+            reason_header=reason_header,
+            jcard_url=jcard_url,
+            retry_after=retry_after,
+            note=note,
+        )
+
+
+CONTINUE: Final = Decision()

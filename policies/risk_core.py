@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from .base import CallContext
+from .context import CONTINUE, CallContext, Decision
 from .state import Claim, Op, Recent, Tally
 
 __all__ = ["FEEDBACK_FIELDS", "GATEWAY_FIELDS", "PER_CALL", "SIGNALS", "RiskCore", "Score", "explain", "sweep_share"]
@@ -132,7 +132,8 @@ class RiskCore:
     def __init__(self, ns: str, gateways: Sequence[tuple[str, KeyGetter]],
                  signals: Sequence[tuple[str, float, float, float]], *, window: float, buckets: int,
                  min_calls: int, min_ended: int, seen_ttl: float, short_call_seconds: float, sweep_depth: int,
-                 sweep_min: int, sweep_gap: int, feedback_window: float) -> None:
+                 sweep_min: int, sweep_gap: int, feedback_window: float,
+                 thresholds: Sequence[tuple[float, Decision]], note_from: float) -> None:
         self.gateways = tuple(gateways)
         #: (index in SIGNALS, name, weight, low, high) of the signals that count, in the order they add up.
         self.signals = tuple((SIGNALS.index(name), name, w, low, high) for name, w, low, high in signals)
@@ -146,6 +147,9 @@ class RiskCore:
         self.sweep_min = sweep_min
         self.sweep_gap = sweep_gap
         self.feedback_window = feedback_window
+        #: (score, decision), highest first: the first reached applies.
+        self.thresholds = tuple(thresholds)
+        self.note_from = note_from
         # Key prefixes in the state store (one namespace per scope).
         self.seen_prefix = f"{ns}seen:"
         self.gateway_prefix = f"{ns}g:"
@@ -296,3 +300,17 @@ class RiskCore:
         if len(parts) > 1:
             parts.sort(key=_points)
         return min(100.0, total), parts, gw, calls
+
+    def decide(self, ctx: CallContext, results: Sequence[Any]) -> Decision:
+        """The highest threshold's decision the score reaches, noted with its reasons; below every threshold
+        `continue`, noted from `note_from` up."""
+        scored = self.score(ctx, results)
+        if scored is None:
+            return CONTINUE
+        total, parts, gw, calls = scored
+        for at, decision in self.thresholds:
+            if total >= at:
+                return decision.with_note(explain(total, parts, gw, calls))
+        if total >= self.note_from:
+            return Decision(note=explain(total, parts, gw, calls))
+        return CONTINUE

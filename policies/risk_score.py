@@ -31,7 +31,7 @@ from .actions import ActionParams
 from .base import CONTINUE, BasePolicy, CallContext, CallOutcome, Decision, Params
 from .keys import key_getter
 from .lists import ListSpec, MatchSet
-from .risk_core import FEEDBACK_FIELDS, GATEWAY_FIELDS, RiskCore, explain, sweep_share
+from .risk_core import FEEDBACK_FIELDS, GATEWAY_FIELDS, RiskCore, sweep_share
 from .state import Op, Tally
 
 __all__ = ["FEEDBACK_FIELDS", "GATEWAY_FIELDS", "RiskScore", "sweep_share"]
@@ -164,12 +164,11 @@ class RiskScore(BasePolicy):
             window=params.window, buckets=params.buckets, min_calls=params.min_calls, min_ended=params.min_ended,
             seen_ttl=params.seen_ttl, short_call_seconds=params.short_call_seconds, sweep_depth=params.sweep_depth,
             sweep_min=params.sweep_min, sweep_gap=params.sweep_gap, feedback_window=params.feedback_window,
+            thresholds=sorted(((t.at, t.decision(note="risk_score")) for t in params.actions), key=lambda x: -x[0]),
+            note_from=params.note_from,
         )  # fmt: skip
-        self._thresholds = sorted(((t.at, t.decision(note="risk_score")) for t in params.actions),
-                                  key=lambda x: -x[0])
-        self._note_from = params.note_from
         #: What `on_error: closed` applies when the state did not come: the lowest threshold's action.
-        self.hit: Decision = self._thresholds[-1][1]
+        self.hit: Decision = self._core.thresholds[-1][1]
         self.allow = MatchSet(params.allow, getattr(env, "tn_policy", None))
         self._has_allow = bool(self.allow)
 
@@ -218,13 +217,4 @@ class RiskScore(BasePolicy):
         results = ctx.state_for(self)
         if not results:
             return CONTINUE
-        scored = self._core.score(ctx, results)
-        if scored is None:
-            return CONTINUE
-        total, parts, gw, calls = scored
-        for at, decision in self._thresholds:
-            if total >= at:
-                return decision.with_note(explain(total, parts, gw, calls))
-        if total >= self._note_from:
-            return Decision(note=explain(total, parts, gw, calls))
-        return CONTINUE
+        return self._core.decide(ctx, results)
