@@ -14,8 +14,8 @@ from typing import Literal
 import msgspec
 
 from .actions import ActionParams, ActionPolicy
-from .base import CONTINUE, CallContext, Decision
-from .numbering import nanp_problem, unprefixed_problem
+from .base import CallContext, Decision
+from .numbering import NumberChecks, nanp_problem
 
 __all__ = ["InvalidNumbers", "nanp_problem"]
 
@@ -48,33 +48,12 @@ class InvalidNumbers(ActionPolicy):
 
     def __init__(self, params: InvalidNumbersParams) -> None:
         super().__init__(params)
-        self._checks = frozenset(params.checks)
-        self._orig = "orig" in params.apply_to
-        self._dest = "dest" in params.apply_to
-        self._same = "orig_equals_dest" in self._checks
-        self._args = (self._checks, params.min_length, params.max_length, params.national_nanp)
-        self._hits: dict[str, Decision] = {c: params.decision(note=f"invalid_numbers:{c}") for c in _ALL_CHECKS}
         forms = frozenset(params.unprefixed)
-        self._forms = None if forms == frozenset(_ALL_FORMS) else forms
+        #: The checks, compiled (policies/numbering.py).
+        self._checks = NumberChecks(
+            frozenset(params.checks), frozenset(params.apply_to), params.min_length, params.max_length,
+            params.national_nanp, None if forms == frozenset(_ALL_FORMS) else forms,
+            {c: params.decision(note=f"invalid_numbers:{c}") for c in _ALL_CHECKS})
 
     def evaluate(self, ctx: CallContext) -> Decision:
-        orig, dest = ctx.orig_tn, ctx.dest_tn
-        if self._same and orig is not None and orig == dest:
-            return self._hits["orig_equals_dest"]
-        if self._orig and orig is not None:
-            problem = self._unprefixed(ctx.orig) or nanp_problem(orig, *self._args)
-            if problem:
-                return self._hits[problem]
-        if self._dest and dest is not None:
-            problem = self._unprefixed(ctx.dest) or nanp_problem(dest, *self._args)
-            if problem:
-                return self._hits[problem]
-        return CONTINUE
-
-    def _unprefixed(self, signalled: str | None) -> str | None:
-        """`length` when the number was written without `+` in a form the numbering plan does not allow."""
-        forms = self._forms
-        if forms is None or signalled is None or "length" not in self._checks:
-            return None
-        p = self.params
-        return "length" if unprefixed_problem(signalled, forms, p.min_length, p.max_length) else None
+        return self._checks.decide(ctx)

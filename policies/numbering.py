@@ -3,11 +3,14 @@ they run on every call of a chain that has the policy. `policies.invalid_numbers
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
+from typing import Final
 
 from proxy.stir.tn import user_part
 
-__all__ = ["nanp_problem", "unprefixed_problem"]
+from .context import CONTINUE, CallContext, Decision
+
+__all__ = ["NumberChecks", "nanp_problem", "unprefixed_problem"]
 
 
 def nanp_problem(tn: str, checks: Container[str], min_length: int = 7, max_length: int = 15,
@@ -59,3 +62,44 @@ def unprefixed_problem(signalled: str, forms: Container[str], min_length: int, m
     if ("national" in forms and n == 10) or ("nanp_1" in forms and n == 11 and first == "1"):
         return False
     return not ("international" in forms and min_length <= n <= max_length)
+
+
+class NumberChecks:
+    """One `invalid_numbers` entry's settings and its verdict on a call: the decision of the first check that
+    fails (orig equal to dest, then the caller's number, then the callee's), else `continue`."""
+
+    __slots__ = ("checks", "dest", "forms", "hits", "max_length", "min_length", "national_nanp", "orig", "same")
+
+    def __init__(self, checks: frozenset[str], apply_to: Container[str], min_length: int, max_length: int,
+                 national_nanp: bool, forms: frozenset[str] | None, hits: Mapping[str, Decision]) -> None:
+        self.checks: Final = checks
+        self.orig: Final = "orig" in apply_to
+        self.dest: Final = "dest" in apply_to
+        self.same: Final = "orig_equals_dest" in checks
+        self.min_length: Final = min_length
+        self.max_length: Final = max_length
+        self.national_nanp: Final = national_nanp
+        #: The forms a number without `+` may take; None: any (nothing to check).
+        self.forms: Final = forms if "length" in checks else None
+        self.hits: Final = dict(hits)
+
+    def decide(self, ctx: CallContext) -> Decision:
+        orig, dest = ctx.orig_tn, ctx.dest_tn
+        if self.same and orig is not None and orig == dest:
+            return self.hits["orig_equals_dest"]
+        if self.orig and orig is not None:
+            problem = self._problem(orig, ctx.orig)
+            if problem:
+                return self.hits[problem]
+        if self.dest and dest is not None:
+            problem = self._problem(dest, ctx.dest)
+            if problem:
+                return self.hits[problem]
+        return CONTINUE
+
+    def _problem(self, tn: str, signalled: str | None) -> str | None:
+        forms = self.forms
+        if forms is not None and signalled is not None and unprefixed_problem(
+                signalled, forms, self.min_length, self.max_length):
+            return "length"
+        return nanp_problem(tn, self.checks, self.min_length, self.max_length, self.national_nanp)

@@ -179,11 +179,11 @@ class RiskCore:
         return gw, neighbor
 
     # --- state ----------------------------------------------------------------------------------------------
-    def observe(self, ctx: CallContext) -> list[Op]:
+    def observe(self, ctx: CallContext) -> Sequence[Op]:
         """The ops of a call: the number claimed as seen, the gateway's counters, feedback, recent destinations."""
         gw, neighbor = self.keys(ctx)
         if gw is None:
-            return []
+            return ()
         v = ctx.verification
         status = "none" if v is None else v.status
         verified = status == "passed"
@@ -207,17 +207,18 @@ class RiskCore:
                 ops.append(Recent(self.orig_recent_prefix + orig, dest, self.sweep_depth, self.window))
         return ops
 
-    def ended(self, ctx: CallContext, answered: bool, duration: float, results: Sequence[Any] | None) -> list[Op]:
+    def ended(self, ctx: CallContext, answered: bool, duration: float,
+              results: Sequence[Any] | None) -> Sequence[Op]:
         """What an ended call (that reached the called side) adds to its gateway: ended, answered, short, and
         the same for calls from never-seen numbers (`results`: the call's observe results)."""
         gw, neighbor = self.keys(ctx)
         if gw is None:
-            return []
+            return ()
         short = int(answered and duration < self.short_call_seconds)
         novel = int(ctx.orig_tn is not None and results is not None and len(results) > 0 and results[0] is None)
         add = (0, 0, 0, 0, 0, 0, 0, 1, int(answered), short, novel, novel * int(answered), novel * short,
                novel * int(neighbor))
-        return [Tally(self.gateway_prefix + gw, GATEWAY_FIELDS, add, self.window, self.buckets)]
+        return (Tally(self.gateway_prefix + gw, GATEWAY_FIELDS, add, self.window, self.buckets),)
 
     # --- the score --------------------------------------------------------------------------------------------
     def values(self, ctx: CallContext, results: Sequence[Any]) -> tuple[list[float], str, int] | None:

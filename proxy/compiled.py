@@ -57,6 +57,8 @@ MODULES = (
     "policies/risk_core.py",
     "policies/numbering.py",
     "policies/chain_core.py",
+    "policies/keys.py",
+    "policies/replay_core.py",
 )
 
 
