@@ -50,13 +50,17 @@ def unprefixed_problem(signalled: str, forms: Container[str], min_length: int, m
     user = user_part(signalled)[0].split(";", 1)[0]
     if user.startswith("+"):
         return False
-    n = 0
-    first = ""
-    for c in user:
-        if ("0" <= c <= "9") if c <= "\x7f" else c.isdigit():
-            if n == 0:
-                first = c
-            n += 1
+    if user.isascii() and user.isdigit():  # the usual spelling: digits only
+        n = len(user)
+        first = user[0]
+    else:
+        n = 0
+        first = ""
+        for c in user:
+            if ("0" <= c <= "9") if c <= "\x7f" else c.isdigit():
+                if n == 0:
+                    first = c
+                n += 1
     if n == 0:
         return False
     if ("national" in forms and n == 10) or ("nanp_1" in forms and n == 11 and first == "1"):

@@ -16,10 +16,11 @@ def signatures(values: Iterable[str]) -> list[str]:
     """The JWS signature of every full-form Identity header value (compact or garbled ones are skipped)."""
     out: list[str] = []
     for value in values:
-        for part in value.split(","):
-            token = part.split(";", 1)[0].strip().strip("<>")
+        for part in value.split(",") if "," in value else (value,):
+            semi = part.find(";")
+            token = (part if semi < 0 else part[:semi]).strip().strip("<>")
             if token.count(".") == 2:
-                sig = token.rpartition(".")[2]
+                sig = token[token.rfind(".") + 1:]
                 if len(sig) >= 16:
                     out.append(sig)
     return out

@@ -41,9 +41,27 @@ SIGNALS: Final = (
     "short_share", "unanswered_share", "neighbor_share", "attest_c_share", "attest_b_share", "unsigned_share",
     "failed_share", "sweep", "orig_sweep", "reports", "attest_c", "unsigned", "failed", "neighbor", "first_seen",
 )
-(_S_FIRST_SHARE, _S_NOVEL_UNANSWERED, _S_NOVEL_SHORT, _S_NOVEL_NEIGHBOR_SHARE, _S_NOVEL_NEIGHBOR, _S_SHORT,
- _S_UNANSWERED, _S_NEIGHBOR_SHARE, _S_ATT_C_SHARE, _S_ATT_B_SHARE, _S_UNSIGNED_SHARE, _S_FAILED_SHARE, _S_SWEEP,
- _S_ORIG_SWEEP, _S_REPORTS, _S_ATT_C, _S_UNSIGNED, _S_FAILED, _S_NEIGHBOR, _S_FIRST) = range(20)
+# Indexes into SIGNALS (Final: constants in the compiled code).
+_S_FIRST_SHARE: Final = 0
+_S_NOVEL_UNANSWERED: Final = 1
+_S_NOVEL_SHORT: Final = 2
+_S_NOVEL_NEIGHBOR_SHARE: Final = 3
+_S_NOVEL_NEIGHBOR: Final = 4
+_S_SHORT: Final = 5
+_S_UNANSWERED: Final = 6
+_S_NEIGHBOR_SHARE: Final = 7
+_S_ATT_C_SHARE: Final = 8
+_S_ATT_B_SHARE: Final = 9
+_S_UNSIGNED_SHARE: Final = 10
+_S_FAILED_SHARE: Final = 11
+_S_SWEEP: Final = 12
+_S_ORIG_SWEEP: Final = 13
+_S_REPORTS: Final = 14
+_S_ATT_C: Final = 15
+_S_UNSIGNED: Final = 16
+_S_FAILED: Final = 17
+_S_NEIGHBOR: Final = 18
+_S_FIRST: Final = 19
 #: Signals about this call alone: their value (1) is not shown in the explanation.
 PER_CALL: Final = frozenset({"attest_c", "unsigned", "failed", "neighbor", "first_seen", "novel_neighbor"})
 #: A value the call does not have (too few calls for a share): scores nothing whatever its signal's `low`.
@@ -126,6 +144,19 @@ def _points(part: tuple[str, float, float]) -> float:
     return -part[2]
 
 
+class _Signal:
+    """A signal that counts: `weight` points at `high` and above, none at `low` and below, linear between."""
+
+    __slots__ = ("high", "index", "low", "name", "weight")
+
+    def __init__(self, name: str, weight: float, low: float, high: float) -> None:
+        self.name: Final = name
+        self.index: Final = SIGNALS.index(name)
+        self.weight: Final = weight
+        self.low: Final = low
+        self.high: Final = high
+
+
 class RiskCore:
     """One risk_score entry's settings as plain values, and what it does per call."""
 
@@ -135,8 +166,8 @@ class RiskCore:
                  sweep_min: int, sweep_gap: int, feedback_window: float,
                  thresholds: Sequence[tuple[float, Decision]], note_from: float) -> None:
         self.gateways = tuple(gateways)
-        #: (index in SIGNALS, name, weight, low, high) of the signals that count, in the order they add up.
-        self.signals = tuple((SIGNALS.index(name), name, w, low, high) for name, w, low, high in signals)
+        #: The signals that count, in the order they add up.
+        self.signals = tuple(_Signal(name, w, low, high) for name, w, low, high in signals)
         self.window = window
         self.buckets = buckets
         self.min_calls = min_calls
@@ -291,13 +322,15 @@ class RiskCore:
         values, gw, calls = found
         total = 0.0
         parts: list[tuple[str, float, float]] = []
-        for index, name, weight, low, high in self.signals:
-            value = values[index]
+        for signal in self.signals:
+            value = values[signal.index]
+            low = signal.low
             if value <= low:
                 continue
+            weight, high = signal.weight, signal.high
             points = weight if value >= high else weight * (value - low) / (high - low)
             total += points
-            parts.append((name, value, points))
+            parts.append((signal.name, value, points))
         if len(parts) > 1:
             parts.sort(key=_points)
         return min(100.0, total), parts, gw, calls
