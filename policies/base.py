@@ -68,6 +68,8 @@ class Policy(Protocol):
     `observe(ctx) -> ops` (state to look up and record before evaluate, `policies.state`; the results are
     `ctx.state_for(self)`), `ended(ctx, outcome) -> ops` (state to record when the call ends, answered or
     not), and a `headers` class attribute (extra header names the policy reads from `ctx.headers`).
+    A `per_call` attribute names the object whose evaluate/observe/ended the chain calls instead (the built-ins
+    hand over their compiled cores, saving an interpreted call each); its facts are kept under that object.
     """
 
     Params: ClassVar[type[msgspec.Struct]]

@@ -72,11 +72,17 @@ class Chain:
         self.trunk = trunk
         self.entries: tuple[ChainEntry, ...] = tuple(entries)
         self.counters = counters if counters is not None else Counters()
-        self._entries = tuple(chain_core.EntryRun(e.name, e.mode, e.policy, _when(e)) for e in self.entries)
-        self._observers = tuple(chain_core.Observer(e.name, e.policy, _when(e)) for e in self.entries
-                                if callable(getattr(e.policy, "observe", None)))
-        self._end_hooks = tuple(chain_core.EndHook(e.name, e.policy, _when(e)) for e in self.entries
-                                if callable(getattr(e.policy, "ended", None)))
+        # What is called per call: the policy, or the object it names as `per_call` (the built-ins' compiled
+        # cores); the facts of a stateful one are kept under that object.
+        targets = [getattr(e.policy, "per_call", e.policy) for e in self.entries]
+        self._entries = tuple(chain_core.EntryRun(e.name, e.mode, t, _when(e))
+                              for e, t in zip(self.entries, targets, strict=True))
+        self._observers = tuple(chain_core.Observer(e.name, t, _when(e))
+                                for e, t in zip(self.entries, targets, strict=True)
+                                if callable(getattr(t, "observe", None)))
+        self._end_hooks = tuple(chain_core.EndHook(e.name, t, _when(e))
+                                for e, t in zip(self.entries, targets, strict=True)
+                                if callable(getattr(t, "ended", None)))
 
     def __len__(self) -> int:
         return len(self.entries)

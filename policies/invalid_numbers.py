@@ -54,6 +54,8 @@ class InvalidNumbers(ActionPolicy):
             frozenset(params.checks), frozenset(params.apply_to), params.min_length, params.max_length,
             params.national_nanp, None if forms == frozenset(_ALL_FORMS) else forms,
             {c: params.decision(note=f"invalid_numbers:{c}") for c in _ALL_CHECKS})
+        #: What the chain calls for each call, in place of this object's own method.
+        self.per_call = self._checks
 
     def evaluate(self, ctx: CallContext) -> Decision:
         return self._checks.decide(ctx)

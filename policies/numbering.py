@@ -87,6 +87,10 @@ class NumberChecks:
         self.forms: Final = forms if "length" in checks else None
         self.hits: Final = dict(hits)
 
+    def evaluate(self, ctx: CallContext) -> Decision:
+        """The chain's entry point."""
+        return self.decide(ctx)
+
     def decide(self, ctx: CallContext) -> Decision:
         orig, dest = ctx.orig_tn, ctx.dest_tn
         if self.same and orig is not None and orig == dest:

@@ -44,6 +44,8 @@ class Replay(ActionPolicy):
         super().__init__(params)
         #: The per-call work, compiled (policies/replay_core.py).
         self._core = ReplayCore(f"replay:{params.scope}:", params.window, self.hit)
+        #: What the chain calls for each call, in place of this object's own methods.
+        self.per_call = self._core
 
     def observe(self, ctx: CallContext) -> Sequence[Op]:
         return self._core.observe(ctx)

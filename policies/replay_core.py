@@ -42,6 +42,10 @@ class ReplayCore:
             return ()
         return [Claim(self.prefix + sig, ctx.call_id, self.window) for sig in signatures(values)]
 
+    def evaluate(self, ctx: CallContext) -> Decision:
+        """The chain's entry point (facts keyed by this core)."""
+        return self.decide(ctx.state_for(self))
+
     def decide(self, results: Sequence[Any] | None) -> Decision:
         if results is not None:
             for held in results:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from .context import CONTINUE, CallContext, Decision
+from .context import CONTINUE, CallContext, CallOutcome, Decision
 from .state import Claim, Op, Recent, Tally
 
 __all__ = ["FEEDBACK_FIELDS", "GATEWAY_FIELDS", "PER_CALL", "SIGNALS", "RiskCore", "Score", "explain", "sweep_share"]
@@ -164,7 +164,8 @@ class RiskCore:
                  signals: Sequence[tuple[str, float, float, float]], *, window: float, buckets: int,
                  min_calls: int, min_ended: int, seen_ttl: float, short_call_seconds: float, sweep_depth: int,
                  sweep_min: int, sweep_gap: int, feedback_window: float,
-                 thresholds: Sequence[tuple[float, Decision]], note_from: float) -> None:
+                 thresholds: Sequence[tuple[float, Decision]], note_from: float,
+                 allow: Callable[[CallContext], bool] | None = None) -> None:
         self.gateways = tuple(gateways)
         #: The signals that count, in the order they add up.
         self.signals = tuple(_Signal(name, w, low, high) for name, w, low, high in signals)
@@ -181,6 +182,10 @@ class RiskCore:
         #: (score, decision), highest first: the first reached applies.
         self.thresholds = tuple(thresholds)
         self.note_from = note_from
+        #: What `on_error: closed` applies when the state did not come: the lowest threshold's action.
+        self.hit = self.thresholds[-1][1]
+        #: Calls never scored (counted all the same): the allow list's match, None without one.
+        self.allow = allow
         # Key prefixes in the state store (one namespace per scope).
         self.seen_prefix = f"{ns}seen:"
         self.gateway_prefix = f"{ns}g:"
@@ -238,8 +243,15 @@ class RiskCore:
                 ops.append(Recent(self.orig_recent_prefix + orig, dest, self.sweep_depth, self.window))
         return ops
 
-    def ended(self, ctx: CallContext, answered: bool, duration: float,
-              results: Sequence[Any] | None) -> Sequence[Op]:
+    def ended(self, ctx: CallContext, outcome: CallOutcome) -> Sequence[Op]:
+        """The chain's hook: see `end_ops` (nothing for calls refused here, which say nothing of how the called
+        side answers)."""
+        if not outcome.reached:
+            return ()
+        return self.end_ops(ctx, outcome.answered, outcome.duration, ctx.state_for(self))
+
+    def end_ops(self, ctx: CallContext, answered: bool, duration: float,
+                results: Sequence[Any] | None) -> Sequence[Op]:
         """What an ended call (that reached the called side) adds to its gateway: ended, answered, short, and
         the same for calls from never-seen numbers (`results`: the call's observe results)."""
         gw, neighbor = self.keys(ctx)
@@ -334,6 +346,16 @@ class RiskCore:
         if len(parts) > 1:
             parts.sort(key=_points)
         return min(100.0, total), parts, gw, calls
+
+    def evaluate(self, ctx: CallContext) -> Decision:
+        """The chain's entry point (facts keyed by this core)."""
+        allow = self.allow
+        if allow is not None and allow(ctx):
+            return CONTINUE
+        results = ctx.state_for(self)
+        if not results:
+            return CONTINUE
+        return self.decide(ctx, results)
 
     def decide(self, ctx: CallContext, results: Sequence[Any]) -> Decision:
         """The highest threshold's decision the score reaches, noted with its reasons; below every threshold

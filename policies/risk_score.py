@@ -168,9 +168,13 @@ class RiskScore(BasePolicy):
             note_from=params.note_from,
         )  # fmt: skip
         #: What `on_error: closed` applies when the state did not come: the lowest threshold's action.
-        self.hit: Decision = self._core.thresholds[-1][1]
+        self.hit: Decision = self._core.hit
         self.allow = MatchSet(params.allow, getattr(env, "tn_policy", None))
         self._has_allow = bool(self.allow)
+        if self._has_allow:
+            self._core.allow = self.allow.matches
+        #: What the chain calls for each call (compiled), in place of this object's own methods.
+        self.per_call = self._core
 
     async def setup(self) -> None:
         await asyncio.to_thread(self.allow.load)
@@ -189,7 +193,7 @@ class RiskScore(BasePolicy):
     def ended(self, ctx: CallContext, outcome: CallOutcome) -> Sequence[Op]:
         if not outcome.reached:  # refused here: says nothing of how the called side answers
             return ()
-        return self._core.ended(ctx, outcome.answered, outcome.duration, ctx.state_for(self))
+        return self._core.end_ops(ctx, outcome.answered, outcome.duration, ctx.state_for(self))
 
     def gateway_from(self, values: dict[str, str | None]) -> str | None:
         """The gateway key of a past call from its recorded values by key kind (origid, source_ip, ...)."""
