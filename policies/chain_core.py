@@ -46,7 +46,8 @@ class StateRequest:
         out: dict[object, list[Any]] = {}
         for policy, start, end in self.slices:
             if results is not None:
-                out[policy] = list(results[start:end])
+                chunk = results[start:end]
+                out[policy] = chunk if isinstance(chunk, list) else list(chunk)
             elif start == end:
                 out[policy] = []
         return out
