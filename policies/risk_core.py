@@ -35,6 +35,23 @@ _NOVEL_SHORT: Final = 12
 _NOVEL_NEIGHBOR: Final = 13
 FEEDBACK_FIELDS: Final = ("robocall", "wanted")
 
+
+def _call_adds(bits: int) -> tuple[int, ...]:
+    """What a call adds to its gateway's counters (bits: attest C, attest B, unsigned, failed, neighbour)."""
+    c, b, u, f, n = (bits >> k & 1 for k in range(5))
+    return (1, 0, c, b, u, f, n, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _end_adds(bits: int) -> tuple[int, ...]:
+    """What an ended call adds (bits: answered, short, from a never-seen number, neighbour)."""
+    a, s, novel, n = (bits >> k & 1 for k in range(4))
+    return (0, 0, 0, 0, 0, 0, 0, 1, a, s, novel, novel * a, novel * s, novel * n)
+
+
+#: Every combination, made once: the tallies' increments without a new tuple per call.
+_CALL_ADDS: Final = tuple(_call_adds(bits) for bits in range(32))
+_END_ADDS: Final = tuple(_end_adds(bits) for bits in range(16))
+
 #: Every signal, in the order of the value list `RiskCore.values` fills.
 SIGNALS: Final = (
     "first_seen_share", "novel_unanswered_share", "novel_short_share", "novel_neighbor_share", "novel_neighbor",
@@ -224,9 +241,10 @@ class RiskCore:
         status = "none" if v is None else v.status
         verified = status == "passed"
         attest = ctx.attest
-        add = (1, 0, int(verified and attest == "C"), int(verified and attest == "B"), int(status == "missing"),
-               int(status != "passed" and status != "missing" and status != "none"), int(neighbor),
-               0, 0, 0, 0, 0, 0, 0)
+        add = _CALL_ADDS[int(verified and attest == "C") | int(verified and attest == "B") << 1
+                         | int(status == "missing") << 2
+                         | int(status != "passed" and status != "missing" and status != "none") << 3
+                         | int(neighbor) << 4]
         orig = ctx.orig_tn
         dest = _national(ctx.dest_tn)  # sweeps are judged on NANP numbers
         ops: list[Op] = []
@@ -259,8 +277,7 @@ class RiskCore:
             return ()
         short = int(answered and duration < self.short_call_seconds)
         novel = int(ctx.orig_tn is not None and results is not None and len(results) > 0 and results[0] is None)
-        add = (0, 0, 0, 0, 0, 0, 0, 1, int(answered), short, novel, novel * int(answered), novel * short,
-               novel * int(neighbor))
+        add = _END_ADDS[int(answered) | short << 1 | novel << 2 | int(neighbor) << 3]
         return (Tally(self.gateway_prefix + gw, GATEWAY_FIELDS, add, self.window, self.buckets),)
 
     # --- the score --------------------------------------------------------------------------------------------

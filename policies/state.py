@@ -206,6 +206,16 @@ class _Claims:
         self.front_expiry = _NEVER
 
 
+_ZEROS: Final[list[tuple[int, ...]]] = [()]
+
+
+def _zeros(n: int) -> tuple[int, ...]:
+    """(0,) * n, made once per length."""
+    while len(_ZEROS) <= n:
+        _ZEROS.append((0,) * len(_ZEROS))
+    return _ZEROS[n]
+
+
 def _adds(add: tuple[int, ...]) -> bool:
     """Whether a tally op adds anything (`any`, without the builtin call)."""
     for value in add:  # noqa: SIM110 (a plain loop: compiled, no call)
@@ -299,7 +309,7 @@ class MemoryStore:
         tallies = self._tallies
         b = tallies.entries.get(op.key)
         if b is None and not _adds(op.add) and not (claimed and op.add_if_claimed >= 0):
-            return (0,) * len(op.fields)  # reading a key nobody counted: nothing to keep
+            return _zeros(len(op.fields))  # reading a key nobody counted: nothing to keep
         if b is None or len(b.totals) != len(op.fields):
             b = tallies.entries[op.key] = _Buckets(len(op.fields), op.buckets, op.span)
         b.last = now
