@@ -61,7 +61,7 @@ class Front:
                  children: int = 2, shm_mb: int = 64, public: Addr = (FRONT_IP, SIP_PORT),
                  customers: Addr = (CUSTOMERS_IP, SIP_PORT), carriers: Addr = (CARRIERS_IP, SIP_PORT),
                  customer_peers: str = "127.0.0.10/32", carrier_peers: str = "127.0.0.20/32",
-                 debug: int = 2) -> None:  # fmt: skip
+                 debug: int = 2, list_file: Path | None = None) -> None:  # fmt: skip
         binary = kamailio_binary()
         if binary is None:
             raise FileNotFoundError("kamailio not found (Debian package kamailio)")
@@ -82,7 +82,9 @@ class Front:
         }
         self.shm_mb = shm_mb
         self.debug = debug
-        self.list_path = workdir / "dispatcher.list"
+        #: The dispatcher list: `list_file` as it is (it must name `dests`), else one written from `dests`.
+        self.list_file = list_file
+        self.list_path = list_file or workdir / "dispatcher.list"
         # A Unix socket path must stay under 108 bytes: not under pytest's deep tmp_path.
         self._ctl_dir = Path(tempfile.mkdtemp(prefix="kam-"))
         self.ctl = self._ctl_dir / "ctl"
@@ -91,6 +93,8 @@ class Front:
         self._order: list[str] | None = None
 
     def write_list(self) -> Path:
+        if self.list_file is not None:
+            return self.list_file
         lines = ["# written by tests/integration/cluster.py: setid destination flags(8: probed) priority"]
         lines += [f"1 {uri(d)} 8 0" for d in self.dests]
         self.list_path.write_text("\n".join(lines) + "\n")
