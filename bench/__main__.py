@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cluster_mode import run_cluster
 from .concurrency import QUICK_DIALOGS, run_concurrency
 from .modes import MODES, SIP_MODES, STANDALONE_MODES, Mode, Pki, X5uServer, make_pki, write_identity_pool
 from .procs import Addr
@@ -42,7 +43,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "memory per dialog), state (CPU per call the Redis state backend adds over the memory one, "
                         "bench/state_cost.py), wheel (stirgate installed by `pip install` into a fresh virtualenv, "
                         "beside Kamailio: --common-rate, 1 worker, --pairs pairs; CPU per call ratio against the "
-                        "0.75 target)")
+                        "0.75 target), cluster (one trunk peer through Kamailio's dispatcher to stirgate --workers 2, "
+                        "against the peer straight to stirgate --workers 2 and against the Kamailio front alone: "
+                        "highest passing rates, CPU per call of the chain, of Kamailio and of each worker; "
+                        "bench/cluster_mode.py)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
@@ -99,7 +103,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency", "state", "wheel")
+    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency", "state", "wheel", "cluster")
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
@@ -413,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     sip_modes = [m for m in args.modes if m in SIP_MODES]
-    systems = ", ".join(names) if sip_modes else "stirgate from a wheel, kamailio" if "wheel" in args.modes else "-"
+    systems = (", ".join(names) if sip_modes else "stirgate from a wheel, kamailio" if "wheel" in args.modes
+               else "stirgate, the Kamailio front, both" if "cluster" in args.modes else "-")
     print(f"bench: modes {', '.join(args.modes)}; {systems}; {args.uacs} UAC(s) "
           f"{', '.join(map(str, uacs))} -> SUT -> UAS {uas}; {args.duration:g} s steps; stirgate workers "
           f"{args.workers}; files in {rundir}", flush=True)
@@ -487,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
             results["wheel"], runners = run_wheel_mode(
                 args, rundir, uacs, uas, lambda sut: Sweep(sut, args, rundir, uacs[:1], uas, wheel_relay))
             all_sweeps["wheel"] = runners  # type: ignore[assignment]  # their steps go into the JSON too
+        if "cluster" in args.modes:
+            results["cluster"], cluster_runners = run_cluster(
+                args, rundir, uacs, uas, lambda sut, mode: Sweep(sut, args, rundir, uacs[:1], uas, mode))
+            all_sweeps["cluster"] = cluster_runners  # type: ignore[assignment]  # their steps go into the JSON too
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
             results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)

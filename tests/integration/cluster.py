@@ -61,7 +61,7 @@ class Front:
                  children: int = 2, shm_mb: int = 64, public: Addr = (FRONT_IP, SIP_PORT),
                  customers: Addr = (CUSTOMERS_IP, SIP_PORT), carriers: Addr = (CARRIERS_IP, SIP_PORT),
                  customer_peers: str = "127.0.0.10/32", carrier_peers: str = "127.0.0.20/32",
-                 debug: int = 2, list_file: Path | None = None) -> None:  # fmt: skip
+                 debug: int = 2, list_file: Path | None = None, probe: bool = True) -> None:  # fmt: skip
         binary = kamailio_binary()
         if binary is None:
             raise FileNotFoundError("kamailio not found (Debian package kamailio)")
@@ -81,6 +81,7 @@ class Front:
             "CHILDREN": str(children),
         }
         self.shm_mb = shm_mb
+        self.probe = probe  # False: destinations never probed (flag 0), e.g. a SIPp UAS that ignores OPTIONS
         self.debug = debug
         #: The dispatcher list: `list_file` as it is (it must name `dests`), else one written from `dests`.
         self.list_file = list_file
@@ -96,7 +97,7 @@ class Front:
         if self.list_file is not None:
             return self.list_file
         lines = ["# written by tests/integration/cluster.py: setid destination flags(8: probed) priority"]
-        lines += [f"1 {uri(d)} 8 0" for d in self.dests]
+        lines += [f"1 {uri(d)} {8 if self.probe else 0} 0" for d in self.dests]
         self.list_path.write_text("\n".join(lines) + "\n")
         return self.list_path
 
