@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.cluster import EXAMPLE, Front, destinations, uri, wait_workers  # noqa: E402
+from tests.integration.cluster import EXAMPLE, Front, destinations, interleave, uri, wait_workers  # noqa: E402
 from tests.services import Postgres, Redis  # noqa: E402
 
 NODES = (("node1", "127.0.0.1"), ("node2", "127.0.0.2"))
@@ -61,11 +61,10 @@ def main() -> int:
               f"Redis {redis.url} (PID {redis.proc.pid if redis.proc else '?'})", flush=True)
         procs["x5u"] = spawn([sys.executable, "-m", "proxy.stir.x5u_server", "--dir", "demo-certs",
                               "--listen", "127.0.0.1:8443"], var / "x5u.log")  # fmt: skip
-        dests = []
-        for name, ip in NODES:
+        for name, _ip in NODES:
             procs[name] = spawn([str(stirgate), "run", "-c", str(EXAMPLE / f"{name}.yaml"),
                                  "--workers", str(args.workers)], var / f"{name}.log")  # fmt: skip
-            dests += destinations(ip, args.workers)
+        dests = interleave([destinations(ip, args.workers) for _name, ip in NODES])
         wait_workers(dests, seconds=60)
         shipped = EXAMPLE / "dispatcher.list"  # as shipped when it names these workers, else one written
         front = Front(var / "kamailio", dests, ping_interval=2, children=4, shm_mb=256,
