@@ -50,6 +50,13 @@ def destinations(ip: str, workers: int, port: int = SIP_PORT, base: int = WORKER
     return [(ip, port)] if workers <= 1 else [(ip, base + i) for i in range(workers)]
 
 
+def interleave(per_node: Sequence[Sequence[Addr]]) -> list[Addr]:
+    """Every node's worker 0, then every node's worker 1, ...: the order of examples/cluster/dispatcher.list (a
+    destination down hands its calls to the next one: a dead node's workers then hand theirs to another node's
+    workers, one each)."""
+    return [node[i] for i in range(max(map(len, per_node), default=0)) for node in per_node if i < len(node)]
+
+
 def uri(dest: Addr) -> str:
     return f"sip:{dest[0]}:{dest[1]}"
 

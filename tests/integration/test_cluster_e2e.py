@@ -41,6 +41,7 @@ from tests.integration.cluster import (
     Front,
     destinations,
     instance_of,
+    interleave,
     kamailio_binary,
     node_config,
     uri,
@@ -129,7 +130,7 @@ def cluster(tmp_path: Path, pki: StirPki, x5u: X5uServer, redis_url: str, pg_dsn
                        "flush_interval": 0.1, "retry_interval": 0.2, "connect_timeout": 2}  # fmt: skip
             configs.append(node_config(d / "node.yaml", ip=ip, redis_url=redis_url, records=records, x5u=x5u.url(),
                                        pki_dir=pki.dir, policies=policies, sip=sip))  # fmt: skip
-        dests = [d for ip in NODE_IPS for d in destinations(ip, workers)]
+        dests = interleave([destinations(ip, workers) for ip in NODE_IPS])
         front = Front(tmp_path / "front", dests, ping_interval=PING_INTERVAL, failover_ms=FAILOVER_MS)
         c = Cluster(tmp_path, front, configs, workers)
         made.append(c)
