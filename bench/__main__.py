@@ -49,7 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "bench/cluster_mode.py)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
-                        "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
+                        "mode concurrency: stirgate alone unless given, kamailio with the dialog module; "
+                        "mode cluster: stirgate, front, cluster)")
     p.add_argument("--workers", type=int, default=1, choices=(1, 2), help="stirgate worker processes")
     p.add_argument("--uacs", type=int, default=None, choices=(1, 2),
                    help="SIPp UACs (source addresses) sharing the load, for every SUT (default: --workers; "
@@ -412,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir, pike=not args.no_pike))
         elif name == "sippy":
             suts.append(Sippy(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir))
+        elif name in ("front", "cluster") and "cluster" in args.modes:
+            continue  # mode cluster's own systems (bench/cluster_mode.py)
         else:
             print(f"unknown SUT {name!r} (stirgate, kamailio, sippy)", file=sys.stderr)
             return 2
