@@ -16,8 +16,20 @@ from typing import Any
 
 from .cluster_mode import run_cluster
 from .concurrency import QUICK_DIALOGS, run_concurrency
-from .modes import MODES, SIP_MODES, STANDALONE_MODES, Mode, Pki, X5uServer, make_pki, write_identity_pool
+from .modes import (
+    MODES,
+    SERVICE_MODES,
+    SIP_MODES,
+    STANDALONE_MODES,
+    HepSink,
+    Mode,
+    Pki,
+    X5uServer,
+    make_pki,
+    write_identity_pool,
+)
 from .procs import Addr
+from .rest import run_rest
 from .state_cost import run_state
 from .step import StepResult, as_dict, run_step
 from .suts import REPO, SUT, VENV_BIN, Kamailio, Sippy, Stirgate
@@ -36,17 +48,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "and INVITE->200 p99 <= 200 ms. CPU per call = the SUT's own utime+stime (all its "
                     "processes) over the step / successful calls.")
     p.add_argument("--mode", default="relay",
-                   help="comma-separated: relay (default), sign, verify, flood (SIP sweeps, in that order, same "
-                        "run), crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
+                   help="comma-separated: relay (default), sign, verify, flood, redirect, hep, hep-tcp, tls "
+                        "(SIP sweeps, in that order, same run; redirect/hep: stirgate only), rest (the "
+                        "ATIS-1000082 API under wrk, after the sweeps), "
+                        "crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
                         "records (bench/records_bench.py: SQLite), records-pg (bench/records_pg_bench.py: "
                         "PostgreSQL insert rate and traceback among 10M rows), concurrency (N long calls held: "
                         "memory per dialog), state (CPU per call the Redis state backend adds over the memory one, "
                         "bench/state_cost.py), wheel (stirgate installed by `pip install` into a fresh virtualenv, "
                         "beside Kamailio: --common-rate, 1 worker, --pairs pairs; CPU per call ratio against the "
-                        "0.75 target), cluster (one trunk peer through Kamailio's dispatcher to stirgate --workers 2, "
-                        "against the peer straight to stirgate --workers 2 and against the Kamailio front alone: "
-                        "highest passing rates, CPU per call of the chain, of Kamailio and of each worker; "
-                        "bench/cluster_mode.py)")
+                        "0.75 target), campaigns (seeded robocall campaigns in "
+                        "legitimate traffic through the engine in memory: share caught after 5 calls, legitimate "
+                        "calls flagged, added CPU; python -m bench.campaigns), cluster (one trunk peer through "
+                        "Kamailio's dispatcher to stirgate --workers 2, against the peer straight to stirgate --workers 2 and "
+                        "against the Kamailio front alone: highest passing rates, CPU per call of the chain, of "
+                        "Kamailio and of each worker; bench/cluster_mode.py)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module; "
@@ -85,6 +101,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep-traces", action="store_true", help="keep SIPp's per-call RTT files")
     p.add_argument("--x5u-listen", default="127.0.0.1:8443",
                    help="the bench's x5u https server (verify mode; --port-offset applies)")
+    p.add_argument("--hep-listen", default="127.0.0.1:9060",
+                   help="hep modes: the HEP sink stirgate sends its copies to (--port-offset applies)")
     p.add_argument("--max-calls-in-setup", type=int, default=100,
                    help="flood mode: stirgate's overload.max_calls_in_setup (default 100)")
     p.add_argument("--no-pike", action="store_true", help="flood mode: Kamailio without pike")
@@ -95,6 +113,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "quick 1000)")
     p.add_argument("--api-listen", default="127.0.0.1:8180",
                    help="concurrency mode: stirgate's HTTP API, polled for its gauges (--port-offset applies)")
+    p.add_argument("--rest-listen", default="127.0.0.1:8190",
+                   help="rest mode: stirgate's HTTP API for the ATIS-1000082 load (--port-offset applies)")
+    p.add_argument("--rest-duration", type=float, default=None,
+                   help="rest mode: seconds of load per operation (default 10, quick 4)")
+    p.add_argument("--rest-connections", type=int, default=8, help="rest mode: keep-alive connections (default 8)")
+    p.add_argument("--campaign-seed", type=int, default=1, help="campaigns mode: traffic seed (default 1)")
+    p.add_argument("--campaign-hours", type=float, default=24.0, help="campaigns mode: simulated hours (24)")
+    p.add_argument("--campaign-scale", type=int, default=None,
+                   help="campaigns mode: calls over the simulated hours (default 60000, quick 12000)")
+    p.add_argument("--campaign-policies", default=None,
+                   help="campaigns mode: policy file (default examples/policies-campaigns.yaml when present, "
+                        "else bench/baseline-policies.yaml)")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and per-step files")
     a = p.parse_args(argv)
     a.uacs = a.uacs or a.workers
@@ -104,7 +134,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    known = (*SIP_MODES, *STANDALONE_MODES, "concurrency", "state", "wheel", "cluster")
+    known = (*SIP_MODES, *STANDALONE_MODES, *SERVICE_MODES, "concurrency", "state", "wheel", "cluster")
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
@@ -112,6 +142,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.sut = a.sut or "stirgate,kamailio,sippy"
     a.dialogs = a.dialogs or (QUICK_DIALOGS if a.quick else 100_000)
     a.setup_rate = a.setup_rate or (1000.0 if a.quick else 2000.0)
+    a.rest_duration = a.rest_duration or (4.0 if a.quick else 10.0)
+    a.campaign_scale = a.campaign_scale or (12_000 if a.quick else 60_000)
     return a
 
 
@@ -298,22 +330,32 @@ def cpu_at(sw: Sweep, rate: float) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def run_standalone(mode: str, rundir: Path) -> dict[str, Any]:
-    """crypto / policies / records / records-pg: the micro-benchmarks, run as their own commands, output kept."""
+def run_standalone(mode: str, rundir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """crypto / policies / records / records-pg / campaigns: the benchmarks run as their own commands, output
+    kept."""
     py = str(VENV_BIN / "python")
+    campaigns = [py, "-m", "bench.campaigns", "--seed", str(args.campaign_seed), "--hours", f"{args.campaign_hours:g}",
+                 "--scale", str(args.campaign_scale), "--json", str(rundir / "campaigns.json")]
+    if args.campaign_policies:
+        campaigns += ["--policies", args.campaign_policies]
     cmd = {
         "crypto": [py, "-m", "bench.crypto", "--json", str(rundir / "crypto.json")],
         "policies": [py, "-m", "bench.policy_chain"],
         "records": [py, str(REPO / "bench" / "records_bench.py")],
         "records-pg": [py, str(REPO / "bench" / "records_pg_bench.py")],
+        "campaigns": campaigns,
     }[mode]
     print(f"{mode}: {' '.join(cmd)}", flush=True)
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
     (rundir / f"{mode}.txt").write_text(r.stdout + r.stderr)
     print(r.stdout.rstrip() + ("\n" + r.stderr.rstrip() if r.returncode else ""), flush=True)
-    return {"command": " ".join(cmd), "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
-            "output": r.stdout[-8000:]}
+    out = {"command": " ".join(cmd), "returncode": r.returncode, "seconds": round(time.monotonic() - t0, 1),
+           "output": r.stdout[-8000:]}
+    summary = rundir / "campaigns.json"
+    if mode == "campaigns" and summary.exists():
+        out["summary"] = json.loads(summary.read_text())
+    return out
 
 
 def print_mode(mode: str, sweeps: dict[str, Sweep], skipped: dict[str, str], ratios: dict[str, Any],
@@ -360,7 +402,7 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
     run back to back (--pairs times; the background load drifts between sweeps), median of the differences."""
     relay = all_sweeps.get("relay")
     added: dict[str, dict[str, Any]] = {}
-    for m in ("sign", "verify"):
+    for m in ("sign", "verify", "hep", "hep-tcp"):
         for name, sw in all_sweeps.get(m, {}).items() if relay else ():
             base = relay.get(name) if relay else None
             if base is None or base.best() is None or sw.best() is None:
@@ -384,10 +426,69 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
         for m, per in added.items():
             for name, e in per.items():
                 pm, am = e["paired_median_us"], e["all_steps_median_us"]
-                print(f"  {m} {name} at {e['rate_cps']:.0f} cps: back-to-back pairs "
+                base_us = cpu_at(relay[name], e["rate_cps"]) if relay and name in relay else None
+                added_us = pm if pm is not None else am
+                e["added_pct_of_relay"] = round(100 * added_us / base_us, 1) if added_us is not None and base_us \
+                    else None
+                share = f" ({e['added_pct_of_relay']:+.1f} % of the relay)" if e["added_pct_of_relay"] is not None \
+                    else ""
+                print(f"  {m} {name} at {e['rate_cps']:.0f} cps{share}: back-to-back pairs "
                       f"{'n/a' if pm is None else f'{pm:+.0f} µs'} ({', '.join(f'{d:+.0f}' for d in e['pairs_us'])}); "
                       f"medians of every clean step {'n/a' if am is None else f'{am:+.0f} µs'}")
     return added
+
+
+def service_vs_inline(results: dict[str, Any]) -> dict[str, Any]:
+    """stirgate's CPU per redirect and per REST request against its own inline signed/verified call (same run).
+
+    Targets (issue 16): redirect signing <= 0.60 of an inline signed call; REST within 1.5x of inline."""
+    def inline(mode: str) -> float | None:
+        s = results.get(mode, {}).get("summary", {}).get("stirgate", {})
+        v = s.get("cpu_us_per_call_at_common_rate") or s.get("cpu_us_per_call_at_max_rate")
+        return float(v) if v else None
+
+    out: dict[str, Any] = {}
+    sign, verify = inline("sign"), inline("verify")
+    redirect = inline("redirect")
+    if sign and redirect:
+        out["redirect_over_inline_sign"] = {"redirect_us": redirect, "inline_sign_us": sign,
+                                            "ratio": round(redirect / sign, 3), "target": 0.60}
+    rest = results.get("rest", {})
+    for op, base in (("signing", sign), ("verification", verify)):
+        cpu = rest.get(op, {}).get("cpu_us_per_request") if isinstance(rest.get(op), dict) else None
+        if cpu and base:
+            out[f"rest_{op}_over_inline"] = {"rest_us": cpu, "inline_us": base, "ratio": round(cpu / base, 3),
+                                             "target": 1.5}
+    if out:
+        print("\nSTI service modes against stirgate's own inline calls (CPU per call/request, same run):")
+        for key, e in out.items():
+            mine = e.get("redirect_us", e.get("rest_us"))
+            theirs = e.get("inline_sign_us", e.get("inline_us"))
+            verdict = "meets" if e["ratio"] <= e["target"] else "misses"
+            print(f"  {key}: {mine:.0f} vs {theirs:.0f} µs = {e['ratio']:.2f} ({verdict} the target {e['target']})")
+    elif ("redirect" in results or "rest" in results) and not (sign or verify):
+        print("\nSTI service modes: no passing inline sign/verify step in this run to compare with "
+              "(add --mode sign,verify, or the machine was too busy for them to pass)")
+    return out
+
+
+_TLS_FILES: list[Any] = []
+
+
+def tls_front(sut: SUT, rundir: Path, off: int) -> SUT:
+    """Mode tls: the SUT behind the Kamailio TLS front (bench/tls_front.py), certificates made once per run."""
+    from .procs import Addr as _Addr
+    from .tls_front import FRONT_B, TlsFront, make_tls_pki
+
+    if not _TLS_FILES:
+        _TLS_FILES.append(make_tls_pki(rundir / "tls-pki"))
+    files = _TLS_FILES[0]
+    tls_port = 5061 + off
+    sut.tls_files = files  # type: ignore[attr-defined]
+    sut.tls_listen = _Addr(sut.listen.host, sut.listen.port + 1)  # type: ignore[attr-defined]
+    if sut.name == "kamailio":
+        sut.tls_next_hop = f"sip:{FRONT_B}:{tls_port};transport=tls"  # type: ignore[attr-defined]
+    return TlsFront(sut, files, udp_port=5060 + off, tls_port=tls_port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "stirgate":
             suts.append(Stirgate(Addr.parse(args.stirgate_listen).offset(off), uas, uacs, rundir,
                                  workers=args.workers, log_level=args.log_level, worker_port_base=5100 + off,
-                                 records=args.records, max_calls_in_setup=args.max_calls_in_setup))
+                                 records=args.records, max_calls_in_setup=args.max_calls_in_setup,
+                                 hep_listen=Addr.parse(args.hep_listen).offset(off)))
         elif name == "kamailio":
             suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir, pike=not args.no_pike))
         elif name == "sippy":
@@ -430,14 +532,15 @@ def main(argv: list[str] | None = None) -> int:
     rev_start = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     pki: Pki | None = None
     x5u: X5uServer | None = None
-    if any(MODES[m].needs_pki for m in sip_modes) or "state" in args.modes:
+    sink: HepSink | None = None
+    if any(MODES[m].needs_pki for m in sip_modes) or "state" in args.modes or "rest" in args.modes:
         pki = make_pki(rundir, VENV_BIN / "stirgate", Addr.parse(args.x5u_listen).offset(off))
     all_sweeps: dict[str, dict[str, Sweep]] = {}
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     try:
         for name in [m for m in args.modes if m in STANDALONE_MODES]:
-            results[name] = run_standalone(name, rundir)
+            results[name] = run_standalone(name, rundir, args)
         for sut in suts:
             why = sut.available()
             if why:
@@ -449,13 +552,35 @@ def main(argv: list[str] | None = None) -> int:
                 x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
                 x5u.start()
                 print(f"x5u server on https://{x5u.listen}/ (PID {x5u.proc.pid if x5u.proc else '?'})", flush=True)
+            if mode.hep:
+                if sink is not None:
+                    sink.stop()
+                sink = HepSink(VENV_BIN / "python", Addr.parse(args.hep_listen).offset(off), mode.hep, rundir)
+                sink.start()
+                print(f"HEP sink ({mode.hep}) on {sink.listen} (PID {sink.proc.pid if sink.proc else '?'})",
+                      flush=True)
             sweeps: dict[str, Sweep] = {}
             all_sweeps[m] = sweeps
             for sut in suts:
                 if sut.name in skipped:
                     continue
+                if mode.hep and sut.name != "stirgate":
+                    print(f"{sut.label}: no HEP capture configured here: not run in mode {m}", flush=True)
+                    continue
+                if mode.tls:
+                    if sut.name == "sippy":
+                        print(f"{sut.label}: no TLS: not run in mode {m}", flush=True)
+                        continue
+                    sut = tls_front(sut, rundir, off)
+                    why = sut.available()
+                    if why:
+                        print(f"{sut.label}: skipped: {why}", flush=True)
+                        continue
                 if sut.name == "sippy" and (mode.needs_pki or mode.flood):
                     print(f"{sut.label}: no STIR/SHAKEN and no overload control: not run in mode {m}", flush=True)
+                    continue
+                if sut.name != "stirgate" and mode.redirect:
+                    print(f"{sut.label}: no STI redirect mode: not run in mode {m}", flush=True)
                     continue
                 sw = Sweep(sut, args, rundir, uacs, uas, mode, pki)
                 print(f"{sut.label} [mode {m}]:", flush=True)
@@ -499,6 +624,20 @@ def main(argv: list[str] | None = None) -> int:
             results["cluster"], cluster_runners = run_cluster(
                 args, rundir, uacs, uas, lambda sut, mode: Sweep(sut, args, rundir, uacs[:1], uas, mode))
             all_sweeps["cluster"] = cluster_runners  # type: ignore[assignment]  # their steps go into the JSON too
+        if "rest" in args.modes and pki is not None:
+            if x5u is None:
+                x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
+                x5u.start()
+            print(f"rest: the ATIS-1000082 API, {args.rest_duration:g} s per operation", flush=True)
+            try:
+                results["rest"] = run_rest(rundir, VENV_BIN / "stirgate", pki,
+                                           Addr.parse(args.stirgate_listen).offset(off),
+                                           Addr.parse(args.rest_listen).offset(off), seconds=args.rest_duration,
+                                           connections=args.rest_connections, records=args.records)
+            except RuntimeError as exc:
+                print(f"rest: could not run: {exc}", flush=True)
+                results["rest"] = {"error": str(exc)}
+        results["service_vs_inline"] = service_vs_inline(results)
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
             results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)
@@ -507,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if x5u is not None:
             x5u.stop()
+        if sink is not None:
+            sink.stop()
 
 
     doc = {

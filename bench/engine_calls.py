@@ -11,13 +11,19 @@ its own time and every transaction lingers for its RFC 3261 timers.
     python -m bench.engine_calls --sign              # the customer trunk signs (STI-AS), demo PKI
     python -m bench.engine_calls --verify            # the UAC is a carrier trunk: every INVITE's Identity
                                                      # verified (STI-VS), certificate cached
+    python -m bench.engine_calls --redirect          # the customer trunk in redirect mode: INVITE -> 302 with
+                                                     # the Identity in the Contact -> ACK (no B-leg)
+    python -m bench.engine_calls --verify --crl      # the same with an SP certificate that names a CRL
+                                                     # distribution point, its CRL checked and cached (issue 17)
     valgrind --tool=callgrind python -m bench.engine_calls --calls 2000
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
+import datetime
 import os
 import pstats
 import sys
@@ -32,7 +38,8 @@ from proxy.config import load_config_text
 from proxy.engine import Engine
 from proxy.server import tune_gc
 from proxy.sip.message import parse
-from proxy.stir.demo_certs import init_demo_certs
+from proxy.stir.crl_fetcher import CrlFetcher
+from proxy.stir.demo_certs import build_demo_set, init_demo_certs, issue, key_pem, pem, write_demo_set
 from proxy.stir.signer import Signer, SigningProfile
 
 UAC = ("udp", "127.0.0.10", 5060)
@@ -63,12 +70,35 @@ stir:
 VERIFY = """
 stir:
   trust_anchors: [{ca}]
+  crl_cache_dir: {crl_dir}
   verify: {{x5u_allow_private: true, x5u_allow_any_port: true}}
 """
 X5U = "https://127.0.0.1:8443/sp.pem"
+CRL_URL = "https://127.0.0.1:8443/sti.crl"
 
 
-def config_text(sign_dir: str | None, verify_dir: str | None = None) -> str:
+def crl_pki(directory: str) -> bytes:
+    """The demo PKI whose SP certificate names a CRL distribution point, and that CRL (DER, nothing revoked)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    now = datetime.datetime.now(datetime.UTC)
+    demo = build_demo_set(now)
+    write_demo_set(directory, demo)
+    sp = issue("bench SP with CDP", demo.intermediate, ca=False, spc="9999", crl_urls=(CRL_URL,),
+               not_before=now - datetime.timedelta(days=1), not_after=now + datetime.timedelta(days=30))
+    with open(os.path.join(directory, "sp.pem"), "wb") as f:
+        f.write(pem(sp.cert) + pem(demo.intermediate.cert))
+    with open(os.path.join(directory, "sp.key"), "wb") as f:
+        f.write(key_pem(sp.key))
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(demo.intermediate.cert.subject)
+           .last_update(now - datetime.timedelta(hours=1)).next_update(now + datetime.timedelta(days=1))
+           .sign(demo.intermediate.key, hashes.SHA256()))
+    return crl.public_bytes(Encoding.DER)
+
+
+def config_text(sign_dir: str | None, verify_dir: str | None = None, redirect: bool = False) -> str:
     """The relay config; with a demo PKI folder, the customer trunk signs every call (attestation A), or the
     UAC's trunk is a carrier whose INVITEs are verified (failures rejected)."""
     if verify_dir is not None:
@@ -76,12 +106,14 @@ def config_text(sign_dir: str | None, verify_dir: str | None = None) -> str:
         text = text.replace("destination: 127.0.0.10:5060, transport: udp}",
                             "destination: 127.0.0.10:5060, transport: udp, verify: {mode: reject, on_missing: reject}}")
         text = text.replace("{name: carrier, role: carrier", "{name: carrier, role: customer")
-        return text + VERIFY.format(ca=os.path.join(verify_dir, "ca.pem"))
+        return text + VERIFY.format(ca=os.path.join(verify_dir, "ca.pem"), crl_dir=os.path.join(verify_dir, "crl"))
     if sign_dir is None:
         return CONFIG
+    mode = ", mode: redirect" if redirect else ""
     text = CONFIG.replace(
         "destination: 127.0.0.10:5060, transport: udp}",
-        'destination: 127.0.0.10:5060, transport: udp, sign: {profile: bench, attestation: {prefixes: ["1202"]}}}',
+        'destination: 127.0.0.10:5060, transport: udp, sign: {profile: bench, attestation: {prefixes: ["1202"]}}'
+        + mode + "}",
     )
     return text + SIGN.format(key=os.path.join(sign_dir, "sp.key"))
 
@@ -132,23 +164,62 @@ def _identities(calls: int, pki: str) -> list[str]:
     return [signer.sign("12025550100", ["12025550199"], "A", str(uuid.uuid4()), now) for _ in range(calls)]
 
 
-def _prefill_cert_cache(engine: Engine, pki: str) -> None:
-    """The x5u certificate as if fetched once (the fetch itself is I/O, measured by the live bench)."""
+def _prefill_cert_cache(engine: Engine, pki: str, crl: bytes | None = None) -> None:
+    """The x5u certificate as if fetched once (the fetch itself is I/O, measured by the live bench); with a CRL,
+    checked against it through the CRL fetcher as a fetched certificate is (the CRL taken as if downloaded)."""
     fetcher = engine.auth.fetcher
     assert fetcher is not None
+    now = time.time()
     with open(os.path.join(pki, "sp.pem"), "rb") as f:
-        entry = fetcher.trust.validate_body(X5U, f.read(), time.time())
+        entry, chain = fetcher.trust.validate_body_chain(X5U, f.read(), now)
     assert entry.ok, entry.failures
+    if crl is not None:
+        crls = fetcher.revocation
+        assert isinstance(crls, CrlFetcher)
+        assert crls.preload(CRL_URL, crl, chain[1:2])
+        entry, _valid_until = asyncio.run(crls.check(entry, chain, fetcher.trust.anchors, now))
+        assert entry.ok and "crl-checked" in entry.notes, (entry.failures, entry.notes)
     fetcher.put(entry, 3600.0)
 
 
-def run(calls: int, rate: float, sign_dir: str | None = None, verify_dir: str | None = None) -> tuple[Engine, float]:
+def run_redirect(calls: int, rate: float, sign_dir: str) -> tuple[Engine, float]:
+    """Redirect mode: INVITE -> 302 (Identity in the Contact) -> ACK, `calls` times."""
+    engine = Engine(load_config_text(config_text(sign_dir, redirect=True), "<bench>"), LOCAL)
+    engine.wall_offset = time.time()
+    tune_gc()
+    step = 1.0 / rate
+    now = 0.0
+    cpu = 0.0
+    clock = time.process_time
+    for i in range(calls):
+        now += step
+        invite = _uac_request("INVITE", i, 1, "sip:12025550199@127.0.0.1:5060")
+        t = clock()
+        engine.receive(invite, UAC, now)
+        cpu += clock() - t
+        answer = parse(_take(engine, b"SIP/2.0 302"))
+        engine.outbox.clear()
+        ack = _uac_request("ACK", i, 1, "sip:12025550199@127.0.0.1:5060", f";tag={answer.to_tag}")
+        t = clock()
+        engine.receive(ack, UAC, now + 0.0002)
+        engine.handle_timer(now + 0.0003)
+        cpu += clock() - t
+        assert not engine.outbox
+    assert engine.stats["redirected"] == calls and not engine.calls, engine.stats
+    return engine, cpu
+
+
+def run(calls: int, rate: float, sign_dir: str | None = None, verify_dir: str | None = None,
+        redirect: bool = False, crl: bytes | None = None) -> tuple[Engine, float]:
     """Replay `calls` bench calls; returns the engine and the process CPU seconds spent inside it."""
+    if redirect:
+        assert sign_dir is not None
+        return run_redirect(calls, rate, sign_dir)
     engine = Engine(load_config_text(config_text(sign_dir, verify_dir), "<bench>"), LOCAL)
     engine.wall_offset = time.time()
     identities = [""] * calls
     if verify_dir is not None:
-        _prefill_cert_cache(engine, verify_dir)
+        _prefill_cert_cache(engine, verify_dir, crl)
         identities = _identities(calls, verify_dir)
     tune_gc()  # as `stirgate run` does: the cyclic GC otherwise dominates
     step = 1.0 / rate
@@ -204,26 +275,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (for instruction counts)")
     ap.add_argument("--sign", action="store_true", help="the customer trunk signs every call (demo PKI)")
     ap.add_argument("--verify", action="store_true", help="every INVITE's Identity is verified (cached cert)")
+    ap.add_argument("--redirect", action="store_true", help="redirect mode: INVITE -> 302 with the Identity -> ACK")
+    ap.add_argument("--crl", action="store_true", help="with --verify: the certificate's CRL (CDP) checked, cached")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         sign_dir = verify_dir = None
-        if args.sign or args.verify:
+        crl = None
+        if args.verify and args.crl:
+            crl = crl_pki(tmp)
+        elif args.sign or args.verify or args.redirect:
             init_demo_certs(tmp)
-        if args.sign:
+        if args.sign or args.redirect:
             sign_dir = tmp
         elif args.verify:
             verify_dir = tmp
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
-            run(args.calls, args.rate, sign_dir, verify_dir)
+            run(args.calls, args.rate, sign_dir, verify_dir, args.redirect, crl)
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
             return 0
         if not args.no_warmup:
-            run(min(args.calls, 2000), args.rate, sign_dir, verify_dir)
-        _engine, cpu = run(args.calls, args.rate, sign_dir, verify_dir)
-    what = "signing" if args.sign else "verifying" if args.verify else "relay"
+            run(min(args.calls, 2000), args.rate, sign_dir, verify_dir, args.redirect, crl)
+        _engine, cpu = run(args.calls, args.rate, sign_dir, verify_dir, args.redirect, crl)
+    what = ("redirect" if args.redirect else "signing" if args.sign
+            else ("verifying, CRL cached" if crl else "verifying") if args.verify else "relay")
     print(f"engine CPU per call ({what}): {cpu / args.calls * 1e6:.1f} µs over {args.calls} calls at {args.rate:g} cps")
     return 0
 

@@ -10,6 +10,15 @@
 - flood: the plain relay scenario, but the UAC also accepts a 503 (and ACKs it); stirgate has an `overload:`
   block, Kamailio loads pike with its default settings. A step passes when every INVITE gets an answer (200 or
   503) with p99 <= 200 ms at >= 97 % of the offered rate.
+- redirect: stirgate's customer trunk in `mode: redirect` with the same signing set-up as `sign`: each INVITE
+  gets a 302 whose Contact carries the Identity (checked by the UAC), then an ACK; no B-leg, no BYE. stirgate
+  only (the peers have no redirect STI mode). Compared with `sign`: CPU per redirect <= 60 % of a signed call.
+- rest (bench/rest.py, not a SIP sweep): the ATIS-1000082 API under a keep-alive HTTP load (wrk), signing and
+  verification: requests/s and CPU per request, compared with `sign` / `verify` (target: within 1.5x).
+- hep, hep-tcp: the plain relay with HEP capture on (`hep:` to `python -m bench.hep_sink` over UDP, or over TCP):
+  what a HEPv3 copy of every message costs per call (stirgate only; compared with its relay, same run).
+- tls: the plain relay over TLS on both trunks, SIPp reaching the SUT through a Kamailio TLS front
+  (bench/tls_front.py): stirgate against Kamailio with its tls module, same front and load.
 """
 
 from __future__ import annotations
@@ -38,6 +47,9 @@ class Mode:
     needs_x5u_server: bool = False
     identity_pool: bool = False     # the UAC sends a fresh Identity (SIPp -inf file)
     flood: bool = False
+    redirect: bool = False          # stirgate answers 302 (mode: redirect); the UAS sees nothing
+    hep: str | None = None          # HEP capture on, over this transport (stirgate only)
+    tls: bool = False               # the SUT behind the Kamailio TLS front (bench/tls_front.py)
 
 
 MODES: dict[str, Mode] = {
@@ -46,9 +58,15 @@ MODES: dict[str, Mode] = {
     "verify": Mode("verify", SCENARIOS / "uac_identity.xml", "MODE_VERIFY", needs_pki=True,
                    needs_x5u_server=True, identity_pool=True),
     "flood": Mode("flood", SCENARIOS / "uac_flood.xml", None, flood=True),
+    "redirect": Mode("redirect", SCENARIOS / "uac_redirect.xml", None, needs_pki=True, redirect=True),
+    "hep": Mode("hep", SCENARIOS / "uac.xml", None, hep="udp"),
+    "hep-tcp": Mode("hep-tcp", SCENARIOS / "uac.xml", None, hep="tcp"),
+    "tls": Mode("tls", SCENARIOS / "uac.xml", None, tls=True),
 }
 SIP_MODES = tuple(MODES)
-STANDALONE_MODES = ("crypto", "policies", "records", "records-pg")
+STANDALONE_MODES = ("crypto", "policies", "records", "records-pg", "campaigns")
+#: Not SIPp sweeps: run after them, in the same run (they need the PKI and x5u server the SIP modes use).
+SERVICE_MODES = ("rest",)
 
 
 @dataclass
@@ -135,3 +153,34 @@ def write_identity_pool(pki: Pki, path: Path, calls: int, now: float | None = No
         lines.append(f"{token};{pki.x5u}")
     path.write_text("\n".join(lines) + "\n")
     return n, time.monotonic() - t0
+
+
+class HepSink:
+    """`python -m bench.hep_sink` for the modes with HEP capture (stopped by PID)."""
+
+    def __init__(self, python: Path, listen: Addr, transport: str, logdir: Path) -> None:
+        self.python = python
+        self.listen = listen
+        self.transport = transport
+        self.log = logdir / f"hep-sink-{transport}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = open(self.log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(self.python), "-m", "bench.hep_sink", "--listen", str(self.listen), "--transport", self.transport],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"HEP sink exited: see {self.log}")
+            if b"listening" in self.log.read_bytes():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"HEP sink not ready on {self.listen}: see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, term_wait=5.0)

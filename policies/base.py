@@ -50,7 +50,8 @@ class CallContext:
 
     `orig`/`dest` are the user parts as signaled (PAI/From, R-URI/To); `orig_tn`/`dest_tn` their canonical
     form (digits only, None when not a number). `verification` is None on trunks that do not verify.
-    `attest`/`origid`/`spc` come from the verification result (`verified` says whether they are trusted).
+    `attest`/`origid`/`spc` come from the verification result (`verified` says whether they are trusted);
+    `rcd_name` is the caller name of a verified Rich Call Data PASSporT (RFC 9795), None without one.
     `headers` maps canonical lower-case names to every value, in order. `now` is wall-clock epoch seconds.
     """
 
@@ -68,6 +69,7 @@ class CallContext:
     attest: str | None = None
     origid: str | None = None
     spc: str | None = None
+    rcd_name: str | None = None
     identity_present: bool = False
     headers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: _EMPTY)
     now: float = 0.0
@@ -142,6 +144,7 @@ class CallContext:
             attest=v.attest if v is not None else None,
             origid=v.origid if v is not None else None,
             spc=v.spc if v is not None else None,
+            rcd_name=v.rcd_name if v is not None else None,
             identity_present="identity" in frozen or (v is not None and v.status != "missing"),
             headers=frozen,
             now=now,
@@ -150,11 +153,13 @@ class CallContext:
 
 @dataclass(frozen=True, slots=True)
 class CallOutcome:
-    """How a call ended, for policies that record it (`ended`): answered or not, seconds talked, final code."""
+    """How a call ended, for policies that record it (`ended`): answered or not, seconds talked, final code, and
+    whether it reached the called side at all (False: refused here, by verification or a policy)."""
 
     answered: bool
     duration: float = 0.0
     status: int | None = None
+    reached: bool = True
 
 
 @dataclass(frozen=True, slots=True)

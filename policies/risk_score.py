@@ -1,5 +1,5 @@
 """risk_score: campaigns, not single calls. Weighted signals about the call's gateway and number -> a 0-100
-risk score with its reasons -> an action by threshold (tag at 60, block at 90 by default).
+risk score with its reasons -> an action by threshold (tag at 50, block at 90 by default).
 
 Why per gateway: campaigns rotate caller IDs (2,687 campaigns averaging 13 calls, caller IDs rarely reused:
 NCSU 2020), so per-number counters never fill. The evidence sits with the gateway that carries them: the
@@ -40,12 +40,14 @@ __all__ = ["FEEDBACK_FIELDS", "GATEWAY_FIELDS", "RiskScore", "sweep_share"]
 
 #: The gateway's counters, in the Tally's field order.
 GATEWAY_FIELDS = ("calls", "first_seen", "attest_c", "attest_b", "unsigned", "failed", "neighbor", "ended",
-                  "answered", "short")
-_CALLS, _FIRST, _ATT_C, _ATT_B, _UNSIGNED, _FAILED, _NEIGHBOR, _ENDED, _ANSWERED, _SHORT = range(10)
+                  "answered", "short", "novel_ended", "novel_answered", "novel_short", "novel_neighbor")
+(_CALLS, _FIRST, _ATT_C, _ATT_B, _UNSIGNED, _FAILED, _NEIGHBOR, _ENDED, _ANSWERED, _SHORT, _NOVEL_ENDED,
+ _NOVEL_ANSWERED, _NOVEL_SHORT, _NOVEL_NEIGHBOR) = range(14)
 FEEDBACK_FIELDS = ("robocall", "wanted")
 
 SignalName = Literal[
-    "first_seen_share", "short_share", "unanswered_share", "neighbor_share", "attest_c_share",
+    "first_seen_share", "novel_unanswered_share", "novel_short_share", "novel_neighbor_share", "novel_neighbor",
+    "short_share", "unanswered_share", "neighbor_share", "attest_c_share",
     "attest_b_share", "unsigned_share", "failed_share", "sweep", "orig_sweep", "reports",
     "attest_c", "unsigned", "failed", "neighbor", "first_seen",
 ]
@@ -67,11 +69,18 @@ def _signals() -> dict[SignalName, Signal]:
     return {
         # shares of the gateway's calls in the window (counted once it has min_calls)
         "first_seen_share": Signal(weight=35, low=0.35, high=0.8),
-        "short_share": Signal(weight=20, low=0.35, high=0.75),
+        # how the gateway's calls from never-seen numbers ended: scored on a call from a never-seen number.
+        # A gateway that mixes a campaign into legitimate traffic shows it here (its regular callers are known).
+        "novel_unanswered_share": Signal(weight=25, low=0.45, high=0.7),
+        "novel_short_share": Signal(weight=20, low=0.3, high=0.55),
+        # of the gateway's calls from never-seen numbers, those matching the callee's NPA-NXX (neighbour
+        # spoofing hidden in a gateway's other traffic: genuine neighbours mostly call from known numbers)
+        "novel_neighbor_share": Signal(weight=25, low=0.1, high=0.4),
+        "short_share": Signal(weight=25, low=0.35, high=0.75),
         "unanswered_share": Signal(weight=15, low=0.5, high=0.85),
         "neighbor_share": Signal(weight=25, low=0.12, high=0.4),
-        "attest_c_share": Signal(weight=15, low=0.3, high=0.9),
-        "attest_b_share": Signal(weight=0, low=0.5, high=0.9),
+        "attest_c_share": Signal(weight=10, low=0.3, high=0.9),
+        "attest_b_share": Signal(weight=25, low=0.5, high=0.9),
         "unsigned_share": Signal(weight=0, low=0.5, high=1.0),
         "failed_share": Signal(weight=20, low=0.1, high=0.5),
         # destinations walked in order or within one thousands-block (gateway's / the number's recent ones)
@@ -80,11 +89,12 @@ def _signals() -> dict[SignalName, Signal]:
         # robocall reports minus "wanted" labels (POST /feedback) for the gateway and the number
         "reports": Signal(weight=40, low=0.5, high=3),
         # this call alone
-        "attest_c": Signal(weight=10),
+        "attest_c": Signal(weight=5),
         "unsigned": Signal(weight=0),
         "failed": Signal(weight=10),
         "neighbor": Signal(weight=5),
         "first_seen": Signal(weight=5),
+        "novel_neighbor": Signal(weight=20),
     }
 
 
@@ -96,7 +106,7 @@ class Threshold(ActionParams, frozen=True, kw_only=True):
 
 def _actions() -> list[Threshold]:
     return [
-        Threshold(at=60, action="tag", display_prefix="SPAM? "),
+        Threshold(at=50, action="tag", display_prefix="SPAM? "),
         Threshold(at=90, action="reject", code=603, reason="Network Blocked",
                   reason_header='SIP;cause=603;text="Network Blocked"'),
     ]
@@ -106,7 +116,7 @@ class RiskScoreParams(Params, frozen=True, kw_only=True):
     #: Which key is the call's gateway: the first kind that has a value (key kinds of `velocity`).
     gateway: list[str] = msgspec.field(default_factory=lambda: ["origid", "source_ip"])
     #: Sliding window of the gateway's shares (seconds), in `buckets` buckets.
-    window: float = 3600.0
+    window: float = 6 * 3600.0
     buckets: int = 12
     #: Gateway calls in the window before its shares count; answered/ended calls for short/unanswered.
     min_calls: int = 5
@@ -147,24 +157,28 @@ class RiskScoreParams(Params, frozen=True, kw_only=True):
 def sweep_share(dests: Sequence[str], gap: int, minimum: int) -> float:
     """How much the recent destinations (10 national digits, newest first) look like a range being walked by
     this call: the larger of the share of consecutive pairs within `gap` of each other (sequential dialling)
-    and the share in the commonest thousands-block (block-wise). 0 with fewer than `minimum` numbers, or when
-    this call's destination does not continue the pattern (the cheap common case)."""
+    and the share in the commonest thousands-block (block-wise), over the distinct numbers. 0 with fewer than
+    `minimum` distinct numbers, or when this call's destination does not continue the pattern (the cheap
+    common case)."""
     if len(dests) < minimum:
         return 0.0
     newest, previous = dests[0], dests[1]
-    if newest[:7] != previous[:7] and abs(int(newest) - int(previous)) > gap:
+    if newest == previous or (newest[:7] != previous[:7] and abs(int(newest) - int(previous)) > gap):
         return 0.0
-    values = [int(n) for n in dests]
-    close = sum(1 for a, b in pairwise(values) if a != b and abs(a - b) <= gap)
+    distinct = list(dict.fromkeys(dests))  # calling one number again and again is not walking a range
+    if len(distinct) < minimum:
+        return 0.0
+    values = [int(n) for n in distinct]
+    close = sum(1 for a, b in pairwise(values) if abs(a - b) <= gap)
     blocks: dict[str, int] = {}
-    for n in dests:
+    for n in distinct:
         blocks[n[:7]] = blocks.get(n[:7], 0) + 1
-    return max(close / (len(values) - 1), max(blocks.values()) / len(dests))
+    return max(close / (len(values) - 1), max(blocks.values()) / len(distinct))
 
 
 class RiskScore(BasePolicy):
     """Score every call 0-100 from its gateway's and number's signals; the highest threshold reached decides
-    (default: tag "SPAM? " at 60, 603 Network Blocked at 90). Below every threshold the call continues, its
+    (default: tag "SPAM? " at 50, 603 Network Blocked at 90). Below every threshold the call continues, its
     score still noted."""
 
     Params = RiskScoreParams
@@ -222,7 +236,7 @@ class RiskScore(BasePolicy):
         verified = status == "passed"
         add = (1, 0, int(verified and ctx.attest == "C"), int(verified and ctx.attest == "B"),
                int(status == "missing"), int(status not in ("passed", "missing", "none")), int(self._neighbor(ctx)),
-               0, 0, 0)
+               0, 0, 0, 0, 0, 0, 0)
         orig = ctx.orig_tn
         dest = national(ctx.dest_tn)  # sweeps are judged on NANP numbers
         ops: list[Op] = []
@@ -241,13 +255,24 @@ class RiskScore(BasePolicy):
 
     def ended(self, ctx: CallContext, outcome: CallOutcome) -> Sequence[Op]:
         gw = self.gateway(ctx)
-        if gw is None:
+        if gw is None or not outcome.reached:  # refused here: says nothing of how the called side answers
             return ()
         p = self.params
-        answered = outcome.answered
-        short = answered and outcome.duration < p.short_call_seconds
-        add = (0, 0, 0, 0, 0, 0, 0, 1, int(answered), int(short))
+        answered = int(outcome.answered)
+        short = int(outcome.answered and outcome.duration < p.short_call_seconds)
+        results = ctx.state_for(self)
+        novel = int(ctx.orig_tn is not None and results is not None and len(results) > 0 and results[0] is None)
+        add = (0, 0, 0, 0, 0, 0, 0, 1, answered, short, novel, novel * answered, novel * short,
+               novel * int(self._neighbor(ctx)))
         return (Tally(f"{self._ns}g:{gw}", GATEWAY_FIELDS, add, p.window, p.buckets),)
+
+    def gateway_from(self, values: dict[str, str | None]) -> str | None:
+        """The gateway key of a past call from its recorded values by key kind (origid, source_ip, ...)."""
+        for kind, _ in self._gateways:
+            parts = [values.get(k) for k in kind.split("+")]
+            if all(parts):
+                return f"{kind}:{'|'.join(p for p in parts if p)}"
+        return None
 
     def feedback(self, gateway: str | None, orig_tn: str | None, label: str) -> list[Op]:
         """What a POST /feedback label ("robocall" or "wanted") records for a call's gateway and number."""
@@ -302,6 +327,14 @@ class RiskScore(BasePolicy):
             values["unanswered_share"] = 1.0 - answered / ended
         if answered >= p.min_ended:
             values["short_share"] = g[_SHORT] / answered
+        if first_seen:
+            novel_ended, novel_answered = g[_NOVEL_ENDED], g[_NOVEL_ANSWERED]
+            if novel_ended >= p.min_ended:
+                values["novel_unanswered_share"] = 1.0 - novel_answered / novel_ended
+            if novel_answered >= p.min_ended:
+                values["novel_short_share"] = g[_NOVEL_SHORT] / novel_answered
+            if novel_ended >= p.min_ended:
+                values["novel_neighbor_share"] = g[_NOVEL_NEIGHBOR] / novel_ended
         values["sweep"] = sweep_share(gw_dests, p.sweep_gap, p.sweep_min)
         values["orig_sweep"] = sweep_share(orig_dests, p.sweep_gap, p.sweep_min)
         values["reports"] = float(fb[0] + tn_fb[0] - fb[1] - tn_fb[1])
@@ -312,6 +345,7 @@ class RiskScore(BasePolicy):
         values["failed"] = float(status not in ("passed", "missing", "none"))
         values["neighbor"] = float(self._neighbor(ctx))
         values["first_seen"] = float(first_seen)
+        values["novel_neighbor"] = float(first_seen and values["neighbor"] > 0)
         return values, gw, calls
 
     def score(self, values: dict[str, float]) -> tuple[float, list[tuple[str, float, float]]]:
@@ -343,7 +377,7 @@ class RiskScore(BasePolicy):
         return CONTINUE
 
 
-_PER_CALL = frozenset({"attest_c", "unsigned", "failed", "neighbor", "first_seen"})
+_PER_CALL = frozenset({"attest_c", "unsigned", "failed", "neighbor", "first_seen", "novel_neighbor"})
 
 
 def _explain(total: float, parts: list[tuple[str, float, float]], gateway: str, calls: int) -> str:

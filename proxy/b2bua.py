@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from proxy.authentication import InboundOutcome
     from proxy.config import Trunk
 
-__all__ = ["OWNED_HEADERS", "Call", "CallHost", "CallSettings", "Leg"]
+__all__ = ["OWNED_HEADERS", "Call", "CallHost", "CallSettings", "Leg", "apply_inbound", "apply_tags"]
 
 #: Headers each leg writes for itself; everything else crosses the B2BUA unchanged.
 OWNED_HEADERS: Final = frozenset(
@@ -63,8 +63,10 @@ def resolve_target(uri: str, transport: str, fallback: Target) -> Target:
         return fallback
     if not _is_ip_literal(u.host):
         return fallback
-    t = (u.param("transport") or transport).lower()
-    return (t if t in ("udp", "tcp") else transport, u.host.strip("[]"), u.port or 5060)
+    t = (u.param("transport") or ("tls" if u.scheme == "sips" else transport)).lower()
+    if t not in ("udp", "tcp", "tls"):
+        t = transport
+    return (t, u.host.strip("[]"), u.port or (5061 if t == "tls" else 5060))
 
 
 def apply_tags(tags: Decision, headers: list[Header], from_na: NameAddr) -> tuple[list[Header], NameAddr]:
@@ -101,6 +103,20 @@ def apply_tags(tags: Decision, headers: list[Header], from_na: NameAddr) -> tupl
         headers.append(Header.make(key, value))
     for name, value in tags.add_headers:
         headers.append(Header.make(canonical_name(name), value))
+    return headers, from_na
+
+
+def apply_inbound(inbound: InboundOutcome, headers: list[Header], from_na: NameAddr
+                  ) -> tuple[list[Header], NameAddr]:
+    """The header changes verification asks for (verstat on each PAI, or on From; attestation headers)."""
+    if inbound.pai is not None:
+        values = iter(inbound.pai)
+        headers = [Header.make("p-asserted-identity", next(values, h.value))
+                   if h.key == "p-asserted-identity" else h for h in headers]
+    if inbound.from_value is not None:
+        from_na = parse_name_addr(inbound.from_value)
+    if inbound.extra:
+        headers = [*headers, *inbound.extra]
     return headers, from_na
 
 
@@ -466,8 +482,9 @@ class Call:
         self.policy: tuple[Chain, CallContext, ChainResult] | None = None
         #: While the call waits for its policies' state: the chain, the context and what was asked.
         self.judging: tuple[Chain, CallContext, StateRequest] | None = None
-        #: (policy, mode, action) per chain entry, for the call record.
-        self.decisions: list[tuple[str, str, str]] = []
+        #: (policy, mode, action, note) per chain entry, for the call record: the note says which rule fired
+        #: with what value.
+        self.decisions: list[tuple[str, str, str, str]] = []
         #: Relayed re-INVITE client transactions: an INVITE in Proceeding has no timer of its own (RFC 3261
         #: 17.1.1), so when the call ends the ones still open are answered and dropped here.
         self.reinvites: list[Transaction] = []
@@ -523,8 +540,11 @@ class Call:
             if isinstance(signed, SignedCall) and not (has_identity and auth.keeps_existing(self.ingress)):
                 headers = [h for h in headers if h.key != "identity"]
                 headers.append(Header.make("identity", signed.identity))
+                headers.extend(Header.make("identity", v) for v in signed.extra)  # e.g. rcd (RFC 9795)
                 if signed.date is not None and not any(h.key == "date" for h in headers):
                     headers.append(Header.make("date", signed.date))
+            elif isinstance(signed, SignedCall) and signed.div is not None:
+                headers.append(Header.make("identity", signed.div))  # forwarded: div after the caller's (RFC 8946)
         b = Leg(host.new_call_id(), host.new_tag(), from_na, a.local_na, None, dest,
                 host.contact_for(target.transport))
         b.remote_target = rewrite_uri_host(invite.uri, target.host, target.port)

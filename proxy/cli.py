@@ -74,7 +74,15 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    print(f"{config.path}: OK ({len(config.trunks)} trunks, {len(config.routes)} routes)")
+    extra = ""
+    redirect = [t.name for t in config.trunks if t.mode == "redirect"]
+    listeners = [f"{x.transport}:{x.host}:{x.port}" for x in config.listen if x.mode == "redirect"]
+    if redirect or listeners:
+        extra += f"; redirect: {', '.join(redirect + listeners)}"
+    if config.sti_api.enabled:
+        extra += f"; ATIS-1000082 API: {len(config.sti_api.clients)} clients on " \
+                 f"{config.sti_api.listen or config.api.listen}"
+    print(f"{config.path}: OK ({len(config.trunks)} trunks, {len(config.routes)} routes{extra})")
     return 0
 
 

@@ -7,11 +7,12 @@ imports the components themselves (`proxy.yamlfile` does the located YAML readin
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -21,12 +22,17 @@ __all__ = [
     "ApiSettings",
     "Config",
     "ConfigError",
+    "HepSettings",
     "Listen",
     "RecordsSettings",
     "Route",
     "SipSettings",
     "StateSettings",
+    "StiApiSettings",
+    "StiClient",
     "Trunk",
+    "TrunkTlsSettings",
+    "client_token",
     "load_config",
     "load_config_text",
 ]
@@ -62,6 +68,10 @@ class SipSettings(_Base, frozen=True):
     server_header: str = ""
     #: Seconds between full cyclic-GC passes (automatic full passes are off: they stall the loop); 0: never.
     gc_full_interval: float = 600.0
+    #: RFC 5626 3.5.1 keep-alive on the TCP/TLS connections stirgate opens: a CRLFCRLF ping after this many quiet
+    #: seconds; no answer (any byte) within `keepalive_timeout` closes the connection. 0: no pings.
+    keepalive_interval: float = 30.0
+    keepalive_timeout: float = 10.0
 
 
 class AttestationSettings(_Base, frozen=True):
@@ -74,6 +84,27 @@ class AttestationSettings(_Base, frozen=True):
     known_customer: bool = True
 
 
+class RcdSettings(_Base, frozen=True):
+    """Rich Call Data (RFC 9795) signed for the customer's numbers: `numbers`/`prefixes`/`numbers_file` select
+    the calling TNs (none: every call of the trunk)."""
+
+    #: The caller's name as the called party should see it.
+    nam: str
+    #: https URL of an icon (logo); `icn_file`: the same bytes locally, to put their digest in `rcdi`.
+    icn: str | None = None
+    icn_file: str | None = None
+    #: An inline jCard (RFC 7095 array), or the https URL of one (`jcl`, with `jcl_file` for its digest).
+    jcd: list[Any] | None = None
+    jcl: str | None = None
+    jcl_file: str | None = None
+    apn: str | None = None
+    #: Call reason (the `crn` claim).
+    crn: str | None = None
+    numbers: list[str] = []
+    prefixes: list[str] = []
+    numbers_file: str | None = None
+
+
 class TrunkSignSettings(_Base, frozen=True):
     """STI-AS for calls from this (customer) trunk that leave through a carrier trunk."""
 
@@ -84,6 +115,14 @@ class TrunkSignSettings(_Base, frozen=True):
     add_date: bool = False
     #: An Identity already on the INVITE: keep it (transit) or replace it with ours.
     existing_identity: Literal["keep", "replace"] = "keep"
+    #: RCD for this customer (one block) or per number list (several; the first matching the caller wins).
+    rcd: RcdSettings | list[RcdSettings] | None = None
+    #: Put the rcd claims in the shaken PASSporT instead of a separate ppt=rcd one.
+    rcd_in_shaken: bool = False
+    #: RFC 8946: a call arriving signed and forwarded gets a div PASSporT after its own: `owned` when Diversion
+    #: or History-Info shows a redirect by a number the customer owns (its attestation numbers/prefixes),
+    #: `always` for a trunk that forwards (diverting number from Diversion/History-Info, else To), `off`.
+    div: Literal["off", "owned", "always"] = "owned"
 
 
 class TrunkVerifySettings(_Base, frozen=True):
@@ -98,6 +137,8 @@ class TrunkVerifySettings(_Base, frozen=True):
     passed_only_for_attest_a: bool = False
     #: Also add P-Attestation-Indicator and P-Origination-Id towards the customer.
     attestation_headers: bool = False
+    #: Show the verified RCD caller name (RFC 9795 `nam`) as the display name towards the customer.
+    rcd_display_name: bool = False
 
 
 class OverloadSettings(_Base, frozen=True):
@@ -127,6 +168,82 @@ class ProtectionSettings(_Base, frozen=True):
     tcp_idle_timeout: float = 300.0
     #: A TCP connection holding a partial message longer than this is closed (slowloris).
     tcp_message_timeout: float = 10.0
+    #: A TLS handshake (either direction) not done in this many seconds is cut; other calls never wait on it.
+    tls_handshake_timeout: float = 5.0
+
+
+TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
+_TLS_VERSIONS: dict[str, ssl.TLSVersion] = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class TrunkTlsSettings(_Base, frozen=True):
+    """`tls:` of a trunk with `transport: tls`: how stirgate proves itself to this peer and checks it.
+
+    `cert_file`/`key_file` are stirgate's certificate towards this trunk: the server certificate when the peer
+    connects in, the client certificate (mutual TLS) when stirgate connects out. `ca_file` is the only trust
+    for this peer: its certificate must chain to it, in both directions. `server_name` is the name the peer's
+    certificate must carry (SNI and hostname check when stirgate connects; checked on the client certificate
+    when the peer connects in); default: the destination host, and no name check on inbound connections.
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Off only in labs: the peer's certificate is then not checked at all (and a client needs none).
+    verify_peer: bool = True
+    server_name: str | None = None
+    min_version: TlsVersion = "TLSv1.2"
+    #: OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults); empty: OpenSSL's defaults.
+    ciphers: str = ""
+
+    def _context(self, purpose: ssl.Purpose) -> ssl.SSLContext:
+        server = purpose is ssl.Purpose.CLIENT_AUTH
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = _TLS_VERSIONS[self.min_version]
+        if self.ciphers:
+            ctx.set_ciphers(self.ciphers)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.verify_peer:
+            if self.ca_file is not None:
+                ctx.load_verify_locations(cafile=self.ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """For connections stirgate opens to this trunk: the peer's certificate and name are checked."""
+        return self._context(ssl.Purpose.SERVER_AUTH)
+
+    def server_context(self) -> ssl.SSLContext:
+        """For connections this trunk opens to stirgate: with `verify_peer`, a client certificate chaining to
+        `ca_file` is required (mutual TLS); a client without one fails the handshake."""
+        return self._context(ssl.Purpose.CLIENT_AUTH)
+
+
+class HepSettings(_Base, frozen=True):
+    """`hep:`: a HEPv3 copy of every SIP message stirgate receives or sends, to Homer or sngrep."""
+
+    #: host:port of the capture server (heplify-server, Homer, sngrep -L udp:HOST:PORT).
+    address: Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):\d{1,5}$")]
+    capture_id: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 2001
+    #: Sent in the auth-key chunk when set (the capture server's password).
+    auth_key: str | None = None
+    transport: Literal["udp", "tcp"] = "udp"
+    #: TCP only: bytes waiting for the capture server beyond which copies are dropped (and counted).
+    max_queue_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+#: inline: stirgate is the B2BUA in the call path. redirect: an INVITE is never relayed; stirgate answers it
+#: with 302 (a Contact carrying the Identity, or the verstat-tagged identity) or with the reject code.
+Mode = Literal["inline", "redirect"]
 
 
 class Trunk(_Base, frozen=True):
@@ -134,9 +251,13 @@ class Trunk(_Base, frozen=True):
     role: Literal["customer", "carrier"]
     sources: list[str] = []
     destination: str | None = None
-    transport: Literal["udp", "tcp"] = "udp"
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    #: Required with `transport: tls`.
+    tls: TrunkTlsSettings | None = None
     sign: TrunkSignSettings | None = None
     verify: TrunkVerifySettings = TrunkVerifySettings()
+    #: redirect: INVITEs from this trunk are answered 302/reject, never relayed (docs/STI_SERVICE.md).
+    mode: Mode = "inline"
 
 
 class SigningProfileSettings(_Base, frozen=True):
@@ -166,6 +287,10 @@ class StirVerifySettings(_Base, frozen=True):
     x5u_ca_file: str | None = None
     #: Accept a TNAuthList without an SPC (the libstirshaken test vectors have one).
     lenient_tnauthlist: bool = False
+    #: RCD (RFC 9795): content pinned by `rcdi` (icons, jCards) is fetched under the x5u rules, up to this size,
+    #: and its digest kept this long.
+    rcd_max_bytes: int = 262144
+    rcd_content_ttl: float = 3600.0
 
 
 class StirSettings(_Base, frozen=True):
@@ -178,6 +303,23 @@ class StirSettings(_Base, frozen=True):
     crl_dir: str | None = None
     #: Seconds between re-reads of crl_dir (the files are refreshed by a cron job or the STI-CA's CDP fetcher).
     crl_refresh: float = 3600.0
+    #: ATIS-1000080: fetch the CRL each certificate's CRL Distribution Point names (cached until nextUpdate).
+    crl_fetch: bool = True
+    #: Where fetched CRLs are kept across restarts.
+    crl_cache_dir: str = "var/crl-cache"
+    #: A certificate whose CRL cannot be obtained: pass (with a note on the verdict) or fail 437.
+    crl_unavailable: Literal["pass", "fail"] = "pass"
+    crl_max_bytes: int = 1048576
+    #: Certificates that sign indirect CRLs (the STI-PA's CRL signer named by cRLIssuer), PEM files.
+    crl_signers: list[str] = []
+    #: The STI-PA's list of approved STI-CA roots (https), refreshed every `trust_list_refresh` seconds and on
+    #: SIGHUP; the token (or the file holding it) is sent as `Authorization: Bearer`. Anchors are
+    #: `trust_anchors` plus the list; the last good list is kept in `trust_list_cache`.
+    trust_list_url: str | None = None
+    trust_list_token: str | None = None
+    trust_list_token_file: str | None = None
+    trust_list_refresh: float = 3600.0
+    trust_list_cache: str = "var/sti-trust-list.pem"
     signing_profiles: list[SigningProfileSettings] = []
     verify: StirVerifySettings = StirVerifySettings()
 
@@ -269,8 +411,88 @@ class ApiSettings(_Base, frozen=True):
         return host.strip("[]"), int(port)
 
 
+class StiClientSign(_Base, frozen=True):
+    """What one API client may sign."""
+
+    profile: str
+    #: The highest attestation the client may ask for; a request above it is refused with 403.
+    max_attest: Literal["A", "B", "C"] = "A"
+
+
+class StiClientVerify(_Base, frozen=True):
+    """Whose rules one API client's verification requests follow."""
+
+    #: A carrier trunk: its `verify:` settings and its policy chain decide, as for a call from that trunk.
+    trunk: str
+
+
+class StiClient(_Base, frozen=True):
+    """One SBC (or other system) allowed to call the ATIS-1000082 API."""
+
+    name: str
+    #: Bearer token (at least 16 characters), given here or read from `token_file` (first line).
+    token: str | None = None
+    token_file: str | None = None
+    #: Mutual TLS: the CN or a DNS subjectAltName of the client's certificate (needs `sti_api.tls.client_ca`).
+    tls_name: str | None = None
+    sign: StiClientSign | None = None
+    verify: StiClientVerify | None = None
+
+
+class StiTlsSettings(_Base, frozen=True):
+    cert: str
+    key: str
+    #: CA bundle for client certificates; with it, clients may authenticate by certificate (`tls_name`).
+    client_ca: str | None = None
+    #: Refuse the TLS handshake without a client certificate signed by `client_ca`.
+    require_client_cert: bool = False
+
+
+class StiApiSettings(_Base, frozen=True):
+    """`sti_api:` in the YAML: the ATIS-1000082 STI-AS/VS REST API (POST /stir/v1/signing, /stir/v1/verification)."""
+
+    #: host:port of a listener of its own (shared by the workers); none: served on `api.listen`.
+    listen: Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):\d{1,5}$")] | None = None
+    #: https on the own listener (and mutual TLS with `client_ca`).
+    tls: StiTlsSettings | None = None
+    #: Largest request body accepted (bytes); larger ones get 413.
+    max_body: Annotated[int, msgspec.Meta(ge=256, le=1_048_576)] = 8192
+    #: A signing request's iat may be this many seconds from the service's clock (else 400).
+    iat_tolerance: Annotated[int, msgspec.Meta(ge=1)] = 60
+    clients: list[StiClient] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.clients)
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def client_token(client: StiClient) -> str | None:
+    """The client's bearer token: `token`, or the first line of `token_file`."""
+    if client.token is not None:
+        return client.token
+    if client.token_file is not None:
+        lines = Path(client.token_file).read_text().splitlines()
+        return lines[0].strip() if lines else ""
+    return None
+
+
+class ListenSpec(_Base, frozen=True):
+    """A listen entry in its long form: `{address: udp:HOST:PORT, mode: redirect}`."""
+
+    address: str
+    mode: Mode = "inline"
+
+
 class _RawConfig(_Base, frozen=True):
-    listen: list[str] = msgspec.field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
+    listen: list[str | ListenSpec] = msgspec.field(
+        default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
     unknown_source: Literal["reject", "drop"] = "reject"
     sip: SipSettings = SipSettings()
     trunks: list[Trunk] = []
@@ -284,6 +506,9 @@ class _RawConfig(_Base, frozen=True):
     policies: str | None = None
     overload: OverloadSettings = OverloadSettings()
     protection: ProtectionSettings = ProtectionSettings()
+    sti_api: StiApiSettings = StiApiSettings()
+    #: HEPv3 capture (Homer, sngrep); none: off.
+    hep: HepSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +516,8 @@ class Listen:
     transport: str
     host: str
     port: int
+    #: redirect: every INVITE arriving here is answered 302/reject (whatever its trunk's own mode).
+    mode: str = "inline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +537,9 @@ class Config:
     overload: OverloadSettings
     protection: ProtectionSettings
     state: StateSettings
+    sti_api: StiApiSettings
     policies: str | None = None
+    hep: HepSettings | None = None
 
     def trunk(self, name: str) -> Trunk:
         for t in self.trunks:
@@ -322,15 +551,15 @@ class Config:
 # --- semantic checks ----------------------------------------------------------------------------------------
 
 
-def _parse_listen(text: str) -> Listen:
+def _parse_listen(text: str, mode: str = "inline") -> Listen:
     parts = text.split(":")
-    if len(parts) != 3 or parts[0] not in ("udp", "tcp") or not parts[2].isdigit():
-        raise ValueError("expected transport:host:port, e.g. udp:127.0.0.1:5060")
+    if len(parts) != 3 or parts[0] not in ("udp", "tcp", "tls") or not parts[2].isdigit():
+        raise ValueError("expected transport:host:port (udp, tcp or tls), e.g. udp:127.0.0.1:5060")
     ipaddress.ip_address(parts[1])
     port = int(parts[2])
     if not 0 < port < 65536:
         raise ValueError("port out of range")
-    return Listen(parts[0], parts[1], port)
+    return Listen(parts[0], parts[1], port, mode)
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -346,13 +575,17 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
     fail = doc.error
 
     listens: list[Listen] = []
-    for i, text in enumerate(raw.listen):
+    for i, entry in enumerate(raw.listen):
+        text, mode, where = (entry, "inline", f"$.listen[{i}]") if isinstance(entry, str) else (
+            entry.address, entry.mode, f"$.listen[{i}].address")
         try:
-            listens.append(_parse_listen(text))
+            listens.append(_parse_listen(text, mode))
         except ValueError as exc:
-            raise fail(f"$.listen[{i}]", str(exc)) from None
+            raise fail(where, str(exc)) from None
     if not listens:
         raise fail("$.listen", "at least one listen address is needed")
+    if all(x.mode == "redirect" for x in listens):
+        raise fail("$.listen", "at least one listen address must be inline (the B-legs and dialogs use it)")
     names: set[str] = set()
     for i, trunk in enumerate(raw.trunks):
         if trunk.name in names:
@@ -387,6 +620,16 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
         raise fail("$.state.url", "a Redis URL: redis://host:port/db, rediss://... or unix:///path")
     if raw.records.enabled and raw.records.backend == "postgresql" and not raw.records.dsn.strip():
         raise fail("$.records.dsn", "backend postgresql needs a dsn, e.g. postgresql://stirgate@db.example/stirgate")
+    _validate_sti_api(raw, fail)
+    _validate_tls(raw, listens, fail)
+    if raw.hep is not None:
+        host, port = raw.hep.host_port
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise fail("$.hep.address", "an IP address and port, e.g. 127.0.0.1:9060 (no DNS here)") from None
+        if not 0 < port < 65536:
+            raise fail("$.hep.address", "port out of range")
     s = raw.sip
     for key in ("t1", "t2", "t4", "failover_timeout", "no_answer_timeout"):
         if getattr(s, key) <= 0:
@@ -406,7 +649,38 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
         overload=raw.overload,
         protection=raw.protection,
         state=raw.state,
+        sti_api=raw.sti_api,
+        hep=raw.hep,
     )
+
+
+def _validate_tls(raw: _RawConfig, listens: list[Listen], fail: Callable[[str, str], ConfigError]) -> None:
+    """TLS trunks: settings present, files readable, contexts buildable (errors located at the key)."""
+    tls_listen = any(x.transport == "tls" for x in listens)
+    for i, trunk in enumerate(raw.trunks):
+        where = f"$.trunks[{i}]"
+        tls = trunk.tls
+        if trunk.transport != "tls":
+            if tls is not None:
+                raise fail(f"{where}.tls", "tls settings need `transport: tls`")
+            continue
+        if tls is None:
+            raise fail(f"{where}.transport", "a TLS trunk needs a `tls:` block (ca_file, cert_file, key_file)")
+        if tls.verify_peer and tls.ca_file is None:
+            raise fail(f"{where}.tls.ca_file", "needed to check the peer's certificate (or verify_peer: false)")
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise fail(f"{where}.tls.cert_file", "cert_file and key_file go together")
+        if tls_listen and trunk.sources and tls.cert_file is None:
+            raise fail(f"{where}.tls.cert_file", "needed to accept TLS connections from this trunk's sources")
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path is not None and not Path(path).is_file():
+                raise fail(f"{where}.tls.{key}", f"no such file: {path}")
+        for build in (tls.client_context, tls.server_context):
+            try:
+                build()
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise fail(f"{where}.tls", f"cannot use these TLS settings: {exc}") from None
 
 
 def _validate_stir(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> None:
@@ -427,8 +701,93 @@ def _validate_stir(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> 
                     uuid.UUID(trunk.sign.origid)
                 except ValueError:
                     raise fail(f"$.trunks[{i}].sign.origid", "origid must be a UUID") from None
+            rcd = trunk.sign.rcd
+            rules = [rcd] if isinstance(rcd, RcdSettings) else rcd or []
+            for j, rule in enumerate(rules):
+                at = f"$.trunks[{i}].sign.rcd" + (f"[{j}]" if isinstance(rcd, list) else "")
+                _validate_rcd(rule, at, fail)
     if stir.country_code and not stir.country_code.isdigit():
         raise fail("$.stir.country_code", "digits only, e.g. \"1\"")
+    if stir.trust_list_url is not None and not stir.trust_list_url.startswith("https://"):
+        raise fail("$.stir.trust_list_url", "the trust list URL must be https://")
+    if stir.trust_list_token_file is not None and not Path(stir.trust_list_token_file).is_file():
+        raise fail("$.stir.trust_list_token_file", f"no such file: {stir.trust_list_token_file}")
+    for i, path in enumerate(stir.crl_signers):
+        if not Path(path).is_file():
+            raise fail(f"$.stir.crl_signers[{i}]", f"no such file: {path}")
+    for key in ("trust_list_refresh", "crl_max_bytes"):
+        if getattr(stir, key) <= 0:
+            raise fail(f"$.stir.{key}", "must be positive")
+
+
+def _validate_rcd(rule: RcdSettings, at: str, fail: Callable[[str, str], ConfigError]) -> None:
+    if not rule.nam.strip():
+        raise fail(f"{at}.nam", "the caller name is empty")
+    for key in ("icn", "jcl"):
+        url = getattr(rule, key)
+        if url is not None and not url.startswith("https://"):
+            raise fail(f"{at}.{key}", "must be an https:// URL")
+    if rule.jcd is not None and rule.jcl is not None:
+        raise fail(f"{at}.jcl", "jcd and jcl are exclusive (RFC 9795)")
+    for key, url_key in (("icn_file", "icn"), ("jcl_file", "jcl"), ("numbers_file", None)):
+        path = getattr(rule, key)
+        if path is None:
+            continue
+        if url_key is not None and getattr(rule, url_key) is None:
+            raise fail(f"{at}.{key}", f"{key} without {url_key}")
+        if not Path(path).is_file():
+            raise fail(f"{at}.{key}", f"no such file: {path}")
+
+
+def _validate_sti_api(raw: _RawConfig, fail: Callable[[str, str], ConfigError]) -> None:
+    api = raw.sti_api
+    profiles = {p.name for p in raw.stir.signing_profiles}
+    trunks = {t.name: t for t in raw.trunks}
+    names: set[str] = set()
+    tokens: set[str] = set()
+    if api.tls is not None:
+        for key in ("cert", "key", "client_ca"):
+            path = getattr(api.tls, key)
+            if path is not None and not Path(path).is_file():
+                raise fail(f"$.sti_api.tls.{key}", f"no such file: {path}")
+        if api.listen is None:
+            raise fail("$.sti_api.tls", "https needs a listener of its own (sti_api.listen)")
+    if api.clients and api.listen is None and not raw.api.enabled:
+        raise fail("$.sti_api", "without a listener of its own (sti_api.listen) the API needs api.enabled")
+    for i, client in enumerate(api.clients):
+        at = f"$.sti_api.clients[{i}]"
+        if client.name in names:
+            raise fail(f"{at}.name", f"duplicate client name {client.name!r}")
+        names.add(client.name)
+        if client.token is not None and client.token_file is not None:
+            raise fail(f"{at}.token_file", "give token or token_file, not both")
+        try:
+            token = client_token(client)
+        except OSError as exc:
+            raise fail(f"{at}.token_file", exc.strerror or str(exc)) from None
+        if token is not None:
+            if len(token) < 16 or not token.isprintable() or " " in token:
+                raise fail(f"{at}.token" if client.token is not None else f"{at}.token_file",
+                           "a token is at least 16 printable characters without spaces")
+            if token in tokens:
+                raise fail(f"{at}.token", "another client has the same token")
+            tokens.add(token)
+        if client.tls_name is not None and (api.tls is None or api.tls.client_ca is None):
+            raise fail(f"{at}.tls_name", "client certificates need sti_api.tls.client_ca")
+        if token is None and client.tls_name is None:
+            raise fail(at, "a client needs a token, a token_file or a tls_name to authenticate with")
+        if client.sign is None and client.verify is None:
+            raise fail(at, "a client needs sign: and/or verify:")
+        if client.sign is not None and client.sign.profile not in profiles:
+            raise fail(f"{at}.sign.profile", f"unknown signing profile {client.sign.profile!r}")
+        if client.verify is not None:
+            trunk = trunks.get(client.verify.trunk)
+            if trunk is None:
+                raise fail(f"{at}.verify.trunk", f"unknown trunk {client.verify.trunk!r}")
+            if trunk.role != "carrier":
+                raise fail(f"{at}.verify.trunk", f"trunk {trunk.name!r} is not a carrier trunk")
+            if not raw.stir.trust_anchors:
+                raise fail(f"{at}.verify", "verification needs stir.trust_anchors")
 
 
 def load_config_text(text: str, file: str = "<config>") -> Config:

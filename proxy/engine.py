@@ -20,6 +20,7 @@ from proxy.authentication import Authenticator
 from proxy.b2bua import ROUTING, Call, CallHost, CallSettings
 from proxy.config import Config, Trunk
 from proxy.protection import Pike
+from proxy.redirect import Redirector
 from proxy.routing import Router, dialled_digits
 from proxy.sip.grammar import ParseError
 from proxy.sip.message import Header, Request, Response, VersionError, canonical_name, parse
@@ -142,6 +143,8 @@ class Engine(CallHost):
         self._seq = count(1)
         self._contacts = {t: f"<sip:{h}:{p}{'' if t == 'udp' else ';transport=' + t}>" for t, (h, p) in local.items()}
         self._via_hosts = {t: f"{h}:{p}" for t, (h, p) in local.items()}
+        #: INVITEs from trunks in redirect mode are answered there (302/reject), never relayed.
+        self.redirector = Redirector(self)
 
     def reconfigure(self, config: Config, policies: PolicySet | None) -> None:
         """A reloaded config: routes, trunks, STIR settings and policies for new calls.
@@ -188,6 +191,11 @@ class Engine(CallHost):
 
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()
+
+    def transport_failed(self, target: Target, now: float) -> None:
+        """Nothing could be delivered to `target` (connection refused, TLS peer untrusted or misnamed): its
+        client transactions fail now (RFC 3261 8.1.3.1: as a 503), so a call fails over without waiting."""
+        self.txns.transport_failed(target, now)
 
     def earliest_deadline(self) -> float | None:
         """A lower bound of next_deadline (cancelled timers included), at the cost of one index."""
@@ -243,7 +251,7 @@ class Engine(CallHost):
 
     # --- requests ---------------------------------------------------------------------------------------------
     def _on_request(self, req: Request, source: Target, now: float) -> None:
-        trunk = self.router.trunk_for_source(source[1])
+        trunk = self.router.trunk_for(source)
         if (trunk is None or self.pike.covers_trunks) and self.pike.blocked(source[1], now):
             self.stats["pike_dropped"] += 1
             return
@@ -321,6 +329,9 @@ class Engine(CallHost):
 
     def _on_invite(self, req: Request, source: Target, trunk: Trunk, now: float) -> None:
         self.stats["invites"] += 1
+        if trunk.mode == "redirect":
+            self.redirector.on_invite(req, source, trunk, now)
+            return
         if req.call_id not in self.calls:
             why = self.overloaded(source[1])
             if why is not None:
@@ -444,7 +455,7 @@ class Engine(CallHost):
         """Evaluate the chain with the call's state (None: the store did not answer) and act on it."""
         result = chain.evaluate(ctx, facts, self.config.state.on_error)
         call.policy = (chain, ctx, result)
-        call.decisions = [(step.name, step.mode, step.decision.outcome) for step in result.steps]
+        call.decisions = [(step.name, step.mode, step.decision.outcome, step.decision.note) for step in result.steps]
         decision = result.decision
         if decision.action == "reject":
             self.stats["policy_rejected"] += 1
@@ -499,7 +510,7 @@ class Engine(CallHost):
 
     # --- responses --------------------------------------------------------------------------------------------
     def _on_response(self, resp: Response, source: Target, now: float) -> None:
-        if self.router.trunk_for_source(source[1]) is None:
+        if self.router.trunk_for(source) is None:
             self.stats["dropped_unknown_source"] += 1
             return
         if self.txns.match_client(resp, now):
@@ -617,7 +628,7 @@ class Engine(CallHost):
         answered = call.answered_at is not None
         ended = call.ended_at if call.ended_at is not None else call.created_at
         duration = ended - call.answered_at if call.answered_at is not None else 0.0
-        ops = chain.ended(ctx, CallOutcome(answered, duration, call.final_status))
+        ops = chain.ended(ctx, CallOutcome(answered, duration, call.final_status, call.b is not None))
         if not ops:
             return
         if self.state.synchronous:

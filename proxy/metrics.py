@@ -71,10 +71,15 @@ def _fmt(bound: float) -> str:
 
 
 def call_outcome(rec: CallRecord) -> str:
-    """answered | cancelled | no-answer | rejected | failed | other: a small, stable label set."""
+    """answered | cancelled | no-answer | rejected | failed | redirected | api | other: a small, stable label
+    set (redirected: a 302 in redirect mode; api: an ATIS-1000082 request that was not refused)."""
     if rec.answered_at is not None:
         return "answered"
     reason = rec.end_reason
+    if reason == "redirected":
+        return "redirected"
+    if reason.startswith("api"):
+        return "api"
     if reason in ("cancelled", "bye-early"):
         return "cancelled"
     if reason == "no-answer":
@@ -111,6 +116,8 @@ class Metrics:
         self.verification_failures: dict[str, int] = {}
         self.x5u_hits = 0
         self.x5u_misses = 0
+        #: (operation, HTTP status) -> ATIS-1000082 API requests
+        self.api_requests: dict[tuple[str, str], int] = {}
         self.forward_delay = Histo(FORWARD_BUCKETS)
         self.x5u_fetch = Histo(FETCH_BUCKETS)
         self.engine_stats: Callable[[], Mapping[str, float]] | None = None
@@ -137,7 +144,8 @@ class Metrics:
         if rec.policy_decisions:
             hits = self.policy_hits
             for d in rec.policy_decisions:
-                hits[d] = hits.get(d, 0) + 1
+                hit = (d[0], d[1], d[2])
+                hits[hit] = hits.get(hit, 0) + 1
         if rec.failures:
             fails = self.verification_failures
             for check in rec.failures:
@@ -147,6 +155,11 @@ class Metrics:
                 self.x5u_misses += 1
             else:
                 self.x5u_hits += 1
+
+    def observe_api(self, op: str, status: int) -> None:
+        """One ATIS-1000082 API request answered (`op`: signing | verification)."""
+        key = (op, str(status))
+        self.api_requests[key] = self.api_requests.get(key, 0) + 1
 
     def observe_forward_delay(self, seconds: float) -> None:
         """The time from an INVITE's arrival to its B-leg INVITE leaving (transport measures it)."""
@@ -183,6 +196,11 @@ class _Collector(Collector):
         for reason, n in list(m.verification_failures.items()):
             fails.add_metric([reason], n)
         yield fails
+        api = CounterMetricFamily("stirgate_sti_api_requests", "ATIS-1000082 API requests by operation and status",
+                                  labels=["op", "status"])
+        for akey, n in list(m.api_requests.items()):
+            api.add_metric(list(akey), n)
+        yield api
         yield CounterMetricFamily("stirgate_x5u_cache_hits", "Verified calls whose certificates were cached",
                                   value=m.x5u_hits)
         yield CounterMetricFamily("stirgate_x5u_cache_misses", "Verified calls that waited for an x5u fetch",

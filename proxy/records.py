@@ -32,7 +32,9 @@ from proxy.stir.signer import SignedCall
 from proxy.stir.tn import DEFAULT_TN_POLICY, TNPolicy, try_canonical_tn, user_part
 
 if TYPE_CHECKING:
+    from proxy.authentication import InboundOutcome
     from proxy.b2bua import Call
+    from proxy.redirect import Redirected
 
 __all__ = [
     "COLUMNS",
@@ -47,7 +49,9 @@ __all__ = [
     "connect_readonly",
     "open_db",
     "record_from_call",
+    "record_from_redirect",
     "record_from_row",
+    "redirect_end_hook",
     "tn_variants",
 ]
 
@@ -55,8 +59,9 @@ log = structlog.get_logger("stirgate.records", component="records")
 
 T = TypeVar("T")
 
-#: (policy name, mode such as "enforce" or "dry-run", action such as "reject" or "tag").
-PolicyDecision = tuple[str, str, str]
+#: (policy name, mode such as "enforce" or "dry-run", action such as "reject" or "tag", note: which rule fired
+#: with what value). Records written before notes were kept have three elements.
+PolicyDecision = tuple[str, ...]
 
 SCHEMA_VERSION: Final = 1
 
@@ -170,10 +175,7 @@ def record_from_call(call: Call, wall_offset: float, tn_policy: TNPolicy = DEFAU
     a = call.a
     from_na = a.remote_na
     pai: str | None = getattr(call, "pai", None)
-    if pai is not None and tn_policy.orig_order[0] == "pai":
-        orig_signaled = _user(pai) or _user(from_na.uri)
-    else:
-        orig_signaled = _user(from_na.uri) or _user(pai)
+    orig_signaled = _orig_signaled(pai, from_na.uri, tn_policy)
     ruri: str | None = getattr(call, "ruri", None)
     dest_signaled = _user(ruri) or _user(a.local_na.uri)
     identity_present: bool | None = getattr(call, "identity_present", None)
@@ -182,17 +184,9 @@ def record_from_call(call: Call, wall_offset: float, tn_policy: TNPolicy = DEFAU
     failures: tuple[str, ...] = ()
     inbound = call.inbound
     if inbound is not None:
-        r = inbound.result
-        verification = r.status
-        verstat = r.verstat
-        attest = r.attest
-        origid = r.origid
-        spc = r.spc
-        subject = r.cert_subject
-        if r.failures:
-            failures = tuple(f.check for f in r.failures)
+        verification, verstat, attest, origid, spc, subject, failures = _verified(inbound)
         if identity_present is None:
-            identity_present = r.status != "missing"
+            identity_present = verification != "missing"
     signed = call.signed
     was_signed = False
     if isinstance(signed, SignedCall):
@@ -237,6 +231,63 @@ def record_from_call(call: Call, wall_offset: float, tn_policy: TNPolicy = DEFAU
         ended_at=ended + wall_offset if ended is not None else None,
         duration=(ended - answered) if answered is not None and ended is not None else 0.0,
         end_reason=call.end_reason,
+    )
+
+
+def _orig_signaled(pai: str | None, from_uri: str, tn_policy: TNPolicy) -> str | None:
+    """The caller's user part as signalled: PAI or From first, per `stir.orig_order`."""
+    if pai is not None and tn_policy.orig_order[0] == "pai":
+        return _user(pai) or _user(from_uri)
+    return _user(from_uri) or _user(pai)
+
+
+def _verified(inbound: InboundOutcome) -> tuple[str, str, str | None, str | None, str | None, str | None,
+                                                 tuple[str, ...]]:
+    """(verification, verstat, attest, origid, spc, cert subject, failed checks) of a verification outcome."""
+    r = inbound.result
+    failures = tuple(f.check for f in r.failures) if r.failures else ()
+    return r.status, r.verstat, r.attest, r.origid, r.spc, r.cert_subject, failures
+
+
+def record_from_redirect(r: Redirected, wall_offset: float, tn_policy: TNPolicy = DEFAULT_TN_POLICY) -> CallRecord:
+    """The record of an INVITE answered in redirect mode: a call that was signed or verified and judged, whose
+    "egress" is the first Contact's trunk and whose status is the 302 (or the rejection) stirgate answered."""
+    orig_signaled = _orig_signaled(r.pai, r.from_uri, tn_policy)
+    dest_signaled = _user(r.ruri)
+    verification = verstat = attest = origid = spc = subject = None
+    failures: tuple[str, ...] = ()
+    if r.inbound is not None:
+        verification, verstat, attest, origid, spc, subject, failures = _verified(r.inbound)
+    if r.signed is not None:
+        attest, origid = r.signed.attest, r.signed.origid
+    at = r.at + wall_offset
+    return CallRecord(
+        a_call_id=r.call_id,
+        ingress=r.ingress.name,
+        source_ip=r.source[1],
+        source_port=r.source[2],
+        transport=r.source[0],
+        orig_signaled=orig_signaled,
+        orig=_canonical(orig_signaled, tn_policy),
+        dest_signaled=dest_signaled,
+        dest=_canonical(dest_signaled, tn_policy),
+        display_name=_display(r.display),
+        identity_present=r.identity_present,
+        verification=verification,
+        verstat=verstat,
+        attest=attest,
+        origid=origid,
+        spc=spc,
+        cert_subject=subject,
+        failures=failures,
+        signed=r.signed is not None,
+        x5u_fetched=r.x5u_fetched,
+        policy_decisions=tuple(r.decisions),
+        egress=r.egress,
+        status=r.status,
+        invite_at=at,
+        ended_at=at,
+        end_reason="redirected" if r.status == 302 else f"rejected:{r.status}",
     )
 
 
@@ -355,6 +406,10 @@ class Reader(ABC):
 
     def placeholders(self, n: int) -> str:
         return ", ".join([self.param] * n)
+
+    def json_text_sql(self, column: str) -> str:
+        """A JSON column as text (SQLite stores text; PostgreSQL's jsonb needs a cast)."""
+        return column
 
 
 class SqliteReader(Reader):
@@ -651,3 +706,20 @@ def call_end_hook(writer: WriterBase | None, observers: Iterable[Callable[[CallR
             put(rec)
 
     return on_call_end
+
+
+def redirect_end_hook(writer: WriterBase | None, observers: Iterable[Callable[[CallRecord], None]] = (),
+                      tn_policy: TNPolicy = DEFAULT_TN_POLICY,
+                      wall_offset: Callable[[], float] = lambda: 0.0) -> Callable[[Redirected], None]:
+    """What goes in `engine.redirector.hooks`: the same record, metrics and queue as an inline call's."""
+    obs = tuple(observers)
+    put = writer.put if writer is not None else None
+
+    def on_redirected(r: Redirected) -> None:
+        rec = record_from_redirect(r, wall_offset(), tn_policy)
+        for observe in obs:
+            observe(rec)
+        if put is not None:
+            put(rec)
+
+    return on_redirected

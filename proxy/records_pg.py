@@ -168,6 +168,9 @@ class PgReader(Reader):
     param = "%s"
     minute_sql = "FLOOR(invite_at / 60)::bigint"
 
+    def json_text_sql(self, column: str) -> str:
+        return f"{column}::text"
+
     def __init__(self, conn: psycopg.Connection[Any], where: str) -> None:
         self.conn = conn
         self.where = where

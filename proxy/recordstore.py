@@ -29,7 +29,8 @@ from proxy.records import (
     tn_variants,
 )
 
-__all__ = ["ReaderPool", "Source", "is_postgres_dsn", "make_writer", "open_reader", "reading", "traceback"]
+__all__ = ["ReaderPool", "Source", "find_call", "is_postgres_dsn", "make_writer", "open_reader", "reading",
+           "traceback"]
 
 T = TypeVar("T")
 
@@ -142,6 +143,16 @@ def traceback(db: Source, orig: str, dest: str, at: float, window: float = 300.0
         )
         return [record_from_row(row) for row in r.fetch(sql, params)]
 
+
+
+def find_call(db: Source, call_id: str, since: float, until: float) -> CallRecord | None:
+    """The call with this A-leg Call-ID whose INVITE arrived in [since, until) (the time bounds keep the scan to
+    the window's index range / partitions)."""
+    with reading(db) as r:
+        p = r.param
+        rows = r.fetch(f"SELECT {', '.join(COLUMNS)} FROM calls WHERE invite_at >= {p} AND invite_at < {p} "
+                       f"AND a_call_id = {p} ORDER BY invite_at LIMIT 1", (since, until, call_id))
+    return record_from_row(rows[0]) if rows else None
 
 
 # --- the writer -----------------------------------------------------------------------------------------------------

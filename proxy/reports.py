@@ -28,6 +28,7 @@ __all__ = [
     "per_minute",
     "plot_per_minute",
     "report",
+    "text_table",
 ]
 
 #: Report section -> column. Trunk is the ingress trunk: where the traffic entered.
@@ -211,7 +212,7 @@ def plot_per_minute(series: dict[str, list[tuple[float, int]]], path: str | Path
 # --- tables -------------------------------------------------------------------------------------------------------
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -243,7 +244,7 @@ def format_records(records: Sequence[CallRecord]) -> str:
         ]
         for r in records
     ]
-    return _table(headers, rows)
+    return text_table(headers, rows)
 
 
 def format_report(rep: dict[str, Any]) -> str:
@@ -260,5 +261,5 @@ def format_report(rep: dict[str, Any]) -> str:
              f"{r['failed_share']:.0%}", f"{r['unsigned_share']:.0%}", ",".join(r["flags"])]
             for r in rows
         ]
-        out.append(_table([name, *headers], table_rows))
+        out.append(text_table([name, *headers], table_rows))
     return "\n".join(out)

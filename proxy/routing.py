@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from proxy.config import Config, Trunk, parse_hostport
+from proxy.sip.transaction import Target
 
 __all__ = ["Router", "TrunkTarget", "dialled_digits"]
 
@@ -32,7 +33,7 @@ def dialled_digits(user: str | None) -> str:
 
 
 class Router:
-    __slots__ = ("_by_host", "_by_network_cache", "_networks", "_routes", "targets")
+    __slots__ = ("_by_destination", "_by_host", "_by_network_cache", "_networks", "_routes", "_tls_only", "targets")
 
     def __init__(self, config: Config) -> None:
         self._by_host: dict[str, Trunk] = {}
@@ -49,10 +50,14 @@ class Router:
         #: Addresses already matched against the CIDR sources (peers repeat); bounded, cleared when full.
         self._by_network_cache: dict[str, Trunk | None] = {}
         self.targets: dict[str, TrunkTarget] = {}
+        self._by_destination: dict[tuple[str, int], Trunk] = {}
         for trunk in config.trunks:
             if trunk.destination is not None:
                 host, port = parse_hostport(trunk.destination)
                 self.targets[trunk.name] = TrunkTarget(trunk, host, port, trunk.transport)
+                self._by_destination.setdefault((host, port), trunk)
+        #: Some trunk takes TLS only: requests from its addresses over anything else are not its own.
+        self._tls_only = any(t.transport == "tls" for t in config.trunks)
         # Per ingress trunk: (prefix, targets) longest prefix first.
         self._routes: dict[str, list[tuple[str, tuple[TrunkTarget, ...]]]] = {}
         for trunk in config.trunks:
@@ -76,6 +81,20 @@ class Router:
             cache.clear()
         cache[host] = trunk
         return trunk
+
+    def trunk_for(self, source: Target) -> Trunk | None:
+        """The trunk a message from `source` belongs to. A TLS trunk is identified by its address and its
+        certificate (checked at the handshake), so the same address over UDP or TCP is not that trunk."""
+        trunk = self.trunk_for_source(source[1])
+        if trunk is not None and self._tls_only and trunk.transport == "tls" and source[0] != "tls":
+            return None
+        return trunk
+
+    def trunk_for_target(self, host: str, port: int) -> Trunk | None:
+        """The trunk stirgate reaches at host:port: its destination, else the trunk owning that address (a
+        caller's Contact), for the TLS settings of a connection stirgate opens."""
+        trunk = self._by_destination.get((host, port))
+        return trunk if trunk is not None else self.trunk_for_source(host)
 
     def _match_networks(self, host: str) -> Trunk | None:
         try:

@@ -19,12 +19,15 @@ from proxy.api import start_api
 from proxy.b2bua import Call
 from proxy.config import Config, ConfigError, load_config
 from proxy.engine import Engine
+from proxy.feedback import apply_feedback
 from proxy.logsink import logger_factory, render_json, sink
 from proxy.metrics import Metrics, engine_snapshot
-from proxy.records import WriterBase, call_end_hook
+from proxy.records import WriterBase, call_end_hook, redirect_end_hook
 from proxy.recordstore import make_writer
+from proxy.redirect import Redirected
 from proxy.redis_state import RedisState
 from proxy.sdnotify import Notifier
+from proxy.sti_api import StiApi, start_sti_api
 from proxy.stir.signer import SignedCall
 from proxy.transport import SipServer
 
@@ -109,9 +112,34 @@ def _call_logger() -> Callable[[Call], None]:
                     else signed.attest if isinstance(signed, SignedCall) else None),
             duration=round(call.ended_at - call.answered_at, 3)
             if call.answered_at is not None and call.ended_at is not None else 0,
+            # what the policies did, and why (dry-run ones too): only the entries that acted or explained
+            policies=[d for d in call.decisions if d[2] != "continue" or d[3]] or None,
         )
 
     return log_call
+
+
+def _redirect_logger() -> Callable[[Redirected], None]:
+    """One JSON line per INVITE answered in redirect mode, like the inline call line."""
+    call_log = structlog.get_logger("stirgate.call", component="call").bind()
+
+    def log_redirect(r: Redirected) -> None:
+        inbound = r.inbound
+        call_log.info(
+            "call",
+            call_id=r.call_id,
+            b_call_id=None,
+            trunk=r.ingress.name,
+            egress=r.egress,
+            status=r.status,
+            end="redirected" if r.status == 302 else f"rejected:{r.status}",
+            verstat=inbound.result.verstat if inbound is not None else None,
+            attest=(inbound.result.attest if inbound is not None
+                    else r.signed.attest if r.signed is not None else None),
+            duration=0,
+        )
+
+    return log_redirect
 
 
 async def _refresh_crls(engine: Engine, interval: float) -> None:
@@ -124,6 +152,31 @@ async def _refresh_crls(engine: Engine, interval: float) -> None:
             log.warning("crl_refresh_failed", error=str(exc))
 
 
+async def refresh_trust_list(engine: Engine) -> None:
+    """Download the STI-PA trust list once; a good new list replaces the anchors, a bad one is reported and the
+    previous list stays (proxy.stir.trust_list)."""
+    auth = engine.auth
+    fetcher = auth.trust_list
+    if fetcher is None:
+        return
+    result = await fetcher.refresh()
+    if result.anchors is not None:
+        auth.apply_trust_list(result.anchors)
+        log.info("trust_list_updated", url=fetcher.url, anchors=len(result.anchors))
+    elif result.error is not None:
+        log.warning("trust_list_refresh_failed", url=fetcher.url, error=result.error, kept=len(fetcher.anchors))
+
+
+async def _refresh_trust_list(engine: Engine) -> None:
+    """At start, then every `stir.trust_list_refresh` seconds (read each time: a reload may change it)."""
+    while True:
+        try:
+            await refresh_trust_list(engine)
+        except Exception:  # never let a refresh bug stop the loop: the old list keeps working
+            log.exception("trust_list_refresh_error")
+        await asyncio.sleep(engine.config.stir.trust_list_refresh)
+
+
 async def load_policy_set(config: Config, engine: Engine) -> PolicySet | None:
     """The config's policy file, validated and with its data loaded (lists are read in threads)."""
     if config.policies is None:
@@ -134,7 +187,7 @@ async def load_policy_set(config: Config, engine: Engine) -> PolicySet | None:
     return pset
 
 
-async def reload(engine: Engine, worker: int, notifier: Notifier | None = None) -> None:
+async def reload(engine: Engine, worker: int, notifier: Notifier | None = None, sti: StiApi | None = None) -> None:
     """SIGHUP: re-read the config and policy files; on any error keep running on the old ones.
 
     Calls in progress keep the routes and policy chain they started with; new calls get the new ones. Under
@@ -145,16 +198,25 @@ async def reload(engine: Engine, worker: int, notifier: Notifier | None = None) 
         notifier.reloading()
     try:
         config = load_config(path)
+        if sti is not None and (config.sti_api.listen, config.sti_api.tls) != (sti.settings.listen,
+                                                                               sti.settings.tls):
+            raise ValueError("sti_api listener changed: restart stirgate to apply it")
         policies = await load_policy_set(config, engine)
         if config.state != engine.config.state:
             log.warning("state_settings_need_restart", worker=worker)
         engine.reconfigure(config, policies)
+        if sti is not None:
+            sti.reconfigure(config.sti_api)
     except (ConfigError, OSError, ValueError) as exc:
         log.error("reload_failed", worker=worker, error=str(exc))
         if notifier is not None:
             notifier.ready(f"reload failed, running the previous configuration: {exc}")
         return
     log.info("reloaded", worker=worker, config=path, policies=config.policies)
+    try:
+        await refresh_trust_list(engine)  # SIGHUP also refreshes the STI-PA list
+    except Exception as exc:
+        log.warning("trust_list_refresh_failed", worker=worker, error=str(exc))
     if notifier is not None:
         notifier.ready("reloaded; carrying calls")
 
@@ -164,13 +226,16 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
     """One worker's life. `on_ready(status)` once its sockets are bound and its policies loaded; `notifier`
     (the single process under systemd, else None) hears of the drain and of reloads."""
     loop = asyncio.get_running_loop()
-    udp_listens = [(x.transport, x.host, x.port) for x in config.listen]
-    first_udp = next((x for x in config.listen if x.transport == "udp"), config.listen[0])
-    first_tcp = next((x for x in config.listen if x.transport == "tcp"), None)
+    inline = [x for x in config.listen if x.mode != "redirect"]
+    udp_listens = [(x.transport, x.host, x.port) for x in inline]
+    redirect_listens = [(x.transport, x.host, x.port) for x in config.listen if x.mode == "redirect"]
+    first_udp = next((x for x in inline if x.transport == "udp"), inline[0])
     private: tuple[str, int] | None = None
     local = {"udp": (first_udp.host, first_udp.port)}
-    if first_tcp is not None:
-        local["tcp"] = (first_tcp.host, first_tcp.port)
+    for stream in ("tcp", "tls"):  # Via and Contact name the first listen address of each transport
+        first = next((x for x in inline if x.transport == stream), None)
+        if first is not None:
+            local[stream] = (first.host, first.port)
     if workers > 1:
         private = (first_udp.host, config.sip.worker_port_base + worker)
         local["udp"] = private
@@ -188,6 +253,9 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
     if writer is not None:
         writer.start()
     engine.call_end_hooks.append(call_end_hook(writer, [metrics.observe_call], engine.auth.tn_policy))
+    engine.redirector.hooks.append(_redirect_logger())
+    engine.redirector.hooks.append(redirect_end_hook(writer, [metrics.observe_call], engine.auth.tn_policy,
+                                                     lambda: engine.wall_offset))
     try:
         engine.policies = await load_policy_set(config, engine)
     except ConfigError as exc:
@@ -196,9 +264,11 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
             writer.flush_and_close()
         return 2
     try:
-        await server.start(udp_listens, reuse_port=workers > 1, private_udp=private)
+        await server.start(udp_listens, reuse_port=workers > 1, private_udp=private,
+                           redirect_listens=redirect_listens)
     except OSError as exc:
-        log.error("bind_failed", listen=[f"{t}:{h}:{p}" for t, h, p in udp_listens], error=str(exc))
+        log.error("bind_failed", listen=[f"{t}:{h}:{p}" for t, h, p in udp_listens + redirect_listens],
+                  error=str(exc))
         server.close()
         if writer is not None:
             writer.flush_and_close()
@@ -232,34 +302,48 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         stop.set()
 
     def check_drained() -> None:
-        if not engine.accepting and not engine.calls:
+        if not engine.accepting and not engine.calls and not engine.redirector.pending:
             drained.set()
 
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_term)
+    sti = StiApi(config.sti_api, engine, metrics, writer) if config.sti_api.enabled else None
     reloading: list[asyncio.Task[None]] = []
     loop.add_signal_handler(signal.SIGHUP,
-                            lambda: reloading.append(loop.create_task(reload(engine, worker, notifier))))
+                            lambda: reloading.append(loop.create_task(reload(engine, worker, notifier, sti))))
     api = None
     if config.api.enabled:
         try:
             api = await start_api(config.api, lambda: engine_snapshot(engine),
                                   config.records if writer is not None else None, metrics=metrics,
                                   writer=writer, country_code=config.stir.country_code,
-                                  port=config.api.host_port[1] + worker if workers > 1 else None)
+                                  port=config.api.host_port[1] + worker if workers > 1 else None,
+                                  feedback=lambda rec, label: apply_feedback(engine, rec, label, server.flush),
+                                  extra_routes=sti.add_routes if sti is not None and not config.sti_api.listen
+                                  else None)
         except OSError as exc:
             # Calls matter more than metrics: carry them without the API rather than not at all.
             log.error("api_unavailable", listen=config.api.listen, error=str(exc))
+    sti_runner = None
+    if sti is not None and config.sti_api.listen:
+        try:
+            sti_runner = await start_sti_api(sti, reuse_port=workers > 1)
+        except (OSError, ValueError) as exc:
+            log.error("sti_api_unavailable", listen=config.sti_api.listen, error=str(exc))
     tune_gc()
     background = [
         loop.create_task(_full_gc(config.sip.gc_full_interval)),
         loop.create_task(_flush_logs()),
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
+        loop.create_task(_refresh_trust_list(engine)),
     ]
     listening = [f"{t}:{h}:{p}" for t, h, p in udp_listens]
     log.info("listening", worker=worker, instance=engine.instance_id,
              hot_path="compiled" if compiled.is_compiled() else "python",
-             version=compiled.installed_version(), listen=listening, trunks=len(config.trunks))
+             version=compiled.installed_version(), listen=listening,
+             redirect=[f"{t}:{h}:{p}" for t, h, p in redirect_listens],
+             sti_api=(config.sti_api.listen or config.api.listen) if sti is not None else None,
+             trunks=len(config.trunks))
     on_ready(f"listening on {', '.join(listening)}")
     await stop.wait()
     check_drained()
@@ -274,6 +358,8 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         await api.cleanup()
     if server.state is not None:
         await server.state.close()
+    if sti_runner is not None:
+        await sti_runner.cleanup()
     if writer is not None:
         unwritten = writer.flush_and_close()
         _log_records_closed(writer, worker, unwritten)

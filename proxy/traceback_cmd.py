@@ -13,6 +13,7 @@ import sqlite3
 import sys
 import time
 
+from proxy.campaigns import campaigns, format_campaigns
 from proxy.config import RecordsSettings
 from proxy.records import RecordsError
 from proxy.recordstore import Source, traceback
@@ -89,6 +90,18 @@ def _report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"stirgate: {exc}", file=sys.stderr)
         return 2
+    if args.campaigns:
+        try:
+            gap = parse_duration(args.gap)
+            found_campaigns = campaigns(db, since, until, gap=gap, limit=args.limit)
+        except ValueError as exc:
+            print(f"stirgate: {exc}", file=sys.stderr)
+            return 2
+        except (FileNotFoundError, sqlite3.Error, RecordsError) as exc:
+            print(f"stirgate: report: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(found_campaigns, indent=1) if args.json else format_campaigns(found_campaigns))
+        return 0
     try:
         rep = report(db, since, until, args.limit)
         series = per_minute(db, since, until) if args.plot else None
@@ -131,5 +144,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rp.add_argument("--until", help="end of the window (default now)")
     rp.add_argument("--limit", type=int, default=20, help="rows per section (default 20)")
     rp.add_argument("--plot", metavar="FILE.png", help="draw calls per minute by verstat (needs matplotlib)")
+    rp.add_argument("--campaigns", action="store_true",
+                    help="the flagged calls grouped into campaigns (gateway, ingress, rule), with counts, first/last "
+                         "seen, samples and the upstream hop: what a traceback response to the ITG needs")
+    rp.add_argument("--gap", default="1h", help="--campaigns: a longer quiet gap starts a new campaign (default 1h)")
     _common(rp)
     rp.set_defaults(func=_report)

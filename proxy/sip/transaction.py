@@ -26,7 +26,7 @@ __all__ = [
     "TransactionUser",
 ]
 
-#: Where bytes go: (transport "udp"|"tcp", host, port).
+#: Where bytes go: (transport "udp"|"tcp"|"tls", host, port).
 Target = tuple[str, str, int]
 
 # States
@@ -412,6 +412,15 @@ class TransactionLayer:
             event = "recv_final"
         txn.fire(event, now, resp)
         return True
+
+    def transport_failed(self, target: Target, now: float) -> None:
+        """The transport could not reach `target`: every client transaction still waiting on it ends at once
+        and its user hears a timeout (RFC 3261 17.1.4)."""
+        for txn in [t for t in self.clients.values() if t.target == target and t.state in (CALLING, TRYING)]:
+            tu = txn.tu
+            txn.terminate()
+            if tu is not None:
+                tu.on_timeout(txn, now)
 
     def _remove(self, txn: Transaction) -> None:
         table = self.clients if txn.is_client else self.servers

@@ -54,6 +54,9 @@ class CertEntry:
     not_before: float = 0.0
     not_after: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    #: The leaf's TNAuthList when it names telephone numbers (a delegate certificate, ATIS-1000092): the
+    #: PASSporT's orig must be covered. None for SPC-only certificates (no per-call check).
+    scope: TNAuthList | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,9 +115,9 @@ class TrustStore:
         lenient_tnauthlist: bool = False,
         max_chain_depth: int = 4,
     ) -> None:
-        if not anchors:
-            raise ValueError("no trust anchors")
-        self._store = verification.Store(list(anchors))
+        # No anchors is a store that trusts nothing (a trust list not downloaded yet): every chain is 437.
+        self.anchors: tuple[x509.Certificate, ...] = tuple(anchors)
+        self._store = verification.Store(list(anchors)) if anchors else None
         self._crls = {crl.issuer.public_bytes(): crl for crl in crls}
         self.lenient_tnauthlist = lenient_tnauthlist
         self._depth = max_chain_depth
@@ -126,26 +129,37 @@ class TrustStore:
         crl_dir: str | Path | None = None,
         *,
         lenient_tnauthlist: bool = False,
+        extra_anchors: Sequence[x509.Certificate] = (),
     ) -> TrustStore:
+        """Anchors from files/folders (plus `extra_anchors`, e.g. the STI-PA trust list), CRLs from a folder."""
         crls = [_load_crl(p) for p in _files(crl_dir, _CRL_SUFFIXES)] if crl_dir else []
-        return cls(load_anchors(anchors), crls, lenient_tnauthlist=lenient_tnauthlist)
+        return cls([*load_anchors(anchors), *extra_anchors], crls, lenient_tnauthlist=lenient_tnauthlist)
 
     def validate_body(self, url: str, body: bytes, now: float) -> CertEntry:
         """Parse and validate an x5u body; an unparsable body is 436 (unusable), a bad cert 437."""
+        return self.validate_body_chain(url, body, now)[0]
+
+    def validate_body_chain(self, url: str, body: bytes, now: float) -> tuple[CertEntry, list[x509.Certificate]]:
+        """validate_body, and the verified chain (leaf first, anchor last; empty when none was built), which
+        the CRL distribution-point check walks."""
         if not body.strip():
-            return CertEntry.fetch_failure(url, "x5u-empty", "x5u returned an empty body")
+            return CertEntry.fetch_failure(url, "x5u-empty", "x5u returned an empty body"), []
         try:
             certs = parse_cert_body(body)
         except ValueError as exc:
-            return CertEntry.fetch_failure(
-                url, "x5u-not-certificate", f"x5u body is not a certificate: {exc}"
-            )
+            return CertEntry.fetch_failure(url, "x5u-not-certificate", f"x5u body is not a certificate: {exc}"), []
         if not certs:
-            return CertEntry.fetch_failure(url, "x5u-not-certificate", "x5u body holds no certificate")
-        return self.validate_chain(url, certs, now)
+            return CertEntry.fetch_failure(url, "x5u-not-certificate", "x5u body holds no certificate"), []
+        return self.validate_chain_full(url, certs, now)
 
     def validate_chain(self, url: str, certs: Sequence[x509.Certificate], now: float) -> CertEntry:
         """Leaf rules, chain to an anchor at `now`, CRL, TNAuthList; every problem recorded."""
+        return self.validate_chain_full(url, certs, now)[0]
+
+    def validate_chain_full(
+        self, url: str, certs: Sequence[x509.Certificate], now: float
+    ) -> tuple[CertEntry, list[x509.Certificate]]:
+        """validate_chain, and the verified chain."""
         leaf, intermediates = certs[0], list(certs[1:])
         failures: list[Failure] = []
         notes: list[str] = []
@@ -173,14 +187,26 @@ class TrustStore:
             failures.extend(self._crl_failures(chain))
         tnauth: TNAuthList | None = None
         spc: str | None = None
+        scope: TNAuthList | None = None
         try:
             tnauth = certificate_tnauthlist(leaf)
         except TNAuthListError as exc:
             failures.append(_bad_cred("tnauthlist-invalid", f"TNAuthList does not decode: {exc}"))
         if tnauth is None and not any(f.check == "tnauthlist-invalid" for f in failures):
             failures.append(_bad_cred("tnauthlist-missing", "certificate has no TNAuthList"))
+        elif tnauth is not None and tnauth.limited and tnauth.spc is None:
+            # ATIS-1000092 delegate certificate: numbers instead of an SPC, issued by the SP's own CA certificate
+            # (which carries the SPC); the orig of every PASSporT must be inside (checked per call).
+            scope = tnauth
+            spc, failure = _delegate_spc(tnauth, chain)
+            if failure is not None:
+                failures.append(failure)
+            else:
+                notes.append("delegate-certificate")
         elif tnauth is not None:
             spc = tnauth.spc
+            if tnauth.limited:
+                scope = tnauth
             if tnauth.bare is not None:
                 if self.lenient_tnauthlist:
                     notes.append("tnauthlist-bare-ia5-accepted")
@@ -195,7 +221,7 @@ class TrustStore:
                     notes.append("tnauthlist-no-spc-accepted")
                 else:
                     failures.append(_bad_cred("tnauthlist-no-spc", "TNAuthList carries no SPC"))
-        return CertEntry(
+        entry = CertEntry(
             url,
             failures=tuple(failures),
             public_key=public_key,
@@ -205,11 +231,15 @@ class TrustStore:
             not_before=not_before,
             not_after=not_after,
             notes=tuple(notes),
+            scope=scope,
         )
+        return entry, chain
 
     def _build_chain(
         self, leaf: x509.Certificate, intermediates: list[x509.Certificate], now: float
     ) -> tuple[list[x509.Certificate], Failure | None]:
+        if self._store is None:
+            return [], _bad_cred("cert-untrusted", "no trust anchors loaded (trust list not available yet)")
         when = datetime.datetime.fromtimestamp(now, datetime.UTC)
         verifier = (
             verification.PolicyBuilder()
@@ -248,6 +278,27 @@ class TrustStore:
             if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
                 out.append(_bad_cred("cert-revoked", f"{cert.subject.rfc4514_string()} is revoked"))
         return out
+
+
+def _delegate_spc(scope: TNAuthList, chain: Sequence[x509.Certificate]) -> tuple[str | None, Failure | None]:
+    """The SPC of a delegate certificate's chain (its issuer, the SP's CA certificate), and whether the
+    delegated numbers lie within what that issuer holds. A chain that was not built is reported elsewhere."""
+    for issuer in chain[1:]:
+        try:
+            parent = certificate_tnauthlist(issuer)
+        except TNAuthListError as exc:
+            return None, _bad_cred("delegate-issuer-tnauthlist", f"issuer TNAuthList does not decode: {exc}")
+        if parent is None:
+            continue
+        if not scope.within(parent):
+            return None, _bad_cred(
+                "delegate-scope", f"delegated numbers exceed those of {issuer.subject.rfc4514_string()}"
+            )
+        if parent.spc is not None:
+            return parent.spc, None
+    if not chain:
+        return None, None
+    return None, _bad_cred("delegate-no-spc", "delegate certificate: no issuer in the chain carries an SPC")
 
 
 def _leaf_usage_failures(leaf: x509.Certificate) -> list[Failure]:

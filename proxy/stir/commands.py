@@ -14,7 +14,8 @@ import uuid
 from pathlib import Path
 
 from .certs import CertEntry, TrustStore
-from .demo_certs import init_demo_certs
+from .crl_fetcher import CrlFetcher
+from .demo_certs import init_demo_certs, parse_range
 from .errors import SigningError
 from .fetcher import CertFetcher, FetchSettings
 from .signer import Signer, SigningProfile, date_header
@@ -23,7 +24,13 @@ from .x5u import X5uPolicy
 
 
 def _certs_init(args: argparse.Namespace) -> int:
-    for path in init_demo_certs(args.dir, spc=args.spc):
+    try:
+        ranges = tuple(parse_range(r) for r in args.delegate_range or ())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    tns = tuple(args.delegate_tn or ())
+    for path in init_demo_certs(args.dir, spc=args.spc, delegate_ranges=ranges, delegate_tns=tns):
         print(path)
     return 0
 
@@ -66,7 +73,8 @@ def _verify(args: argparse.Namespace) -> int:
         verifier = Verifier(settings)
     else:
         fetch = FetchSettings(ca_file=args.https_ca, total_timeout=args.timeout)
-        verifier = Verifier(settings, CertFetcher(trust, policy, fetch, clock=lambda: now))
+        crls = None if args.no_crl_fetch else CrlFetcher(policy, fetch, unavailable=args.crl_unavailable)
+        verifier = Verifier(settings, CertFetcher(trust, policy, fetch, clock=lambda: now, revocation=crls))
         certs = asyncio.run(_fetch(verifier, values))
     result = verifier.verify(values, args.orig, args.dest, args.date, now, certs)
     print(json.dumps(result.as_dict(), indent=2))
@@ -80,6 +88,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init = certs_sub.add_parser("init", help="write the demo STI-CA, SP certificate/key and x5u https cert")
     init.add_argument("dir")
     init.add_argument("--spc", default="9999", help="SPC put in the SP certificate's TNAuthList")
+    init.add_argument("--delegate-range", action="append", metavar="START-END",
+                      help="also write an ATIS-1000092 delegate certificate for this TN range (repeatable; "
+                           "START+COUNT works too)")  # fmt: skip
+    init.add_argument("--delegate-tn", action="append", metavar="TN", help="a single TN for the delegate certificate")
     init.set_defaults(func=_certs_init)
 
     sign = subparsers.add_parser("sign", help="print an Identity header value (ppt=shaken)")
@@ -111,4 +123,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify.add_argument("--allow-private", action="store_true", help="allow loopback/private x5u (tests)")
     verify.add_argument("--https-ca", help="extra CA file for the x5u https server")
     verify.add_argument("--timeout", type=float, default=4.0, help="x5u fetch timeout (s)")
+    verify.add_argument("--no-crl-fetch", action="store_true",
+                        help="do not fetch CRLs from the certificate's distribution points")  # fmt: skip
+    verify.add_argument("--crl-unavailable", choices=["pass", "fail"], default="pass",
+                        help="a CRL that cannot be fetched: pass with a note, or fail 437")  # fmt: skip
     verify.set_defaults(func=_verify)

@@ -1,10 +1,14 @@
-"""x5u certificate fetcher and cache: the only I/O in proxy.stir.
+"""x5u certificate fetcher and cache, and the guarded HTTP GET every fetch in proxy.stir goes through.
 
+proxy.stir does network I/O only here and in its sibling fetchers (`crl_fetcher.py`, `trust_list.py`,
+`content_fetcher.py`), all built on `HttpGetter`:
 - aiohttp GET with connect/read/total timeouts and a body size cap; no redirects (a 3xx could point the fetch
   at an internal address the URL rules never saw), DNS answers filtered by the SSRF guard.
 - cachetools TLRUCache with a per-entry expiry: HTTP Cache-Control (s-maxage, max-age, no-store/no-cache) or
   Expires, default 24 h, never past the validated chain's notAfter; failures are cached briefly.
 - One fetch in flight per URL: concurrent callers await the same task.
+- With a revocation checker (`crl_fetcher.CrlFetcher`), a valid chain is checked against the CRLs of its
+  distribution points before it is cached, and the entry is cached no longer than those CRLs are current.
 The clock is injectable so cache expiry is testable without sleeping.
 """
 
@@ -16,12 +20,14 @@ import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from cachetools import TLRUCache
+from cryptography import x509
 
 from .certs import CertEntry, TrustStore
 from .x5u import DEFAULT_X5U_POLICY, X5uPolicy, check_x5u, is_forbidden_address
@@ -94,8 +100,83 @@ class _GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-class _TooLarge(Exception):
-    pass
+class TooLarge(Exception):
+    """The body is over the size cap."""
+
+
+#: What a failed GET raises (besides TooLarge): timeouts, HTTP client errors, TLS errors, refused connections.
+FETCH_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError)
+
+
+def error_detail(exc: BaseException) -> str:
+    return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+
+
+class HttpGetter:
+    """GET with the x5u protections: timeouts, a size cap, no redirects, DNS answers filtered by the SSRF guard
+    unless `policy.allow_private`, an extra CA for the server's TLS certificate. The URL itself is checked by
+    the caller (`check_x5u` with its own policy) before any I/O."""
+
+    def __init__(self, policy: X5uPolicy, settings: FetchSettings, max_bytes: int | None = None) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.max_bytes = settings.max_bytes if max_bytes is None else max_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0  # HTTP requests actually sent (for tests and metrics)
+
+    def _session_for_fetch(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            s = self.settings
+            ctx = ssl.create_default_context()
+            if s.ca_file:
+                ctx.load_verify_locations(cafile=s.ca_file)
+            connector = aiohttp.TCPConnector(
+                ssl=ctx,
+                resolver=None if self.policy.allow_private else _GuardedResolver(),
+                limit=100,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=s.total_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def get(self, url: str, headers: Mapping[str, str] | None = None) -> tuple[int, Mapping[str, str], bytes]:
+        """(status, headers, body); raises TooLarge or one of FETCH_ERRORS."""
+        session = self._session_for_fetch()
+        limit = self.max_bytes
+        self.requests += 1
+        async with session.get(url, allow_redirects=False, headers=headers) as resp:
+            if resp.content_length is not None and resp.content_length > limit:
+                raise TooLarge
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(16384):
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge
+                chunks.append(chunk)
+            return resp.status, resp.headers, b"".join(chunks)
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class RevocationChecker(Protocol):
+    """Checks a validated chain against the CRLs of its distribution points (`crl_fetcher.CrlFetcher`)."""
+
+    async def check(
+        self, entry: CertEntry, chain: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate], now: float
+    ) -> tuple[CertEntry, float]:
+        """The entry with revocation failures/notes added, and until when that answer holds (epoch s)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class CertFetcher:
@@ -107,17 +188,23 @@ class CertFetcher:
         policy: X5uPolicy = DEFAULT_X5U_POLICY,
         settings: FetchSettings | None = None,
         clock: Callable[[], float] = time.time,
+        revocation: RevocationChecker | None = None,
     ) -> None:
         self.trust = trust
         self.policy = policy
         self.settings = settings or FetchSettings()
+        self.revocation = revocation
         self._clock = clock
         self._cache: TLRUCache[str, tuple[CertEntry, float]] = TLRUCache(
             maxsize=self.settings.cache_size, ttu=lambda _k, v, _now: v[1], timer=clock
         )
         self._inflight: dict[str, asyncio.Task[CertEntry]] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self.requests = 0  # HTTP requests actually sent (for tests and metrics)
+        self._http = HttpGetter(policy, self.settings)
+
+    @property
+    def requests(self) -> int:
+        """x5u HTTP requests actually sent (for tests and metrics)."""
+        return self._http.requests
 
     def replace_trust(self, trust: TrustStore) -> None:
         """New anchors or CRLs: every cached verdict was reached under the old ones, so forget them all."""
@@ -156,30 +243,9 @@ class CertFetcher:
         return dict(zip(unique, entries, strict=True))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _session_for_fetch(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            s = self.settings
-            ctx = ssl.create_default_context()
-            if s.ca_file:
-                ctx.load_verify_locations(cafile=s.ca_file)
-            connector = aiohttp.TCPConnector(
-                ssl=ctx,
-                resolver=None if self.policy.allow_private else _GuardedResolver(),
-                limit=100,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=s.total_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-            )
-        return self._session
+        await self._http.close()
+        if self.revocation is not None:
+            await self.revocation.close()
 
     async def _fetch(self, url: str) -> CertEntry:
         failure = check_x5u(url, self.policy)
@@ -188,39 +254,27 @@ class CertFetcher:
             self.put(entry, self.settings.failure_ttl)
             return entry
         try:
-            status, headers, body = await self._http_get(url)
-        except _TooLarge:
+            status, headers, body = await self._http.get(url)
+        except TooLarge:
             entry = CertEntry.fetch_failure(
                 url, "x5u-too-large", f"x5u body over {self.settings.max_bytes} bytes"
             )
-        except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-            detail = type(exc).__name__ + (f": {exc}" if str(exc) else "")
-            entry = CertEntry.fetch_failure(url, "x5u-unreachable", f"x5u fetch failed: {detail}")
+        except FETCH_ERRORS as exc:
+            entry = CertEntry.fetch_failure(url, "x5u-unreachable", f"x5u fetch failed: {error_detail(exc)}")
         else:
             if status != 200:
                 entry = CertEntry.fetch_failure(url, "x5u-http-status", f"x5u answered HTTP {status}")
             else:
                 now = self._clock()
-                entry = self.trust.validate_body(url, body, now)
+                trust = self.trust
+                entry, chain = trust.validate_body_chain(url, body, now)
+                valid_until = float("inf")
+                if entry.ok and self.revocation is not None and chain:
+                    entry, valid_until = await self.revocation.check(entry, chain, trust.anchors, now)
                 if entry.ok:
-                    ttl = min(http_ttl(headers, now, self.settings.default_ttl), self.settings.max_ttl)
+                    ttl = min(http_ttl(headers, now, self.settings.default_ttl), self.settings.max_ttl,
+                              valid_until - now)
                     self.put(entry, ttl)
                     return entry
         self.put(entry, self.settings.failure_ttl)
         return entry
-
-    async def _http_get(self, url: str) -> tuple[int, Mapping[str, str], bytes]:
-        session = self._session_for_fetch()
-        limit = self.settings.max_bytes
-        self.requests += 1
-        async with session.get(url, allow_redirects=False) as resp:
-            if resp.content_length is not None and resp.content_length > limit:
-                raise _TooLarge
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_chunked(16384):
-                size += len(chunk)
-                if size > limit:
-                    raise _TooLarge
-                chunks.append(chunk)
-            return resp.status, resp.headers, b"".join(chunks)

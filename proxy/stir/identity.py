@@ -53,8 +53,9 @@ def _params(text: str) -> list[tuple[str, str]]:
 
 def _plain_params(text: str) -> list[tuple[str, str]] | None:
     """The usual `info=<url>;alg=ES256;ppt=shaken` by splitting at `;`; None for anything unusual (quotes,
-    a `;` inside <...>, text after a `>`, an empty name), which the scanner then reads."""
-    if '"' in text:
+    a `;` inside <...>, text after a `>`, an empty name, whitespace other than space and tab, which `strip`
+    would drop here but the scanner keeps), which the scanner then reads."""
+    if '"' in text or not text.replace("\t", " ").isprintable():
         return None
     lt = text.find("<")
     if lt >= 0 and (text.find("<", lt + 1) >= 0 or ";" in text[lt : text.find(">", lt) + 1 or len(text)]):
@@ -67,9 +68,12 @@ def _plain_params(text: str) -> list[tuple[str, str]] | None:
             if sep or part.strip(" \t"):
                 return None
             continue
-        value = value.strip() if sep else ""
-        if value.startswith("<") and value.find(">") != len(value) - 1:
+        stripped = value.strip() if sep else ""
+        # Text after a `>` (even a control character str.strip() would drop) is the scanner's to judge.
+        if stripped.startswith("<") and (stripped.find(">") != len(stripped) - 1
+                                         or value.rstrip(" \t") != value.rstrip()):
             return None
+        value = stripped
         out.append((name, value))
     return out
 

@@ -171,6 +171,12 @@ def decode_jws(token: str, rebuilt_claims: Claims | None = None) -> DecodedJws:
     return DecodedJws(header, claims, (head_b64 + "." + payload_b64).encode("ascii"), signature, compact)
 
 
+@functools.lru_cache(maxsize=64)  # one call's PASSporT is read more than once (content to fetch? then verify)
+def decode_token(token: str) -> DecodedJws:
+    """decode_jws of a full-form token, memoised for the few reads of one call."""
+    return decode_jws(token)
+
+
 @functools.lru_cache(maxsize=1024)
 def decode_header(head_b64: str) -> JwsHeader:
     """The JOSE header segment, decoded and type-checked. Memoised: a signer's header (alg, ppt, typ, x5u) is

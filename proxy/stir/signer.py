@@ -136,8 +136,33 @@ def trunk_origid(trunk: str, configured: str | None = None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RcdRule:
+    """Rich Call Data (RFC 9795) a customer signs for its numbers: `numbers`/`prefixes` (canonical) select the
+    calling TNs (both empty: every TN of the trunk); `rcdi` holds the integrity digests of referenced content."""
+
+    rcd: Rcd
+    numbers: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+    crn: str | None = None
+    rcdi: dict[str, str] | None = None
+
+    def matches(self, tn: str) -> bool:
+        if not self.numbers and not self.prefixes:
+            return True
+        return tn in self.numbers or tn.startswith(self.prefixes)
+
+
+DivMode = Literal["off", "owned", "always"]
+
+
+@dataclass(frozen=True, slots=True)
 class TrunkSigning:
-    """Signing settings of one customer trunk; `attestation=None` means gateway traffic (C)."""
+    """Signing settings of one customer trunk; `attestation=None` means gateway traffic (C).
+
+    `rcd`: rules tried in order, the first matching the calling TN adds an rcd PASSporT (or, with
+    `rcd_in_shaken`, rcd claims in the shaken one). `div` (RFC 8946): when a signed call is forwarded, add a div
+    PASSporT: `owned` when the diverting number is one the customer owns, `always` for a trunk that forwards.
+    """
 
     trunk: str
     profile: str
@@ -145,17 +170,29 @@ class TrunkSigning:
     origid: str | None = None
     add_date: bool = False
     existing_identity: Literal["keep", "replace"] = "keep"
+    rcd: tuple[RcdRule, ...] = ()
+    rcd_in_shaken: bool = False
+    div: DivMode = "owned"
+
+    def rcd_for(self, tn: str) -> RcdRule | None:
+        for rule in self.rcd:
+            if rule.matches(tn):
+                return rule
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class SignedCall:
-    """What the B2BUA adds to the B-leg INVITE."""
+    """What the B2BUA adds to the B-leg INVITE: `identity` (shaken), then `extra` (e.g. an rcd PASSporT);
+    `div` is added after the caller's own Identity when that one is kept (a forwarded call, RFC 8946)."""
 
     identity: str
     date: str | None
     attest: Attestation
     origid: str
     iat: int
+    extra: tuple[str, ...] = ()
+    div: str | None = None
 
 
 def load_signing_key(path: str | Path, password: bytes | None = None) -> ec.EllipticCurvePrivateKey:
@@ -236,13 +273,31 @@ class Signer:
         orig_tn, dest_tns = self._tns(orig, dests)
         return self.sign_claims(rcd_claims(orig_tn, dest_tns, int(now), rcd, crn=crn, rcdi=rcdi), PPT_RCD)
 
-    def sign_call(self, trunk: TrunkSigning, orig: str, dests: Sequence[str], now: float) -> SignedCall:
-        """Attestation and origid from the trunk's config, then the shaken Identity (and Date if asked)."""
+    def sign_call(
+        self, trunk: TrunkSigning, orig: str, dests: Sequence[str], now: float, diverted_from: str | None = None
+    ) -> SignedCall:
+        """Attestation and origid from the trunk's config, then the shaken Identity (and Date if asked), the
+        trunk's RCD for this caller, and a div PASSporT when `diverted_from` (the diverting TN) is given."""
         orig_tn, dest_tns = self._tns(orig, dests)
         attest = decide_attestation(trunk.attestation, orig_tn)
         origid = trunk_origid(trunk.trunk, trunk.origid)
-        identity = self.sign_claims(shaken_claims(orig_tn, dest_tns, attest, origid, int(now)))
-        return SignedCall(identity, date_header(now) if trunk.add_date else None, attest, origid, int(now))
+        iat = int(now)
+        rule = trunk.rcd_for(orig_tn) if trunk.rcd else None
+        extra: tuple[str, ...] = ()
+        if rule is None:
+            identity = self.sign_claims(shaken_claims(orig_tn, dest_tns, attest, origid, iat))
+        elif trunk.rcd_in_shaken:
+            claims = rcd_claims(orig_tn, dest_tns, iat, rule.rcd, crn=rule.crn, rcdi=rule.rcdi, attest=attest,
+                                origid=origid)  # fmt: skip
+            identity = self.sign_claims(claims)
+        else:
+            identity = self.sign_claims(shaken_claims(orig_tn, dest_tns, attest, origid, iat))
+            extra = (self.sign_claims(rcd_claims(orig_tn, dest_tns, iat, rule.rcd, crn=rule.crn, rcdi=rule.rcdi),
+                                      PPT_RCD),)  # fmt: skip
+        div = None
+        if diverted_from is not None:
+            div = self.sign_div(orig_tn, dest_tns, diverted_from, now)
+        return SignedCall(identity, date_header(now) if trunk.add_date else None, attest, origid, iat, extra, div)
 
 
 class Signers:
@@ -257,5 +312,7 @@ class Signers:
         except KeyError:
             raise SigningError(f"no signing profile {name!r}") from None
 
-    def sign_call(self, trunk: TrunkSigning, orig: str, dests: Sequence[str], now: float) -> SignedCall:
-        return self[trunk.profile].sign_call(trunk, orig, dests, now)
+    def sign_call(
+        self, trunk: TrunkSigning, orig: str, dests: Sequence[str], now: float, diverted_from: str | None = None
+    ) -> SignedCall:
+        return self[trunk.profile].sign_call(trunk, orig, dests, now, diverted_from)

@@ -37,6 +37,49 @@ class TNAuthList:
     def spc(self) -> str | None:
         return self.spcs[0] if self.spcs else None
 
+    @property
+    def limited(self) -> bool:
+        """True when the list names telephone numbers (ranges or TNs): the certificate covers only those
+        (ATIS-1000092 delegate certificates). An SPC-only list covers every number of that provider."""
+        return bool(self.ranges or self.tns)
+
+    def covers(self, tn: str) -> bool:
+        """Whether the canonical TN (digits) is one of the listed TNs or inside a listed range.
+
+        A range is `count` consecutive numbers from `start`, of the same length (RFC 8226 §9)."""
+        if tn in self.tns:
+            return True
+        if not tn.isdigit():
+            return False
+        value = int(tn)
+        for start, count in self.ranges:
+            if len(start) == len(tn) and start.isdigit() and int(start) <= value < int(start) + count:
+                return True
+        return False
+
+    def within(self, parent: TNAuthList) -> bool:
+        """Every number this list names is covered by `parent` (a delegate's scope inside its issuer's).
+
+        A parent without numbers (SPC only) covers everything; a range must fit in one parent range or, when
+        small, be covered number by number."""
+        if not parent.limited:
+            return True
+        if not all(parent.covers(tn) for tn in self.tns):
+            return False
+        for start, count in self.ranges:
+            if not start.isdigit():
+                return False
+            first, last = int(start), int(start) + count - 1
+            inside = any(
+                len(p) == len(start) and p.isdigit() and int(p) <= first and last < int(p) + n
+                for p, n in parent.ranges
+            )
+            if not inside and not (
+                count <= 10_000 and all(parent.covers(str(v).zfill(len(start))) for v in range(first, last + 1))
+            ):
+                return False
+        return True
+
 
 def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
     """(tag, value start, value end) of the DER element at pos."""
@@ -74,7 +117,8 @@ def _string_entry(data: bytes, start: int, end: int, explicit: bool) -> str:
 
 
 def _range(data: bytes, start: int, end: int, explicit: bool) -> tuple[str, int]:
-    if explicit:
+    # [1] is constructed either way: EXPLICIT wraps a SEQUENCE, IMPLICIT holds its elements directly.
+    if explicit and start < end and data[start] == _SEQUENCE:
         tag, start, e = _tlv(data, start)
         if tag != _SEQUENCE or e != end:
             raise TNAuthListError("range is not a SEQUENCE")
@@ -85,7 +129,10 @@ def _range(data: bytes, start: int, end: int, explicit: bool) -> tuple[str, int]
     tag, s, e2 = _tlv(data, e)
     if tag != _INTEGER or e2 != end or s == e2:
         raise TNAuthListError("range count is not an INTEGER")
-    return first, int.from_bytes(data[s:e2], "big", signed=True)
+    count = int.from_bytes(data[s:e2], "big", signed=True)
+    if count < 2 or not first.isdigit():
+        raise TNAuthListError(f"TN range {first!r}+{count}: start must be digits and count at least 2")
+    return first, count
 
 
 def parse_tnauthlist(der: bytes) -> TNAuthList:
@@ -123,9 +170,35 @@ def parse_tnauthlist(der: bytes) -> TNAuthList:
 
 def encode_spc_tnauthlist(spc: str) -> bytes:
     """DER of a TNAuthList holding one SPC (explicit [0] IA5String): what ATIS SP certificates carry."""
-    ia5 = bytes([_IA5STRING]) + _der_len(len(spc)) + spc.encode("ascii")
-    entry = b"\xa0" + _der_len(len(ia5)) + ia5
-    return bytes([_SEQUENCE]) + _der_len(len(entry)) + entry
+    return encode_tnauthlist(spcs=(spc,))
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _der_len(len(body)) + body
+
+
+def _der_int(value: int) -> bytes:
+    return _der(_INTEGER, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+
+
+def encode_tnauthlist(
+    spcs: tuple[str, ...] = (), ranges: tuple[tuple[str, int], ...] = (), tns: tuple[str, ...] = ()
+) -> bytes:
+    """DER of a TNAuthList with explicit tags: SPCs [0], TN ranges [1] (start, count), TNs [2].
+
+    Delegate certificates (ATIS-1000092) carry ranges and/or TNs instead of an SPC."""
+    if not (spcs or ranges or tns):
+        raise ValueError("a TNAuthList needs at least one entry")
+    entries = b"".join(_der(0xA0, _der(_IA5STRING, s.encode("ascii"))) for s in spcs)
+    for start, count in ranges:
+        if not start.isdigit() or count < 2:
+            raise ValueError(f"bad TN range {start}+{count} (digits, count >= 2)")
+        entries += _der(0xA1, _der(_SEQUENCE, _der(_IA5STRING, start.encode("ascii")) + _der_int(count)))
+    for tn in tns:
+        if not tn or any(c not in "0123456789*#" for c in tn):
+            raise ValueError(f"bad TN {tn!r}")
+        entries += _der(0xA2, _der(_IA5STRING, tn.encode("ascii")))
+    return _der(_SEQUENCE, entries)
 
 
 def _der_len(n: int) -> bytes:

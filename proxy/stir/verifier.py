@@ -2,32 +2,41 @@
 
 `Verifier.verify` is pure and synchronous given the certificates (a mapping x5u -> CertEntry), so the SIP
 engine can call it on the event loop without I/O once the certificate is cached; `prepare` is the async step
-that makes sure the certificates are there (fetching each URL at most once at a time).
+that makes sure the certificates are there (fetching each URL at most once at a time), and the content that
+RCD integrity digests pin (RFC 9795 `rcdi`).
+
+Beyond one header at a time: a diverted call (RFC 8946) carries the original shaken PASSporT, whose dest is the
+number that diverted, and a div PASSporT from each diverting provider; a header whose only failure is its dest
+is accepted when a passing div PASSporT diverted from that dest (`VerificationResult.chain` shows the chain).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .certs import CertEntry
+from .content_fetcher import ContentFetcher
 from .errors import Failure, IdentityHeaderError, Outcome, PassportError
 from .fetcher import CertFetcher
 from .identity import IdentityHeader, parse_identity
 from .passport import (
     ALG,
     KNOWN_PPTS,
+    PPT_DIV,
     PPT_SHAKEN,
     DecodedJws,
     claim_failures,
-    decode_jws,
+    decode_token,
     header_failures,
     peek_x5u,
     verify_signature,
 )
+from .rcd import ContentEntry, content_urls, rcd_failures
 from .tn import DEFAULT_TN_POLICY, TNPolicy, try_canonical_tn
 from .x5u import DEFAULT_X5U_POLICY, X5uPolicy, check_x5u
 
@@ -76,6 +85,11 @@ class HeaderResult:
     spc: str | None = None
     cert_subject: str | None = None
     notes: tuple[str, ...] = ()
+    #: The claimed dest TNs and, for ppt=div, the diverting TN (what links a diversion chain).
+    dest: tuple[str, ...] = ()
+    div: str | None = None
+    #: The RFC 9795 caller name (`rcd.nam`) this PASSporT carries.
+    rcd_name: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +104,8 @@ class HeaderResult:
             "x5u": self.x5u,
             "spc": self.spc,
             "cert_subject": self.cert_subject,
+            "div": self.div,
+            "rcd_name": self.rcd_name,
             "failures": [f.as_dict() for f in self.failures],
             "notes": list(self.notes),
         }
@@ -109,10 +125,17 @@ class VerificationResult:
     cert_subject: str | None = None
     failures: tuple[Failure, ...] = ()
     headers: tuple[HeaderResult, ...] = field(default=())
+    #: The verified RCD caller name (from a passing PASSporT with an `rcd` claim), None without one.
+    rcd_name: str | None = None
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The ppt of every passing PASSporT in header order, e.g. ("shaken", "div") on a diverted call."""
+        return tuple(h.ppt or "" for h in self.headers if h.passed)
 
     def reason_header(self) -> str | None:
         """RFC 9410 Reason value, e.g. `STIR;cause=438;text="Invalid Identity Header"`."""
@@ -130,6 +153,8 @@ class VerificationResult:
             "origid": self.origid,
             "spc": self.spc,
             "cert_subject": self.cert_subject,
+            "rcd_name": self.rcd_name,
+            "chain": list(self.chain),
             "failures": [f.as_dict() for f in self.failures],
             "headers": [h.as_dict() for h in self.headers],
         }
@@ -164,27 +189,59 @@ def x5u_of(value: str) -> str | None:
         return None
 
 
-class Verifier:
-    """STI-VS. Holds settings and (optionally) the fetcher; no per-call state."""
+def content_urls_of(value: str) -> tuple[str, ...]:
+    """URLs whose content the PASSporT's `rcdi` pins (RFC 9795): fetched by `prepare` like the x5u. The
+    decode is memoised, so `verify` reads the same one."""
+    try:
+        ih = parse_identity(value)
+        if ih.compact:
+            return ()
+        claims = decode_token(ih.token).claims
+    except (IdentityHeaderError, PassportError):
+        return ()
+    return content_urls(claims) if claims.rcdi else ()
 
-    def __init__(self, settings: VerifierSettings | None = None, fetcher: CertFetcher | None = None) -> None:
+
+class Verifier:
+    """STI-VS. Holds settings and (optionally) the fetchers; no per-call state."""
+
+    def __init__(
+        self,
+        settings: VerifierSettings | None = None,
+        fetcher: CertFetcher | None = None,
+        contents: ContentFetcher | None = None,
+    ) -> None:
         self.settings = settings or VerifierSettings()
         self.fetcher = fetcher
+        self.contents = contents
 
     # ---- async: make sure certificates are cached ---------------------------------------------------------
     async def prepare(self, identity_values: Sequence[str]) -> dict[str, CertEntry]:
-        """Fetch (or take from cache) the certificate of every Identity header's x5u."""
+        """Fetch (or take from cache) the certificate of every Identity header's x5u, and the RCD content its
+        rcdi pins (kept in the content fetcher's cache, where `verify` reads it)."""
         if self.fetcher is None:
             raise RuntimeError("Verifier has no fetcher")
         urls = [u for u in (x5u_of(v) for v in identity_values) if u]
+        content = [u for v in identity_values for u in content_urls_of(v)]
+        if content and self.contents is not None:
+            # Both at once; not asyncio.gather, whose list result the compiled build would take for a tuple.
+            certs = asyncio.ensure_future(self.fetcher.get_many(urls))
+            await self.contents.get_many(content)
+            return await certs
         return await self.fetcher.get_many(urls)
 
     def cached_certs(self, identity_values: Sequence[str]) -> dict[str, CertEntry] | None:
-        """The certificates from cache, or None when one must be fetched first (then await prepare)."""
+        """The certificates from cache, or None when one (or pinned RCD content) must be fetched first (then
+        await prepare)."""
         out: dict[str, CertEntry] = {}
         if self.fetcher is None:
             return out
+        contents = self.contents
         for value in identity_values:
+            if contents is not None:
+                for content_url in content_urls_of(value):
+                    if contents.cached(content_url) is None:
+                        return None
             url = x5u_of(value)
             if url is None or url in out:
                 continue
@@ -217,8 +274,10 @@ class Verifier:
         date_header: str | None,
         now: float,
         certs_by_url: Mapping[str, CertEntry],
+        contents: Mapping[str, ContentEntry] | None = None,
     ) -> VerificationResult:
-        """Evaluate every Identity header against the call; no I/O, no clock read."""
+        """Evaluate every Identity header against the call; no I/O, no clock read. `contents`: digests of the RCD
+        content the headers pin (default: what the content fetcher has cached)."""
         if not identity_values:
             return MISSING_RESULT
         tn_policy = self.settings.tn_policy
@@ -226,13 +285,46 @@ class Verifier:
         call_dest = frozenset(t for t in (try_canonical_tn(d, tn_policy) for d in dest_tns) if t)
         date_check = self._date_check(date_header, now)
         results = tuple(
-            self._verify_one(i, v, call_orig, call_dest, date_check, now, certs_by_url)
+            self._verify_one(i, v, call_orig, call_dest, date_check, now, certs_by_url, contents)
             for i, v in enumerate(identity_values)
         )
+        if len(results) > 1 and any(r.ppt == PPT_DIV for r in results):
+            results = self._link_diversions(results, call_dest)
         return self._combine(results)
 
+    def _link_diversions(
+        self, results: tuple[HeaderResult, ...], call_dest: frozenset[str]
+    ) -> tuple[HeaderResult, ...]:
+        """RFC 8946: a PASSporT whose only failure is its dest is good when a passing div PASSporT diverted
+        the call from that dest (transitively, for a call diverted several times)."""
+        tn_policy = self.settings.tn_policy
+        reachable = set(call_dest)
+        out = list(results)
+        changed = True
+        while changed:
+            changed = False
+            for i, r in enumerate(out):
+                if r.passed:
+                    if r.ppt == PPT_DIV and r.div:
+                        tn = try_canonical_tn(r.div, tn_policy)
+                        if tn is not None and tn not in reachable:
+                            reachable.add(tn)
+                            changed = True
+                    continue
+                if not r.failures or any(f.check != "dest-mismatch" for f in r.failures):
+                    continue
+                if any(try_canonical_tn(t, tn_policy) in reachable for t in r.dest):
+                    out[i] = HeaderResult(
+                        r.index, True, None, None, (), ppt=r.ppt, attest=r.attest, origid=r.origid, iat=r.iat,
+                        x5u=r.x5u, spc=r.spc, cert_subject=r.cert_subject, notes=(*r.notes, "dest-diverted"),
+                        dest=r.dest, div=r.div, rcd_name=r.rcd_name,
+                    )  # fmt: skip
+                    changed = True
+        return tuple(out)
+
     def _combine(self, results: tuple[HeaderResult, ...]) -> VerificationResult:
-        failures = results[0].failures if len(results) == 1 else tuple(f for r in results for f in r.failures)
+        single = len(results) == 1
+        failures = results[0].failures if single else tuple(f for r in results for f in r.failures)
         passing = [r for r in results if r.passed]
         ok = bool(passing) if self.settings.multi_header == "any" else len(passing) == len(results)
         if ok:
@@ -248,6 +340,7 @@ class Verifier:
                 best.cert_subject,
                 failures,
                 results,
+                best.rcd_name if single else next((r.rcd_name for r in passing if r.rcd_name), None),
             )
         worst = next(r for r in results if not r.passed)
         return VerificationResult(
@@ -287,6 +380,7 @@ class Verifier:
         date_check: tuple[float | None, list[Failure]],
         now: float,
         certs_by_url: Mapping[str, CertEntry],
+        contents: Mapping[str, ContentEntry] | None,
     ) -> HeaderResult:
         s = self.settings
         try:
@@ -295,7 +389,7 @@ class Verifier:
                 raise PassportError(
                     "jws-compact", "compact form is not accepted for SHAKEN (full form required)"
                 )
-            jws = decode_jws(ih.token)
+            jws = decode_token(ih.token)
         except (IdentityHeaderError, PassportError) as exc:
             return _failed(index, exc.failure)
         header, claims = jws.header, jws.claims
@@ -314,8 +408,13 @@ class Verifier:
         if x5u and x5u_failure is None:
             entry = certs_by_url.get(x5u)
             failures.extend(self._cert_failures(x5u, entry, jws, now))
+            if entry is not None and entry.scope is not None and entry.ok:
+                failures.extend(self._scope_failures(entry, jws))
         failures.extend(self._freshness_failures(claims.iat, date_check, now))
         failures.extend(self._match_failures(jws, call_orig, call_dest))
+        rcd = claims.rcd
+        if rcd is not None or claims.rcdi is not None:
+            failures.extend(rcd_failures(claims, self._content_lookup(contents)))
         if entry is None:
             spc = subject = None
             notes: tuple[str, ...] = ()
@@ -337,7 +436,29 @@ class Verifier:
             spc=spc,
             cert_subject=subject,
             notes=notes,
+            dest=claims.dest.tn or () if claims.dest is not None else (),
+            div=claims.div.tn if claims.div is not None else None,
+            rcd_name=rcd.nam if rcd is not None else None,
         )
+
+    def _content_lookup(self, contents: Mapping[str, ContentEntry] | None) -> Callable[[str], ContentEntry | None]:
+        """Where rcdi finds the digests of fetched content: what the caller passed, else the content cache."""
+        if contents is not None:
+            return contents.get
+        if self.contents is not None:
+            return self.contents.cached
+        return _no_content
+
+    def _scope_failures(self, entry: CertEntry, jws: DecodedJws) -> list[Failure]:
+        """ATIS-1000092: a certificate limited to TNs (delegate) covers only PASSporTs from those TNs (437)."""
+        scope = entry.scope
+        orig = jws.claims.orig
+        tn = try_canonical_tn(orig.tn, self.settings.tn_policy) if orig is not None and orig.tn else None
+        if scope is None or (tn is not None and scope.covers(tn)):
+            return []
+        shown = orig.tn if orig is not None else None
+        return [_bad("tn-not-in-certificate", f"orig {shown!r} is outside the certificate's TNAuthList",
+                     Outcome.BAD_CREDENTIAL)]  # fmt: skip
 
     def _param_failures(self, ih: IdentityHeader, jws: DecodedJws) -> list[Failure]:
         s = self.settings
@@ -422,6 +543,10 @@ class Verifier:
                     _bad("dest-mismatch", f"dest {list(claims.dest.tn or ())} does not match the call")
                 )
         return out
+
+
+def _no_content(_url: str) -> ContentEntry | None:
+    return None
 
 
 def _failed(index: int, failure: Failure) -> HeaderResult:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.integration import harness
+from tests.integration.stir_env import StirPki, X5uServer, make_pki
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -96,3 +97,17 @@ QUICK_TIMERS = {"failover_timeout": 1.0, "no_answer_timeout": 2.0}
 def stirgate(stirgate_factory: StirgateFactory) -> harness.Stirgate:
     """A stirgate on the loopback topology with quick failover (1 s) and no-answer (2 s) timers."""
     return stirgate_factory(sip=QUICK_TIMERS)
+
+
+@pytest.fixture(scope="session")
+def sti_pki(tmp_path_factory: pytest.TempPathFactory) -> StirPki:
+    """The demo PKI (`stirgate certs init`, plus an untrusted set) the STI service tests sign and verify with."""
+    return make_pki(tmp_path_factory.mktemp("sti-pki"))
+
+
+@pytest.fixture(scope="session")
+def sti_x5u(sti_pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uServer]:
+    """The shipped x5u server publishing `sti_pki`'s certificates (https, its own port) for the session."""
+    server = X5uServer(sti_pki, tmp_path_factory.mktemp("sti-x5u")).start()
+    yield server
+    server.stop()

@@ -336,7 +336,9 @@ class Stirgate:
         self.calls_active_at_drain = False
         self.terminated = False  # SIGTERM sent by a test
         # Readiness is checked on the config's own listen addresses (a second node runs on 127.0.0.2).
-        listens = [str(x).split(":") for x in yaml.safe_load(config.read_text()).get("listen") or []]
+        listens = [str(x).split(":") for x in yaml.safe_load(config.read_text()).get("listen") or []
+                   if isinstance(x, str)]  # ({address, mode: redirect} entries answer differently)
+        listens = [x for x in listens if len(x) == 3]
         udp = next(((h, int(p)) for t, h, p in listens if t == "udp"), (STIRGATE_IP, SIP_PORT))
         self.sip_addr: tuple[str, int] = udp
         self.transports = [t for t, h, p in listens if (h, int(p)) == udp] or ["udp", "tcp"]

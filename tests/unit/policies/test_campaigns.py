@@ -52,7 +52,7 @@ def test_rotating_attest_c_gateway_is_flagged_after_min_calls_with_its_reasons()
     assert [d.action for d in decisions[:4]] == ["continue"] * 4  # fewer than min_calls: per-call signals only
     assert all(d.action == "continue" and d.display_prefix == "SPAM? " for d in decisions[4:])
     note = decisions[-1].note
-    assert note.startswith("risk ") and "first_seen_share 1.00 +35" in note and "attest_c_share 1.00 +15" in note
+    assert note.startswith("risk ") and "first_seen_share 1.00 +35" in note and "attest_c_share 1.00 +10" in note
     assert "(origid:gw-c, 8 calls)" in note
 
 
@@ -149,6 +149,8 @@ def test_signals_are_configurable_and_bad_ones_refused() -> None:
     (["2125550107", "3125551234", "4155559876", "7185550001", "2025553333"], 0.0),    # spread out
     (["2125550107", "2125550106", "2125550105"], 0.0),                                # too few
     (["4155559876", "2125550106", "2125550105", "2125550104", "2125550103"], 0.0),    # this call breaks it
+    (["2125550107"] * 8, 0.0),                                                        # one number, again and again
+    (["2125550107", "2125550106", "2125550107", "2125550106", "2125550107"], 0.0),    # two numbers only
 ])
 def test_sweep_share(dests: list[str], share: float) -> None:
     assert sweep_share(dests, gap=20, minimum=5) == share

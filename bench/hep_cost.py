@@ -1,0 +1,129 @@
+"""What HEP capture adds to a call's CPU, in memory: the bench call of `bench.engine_calls` replayed through the
+engine, with every message in and out also handed to `proxy.capture.HepSender` as the transport does
+(correlation id from the bytes and the call table, HEPv3 encoding, and for `udp` one datagram per copy to a
+local sink socket that a drain empties between calls).
+
+    python -m bench.hep_cost                 # engine alone, + capture without sending, + capture over UDP
+
+Repeatable on a busy machine (process CPU time, best of --rounds): the live figure is `make bench BENCH_ARGS=
+"--mode relay,hep,hep-tcp --sut stirgate"`. Over TCP the copies are written in batches (one write per 10 ms),
+so its cost per call is the "encode" line plus a negligible share of a write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+import time
+
+from proxy.capture import HepSender
+from proxy.config import HepSettings, load_config_text
+from proxy.engine import Engine
+from proxy.hep import IPPROTO_UDP
+from proxy.server import tune_gc
+from proxy.sip.message import parse
+from proxy.sip.transaction import Target
+
+from .engine_calls import LOCAL, SDP, UAC, UAS, _take, _uac_request, _uas_response, config_text
+
+
+def run(calls: int, rate: float, mode: str) -> float:
+    """CPU seconds for `calls` calls; mode: off | encode (capture, nothing sent) | udp."""
+    engine = Engine(load_config_text(config_text(None), "<bench>"), LOCAL)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+    sink.setblocking(False)
+    sender = HepSender(HepSettings(address=f"127.0.0.1:{sink.getsockname()[1]}"), asyncio.new_event_loop())
+    if mode == "udp":
+        sender.start()
+    encode_only = mode == "encode"
+    local = LOCAL["udp"]
+    tune_gc()
+    clock = time.process_time
+    cpu = 0.0
+
+    def receive(data: bytes, source: Target, now: float) -> list[bytes]:
+        """engine.receive plus what the transport does for capture; returns the messages sent."""
+        if mode != "off":
+            corr = sender.correlation(data, engine.calls)
+            if encode_only:
+                sender.encoder.encode(data, IPPROTO_UDP, source[1], source[2], local[0], local[1], 1, 2, corr)
+            else:
+                sender.capture(data, IPPROTO_UDP, (source[1], source[2]), local, corr)
+        engine.receive(data, source, now)
+        out = [d for d, _ in engine.outbox]
+        if mode != "off":
+            for d, target in engine.outbox:
+                corr = sender.correlation(d, engine.calls)
+                if encode_only:
+                    sender.encoder.encode(d, IPPROTO_UDP, local[0], local[1], target[1], target[2], 1, 2, corr)
+                else:
+                    sender.capture(d, IPPROTO_UDP, local, (target[1], target[2]), corr)
+        return out
+
+    step = 1.0 / rate
+    now = 0.0
+    for i in range(calls):
+        now += step
+        t = clock()
+        receive(_uac_request("INVITE", i, 1, "sip:12025550199@127.0.0.1:5060"), UAC, now)
+        cpu += clock() - t
+        b_invite = _take(engine, b"INVITE ")
+        engine.outbox.clear()
+        ok = _uas_response(b_invite, 200, "OK", SDP)
+        t = clock()
+        receive(ok, UAS, now + 0.0002)
+        cpu += clock() - t
+        a_ok = parse(_take(engine, b"SIP/2.0 200"))
+        engine.outbox.clear()
+        to_tag = f";tag={a_ok.to_tag}"
+        t = clock()
+        receive(_uac_request("ACK", i, 1, "sip:127.0.0.1:5060", to_tag), UAC, now + 0.0004)
+        engine.outbox.clear()
+        receive(_uac_request("BYE", i, 2, "sip:127.0.0.1:5060", to_tag), UAC, now + 0.0005)
+        cpu += clock() - t
+        b_bye = _take(engine, b"BYE ")
+        engine.outbox.clear()
+        t = clock()
+        receive(_uas_response(b_bye, 200, "OK"), UAS, now + 0.0007)
+        engine.handle_timer(now + 0.0008)
+        cpu += clock() - t
+        engine.outbox.clear()
+        while True:  # the sink keeps up (outside the measured time)
+            try:
+                sink.recv(65536)
+            except BlockingIOError:
+                break
+    t = clock()
+    engine.handle_timer(now + 60.0)
+    cpu += clock() - t
+    assert engine.stats["calls_ended"] == calls, engine.stats
+    if mode == "udp":
+        assert sender.sent >= 10 * calls and sender.dropped == 0, (sender.sent, sender.dropped)
+    sender.close()
+    sink.close()
+    return cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=10000)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--rounds", type=int, default=3, help="best of N rounds per mode")
+    a = ap.parse_args(argv)
+    run(min(a.calls, 2000), a.rate, "udp")  # warm-up
+    best = {}
+    for mode in ("off", "encode", "udp"):
+        best[mode] = min(run(a.calls, a.rate, mode) for _ in range(a.rounds)) / a.calls * 1e6
+    base = best["off"]
+    print(f"engine alone:                       {base:6.1f} µs per call")
+    for mode, what in (("encode", "+ capture, not sent (~ TCP)"), ("udp", "+ capture over UDP")):
+        print(f"{what:35s} {best[mode]:6.1f} µs per call ({best[mode] - base:+.1f} µs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""HEP capture: a HEPv3 copy of every SIP message to Homer or sngrep, never in the way of the calls.
+
+The transport hands over the bytes it already has (as received, or as sent; TLS as the decrypted SIP) with the
+addresses; this module finds the call's correlation id, encodes (`proxy.hep`) and sends without waiting:
+
+- UDP: one datagram per message on a connected, non-blocking socket. A full socket buffer drops the copy
+  (counted); a capture server that is down answers with ICMP port-unreachable, which the connected socket
+  reports on the next send: copies are then not even built for `hold_off` seconds (counted as dropped).
+- TCP: copies are appended to one buffer written every `TCP_FLUSH` seconds (one syscall for many messages);
+  while the server is unreachable, or more than `max_queue_bytes` wait, copies are dropped (counted), and the
+  connection is retried in the background with a growing delay.
+
+Correlation id: the A-leg Call-ID for both legs, so the capture server shows the two legs as one call. The
+Call-ID is found in the bytes (one `find` for the usual spelling, a regex for the rest); a B-leg Call-ID is
+mapped to its A-leg through the engine's own call table, and remembered (a bounded two-generation map) so the
+messages of a call that just ended still correlate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from proxy.config import HepSettings
+from proxy.hep import HepEncoder
+
+if TYPE_CHECKING:
+    from proxy.b2bua import Call
+
+__all__ = ["HepSender", "call_id_of"]
+
+log = structlog.get_logger("stirgate.transport", component="transport")
+
+#: TCP copies are written out at most this often (seconds).
+TCP_FLUSH: Final = 0.01
+#: Entries per generation of the B-leg -> A-leg map (two generations kept).
+CORRELATION_GENERATION: Final = 65536
+
+_CALL_ID_RE = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def call_id_of(data: bytes) -> bytes:
+    """The Call-ID of a SIP message, from its bytes (b"" if none): found, not parsed; in the head only (a
+    sipfrag body can hold a Call-ID of its own)."""
+    i = data.find(b"\nCall-ID:")
+    if i >= 0 and data.find(b"\r\n\r\n", 0, i) < 0:  # the usual spelling, before the end of the head
+        j = data.find(b"\r", i + 9)
+        return data[i + 9 : j if j >= 0 else len(data)].strip()
+    end = data.find(b"\r\n\r\n")
+    m = _CALL_ID_RE.search(data, 0, end if end >= 0 else len(data))
+    return m.group(1).strip() if m else b""
+
+
+class _TcpLink(asyncio.Protocol):
+    def __init__(self, sender: HepSender) -> None:
+        self.sender = sender
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sender._lost()
+
+
+class HepSender:
+    """Encodes and sends HEPv3 copies; `sent`, `dropped` and `oversize` count what happened to them."""
+
+    def __init__(self, settings: HepSettings, loop: asyncio.AbstractEventLoop, hold_off: float = 1.0) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.hold_off = hold_off
+        self.encoder = HepEncoder(settings.capture_id, settings.auth_key.encode() if settings.auth_key else None)
+        self.address = settings.host_port
+        self.sent = 0
+        self.dropped = 0
+        self.oversize = 0
+        self._down_until = 0.0
+        self._udp: socket.socket | None = None
+        self._tcp: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._buffered = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._closed = False
+        self._corr: dict[bytes, bytes] = {}
+        self._corr_old: dict[bytes, bytes] = {}
+
+    # --- life cycle -----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        host, port = self.address
+        if self.settings.transport == "udp":
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
+            except OSError:
+                pass
+            sock.connect((host, port))  # UDP: no packet sent; only makes ICMP errors visible to us
+            self._udp = sock
+        else:
+            self._connector = self.loop.create_task(self._connect_loop())
+
+    def close(self) -> None:
+        self._closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
+        if self._connector is not None:
+            self._connector.cancel()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp is not None:
+            self._tcp.close()
+            self._tcp = None
+
+    async def _connect_loop(self) -> None:
+        host, port = self.address
+        delay = 0.5
+        while not self._closed:
+            if self._tcp is None:
+                try:
+                    transport, _ = await asyncio.wait_for(
+                        self.loop.create_connection(lambda: _TcpLink(self), host, port), timeout=5.0)
+                    self._tcp = transport
+                    delay = 0.5
+                    log.info("hep_connected", address=f"{host}:{port}")
+                except (OSError, TimeoutError) as exc:
+                    log.debug("hep_connect_failed", address=f"{host}:{port}", error=str(exc))
+                    delay = min(delay * 2, 10.0)
+            await asyncio.sleep(delay)
+
+    def _lost(self) -> None:
+        if self._tcp is not None:
+            log.info("hep_disconnected", address=f"{self.address[0]}:{self.address[1]}")
+        self._tcp = None
+
+    # --- correlation ------------------------------------------------------------------------------------------------
+    def correlation(self, data: bytes, calls: Mapping[str, tuple[Call, int]]) -> bytes:
+        """The A-leg Call-ID of the call `data` belongs to (its own Call-ID for A-legs and strays). Each Call-ID
+        seen in a call is remembered with its answer: after a call's first messages, one dict lookup."""
+        cid = call_id_of(data)
+        if not cid:
+            return b""
+        hit = self._corr.get(cid)
+        if hit is not None:
+            return hit
+        entry = calls.get(cid.decode("latin-1"))
+        if entry is None:  # not (or no longer) a call: what we knew of it, else its own Call-ID
+            return self._corr_old.get(cid, cid)
+        a = cid if entry[1] == 0 else entry[0].a.call_id.encode("latin-1")
+        if len(self._corr) >= CORRELATION_GENERATION:
+            self._corr_old = self._corr
+            self._corr = {}
+        self._corr[cid] = a
+        return a
+
+    # --- sending ------------------------------------------------------------------------------------------------------
+    def capture(self, data: bytes, ip_proto: int, src: tuple[str, int], dst: tuple[str, int], correlation: bytes,
+                now: float = 0.0) -> None:
+        """Encode and send one copy (`now`: wall-clock time of the message; 0 = now)."""
+        if not now:
+            now = time.time()
+        if now < self._down_until:
+            self.dropped += 1
+            return
+        seconds = int(now)
+        packet = self.encoder.encode(data, ip_proto, src[0], src[1], dst[0], dst[1], seconds,
+                                     int((now - seconds) * 1_000_000), correlation)
+        if packet is None:
+            self.oversize += 1
+            return
+        udp = self._udp
+        if udp is not None:
+            try:
+                udp.send(packet)
+                self.sent += 1
+            except BlockingIOError:
+                self.dropped += 1
+            except OSError:  # ECONNREFUSED (ICMP from a server that is down) and the like
+                self.dropped += 1
+                self._down_until = now + self.hold_off
+            return
+        tcp = self._tcp
+        if tcp is None or tcp.is_closing():
+            self.dropped += 1
+            return
+        buf = self._buffer
+        if len(buf) + tcp.get_write_buffer_size() + len(packet) > self.settings.max_queue_bytes:
+            self.dropped += 1
+            return
+        buf += packet
+        self._buffered += 1
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_later(TCP_FLUSH, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if not self._buffer:
+            return
+        tcp = self._tcp
+        if tcp is not None and not tcp.is_closing():
+            tcp.write(bytes(self._buffer))
+            self.sent += self._buffered
+        else:
+            self.dropped += self._buffered
+        self._buffer.clear()
+        self._buffered = 0

@@ -1,0 +1,135 @@
+"""A Kamailio for tests: a config template rendered into the test's folder, its own address, started and
+stopped by the test (by PID), ready once it holds its UDP socket and answers an OPTIONS.
+
+    with Kamailio(TEMPLATE, tmp_path, listen=("127.0.0.1", 5070), values={"NEXTHOP": "sip:127.0.0.20:5060"}) as k:
+        ...  # SIPp -> k.listen -> ...
+
+Templates use `@NAME@` placeholders; `@LISTEN@` (udp:HOST:PORT), `@MPATH@` (the module folder) and `@CTL@` (a
+control socket in the folder) are always filled in. `defines` become `-A NAME` (tested with `#!ifdef`).
+A template that lacks an OPTIONS answer for itself must pass `probe=False` (readiness is then the bound socket).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from types import TracebackType
+
+from tests.integration import harness
+
+MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/kamailio/modules",
+               "/usr/lib64/kamailio/modules", "/usr/lib/kamailio/modules", "/usr/local/lib64/kamailio/modules")
+
+
+def kamailio_binary() -> str | None:
+    return shutil.which("kamailio") or (shutil.which("kamailio", path="/usr/sbin:/usr/local/sbin"))
+
+
+def module_dir(*needed: str) -> str | None:
+    """The first module folder holding every module in `needed` (e.g. "http_client.so")."""
+    for d in MODULE_DIRS:
+        if all((Path(d) / m).exists() for m in needed or ("tm.so",)):
+            return d
+    return None
+
+
+class Kamailio:
+    def __init__(self, template: str | Path, workdir: Path, *, listen: tuple[str, int],
+                 values: dict[str, str] | None = None, defines: tuple[str, ...] = (), name: str = "kamailio",
+                 probe: bool = True, modules: tuple[str, ...] = ()) -> None:
+        self.template = Path(template).read_text() if isinstance(template, Path) else template
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.listen = listen
+        self.values = dict(values or {})
+        self.defines = defines
+        self.probe = probe
+        self.modules = modules
+        self.config = self.dir / "kamailio.cfg"
+        self.log_path = self.dir / "kamailio.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def render(self) -> str:
+        mpath = module_dir(*self.modules)
+        if mpath is None:
+            raise RuntimeError(f"no Kamailio module folder with {self.modules} (apt-get install kamailio ...)")
+        text = self.template
+        values = {"LISTEN": f"udp:{self.listen[0]}:{self.listen[1]}", "MPATH": mpath,
+                  "CTL": str(self.dir / "ctl.sock"), **self.values}
+        for key, value in values.items():
+            text = text.replace(f"@{key}@", value)
+        leftover = re.findall(r"@[A-Z][A-Z0-9_]*@", text)
+        if leftover:
+            raise ValueError(f"unfilled placeholders in the Kamailio template: {leftover}")
+        return text
+
+    def command(self) -> list[str]:
+        binary = kamailio_binary()
+        if binary is None:
+            raise RuntimeError("kamailio not installed")
+        cmd = [binary, "-DD", "-E", "-m", "64", "-M", "8", "-f", str(self.config)]
+        for d in self.defines:
+            cmd += ["-A", d]
+        return cmd
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        """`kamailio -c`: the rendered config parses and its modules load."""
+        self.config.write_text(self.render())
+        return subprocess.run([*self.command(), "-c"], capture_output=True, text=True, timeout=30)
+
+    def start(self) -> Kamailio:
+        self.config.write_text(self.render())
+        harness.wait_port_free(self.listen[0], self.listen[1], "udp")
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                return True
+            if not harness.owns_socket(proc.pid, self.listen[0], self.listen[1], "udp"):
+                return False
+            return not self.probe or harness.send_options(self.listen, src_ip=self.listen[0]) is not None
+
+        try:
+            harness.wait_until(ready, f"kamailio on {self.listen}", attempts=500)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"kamailio not ready on {self.listen}:\n{self.log_tail()}") from None
+        if proc.poll() is not None:
+            raise RuntimeError(f"kamailio exited {proc.returncode} at start:\n{self.log_tail()}")
+        return self
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        return proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def __enter__(self) -> Kamailio:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

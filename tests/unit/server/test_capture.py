@@ -1,0 +1,155 @@
+"""proxy.capture: the Call-ID found in the bytes, the A-leg correlation, and a sender that never waits (real
+sockets on loopback, no SIP)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+import uvloop
+
+from proxy.capture import CORRELATION_GENERATION, HepSender, call_id_of
+from proxy.config import HepSettings
+from tests.unit.core.sipfake import Harness, b_invite, loopback_config, make_engine, start_call
+
+
+@pytest.mark.parametrize(("header", "want"), [
+    ("Call-ID: abc@host", b"abc@host"),
+    ("call-id:   abc@host  ", b"abc@host"),
+    ("i: compact-1", b"compact-1"),
+    ("CALL-ID:x", b"x"),
+])  # fmt: skip
+def test_call_id_of(header: str, want: bytes) -> None:
+    msg = f"BYE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n{header}\r\nCSeq: 2 BYE\r\n\r\n".encode()
+    assert call_id_of(msg) == want
+
+
+def test_call_id_is_only_read_from_the_head() -> None:
+    msg = b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 20\r\n\r\nnope\nCall-ID: in-body"
+    assert call_id_of(msg) == b""
+
+
+def _engine_calls(n: int = 1) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The engine's own call table after `n` calls were routed (A- and B-leg Call-IDs of each)."""
+    h = Harness(make_engine(loopback_config()))
+    ids = []
+    for _ in range(n):
+        _caller, outs = start_call(h)
+        b_id = b_invite(outs).call_id
+        call, leg = h.engine.calls[b_id]
+        assert leg == 1
+        ids.append((call.a.call_id, b_id))
+    return dict(h.engine.calls), ids
+
+
+def test_both_legs_correlate_to_the_a_leg_call_id_even_after_the_call_ended() -> None:
+    sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop())
+    calls, [(a_id, b_id)] = _engine_calls()
+    a_msg = f"INVITE sip:x SIP/2.0\r\nCall-ID: {a_id}\r\n\r\n".encode()
+    b_msg = f"INVITE sip:x SIP/2.0\r\nCall-ID: {b_id}\r\n\r\n".encode()
+    assert sender.correlation(a_msg, calls) == a_id.encode()
+    assert sender.correlation(b_msg, calls) == a_id.encode()
+    calls.clear()  # the call ended: a late B-leg message still correlates
+    assert sender.correlation(b_msg, calls) == a_id.encode()
+    assert sender.correlation(b"SIP/2.0 200 OK\r\nCall-ID: stray\r\n\r\n", calls) == b"stray"
+
+
+def test_many_calls_each_correlate_to_their_own_a_leg() -> None:
+    sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop())
+    calls, ids = _engine_calls(25)
+    for _ in range(3):
+        for a_id, b_id in ids:
+            assert sender.correlation(f"ACK sip:x SIP/2.0\r\nCall-ID: {b_id}\r\n\r\n".encode(), calls) == a_id.encode()
+    assert len(sender._corr) + len(sender._corr_old) <= 2 * CORRELATION_GENERATION
+
+
+def _free(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_udp_server_down_is_noticed_and_copies_are_not_even_built_for_a_while() -> None:
+    async def scenario() -> tuple[int, int]:
+        sender = HepSender(HepSettings(address=f"127.0.0.1:{_free(socket.SOCK_DGRAM)}"), asyncio.get_running_loop(),
+                           hold_off=60.0)
+        sender.start()
+        for _ in range(50):
+            sender.capture(b"SIP", 17, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+            await asyncio.sleep(0.001)  # lets the ICMP port-unreachable come back
+        sender.close()
+        return sender.sent, sender.dropped
+
+    sent, dropped = uvloop.run(scenario())
+    assert sent + dropped == 50
+    assert sent <= 2 and dropped >= 48
+
+
+def test_udp_copies_arrive_as_encoded() -> None:
+    async def scenario() -> list[bytes]:
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(2)
+        sender = HepSender(HepSettings(address=f"127.0.0.1:{rx.getsockname()[1]}", capture_id=5),
+                           asyncio.get_running_loop())
+        sender.start()
+        for i in range(3):
+            sender.capture(b"SIP %d" % i, 17, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c", 1000.5)
+        got = [rx.recv(65535) for _ in range(3)]
+        sender.close()
+        rx.close()
+        assert sender.sent == 3 and sender.dropped == 0
+        return got
+
+    got = uvloop.run(scenario())
+    assert [g[-(6 + 1 + 6 + 5):-(6 + 1)][-5:] for g in got] == [b"SIP 0", b"SIP 1", b"SIP 2"]
+
+
+def test_tcp_copies_beyond_the_queue_limit_are_dropped_not_waited_for() -> None:
+    """A capture server that accepts and never reads: the kernel buffers fill, then stirgate's queue, then
+    copies are dropped and counted; capture() never blocks."""
+    async def scenario() -> tuple[int, int, int]:
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        lsock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        settings = HepSettings(address=f"127.0.0.1:{lsock.getsockname()[1]}", transport="tcp",
+                               max_queue_bytes=65536)
+        sender = HepSender(settings, loop)
+        sender.start()
+        conn, _ = await loop.sock_accept(lsock)  # accepted, never read
+        for _ in range(200):
+            if sender._tcp is not None:
+                break
+            await asyncio.sleep(0.01)
+        payload = b"x" * 8000
+        for _ in range(400):
+            sender.capture(payload, 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        sender.close()
+        conn.close()
+        lsock.close()
+        return sender.sent, sender.dropped, sender.oversize
+
+    sent, dropped, oversize = uvloop.run(scenario())
+    assert oversize == 0
+    assert sent + dropped == 400
+    assert dropped > 0 and sent > 0
+
+
+def test_tcp_server_down_drops_copies() -> None:
+    async def scenario() -> tuple[int, int]:
+        settings = HepSettings(address=f"127.0.0.1:{_free(socket.SOCK_STREAM)}", transport="tcp")
+        sender = HepSender(settings, asyncio.get_running_loop())
+        sender.start()
+        await asyncio.sleep(0.05)
+        for _ in range(10):
+            sender.capture(b"SIP", 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+        sender.close()
+        return sender.sent, sender.dropped
+
+    assert uvloop.run(scenario()) == (0, 10)
