@@ -60,9 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "0.75 target), campaigns (seeded robocall campaigns in "
                         "legitimate traffic through the engine in memory: share caught after 5 calls, legitimate "
                         "calls flagged, added CPU; python -m bench.campaigns), cluster (one trunk peer through "
-                        "Kamailio's dispatcher to stirgate --workers 2, against the peer straight to stirgate --workers 2 and "
-                        "against the Kamailio front alone: highest passing rates, CPU per call of the chain, of "
-                        "Kamailio and of each worker; bench/cluster_mode.py)")
+                        "Kamailio's dispatcher to stirgate --workers 2, against the peer straight to stirgate "
+                        "--workers 2 and against the Kamailio front alone: highest passing rates, CPU per call of "
+                        "the chain, of Kamailio and of each worker; bench/cluster_mode.py)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module; "
