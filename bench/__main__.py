@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cluster_mode import run_cluster
 from .concurrency import QUICK_DIALOGS, run_concurrency
 from .modes import (
     MODES,
@@ -58,10 +59,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "beside Kamailio: --common-rate, 1 worker, --pairs pairs; CPU per call ratio against the "
                         "0.75 target), campaigns (seeded robocall campaigns in "
                         "legitimate traffic through the engine in memory: share caught after 5 calls, legitimate "
-                        "calls flagged, added CPU; python -m bench.campaigns)")
+                        "calls flagged, added CPU; python -m bench.campaigns), cluster (one trunk peer through "
+                        "Kamailio's dispatcher to stirgate --workers 2, against the peer straight to stirgate "
+                        "--workers 2 and against the Kamailio front alone: highest passing rates, CPU per call of "
+                        "the chain, of Kamailio and of each worker; bench/cluster_mode.py)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
-                        "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
+                        "mode concurrency: stirgate alone unless given, kamailio with the dialog module; "
+                        "mode cluster: stirgate, front, cluster)")
     p.add_argument("--workers", type=int, default=1, choices=(1, 2), help="stirgate worker processes")
     p.add_argument("--uacs", type=int, default=None, choices=(1, 2),
                    help="SIPp UACs (source addresses) sharing the load, for every SUT (default: --workers; "
@@ -129,7 +134,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    known = (*SIP_MODES, *STANDALONE_MODES, *SERVICE_MODES, "concurrency", "state", "wheel")
+    known = (*SIP_MODES, *STANDALONE_MODES, *SERVICE_MODES, "concurrency", "state", "wheel", "cluster")
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
@@ -510,12 +515,15 @@ def main(argv: list[str] | None = None) -> int:
             suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir, pike=not args.no_pike))
         elif name == "sippy":
             suts.append(Sippy(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir))
+        elif name in ("front", "cluster") and "cluster" in args.modes:
+            continue  # mode cluster's own systems (bench/cluster_mode.py)
         else:
             print(f"unknown SUT {name!r} (stirgate, kamailio, sippy)", file=sys.stderr)
             return 2
 
     sip_modes = [m for m in args.modes if m in SIP_MODES]
-    systems = ", ".join(names) if sip_modes else "stirgate from a wheel, kamailio" if "wheel" in args.modes else "-"
+    systems = (", ".join(names) if sip_modes else "stirgate from a wheel, kamailio" if "wheel" in args.modes
+               else "stirgate, the Kamailio front, both" if "cluster" in args.modes else "-")
     print(f"bench: modes {', '.join(args.modes)}; {systems}; {args.uacs} UAC(s) "
           f"{', '.join(map(str, uacs))} -> SUT -> UAS {uas}; {args.duration:g} s steps; stirgate workers "
           f"{args.workers}; files in {rundir}", flush=True)
@@ -612,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
             results["wheel"], runners = run_wheel_mode(
                 args, rundir, uacs, uas, lambda sut: Sweep(sut, args, rundir, uacs[:1], uas, wheel_relay))
             all_sweeps["wheel"] = runners  # type: ignore[assignment]  # their steps go into the JSON too
+        if "cluster" in args.modes:
+            results["cluster"], cluster_runners = run_cluster(
+                args, rundir, uacs, uas, lambda sut, mode: Sweep(sut, args, rundir, uacs[:1], uas, mode))
+            all_sweeps["cluster"] = cluster_runners  # type: ignore[assignment]  # their steps go into the JSON too
         if "rest" in args.modes and pki is not None:
             if x5u is None:
                 x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)

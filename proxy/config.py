@@ -60,6 +60,10 @@ class SipSettings(_Base, frozen=True):
     worker_port_base: int = 5100
     #: Seconds SIGTERM waits for calls in progress before stopping.
     drain_grace: float = 30.0
+    #: Seconds between SIGTERM and refusing new INVITEs, during which OPTIONS probes are answered 503 and calls
+    #: still taken: a load balancer probing every few seconds (Kamailio's dispatcher) moves new calls to other
+    #: nodes before this one refuses any. Set it above the balancer's probe interval; 0: refuse at once.
+    drain_probe_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     #: Header names stirgate adds as `Server`/`User-Agent`; empty means none (no product fingerprint).
     server_header: str = ""
     #: Seconds between full cyclic-GC passes (automatic full passes are off: they stall the loop); 0: never.

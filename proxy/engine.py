@@ -108,6 +108,9 @@ class Engine(CallHost):
         self.outbox = self.txns.outbox
         self.calls: dict[str, tuple[Call, int]] = {}
         self.accepting = True
+        #: Stopping (SIGTERM): OPTIONS probes get 503 so a load balancer sends no new calls, while INVITEs are
+        #: still taken until `accepting` falls (sip.drain_probe_delay later).
+        self.draining = False
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.call_end_hooks: list[Callable[[Call], None]] = []
         self.auth = Authenticator(config)
@@ -163,6 +166,12 @@ class Engine(CallHost):
     # --- identifiers ------------------------------------------------------------------------------------------
     def new_branch(self) -> str:
         return f"z9hG4bK{self._prefix}{next(self._seq):x}"
+
+    @property
+    def instance_id(self) -> str:
+        """This worker's random id: it begins every tag, branch and B-leg Call-ID it makes (a record's
+        b_call_id names the worker, and so the node, that carried the call)."""
+        return self._prefix
 
     def new_tag(self) -> str:
         return f"{self._prefix}{next(self._seq):x}"
@@ -289,7 +298,7 @@ class Engine(CallHost):
             # A load balancer's health probe (Kamailio dispatcher): 503 while draining or overloaded takes this
             # node out of rotation before it stops taking calls.
             txn = txns.create_server(req, source, None)
-            if not self.accepting or self.overloaded() is not None:
+            if not self.accepting or self.draining or self.overloaded() is not None:
                 retry = [Header.make("retry-after", str(self.config.overload.retry_after))]
                 txns.respond(txn, self.make_response(req, 503, "Service Unavailable", self.new_tag(), retry), now)
                 return

@@ -277,12 +277,26 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
     drained = asyncio.Event()
 
     def on_term() -> None:
+        if engine.draining:
+            begin_drain()  # a second SIGTERM: no more probe delay
+            stop.set()
+            return
+        # Probes answered 503 from now on; with sip.drain_probe_delay, INVITEs are still taken that long so
+        # that a load balancer takes this node out of rotation before it refuses any call.
+        engine.draining = True
+        delay = config.sip.drain_probe_delay
+        if notifier is not None:
+            notifier.stopping(f"draining {engine.active_calls()} calls for up to {delay + config.sip.drain_grace:g} s")
+        if delay > 0:
+            log.info("drain_probes", worker=worker, active_calls=engine.active_calls(), refuse_in=delay)
+            loop.call_later(delay, begin_drain)
+        else:
+            begin_drain()
+
+    def begin_drain() -> None:
         if not engine.accepting:
-            stop.set()  # a second SIGTERM: stop now
             return
         log.info("draining", worker=worker, active_calls=engine.active_calls())
-        if notifier is not None:
-            notifier.stopping(f"draining {engine.active_calls()} calls for up to {config.sip.drain_grace:g} s")
         engine.accepting = False
         server.on_idle = check_drained  # from now on, after every message and timer: are we done?
         stop.set()
@@ -324,7 +338,8 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         loop.create_task(_refresh_trust_list(engine)),
     ]
     listening = [f"{t}:{h}:{p}" for t, h, p in udp_listens]
-    log.info("listening", worker=worker, hot_path="compiled" if compiled.is_compiled() else "python",
+    log.info("listening", worker=worker, instance=engine.instance_id,
+             hot_path="compiled" if compiled.is_compiled() else "python",
              version=compiled.installed_version(), listen=listening,
              redirect=[f"{t}:{h}:{p}" for t, h, p in redirect_listens],
              sti_api=(config.sti_api.listen or config.api.listen) if sti is not None else None,
