@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -404,6 +405,18 @@ def _wait_workers_ready(ready_r: int, workers: int) -> bool:
     return True
 
 
+def _die_with_parent() -> None:
+    """A worker whose parent is killed outright (SIGKILL, OOM) stops too: else it would keep its ports and serve
+    on alone, out of the supervisor's sight. Linux prctl(PR_SET_PDEATHSIG); elsewhere nothing is done."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: a normal drain, like the parent's own SIGTERM
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run(config: Config, workers: int = 1) -> int:
     configure_logging(config.logging.level, {str(k): v for k, v in config.logging.components.items()})
     _warn_if_python()
@@ -419,6 +432,7 @@ def run(config: Config, workers: int = 1) -> int:
         if pid == 0:
             code = 1
             try:
+                _die_with_parent()
                 os.close(ready_r)
 
                 def worker_ready(_status: str, fd: int = ready_w) -> None:
