@@ -163,6 +163,7 @@ async def _serve(config: Config, worker: int, workers: int) -> int:
     engine.call_end_hooks.append(_call_logger())
     server = SipServer(engine, loop, config.sip.max_tcp_message)
     metrics = Metrics()
+    metrics.trunk_gates = lambda: engine.admission.gates()
     server.metrics = metrics
     writer = RecordWriter(config.records) if config.records.enabled else None
     if writer is not None:

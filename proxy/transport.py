@@ -16,6 +16,7 @@ import structlog
 
 from proxy.engine import Engine
 from proxy.metrics import Metrics
+from proxy.rxqueue import ReceiveQueue
 from proxy.sip.message import ParseError, frame_stream
 from proxy.sip.transaction import Target
 from proxy.stir.certs import CertEntry
@@ -26,6 +27,9 @@ log = structlog.get_logger("stirgate.transport", component="transport")
 
 #: Timers are coalesced to this resolution: one wake-up per 10 ms at most, whatever the call rate.
 TIMER_RESOLUTION = 0.01
+#: The UDP receive queues are sampled every this many messages (and every 100 ms): an overload fills them
+#: within tens of milliseconds, and one getsockopt per 64 datagrams costs nothing measurable.
+QUEUE_SAMPLE_EVERY = 64
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -126,6 +130,9 @@ class SipServer:
         self._timer_at = 0.0
         self.on_idle: Callable[[], None] | None = None
         self.metrics: Metrics | None = None
+        #: The kernel receive queues of the UDP sockets (an overload signal, and where drops are counted).
+        self.queues: list[ReceiveQueue] = []
+        self._until_sample = QUEUE_SAMPLE_EVERY
 
     async def start(self, listens: list[tuple[str, str, int]], reuse_port: bool,
                     private_udp: tuple[str, int] | None = None) -> None:
@@ -135,6 +142,7 @@ class SipServer:
                 sock = _udp_socket(host, port, reuse_port, self.engine.config.sip.udp_recv_buffer)
                 udp, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
                 self.udp = udp
+                self.queues.append(ReceiveQueue(sock))
             else:
                 server = await self.loop.create_server(lambda: _TcpConnection(self), host, port,
                                                        reuse_port=reuse_port, reuse_address=True, backlog=1024)
@@ -143,6 +151,7 @@ class SipServer:
             sock = _udp_socket(private_udp[0], private_udp[1], False, self.engine.config.sip.udp_recv_buffer)
             udp, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
             self.udp_private = udp
+            self.queues.append(ReceiveQueue(sock))
         self._housekeeping = self.loop.create_task(self._watch())
 
     async def _watch(self) -> None:
@@ -156,6 +165,7 @@ class SipServer:
             now = self.loop.time()
             self.engine.loop_lag = max(0.0, now - expected)
             expected = now + tick
+            self.sample_queues()
             ticks += 1
             if ticks % 10 == 0:
                 self._sweep_tcp(now)
@@ -184,8 +194,24 @@ class SipServer:
             if conn.transport is not None:
                 conn.transport.close()
 
+    def sample_queues(self) -> None:
+        """The fullest UDP receive queue, as the engine's overload signal."""
+        self._until_sample = QUEUE_SAMPLE_EVERY
+        fill = 0.0
+        drops = 0
+        for q in self.queues:
+            f = q.sample()
+            if f > fill:
+                fill = f
+            drops += q.drops
+        self.engine.receive_queue = fill
+        self.engine.receive_drops = drops
+
     # --- the pump ---------------------------------------------------------------------------------------------
     def on_message(self, data: bytes, source: Target) -> None:
+        self._until_sample -= 1
+        if self._until_sample <= 0:
+            self.sample_queues()
         t0 = time.perf_counter() if data.startswith(b"INVITE ") else 0.0
         try:
             self.engine.receive(data, source, self.loop.time())

@@ -1,0 +1,195 @@
+"""Who may start a call now: per-trunk contracted limits, fair shedding under overload, and the memory of the
+INVITEs refused so that a retransmission gets the same answer.
+
+Why per trunk and why "fair": a carrier interconnect is contracted per trunk (calls per second, concurrent
+calls), and one peer flooding must not take the capacity the others are owed. Under overload the engine sheds
+only the trunks that offer more than their fair share of the recent INVITEs (the average over the trunks
+offering any), so a trunk sending at a modest rate keeps being served while a flood beside it is refused.
+
+Sans-I/O: time comes in as `now`. The engine asks `over_limit`/`within_share` before it parses an INVITE, and
+says when a call is taken (`admitted`) and ends (`released`). All state is bounded by count: one `Gate` per
+configured trunk, at most `overload.shed_memory` remembered INVITEs.
+"""
+
+from __future__ import annotations
+
+from proxy.config import Config, Trunk
+
+__all__ = ["Admission", "Gate"]
+
+#: `remembered` answer for an INVITE that was dropped (no answer at all).
+DROPPED = -1
+#: `remembered` answer for an INVITE not remembered.
+UNKNOWN = -2
+
+
+class Gate:
+    """One trunk at the door: its token bucket, its calls in progress, its recent offered load, its counters."""
+
+    __slots__ = ("admitted", "burst", "calls", "cur", "drop", "max_calls", "name", "offered", "prev", "rate",
+                 "retry_after", "shed", "stamp", "tokens")
+
+    def __init__(self, trunk: Trunk, retry_after: int) -> None:
+        self.name = trunk.name
+        limits = trunk.limits
+        self.rate = limits.max_cps if limits is not None else 0.0
+        burst = float(limits.burst) if limits is not None else 0.0
+        self.burst = burst if burst > 0 else max(1.0, self.rate)
+        self.tokens = self.burst
+        self.stamp = 0.0
+        self.max_calls = limits.max_calls if limits is not None else 0
+        self.drop = limits is not None and limits.action == "drop"
+        self.retry_after = limits.retry_after if limits is not None and limits.retry_after is not None \
+            else retry_after
+        #: Calls from this trunk in progress (taken, not yet ended).
+        self.calls = 0
+        #: INVITEs offered in the current and the previous fair-share window.
+        self.cur = 0
+        self.prev = 0
+        #: Since start: INVITEs offered, calls admitted, INVITEs shed by reason.
+        self.offered = 0
+        self.admitted = 0
+        self.shed: dict[str, int] = {}
+
+    def carry_over(self, old: Gate) -> None:
+        """A reload: what the trunk holds and has done stays (its limits are the new ones)."""
+        self.calls = old.calls
+        self.cur = old.cur
+        self.prev = old.prev
+        self.offered = old.offered
+        self.admitted = old.admitted
+        self.shed = old.shed
+        self.tokens = min(old.tokens, self.burst)
+        self.stamp = old.stamp
+
+
+class Admission:
+    """The gates of every trunk, the fair-share window and the refused-INVITE memory of one engine."""
+
+    __slots__ = ("_active_new", "_active_prev", "_gates", "_linger", "_memory", "_memory_size", "_total_cur",
+                 "_total_prev", "_win_start", "_window")
+
+    def __init__(self, config: Config, previous: Admission | None = None, linger: float = 32.0) -> None:
+        o = config.overload
+        self._window = o.fair_window
+        self._memory_size = o.shed_memory
+        #: How long a refused INVITE is remembered at most: its retransmissions stop after 64*T1.
+        self._linger = linger
+        self._gates: dict[str, Gate] = {}
+        for trunk in config.trunks:
+            gate = Gate(trunk, o.retry_after)
+            if previous is not None:
+                old = previous._gates.get(trunk.name)
+                if old is not None:
+                    gate.carry_over(old)
+            self._gates[trunk.name] = gate
+        self._win_start: float = previous._win_start if previous is not None else 0.0
+        self._total_cur = sum(g.cur for g in self._gates.values())
+        self._total_prev = sum(g.prev for g in self._gates.values())
+        self._active_prev = sum(1 for g in self._gates.values() if g.prev > 0)
+        self._active_new = sum(1 for g in self._gates.values() if g.prev == 0 and g.cur > 0)
+        #: hash of a refused INVITE datagram -> (forget after, Retry-After sent or DROPPED); oldest first.
+        self._memory: dict[int, tuple[float, int]] = previous._memory if previous is not None else {}
+
+    def gate(self, trunk: str) -> Gate | None:
+        return self._gates.get(trunk)
+
+    def gates(self) -> list[Gate]:
+        return list(self._gates.values())
+
+    # --- the offered load, for fair shares ----------------------------------------------------------------------
+    def offer(self, gate: Gate, now: float) -> None:
+        """Count one INVITE arriving from this trunk (taken or not: what it asks of us)."""
+        if now - self._win_start >= self._window:
+            self._roll(now)
+        if gate.cur == 0 and gate.prev == 0:
+            self._active_new += 1
+        gate.cur += 1
+        gate.offered += 1
+        self._total_cur += 1
+
+    def _roll(self, now: float) -> None:
+        gap = now - self._win_start >= 2 * self._window  # a whole window with nothing offered
+        active = 0
+        total = 0
+        for g in self._gates.values():
+            g.prev = 0 if gap else g.cur
+            g.cur = 0
+            if g.prev > 0:
+                active += 1
+                total += g.prev
+        self._active_prev = active
+        self._active_new = 0
+        self._total_prev = total
+        self._total_cur = 0
+        self._win_start = now if gap else self._win_start + self._window
+
+    def within_share(self, gate: Gate, now: float) -> bool:
+        """True when this trunk offers less than the average of the trunks offering INVITEs lately (the previous
+        window fading out as the current one fills). A trunk alone is never within: under overload it is shed."""
+        if now - self._win_start >= self._window:
+            self._roll(now)
+        fade = 1.0 - (now - self._win_start) / self._window
+        mine = gate.prev * fade + gate.cur
+        total = self._total_prev * fade + self._total_cur
+        return mine * (self._active_prev + self._active_new) < total
+
+    # --- contracted limits --------------------------------------------------------------------------------------
+    def over_limit(self, gate: Gate, now: float) -> str:
+        """Why a new call from this trunk is beyond its contract ("" when it is not). Takes nothing."""
+        if gate.max_calls > 0 and gate.calls >= gate.max_calls:
+            return "max-calls"
+        rate = gate.rate
+        if rate > 0.0:
+            tokens = gate.tokens + (now - gate.stamp) * rate
+            gate.tokens = tokens if tokens < gate.burst else gate.burst
+            gate.stamp = now
+            if gate.tokens < 1.0:
+                return "max-cps"
+        return ""
+
+    def admitted(self, gate: Gate) -> None:
+        """A call from this trunk was taken: one token spent, one call in progress."""
+        if gate.rate > 0.0:
+            gate.tokens -= 1.0
+        gate.calls += 1
+        gate.admitted += 1
+
+    def released(self, trunk: str) -> None:
+        """A call taken from this trunk ended."""
+        gate = self._gates.get(trunk)
+        if gate is not None and gate.calls > 0:
+            gate.calls -= 1
+
+    def count_shed(self, gate: Gate, reason: str) -> None:
+        shed = gate.shed
+        shed[reason] = shed.get(reason, 0) + 1
+
+    # --- refused INVITEs ----------------------------------------------------------------------------------------
+    def remember(self, key: int, now: float, answer: int) -> None:
+        """A refused INVITE (`answer`: the Retry-After sent, or DROPPED): its retransmissions get the same."""
+        memory = self._memory
+        size = self._memory_size
+        if size <= 0:
+            return
+        # Oldest first: forget the expired ones at the front, and the oldest beyond the bound.
+        while memory:
+            oldest = next(iter(memory))
+            if len(memory) < size and memory[oldest][0] > now:
+                break
+            del memory[oldest]
+        memory[key] = (now + self._linger, answer)
+
+    def remembered(self, key: int, now: float) -> int:
+        """The answer given to this INVITE when it was refused (a Retry-After, or DROPPED), or UNKNOWN."""
+        entry = self._memory.get(key)
+        if entry is None or entry[0] <= now:
+            return UNKNOWN
+        return entry[1]
+
+    def memory_size(self) -> int:
+        return len(self._memory)
+
+    def shed_counts(self) -> dict[tuple[str, str], int]:
+        """(trunk, reason) -> INVITEs refused since start."""
+        return {(g.name, r): n for g in self._gates.values() for r, n in g.shed.items()}
