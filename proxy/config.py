@@ -58,6 +58,9 @@ class SipSettings(_Base, frozen=True):
     server_header: str = ""
     #: Seconds between full cyclic-GC passes (automatic full passes are off: they stall the loop); 0: never.
     gc_full_interval: float = 600.0
+    #: Trunk peers (address and port, learnt from their first datagram) that get a UDP receive queue of their own
+    #: on the listening address, so that one flooding peer cannot fill the queue the others need; 0: none.
+    peer_sockets: Annotated[int, msgspec.Meta(ge=0)] = 64
 
 
 class AttestationSettings(_Base, frozen=True):
@@ -109,7 +112,7 @@ class OverloadSettings(_Base, frozen=True):
     max_pending_fetches: Annotated[int, msgspec.Meta(ge=1)] = 1000
     #: Live SIP transactions (each lingers up to 64*T1 after its answer): the state a flood of admitted calls
     #: leaves behind, bounded by count so that memory stays flat whatever the rate.
-    max_transactions: Annotated[int, msgspec.Meta(ge=1)] = 400_000
+    max_transactions: Annotated[int, msgspec.Meta(ge=1)] = 250_000
     #: Event-loop lag (measured every 100 ms) above which the process is overloaded (fair shedding).
     max_loop_lag_ms: Annotated[float, msgspec.Meta(gt=0)] = 200.0
     #: Share of a UDP socket's receive buffer in use (sampled every 10 ms) above which the process is overloaded

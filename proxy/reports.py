@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import json
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -136,16 +137,50 @@ def _section(conn: sqlite3.Connection, column: str, since: float, until: float, 
     return rows
 
 
+def _trunk_load(conn: sqlite3.Connection, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+    """INVITEs offered, calls admitted and INVITEs refused at the door per trunk (the records' trunk_load rows:
+    refused INVITEs leave no call record), busiest refusers first; flags `flooding` (half or more refused) and
+    `over-contract` (refused for the trunk's own limits)."""
+    try:
+        rows = conn.execute(
+            "SELECT trunk, SUM(offered), SUM(admitted), SUM(shed) FROM trunk_load WHERE at >= ? AND at < ? "
+            "GROUP BY trunk ORDER BY SUM(shed) DESC, SUM(offered) DESC, trunk LIMIT ?",
+            (since, until, limit)).fetchall()
+        reasons_rows = conn.execute(
+            "SELECT trunk, reasons FROM trunk_load WHERE at >= ? AND at < ? AND shed > 0", (since, until)).fetchall()
+    except sqlite3.OperationalError:
+        return []  # a database from before the table existed
+    reasons: dict[str, dict[str, int]] = {}
+    for trunk, text in reasons_rows:
+        per = reasons.setdefault(trunk, {})
+        for reason, n in (json.loads(text) if text else {}).items():
+            per[reason] = per.get(reason, 0) + int(n)
+    out = []
+    for trunk, offered, admitted, shed in rows:
+        share = shed / offered if offered else 0.0
+        why = dict(sorted(reasons.get(trunk, {}).items(), key=lambda kv: -kv[1]))
+        flags = []
+        if offered >= MIN_CALLS_FOR_FLAGS and share >= 0.5:
+            flags.append("flooding")
+        if why.get("max-cps") or why.get("max-calls"):
+            flags.append("over-contract")
+        out.append({"trunk": trunk, "offered": offered, "admitted": admitted, "shed": shed,
+                    "shed_share": round(share, 4), "reasons": why, "flags": flags})
+    return out
+
+
 def report(db: str | Path | sqlite3.Connection, since: float, until: float, limit: int = 20) -> dict[str, Any]:
     """The busiest sources in [since, until) by orig TN, origid, SPC and ingress trunk, with the shares that
     tell robocalling from ordinary traffic: short answered calls (< 6 s), distinct destinations per call,
-    failed verification and unsigned calls (both as shares of all the source's calls)."""
+    failed verification and unsigned calls (both as shares of all the source's calls); and the load each trunk
+    offered at the door, with what was refused (floods, trunks beyond their contracted rate)."""
     own = not isinstance(db, sqlite3.Connection)
     conn = connect_readonly(db) if not isinstance(db, sqlite3.Connection) else db
     try:
         total = conn.execute("SELECT COUNT(*) FROM calls WHERE invite_at >= ? AND invite_at < ?",
                              (since, until)).fetchone()[0]
         sections = {name: _section(conn, col, since, until, limit) for name, col in DIMENSIONS.items()}
+        load = _trunk_load(conn, since, until, limit)
     finally:
         if own:
             conn.close()
@@ -155,6 +190,7 @@ def report(db: str | Path | sqlite3.Connection, since: float, until: float, limi
         "calls": total,
         "short_call_seconds": SHORT_CALL,
         "sources": sections,
+        "trunk_load": load,
     }
 
 
@@ -266,4 +302,12 @@ def format_report(rep: dict[str, Any]) -> str:
             for r in rows
         ]
         out.append(_table([name, *headers], table_rows))
+    load = rep.get("trunk_load")
+    if load:
+        out.append("")
+        out.append("load at the door by trunk (INVITEs refused leave no call record)")
+        out.append(_table(
+            ["trunk", "offered", "admitted", "refused", "refused%", "reasons", "flags"],
+            [[str(r["trunk"]), str(r["offered"]), str(r["admitted"]), str(r["shed"]), f"{r['shed_share']:.0%}",
+              ",".join(f"{k}:{v}" for k, v in r["reasons"].items()), ",".join(r["flags"])] for r in load]))
     return "\n".join(out)

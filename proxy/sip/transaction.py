@@ -40,6 +40,8 @@ TERMINATED: Final = "terminated"
 
 Table = dict[tuple[str, str], tuple[str, tuple[str, ...]]]
 
+#: What a settled non-INVITE transaction holds as its request (one shared, empty object).
+_NO_REQUEST: Final = Request("", "", [])
 #: States in which a transaction only absorbs retransmissions: its request's headers are no longer needed.
 _SETTLED: Final = frozenset({COMPLETED, CONFIRMED, ACCEPTED})
 
@@ -191,7 +193,9 @@ class Transaction:
     def _settle(self) -> None:
         """Entering a state that only absorbs retransmissions (for up to 64*T1): keep only what that needs, so
         that what lingers per call is small and bounded by its count, whatever was relayed."""
-        self.request = self.request.skeleton()
+        # An INVITE's CSeq is still asked for (the B2BUA maps ACKs by it); a settled non-INVITE transaction
+        # needs nothing of its request at all.
+        self.request = self.request.skeleton() if self.method == "INVITE" else _NO_REQUEST
         if self.is_client:
             self.request_bytes = b""  # a client transaction never re-sends its request once answered
         elif self.state == ACCEPTED:
