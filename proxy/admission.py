@@ -1,14 +1,16 @@
 """Who may start a call now: per-trunk contracted limits, fair shedding under overload, and the memory of the
 INVITEs refused so that a retransmission gets the same answer.
 
-Why per trunk and why "fair": a carrier interconnect is contracted per trunk (calls per second, concurrent
-calls), and one peer flooding must not take the capacity the others are owed. Under overload the engine sheds
-only the trunks that offer more than their fair share of the recent INVITEs (the average over the trunks
-offering any), so a trunk sending at a modest rate keeps being served while a flood beside it is refused.
+Why limits per trunk and fair shares per source: a carrier interconnect is contracted per trunk (calls per
+second, concurrent calls), and one peer flooding must not take the capacity the others are owed. Under overload
+the engine sheds only the source addresses that offer more than their fair share of the recent INVITEs (the
+average over the sources offering any), so a peer sending at a modest rate keeps being served while a flood
+beside it is refused, whether the two are different trunks or two addresses of one (an SBC cluster).
 
 Sans-I/O: time comes in as `now`. The engine asks `over_limit`/`within_share` before it parses an INVITE, and
 says when a call is taken (`admitted`) and ends (`released`). All state is bounded by count: one `Gate` per
-configured trunk, at most `overload.shed_memory` remembered INVITEs.
+configured trunk, the sources that offered INVITEs in the last two windows (at most `MAX_SOURCES`), at most
+`overload.shed_memory` remembered INVITEs.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ __all__ = ["Admission", "Gate"]
 DROPPED = -1
 #: `remembered` answer for an INVITE not remembered.
 UNKNOWN = -2
+#: Source addresses whose recent load is tracked; a source beyond them is taken as over its share.
+MAX_SOURCES = 65536
 
 
 class Gate:
-    """One trunk at the door: its token bucket, its calls in progress, its recent offered load, its counters."""
+    """One trunk at the door: its token bucket, its calls in progress, its counters."""
 
-    __slots__ = ("admitted", "burst", "calls", "cur", "drop", "max_calls", "name", "offered", "prev", "rate",
-                 "retry_after", "shed", "stamp", "tokens")
+    __slots__ = ("admitted", "burst", "calls", "drop", "max_calls", "name", "offered", "rate", "retry_after", "shed",
+                 "stamp", "tokens")
 
     def __init__(self, trunk: Trunk, retry_after: int) -> None:
         self.name = trunk.name
@@ -43,9 +47,6 @@ class Gate:
             else retry_after
         #: Calls from this trunk in progress (taken, not yet ended).
         self.calls = 0
-        #: INVITEs offered in the current and the previous fair-share window.
-        self.cur = 0
-        self.prev = 0
         #: Since start: INVITEs offered, calls admitted, INVITEs shed by reason.
         self.offered = 0
         self.admitted = 0
@@ -54,8 +55,6 @@ class Gate:
     def carry_over(self, old: Gate) -> None:
         """A reload: what the trunk holds and has done stays (its limits are the new ones)."""
         self.calls = old.calls
-        self.cur = old.cur
-        self.prev = old.prev
         self.offered = old.offered
         self.admitted = old.admitted
         self.shed = old.shed
@@ -66,8 +65,8 @@ class Gate:
 class Admission:
     """The gates of every trunk, the fair-share window and the refused-INVITE memory of one engine."""
 
-    __slots__ = ("_active_new", "_active_prev", "_gates", "_linger", "_memory", "_memory_size", "_total_cur",
-                 "_total_prev", "_win_start", "_window")
+    __slots__ = ("_active_new", "_active_prev", "_gates", "_linger", "_memory", "_memory_size", "_sources",
+                 "_total_cur", "_total_prev", "_win_start", "_window")
 
     def __init__(self, config: Config, previous: Admission | None = None, linger: float = 32.0) -> None:
         o = config.overload
@@ -83,11 +82,18 @@ class Admission:
                 if old is not None:
                     gate.carry_over(old)
             self._gates[trunk.name] = gate
+        #: source address -> [INVITEs offered in the current window, in the previous one]
+        self._sources: dict[str, list[int]] = previous._sources if previous is not None else {}
         self._win_start: float = previous._win_start if previous is not None else 0.0
-        self._total_cur = sum(g.cur for g in self._gates.values())
-        self._total_prev = sum(g.prev for g in self._gates.values())
-        self._active_prev = sum(1 for g in self._gates.values() if g.prev > 0)
-        self._active_new = sum(1 for g in self._gates.values() if g.prev == 0 and g.cur > 0)
+        self._total_cur = 0
+        self._total_prev = 0
+        self._active_prev = 0
+        self._active_new = 0
+        if previous is not None:
+            self._total_cur = previous._total_cur
+            self._total_prev = previous._total_prev
+            self._active_prev = previous._active_prev
+            self._active_new = previous._active_new
         #: hash of a refused INVITE datagram -> (forget after, Retry-After sent or DROPPED); oldest first.
         self._memory: dict[int, tuple[float, int]] = previous._memory if previous is not None else {}
 
@@ -98,39 +104,53 @@ class Admission:
         return list(self._gates.values())
 
     # --- the offered load, for fair shares ----------------------------------------------------------------------
-    def offer(self, gate: Gate, now: float) -> None:
-        """Count one INVITE arriving from this trunk (taken or not: what it asks of us)."""
+    def offer(self, gate: Gate, source: str, now: float) -> None:
+        """Count one INVITE arriving from this trunk's `source` address (taken or not: what it asks of us)."""
         if now - self._win_start >= self._window:
             self._roll(now)
-        if gate.cur == 0 and gate.prev == 0:
-            self._active_new += 1
-        gate.cur += 1
         gate.offered += 1
         self._total_cur += 1
+        entry = self._sources.get(source)
+        if entry is None:
+            if len(self._sources) >= MAX_SOURCES:
+                return
+            entry = self._sources[source] = [0, 0]
+            self._active_new += 1
+        entry[0] += 1
 
     def _roll(self, now: float) -> None:
         gap = now - self._win_start >= 2 * self._window  # a whole window with nothing offered
         active = 0
         total = 0
-        for g in self._gates.values():
-            g.prev = 0 if gap else g.cur
-            g.cur = 0
-            if g.prev > 0:
+        idle: list[str] = []
+        for source, entry in self._sources.items():
+            prev = 0 if gap else entry[0]
+            entry[1] = prev
+            entry[0] = 0
+            if prev > 0:
                 active += 1
-                total += g.prev
+                total += prev
+            else:
+                idle.append(source)
+        for source in idle:  # quiet for two windows: forgotten (the table holds recent sources only)
+            del self._sources[source]
         self._active_prev = active
         self._active_new = 0
         self._total_prev = total
         self._total_cur = 0
         self._win_start = now if gap else self._win_start + self._window
 
-    def within_share(self, gate: Gate, now: float) -> bool:
-        """True when this trunk offers less than the average of the trunks offering INVITEs lately (the previous
-        window fading out as the current one fills). A trunk alone is never within: under overload it is shed."""
+    def within_share(self, source: str, now: float) -> bool:
+        """True when this source offers less than the average of the sources offering INVITEs lately (the
+        previous window fading out as the current one fills). A source alone is never within: under overload
+        it is shed; so is one beyond the table."""
         if now - self._win_start >= self._window:
             self._roll(now)
+        entry = self._sources.get(source)
+        if entry is None:
+            return False
         fade = 1.0 - (now - self._win_start) / self._window
-        mine = gate.prev * fade + gate.cur
+        mine = entry[1] * fade + entry[0]
         total = self._total_prev * fade + self._total_cur
         return mine * (self._active_prev + self._active_new) < total
 

@@ -298,7 +298,7 @@ class Engine(CallHost):
         gate = adm.gate(trunk.name)
         if gate is None:
             return False
-        adm.offer(gate, now)
+        adm.offer(gate, source[1], now)
         why = self.refusal(gate, source[1], now)
         if not why:
             return False
@@ -404,8 +404,8 @@ class Engine(CallHost):
         return None
 
     def strained(self) -> str:
-        """Why the process is short of capacity ("" when it is not): new calls are then shed from the trunks
-        over their fair share only, the others keep being served."""
+        """Why the process is short of capacity ("" when it is not): new calls are then shed from the source
+        addresses over their fair share only, the others keep being served."""
         o = self.config.overload
         if self.receive_queue > o.max_receive_queue:
             return "receive-queue"
@@ -423,8 +423,9 @@ class Engine(CallHost):
         return ""
 
     def refusal(self, gate: Gate, source_ip: str, now: float) -> str:
-        """Why a new call from this trunk cannot be taken now ("" when it can), in order: draining, the
-        trunk's contracted limits, a hard bound, then a strain that sheds only trunks over their fair share."""
+        """Why a new call from this trunk and source cannot be taken now ("" when it can), in order: draining,
+        the trunk's contracted limits, a hard bound, then a strain that sheds only sources over their fair
+        share of the recent INVITEs."""
         if not self.accepting:
             return "draining"
         why = self.admission.over_limit(gate, now)
@@ -434,7 +435,7 @@ class Engine(CallHost):
         if hard is not None:
             return hard
         soft = self.strained()
-        if soft and not self.admission.within_share(gate, now):
+        if soft and not self.admission.within_share(source_ip, now):
             return soft
         return ""
 

@@ -25,21 +25,25 @@ from .sipfake import (
 )
 
 
-def config(limits: dict[str, Any] | None = None, trunk: str = "customer", **overload: Any) -> Config:
-    """examples/loopback.yaml without STIR, with `limits` on one trunk and `overload` settings."""
+def config(limits: dict[str, Any] | None = None, trunk: str = "customer", sources: list[str] | None = None,
+           **overload: Any) -> Config:
+    """examples/loopback.yaml without STIR, with `limits` (and `sources`) on one trunk and `overload` settings."""
     cfg = yaml.safe_load(LOOPBACK.read_text())
     cfg.pop("stir", None)
     for t in cfg["trunks"]:
         t.pop("sign", None)
         if t["name"] == trunk and limits is not None:
             t["limits"] = limits
+        if t["name"] == trunk and sources is not None:
+            t["sources"] = sources
     if overload:
         cfg["overload"] = overload
     return load_config_text(yaml.safe_dump(cfg, sort_keys=False), "test.yaml")
 
 
-def harness(limits: dict[str, Any] | None = None, trunk: str = "customer", **overload: Any) -> Harness:
-    return Harness(make_engine(config(limits, trunk, **overload)))
+def harness(limits: dict[str, Any] | None = None, trunk: str = "customer", sources: list[str] | None = None,
+            **overload: Any) -> Harness:
+    return Harness(make_engine(config(limits, trunk, sources, **overload)))
 
 
 def answer(outs: list[Any]) -> Response:
@@ -206,18 +210,31 @@ def test_past_the_soft_fraction_of_the_setup_pool_the_fair_share_applies_at_the_
 
 def test_fair_share_follows_the_recent_window() -> None:
     adm = Admission(config(fair_window=1.0))
-    flood, modest = adm.gate("carrier"), adm.gate("carrier2")
-    assert flood is not None and modest is not None
+    carrier, carrier2 = adm.gate("carrier"), adm.gate("carrier2")
+    assert carrier is not None and carrier2 is not None
+    flood, modest = B[1], B2[1]
     for _ in range(100):
-        adm.offer(flood, 10.0)
-    adm.offer(modest, 10.1)
+        adm.offer(carrier, flood, 10.0)
+    adm.offer(carrier2, modest, 10.1)
     assert adm.within_share(modest, 10.1) and not adm.within_share(flood, 10.1)
-    # Two quiet windows later the old flood no longer counts: a trunk alone is at its share (not within).
-    adm.offer(modest, 12.5)
+    # Two quiet windows later the old flood no longer counts: a source alone is at its share (not within).
+    adm.offer(carrier2, modest, 12.5)
     assert not adm.within_share(modest, 12.5)
-    adm.offer(flood, 12.6)
-    adm.offer(flood, 12.6)
+    adm.offer(carrier, flood, 12.6)
+    adm.offer(carrier, flood, 12.6)
     assert adm.within_share(modest, 12.6) and not adm.within_share(flood, 12.6)
+    assert not adm.within_share("192.0.2.1", 12.6)  # a source that offered nothing is not tracked
+
+
+def test_fair_shares_are_per_source_address_within_a_trunk() -> None:
+    """Two addresses of one trunk (an SBC pair): the one flooding is shed, the other is served."""
+    h = harness(max_loop_lag_ms=100, sources=["127.0.0.10", "127.0.0.11"])
+    h.engine.loop_lag = 0.5
+    pair = ("udp", "127.0.0.11", 5060)
+    for _ in range(20):
+        assert answer(h.feed(Caller(h).invite(), A)).status == 503
+    assert taken(h.feed(Caller(h, addr=pair).invite(), pair))
+    assert shed(h) == {"loop-lag": 20}
 
 
 def test_token_bucket() -> None:
