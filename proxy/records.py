@@ -561,8 +561,8 @@ class RecordWriter:
                     return
 
     def _write_loads(self) -> None:
-        """The queued trunk-load rows, in one transaction; on failure they are counted lost (they are
-        aggregates: the next interval's rows carry on)."""
+        """The queued trunk-load rows, in one transaction; on failure they are dropped (aggregates, not call
+        records: the error is counted and logged, the next interval's rows carry on)."""
         loads = self._loads
         if not loads:
             return
@@ -578,7 +578,6 @@ class RecordWriter:
                 conn.executemany(LOAD_SQL, rows)
         except (sqlite3.Error, OSError) as exc:
             self.write_errors += 1
-            self.lost += len(rows)
             self._close_conn()
             self._log_failure("records_write_failed", exc, batch=len(rows))
 
