@@ -15,6 +15,8 @@ configured trunk, the sources that offered INVITEs in the last two windows (at m
 
 from __future__ import annotations
 
+from collections import deque
+
 from proxy.config import Config, Trunk
 
 __all__ = ["Admission", "Gate"]
@@ -65,8 +67,8 @@ class Gate:
 class Admission:
     """The gates of every trunk, the fair-share window and the refused-INVITE memory of one engine."""
 
-    __slots__ = ("_active_new", "_active_prev", "_gates", "_linger", "_memory", "_memory_size", "_sources",
-                 "_total_cur", "_total_prev", "_win_start", "_window")
+    __slots__ = ("_active_new", "_active_prev", "_gates", "_linger", "_memory", "_memory_size", "_order",
+                 "_sources", "_total_cur", "_total_prev", "_win_start", "_window")
 
     def __init__(self, config: Config, previous: Admission | None = None, linger: float = 32.0) -> None:
         o = config.overload
@@ -94,8 +96,9 @@ class Admission:
             self._total_prev = previous._total_prev
             self._active_prev = previous._active_prev
             self._active_new = previous._active_new
-        #: hash of a refused INVITE datagram -> (forget after, Retry-After sent or DROPPED); oldest first.
+        #: hash of a refused INVITE datagram -> (forget after, Retry-After sent or DROPPED); and their order.
         self._memory: dict[int, tuple[float, int]] = previous._memory if previous is not None else {}
+        self._order: deque[tuple[float, int]] = previous._order if previous is not None else deque()
 
     def gate(self, trunk: str) -> Gate | None:
         return self._gates.get(trunk)
@@ -186,19 +189,34 @@ class Admission:
         shed[reason] = shed.get(reason, 0) + 1
 
     # --- refused INVITEs ----------------------------------------------------------------------------------------
+    # A dict for the answers and a deque for their order: forgetting the oldest of a dict by next(iter(d)) walks
+    # every slot deleted before it, which under a flood turns each refusal into a scan of thousands.
     def remember(self, key: int, now: float, answer: int) -> None:
         """A refused INVITE (`answer`: the Retry-After sent, or DROPPED): its retransmissions get the same."""
-        memory = self._memory
         size = self._memory_size
         if size <= 0:
             return
-        # Oldest first: forget the expired ones at the front, and the oldest beyond the bound.
-        while memory:
-            oldest = next(iter(memory))
-            if len(memory) < size and memory[oldest][0] > now:
-                break
-            del memory[oldest]
-        memory[key] = (now + self._linger, answer)
+        memory = self._memory
+        order = self._order
+        while order and (len(order) >= size or order[0][0] <= now):
+            until, old = order.popleft()
+            entry = memory.get(old)
+            if entry is not None and entry[0] == until:
+                del memory[old]
+        until = now + self._linger
+        memory[key] = (until, answer)
+        order.append((until, key))
+
+    def remembering(self, now: float) -> bool:
+        """Whether any refusal is still remembered (the oldest ones that expired are forgotten here)."""
+        memory = self._memory
+        order = self._order
+        while order and order[0][0] <= now:
+            until, old = order.popleft()
+            entry = memory.get(old)
+            if entry is not None and entry[0] == until:
+                del memory[old]
+        return len(order) > 0
 
     def remembered(self, key: int, now: float) -> int:
         """The answer given to this INVITE when it was refused (a Retry-After, or DROPPED), or UNKNOWN."""

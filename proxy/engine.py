@@ -285,8 +285,9 @@ class Engine(CallHost):
     def _screen_invite(self, data: bytes, source: Target, trunk: Trunk, now: float) -> bool:
         self._refused = ""
         adm = self.admission
-        key = hash(data)
-        answer = adm.remembered(key, now)
+        # Hashing the datagram is the door's largest cost for a call taken: only while refusals are remembered.
+        key = hash(data) if adm.remembering(now) else 0
+        answer = adm.remembered(key, now) if key else UNKNOWN
         if answer != UNKNOWN:
             # A retransmission of an INVITE refused moments ago: the same answer again, nothing new kept.
             peek = peek_request(data)
@@ -312,9 +313,10 @@ class Engine(CallHost):
         self._count_shed(gate, why, limit)
         if limit and gate.drop:
             self.stats["shed_dropped"] += 1
-            adm.remember(key, now, DROPPED)
+            adm.remember(key or hash(data), now, DROPPED)
             return True
         retry_after = gate.retry_after if limit else self.config.overload.retry_after
+        key = key or hash(data)
         adm.remember(key, now, retry_after)
         self._send_503(peek, key, retry_after, source)
         return True
