@@ -29,8 +29,8 @@ log = structlog.get_logger("stirgate.transport", component="transport")
 
 #: Timers are coalesced to this resolution: one wake-up per 10 ms at most, whatever the call rate.
 TIMER_RESOLUTION = 0.01
-#: The UDP receive queues are sampled every this many messages (and every 100 ms): an overload fills them
-#: within tens of milliseconds, and one getsockopt per 64 datagrams costs nothing measurable.
+#: The UDP receive queues are sampled every this many messages per queue (and every 100 ms): an overload fills
+#: them within tens of milliseconds, and one getsockopt per 64 datagrams costs nothing measurable.
 QUEUE_SAMPLE_EVERY = 64
 
 
@@ -231,7 +231,7 @@ class SipServer:
 
     def sample_queues(self) -> None:
         """The fullest UDP receive queue, as the engine's overload signal."""
-        self._until_sample = QUEUE_SAMPLE_EVERY
+        self._until_sample = QUEUE_SAMPLE_EVERY * len(self.queues)  # ~one getsockopt per 64 datagrams
         fill = 0.0
         drops = 0
         for q in self.queues:
