@@ -87,31 +87,6 @@ def udp_bound(ip: str, port: int) -> int:
     return n
 
 
-def udp_bound_by_others(ip: str, port: int, pids: set[int]) -> int:
-    """How many UDP sockets on ip:port (or 0.0.0.0:port) belong to none of `pids`: another process on the SUT's
-    address. (stirgate itself opens more sockets on its listening address: one per trunk peer.)"""
-    wanted = {_hex_addr(ip, port), _hex_addr("0.0.0.0", port)}
-    inodes: set[int] = set()
-    try:
-        with open("/proc/net/udp") as f:
-            next(f)
-            for line in f:
-                cols = line.split()
-                if cols[1] in wanted:
-                    inodes.add(int(cols[9]))
-    except OSError:
-        return 0
-    for pid in pids:
-        try:
-            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-        except OSError:
-            continue
-        for link in links:
-            if link.startswith("socket:["):
-                inodes.discard(int(link[8:-1]))
-    return len(inodes)
-
-
 @dataclass
 class Addr:
     host: str

@@ -53,7 +53,7 @@ class StepResult:
     sut_log_warnings: int = 0
     sut_log_sample: list[str] = field(default_factory=list)
     sut_stats: list[dict[str, Any]] = field(default_factory=list)  # stirgate's own counters, per worker
-    listen_sockets: int = 0             # sockets of other processes on the SUT's address at the start
+    listen_sockets: int = 0
     uac_addrs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     passed: bool = False

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from .modes import ATTEST_PREFIX, MODES, Mode, Pki
-from .procs import Addr, descendants, stop_process, udp_bound, udp_bound_by_others
+from .procs import Addr, stop_process, udp_bound
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -159,10 +159,7 @@ class SUT:
         return []
 
     def sockets_on_listen(self) -> int:
-        """UDP sockets on the SUT's listening address held by another process (0 while it has it alone)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return udp_bound(self.listen.host, self.listen.port)
-        return udp_bound_by_others(self.listen.host, self.listen.port, descendants(self.proc.pid))
+        return udp_bound(self.listen.host, self.listen.port)
 
 
 class Stirgate(SUT):
@@ -458,7 +455,7 @@ class Sippy(SUT):
     def ready(self) -> bool:
         # b2bua_simple may not answer OPTIONS at all: ready once its socket is bound and it either
         # answers a probe or has been bound for a second.
-        if udp_bound(self.listen.host, self.listen.port) == 0:
+        if self.sockets_on_listen() == 0:
             return False
         if sip_probe(Addr(self.uacs[0].host, 0), self.listen, max_forwards=0, timeout=0.3) is not None:
             return True

@@ -58,9 +58,6 @@ class SipSettings(_Base, frozen=True):
     server_header: str = ""
     #: Seconds between full cyclic-GC passes (automatic full passes are off: they stall the loop); 0: never.
     gc_full_interval: float = 600.0
-    #: Trunk peers (address and port, learnt from their first datagram) that get a UDP receive queue of their own
-    #: on the listening address, so that one flooding peer cannot fill the queue the others need; 0: none.
-    peer_sockets: Annotated[int, msgspec.Meta(ge=0)] = 64
 
 
 class AttestationSettings(_Base, frozen=True):

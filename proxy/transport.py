@@ -10,14 +10,12 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import cast
 
 import structlog
 
 from proxy.engine import Engine
 from proxy.metrics import Metrics
-from proxy.peersockets import PeerSockets
 from proxy.rxqueue import ReceiveQueue
 from proxy.sip.message import ParseError, frame_stream
 from proxy.sip.transaction import Target
@@ -29,22 +27,17 @@ log = structlog.get_logger("stirgate.transport", component="transport")
 
 #: Timers are coalesced to this resolution: one wake-up per 10 ms at most, whatever the call rate.
 TIMER_RESOLUTION = 0.01
-#: The UDP receive queues are sampled every this many messages per queue (and every 100 ms): an overload fills
-#: them within tens of milliseconds, and one getsockopt per 64 datagrams costs nothing measurable.
+#: The UDP receive queues are sampled every this many messages (and every 100 ms): an overload fills them
+#: within tens of milliseconds, and one getsockopt per 64 datagrams costs nothing measurable.
 QUEUE_SAMPLE_EVERY = 64
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: SipServer, peers: PeerSockets | None = None) -> None:
+    def __init__(self, server: SipServer) -> None:
         self.server = server
-        #: On the shared listening socket: trunk peers seen here get a receive queue of their own.
-        self.peers = peers
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.server.on_message(data, ("udp", addr[0], addr[1]))
-        peers = self.peers
-        if peers is not None and peers.wants(addr[0], addr[1]):
-            self.server.open_peer_socket(peers, addr[0], addr[1])
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp_error", error=str(exc))
@@ -139,8 +132,6 @@ class SipServer:
         self.metrics: Metrics | None = None
         #: The kernel receive queues of the UDP sockets (an overload signal, and where drops are counted).
         self.queues: list[ReceiveQueue] = []
-        #: The trunk peers' own sockets on the listening address (proxy.peersockets).
-        self.udp_peers: list[asyncio.DatagramTransport] = []
         self._until_sample = QUEUE_SAMPLE_EVERY
 
     async def start(self, listens: list[tuple[str, str, int]], reuse_port: bool,
@@ -148,13 +139,8 @@ class SipServer:
         self.sync_wall_clock()
         for transport, host, port in listens:
             if transport == "udp":
-                sip = self.engine.config.sip
-                sock = _udp_socket(host, port, reuse_port, sip.udp_recv_buffer)
-                peers = None
-                if sip.peer_sockets > 0:
-                    peers = PeerSockets(sock, self._trunk_owns, limit=sip.peer_sockets,
-                                        recv_buffer=sip.udp_recv_buffer, keep_reuseport=reuse_port)
-                udp, _ = await self.loop.create_datagram_endpoint(partial(_UdpProtocol, self, peers), sock=sock)
+                sock = _udp_socket(host, port, reuse_port, self.engine.config.sip.udp_recv_buffer)
+                udp, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
                 self.udp = udp
                 self.queues.append(ReceiveQueue(sock))
             else:
@@ -199,7 +185,7 @@ class SipServer:
             self._timer.cancel()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
-        for t in (self.udp, self.udp_private, *self.udp_peers):
+        for t in (self.udp, self.udp_private):
             if t is not None:
                 t.close()
         for server in self.tcp_servers:
@@ -208,30 +194,9 @@ class SipServer:
             if conn.transport is not None:
                 conn.transport.close()
 
-    def _trunk_owns(self, host: str) -> bool:
-        return self.engine.router.trunk_for_source(host) is not None
-
-    def open_peer_socket(self, peers: PeerSockets, host: str, port: int) -> None:
-        """A trunk peer's first datagram: from now on its datagrams queue in a socket of their own."""
-        sock = peers.open(host, port)
-        if sock is None:
-            return
-        self.queues.append(ReceiveQueue(sock))
-        self.loop.create_task(self._serve_peer(sock, host, port))
-
-    async def _serve_peer(self, sock: socket.socket, host: str, port: int) -> None:
-        try:
-            transport, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
-        except OSError as exc:
-            log.warning("peer_socket_failed", host=host, port=port, error=str(exc))
-            sock.close()
-            return
-        self.udp_peers.append(transport)
-        log.info("peer_socket", host=host, port=port, sockets=len(self.udp_peers))
-
     def sample_queues(self) -> None:
         """The fullest UDP receive queue, as the engine's overload signal."""
-        self._until_sample = QUEUE_SAMPLE_EVERY * len(self.queues)  # ~one getsockopt per 64 datagrams
+        self._until_sample = QUEUE_SAMPLE_EVERY
         fill = 0.0
         drops = 0
         for q in self.queues:
