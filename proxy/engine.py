@@ -251,7 +251,6 @@ class Engine(CallHost):
             self.stats["internal_errors"] += 1
             raise
 
-    # --- requests ---------------------------------------------------------------------------------------------
     # --- the door: decided before any parse -------------------------------------------------------------------
     def _screen(self, data: bytes, source: Target, now: float) -> bool:
         """What is settled from the source address and the first bytes alone: responses and requests from
@@ -343,6 +342,7 @@ class Engine(CallHost):
         answer, RFC 3261 8.2.7), marked so that its ACK is recognised at the door."""
         return self._stateless_marker + b"%x" % (seed & 0xFFFFFFFFFFFF)
 
+    # --- requests ---------------------------------------------------------------------------------------------
     def _on_request(self, req: Request, source: Target, now: float) -> None:
         trunk = self.router.trunk_for_source(source[1])
         if trunk is None:
