@@ -16,6 +16,7 @@ from typing import Any
 
 from .cluster_mode import run_cluster
 from .concurrency import QUICK_DIALOGS, run_concurrency
+from .fairness import MULTIPLIERS, run_fairness
 from .modes import (
     MODES,
     SERVICE_MODES,
@@ -49,8 +50,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "processes) over the step / successful calls.")
     p.add_argument("--mode", default="relay",
                    help="comma-separated: relay (default), sign, verify, flood, redirect, hep, hep-tcp, tls "
-                        "(SIP sweeps, in that order, same run; redirect/hep: stirgate only), rest (the "
-                        "ATIS-1000082 API under wrk, after the sweeps), "
+                        "(SIP sweeps, in that order, same run; redirect/hep: stirgate only; flood also runs the "
+                        "fairness steps), fairness (bench/fairness.py alone: a flood at 2x, 5x, 10x capacity "
+                        "beside a modest trunk), rest (the ATIS-1000082 API under wrk, after the sweeps), "
                         "crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
                         "records (bench/records_bench.py: SQLite), records-pg (bench/records_pg_bench.py: "
                         "PostgreSQL insert rate and traceback among 10M rows), concurrency (N long calls held: "
@@ -106,6 +108,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-calls-in-setup", type=int, default=100,
                    help="flood mode: stirgate's overload.max_calls_in_setup (default 100)")
     p.add_argument("--no-pike", action="store_true", help="flood mode: Kamailio without pike")
+    p.add_argument("--capacity", type=float, default=None,
+                   help="flood/fairness mode: the capacity (calls/s) the flood is a multiple of (default: "
+                        "stirgate's highest passing relay rate, measured first on a short ladder)")
+    p.add_argument("--flood-multipliers", default=",".join(f"{m:g}" for m in MULTIPLIERS),
+                   help="flood/fairness mode: flood rates as multiples of the capacity (default 2,5,10)")
+    p.add_argument("--modest-rate", type=float, default=30.0,
+                   help="flood/fairness mode: calls/s of the modest trunk beside the flood (default 30)")
+    p.add_argument("--fair-duration", type=float, default=None,
+                   help="flood/fairness mode: seconds of flood per step (default 10, quick 6)")
+    p.add_argument("--flood-uac", default="127.0.0.12:5060",
+                   help="flood/fairness mode: first flood UAC address (more on the next addresses)")
+    p.add_argument("--pike-density", type=int, default=None,
+                   help="flood/fairness mode: Kamailio pike reqs_density_per_unit (default: 4x the modest "
+                        "trunk's requests per 2 s)")
     p.add_argument("--dialogs", type=int, default=None,
                    help="concurrency mode: calls held open at once (default 100000, quick 20000)")
     p.add_argument("--setup-rate", type=float, default=None,
@@ -134,7 +150,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    known = (*SIP_MODES, *STANDALONE_MODES, *SERVICE_MODES, "concurrency", "state", "wheel", "cluster")
+    a.multipliers = [float(x) for x in a.flood_multipliers.split(",") if x.strip()]
+    a.fair_duration = a.fair_duration or (6.0 if a.quick else 10.0)
+    known = (*SIP_MODES, *STANDALONE_MODES, *SERVICE_MODES, "concurrency", "state", "wheel", "cluster", "fairness")
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
@@ -641,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
             results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)
+        if "flood" in args.modes or "fairness" in args.modes:
+            results["fairness"] = run_fairness(args, rundir, names, skipped)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:

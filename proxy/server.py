@@ -23,7 +23,7 @@ from proxy.engine import Engine
 from proxy.feedback import apply_feedback
 from proxy.logsink import logger_factory, render_json, sink
 from proxy.metrics import Metrics, engine_snapshot
-from proxy.records import WriterBase, call_end_hook, redirect_end_hook
+from proxy.records import TrunkLoadMeter, WriterBase, call_end_hook, redirect_end_hook
 from proxy.recordstore import make_writer
 from proxy.redirect import Redirected
 from proxy.redis_state import RedisState
@@ -143,6 +143,18 @@ def _redirect_logger() -> Callable[[Redirected], None]:
     return log_redirect
 
 
+#: Seconds between the per-trunk load rows (INVITEs offered, admitted, refused by reason) of the records.
+TRUNK_LOAD_INTERVAL = 10.0
+
+
+async def _record_trunk_load(engine: Engine, writer: WriterBase, meter: TrunkLoadMeter) -> None:
+    """Refused INVITEs leave no call record (refusing them must cost nothing): their counts per trunk go to the
+    records every TRUNK_LOAD_INTERVAL seconds instead, so that a flood shows in `stirgate report`."""
+    while True:
+        await asyncio.sleep(TRUNK_LOAD_INTERVAL)
+        writer.put_load(meter.rows(engine.admission.gates(), time.time()))
+
+
 async def _refresh_crls(engine: Engine, interval: float) -> None:
     while interval > 0:
         await asyncio.sleep(interval)
@@ -249,6 +261,7 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
                                   server.flush)
         engine.state = server.state
     metrics = Metrics()
+    metrics.trunk_gates = lambda: engine.admission.gates()
     server.metrics = metrics
     writer = make_writer(config.records, worker=worker) if config.records.enabled else None
     if writer is not None:
@@ -338,6 +351,9 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
         loop.create_task(_refresh_trust_list(engine)),
     ]
+    meter = TrunkLoadMeter(time.time())
+    if writer is not None:
+        background.append(loop.create_task(_record_trunk_load(engine, writer, meter)))
     listening = [f"{t}:{h}:{p}" for t, h, p in udp_listens]
     log.info("listening", worker=worker, instance=engine.instance_id,
              hot_path="compiled" if compiled.is_compiled() else "python",
@@ -362,6 +378,7 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
     if sti_runner is not None:
         await sti_runner.cleanup()
     if writer is not None:
+        writer.put_load(meter.rows(engine.admission.gates(), time.time()))
         unwritten = writer.flush_and_close()
         _log_records_closed(writer, worker, unwritten)
     log.info("stopped", worker=worker, **engine.stats)  # written at once, after the batched call lines
