@@ -11,7 +11,7 @@ APT_RUN  := python3-venv python3-dev gcc openssl
 APT_TEST := sip-tester secsipidx redis-server postgresql systemd kamailio kamailio-utils-modules kamailio-extra-modules sngrep
 APT_BENCH := kamailio kamailio-secsipid-modules sip-tester secsipidx postgresql wrk
 
-.PHONY: run test test-pure pure-tree bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench compile pure clean
+.PHONY: run cluster test test-pure pure-tree bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench compile pure clean
 
 # --- installation -------------------------------------------------------------------------------------------
 define apt_install
@@ -74,6 +74,12 @@ run: venv certs
 	@$(PY) -m proxy.stir.x5u_server --dir demo-certs --listen 127.0.0.1:8443 & x5u=$$!; \
 	trap 'kill $$x5u 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/stirgate run -c $(CONFIG)
+
+# The cluster demo (examples/cluster/README.md): PostgreSQL, Redis, the x5u server, two stirgate nodes
+# (--workers 2 each) and Kamailio's dispatcher in front, all on loopback, until Ctrl-C. It reuses the test
+# services' launchers (tests/services.py), hence venv-test. CLUSTER_ARGS="--workers 1" for one worker a node.
+cluster: venv-test certs
+	$(PY) examples/cluster/run.py $(CLUSTER_ARGS)
 
 # --- checking -----------------------------------------------------------------------------------------------
 # pytest exits 5 when it collects no test: that is a failure of the suite's wiring, reported as such.

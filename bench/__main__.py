@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cluster_mode import run_cluster
 from .concurrency import QUICK_DIALOGS, run_concurrency
+from .fairness import MULTIPLIERS, run_fairness
 from .modes import (
     MODES,
     SERVICE_MODES,
@@ -48,8 +50,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "processes) over the step / successful calls.")
     p.add_argument("--mode", default="relay",
                    help="comma-separated: relay (default), sign, verify, flood, redirect, hep, hep-tcp, tls "
-                        "(SIP sweeps, in that order, same run; redirect/hep: stirgate only), rest (the "
-                        "ATIS-1000082 API under wrk, after the sweeps), "
+                        "(SIP sweeps, in that order, same run; redirect/hep: stirgate only; flood also runs the "
+                        "fairness steps), fairness (bench/fairness.py alone: a flood at 2x, 5x, 10x capacity "
+                        "beside a modest trunk), rest (the ATIS-1000082 API under wrk, after the sweeps), "
                         "crypto (python -m bench.crypto), policies (python -m bench.policy_chain), "
                         "records (bench/records_bench.py: SQLite), records-pg (bench/records_pg_bench.py: "
                         "PostgreSQL insert rate and traceback among 10M rows), concurrency (N long calls held: "
@@ -60,10 +63,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "legitimate traffic through the engine in memory: share caught after 5 calls, legitimate "
                         "calls flagged, added CPU; python -m bench.campaigns), policy-path (that traffic's "
                         "policy path recorded from the engine and replayed alone: CPU per part; "
-                        "python -m bench.policy_path)")
+                        "python -m bench.policy_path), cluster (one trunk peer through "
+                        "Kamailio's dispatcher to stirgate --workers 2, against the peer straight to stirgate "
+                        "--workers 2 and against the Kamailio front alone: highest passing rates, CPU per call of "
+                        "the chain, of Kamailio and of each worker; bench/cluster_mode.py)")
     p.add_argument("--sut", default=None,
                    help="comma-separated systems to measure: stirgate, kamailio, sippy (default: all; "
-                        "mode concurrency: stirgate alone unless given, kamailio with the dialog module)")
+                        "mode concurrency: stirgate alone unless given, kamailio with the dialog module; "
+                        "mode cluster: stirgate, front, cluster)")
     p.add_argument("--workers", type=int, default=1, choices=(1, 2), help="stirgate worker processes")
     p.add_argument("--uacs", type=int, default=None, choices=(1, 2),
                    help="SIPp UACs (source addresses) sharing the load, for every SUT (default: --workers; "
@@ -103,6 +110,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-calls-in-setup", type=int, default=100,
                    help="flood mode: stirgate's overload.max_calls_in_setup (default 100)")
     p.add_argument("--no-pike", action="store_true", help="flood mode: Kamailio without pike")
+    p.add_argument("--capacity", type=float, default=None,
+                   help="flood/fairness mode: the capacity (calls/s) the flood is a multiple of (default: "
+                        "stirgate's highest passing relay rate, measured first on a short ladder)")
+    p.add_argument("--flood-multipliers", default=",".join(f"{m:g}" for m in MULTIPLIERS),
+                   help="flood/fairness mode: flood rates as multiples of the capacity (default 2,5,10)")
+    p.add_argument("--modest-rate", type=float, default=30.0,
+                   help="flood/fairness mode: calls/s of the modest trunk beside the flood (default 30)")
+    p.add_argument("--fair-duration", type=float, default=None,
+                   help="flood/fairness mode: seconds of flood per step (default 10, quick 6)")
+    p.add_argument("--flood-uac", default="127.0.0.12:5060",
+                   help="flood/fairness mode: first flood UAC address (more on the next addresses)")
+    p.add_argument("--pike-density", type=int, default=None,
+                   help="flood/fairness mode: Kamailio pike reqs_density_per_unit (default: 4x the modest "
+                        "trunk's requests per 2 s)")
     p.add_argument("--dialogs", type=int, default=None,
                    help="concurrency mode: calls held open at once (default 100000, quick 20000)")
     p.add_argument("--setup-rate", type=float, default=None,
@@ -131,7 +152,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.confirm = (0 if a.quick else 1) if a.confirm is None else a.confirm
     a.pairs = (0 if a.quick else 2) if a.pairs is None else a.pairs
     a.modes = [m.strip() for m in a.mode.split(",") if m.strip()]
-    known = (*SIP_MODES, *STANDALONE_MODES, *SERVICE_MODES, "concurrency", "state", "wheel")
+    a.multipliers = [float(x) for x in a.flood_multipliers.split(",") if x.strip()]
+    a.fair_duration = a.fair_duration or (6.0 if a.quick else 10.0)
+    known = (*SIP_MODES, *STANDALONE_MODES, *SERVICE_MODES, "concurrency", "state", "wheel", "cluster", "fairness")
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
@@ -514,12 +537,15 @@ def main(argv: list[str] | None = None) -> int:
             suts.append(Kamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir, pike=not args.no_pike))
         elif name == "sippy":
             suts.append(Sippy(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir))
+        elif name in ("front", "cluster") and "cluster" in args.modes:
+            continue  # mode cluster's own systems (bench/cluster_mode.py)
         else:
             print(f"unknown SUT {name!r} (stirgate, kamailio, sippy)", file=sys.stderr)
             return 2
 
     sip_modes = [m for m in args.modes if m in SIP_MODES]
-    systems = ", ".join(names) if sip_modes else "stirgate from a wheel, kamailio" if "wheel" in args.modes else "-"
+    systems = (", ".join(names) if sip_modes else "stirgate from a wheel, kamailio" if "wheel" in args.modes
+               else "stirgate, the Kamailio front, both" if "cluster" in args.modes else "-")
     print(f"bench: modes {', '.join(args.modes)}; {systems}; {args.uacs} UAC(s) "
           f"{', '.join(map(str, uacs))} -> SUT -> UAS {uas}; {args.duration:g} s steps; stirgate workers "
           f"{args.workers}; files in {rundir}", flush=True)
@@ -616,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
             results["wheel"], runners = run_wheel_mode(
                 args, rundir, uacs, uas, lambda sut: Sweep(sut, args, rundir, uacs[:1], uas, wheel_relay))
             all_sweeps["wheel"] = runners  # type: ignore[assignment]  # their steps go into the JSON too
+        if "cluster" in args.modes:
+            results["cluster"], cluster_runners = run_cluster(
+                args, rundir, uacs, uas, lambda sut, mode: Sweep(sut, args, rundir, uacs[:1], uas, mode))
+            all_sweeps["cluster"] = cluster_runners  # type: ignore[assignment]  # their steps go into the JSON too
         if "rest" in args.modes and pki is not None:
             if x5u is None:
                 x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
@@ -633,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
             results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)
+        if "flood" in args.modes or "fairness" in args.modes:
+            results["fairness"] = run_fairness(args, rundir, names, skipped)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:

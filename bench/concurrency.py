@@ -115,11 +115,14 @@ class HoldStirgate(Stirgate):
             raise RuntimeError("the generated stirgate config has no `api: enabled: false` block to replace")
         text = text.replace(off, f"api:\n  enabled: true\n  listen: {self.api}   # bench only: the gauges polled\n")
         return text + f"""
-# Concurrency mode: nothing refused for holding many dialogs or for loop lag while they build up.
+# Concurrency mode: nothing refused for holding many dialogs (or their set-up transactions), for loop lag or a
+# filling receive queue while they build up.
 overload:
   max_dialogs: {max(200_000, 2 * self.dialogs)}
   max_calls_in_setup: 20000
   max_loop_lag_ms: 10000
+  max_transactions: {max(500_000, 4 * self.dialogs)}
+  max_receive_queue: 1.0
 """
 
     def extra_addrs(self) -> list[Addr]:

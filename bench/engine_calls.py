@@ -15,6 +15,8 @@ its own time and every transaction lingers for its RFC 3261 timers.
                                                      # the Identity in the Contact -> ACK (no B-leg)
     python -m bench.engine_calls --verify --crl      # the same with an SP certificate that names a CRL
                                                      # distribution point, its CRL checked and cached (issue 17)
+    python -m bench.engine_calls --shed              # INVITEs refused at the door (503, then their ACK): CPU
+                                                     # per refused INVITE (issue 19)
     valgrind --tool=callgrind python -m bench.engine_calls --calls 2000
 """
 
@@ -266,6 +268,32 @@ def run(calls: int, rate: float, sign_dir: str | None = None, verify_dir: str | 
     return engine, cpu
 
 
+def run_shed(calls: int) -> tuple[Engine, float]:
+    """Replay `calls` INVITEs refused under overload (the loop lags: every source alone is over its share) and
+    the ACK of each 503; returns the engine and the CPU seconds spent inside it."""
+    engine = Engine(load_config_text(config_text(None), "<bench>"), LOCAL)
+    engine.loop_lag = 10.0
+    tune_gc()
+    invites = [_uac_request("INVITE", i, 1, "sip:12025550199@127.0.0.1:5060") for i in range(calls)]
+    cpu = 0.0
+    clock = time.process_time
+    now = 0.0
+    for i in range(calls):
+        now += 0.0001
+        t = clock()
+        engine.receive(invites[i], UAC, now)
+        cpu += clock() - t
+        refusal = parse(_take(engine, b"SIP/2.0 503"))
+        engine.outbox.clear()
+        ack = _uac_request("ACK", i, 1, "sip:12025550199@127.0.0.1:5060", f";tag={refusal.to_tag}")
+        t = clock()
+        engine.receive(ack, UAC, now)
+        cpu += clock() - t
+    assert engine.stats["overload_rejected"] == calls and engine.stats["stateless_acks"] == calls, engine.stats
+    assert len(engine.txns) == 0 and not engine.calls
+    return engine, cpu
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=20000)
@@ -277,7 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify", action="store_true", help="every INVITE's Identity is verified (cached cert)")
     ap.add_argument("--redirect", action="store_true", help="redirect mode: INVITE -> 302 with the Identity -> ACK")
     ap.add_argument("--crl", action="store_true", help="with --verify: the certificate's CRL (CDP) checked, cached")
+    ap.add_argument("--shed", action="store_true", help="INVITEs refused at the door (503) and their ACKs")
     args = ap.parse_args(argv)
+    if args.shed:
+        if not args.no_warmup:
+            run_shed(min(args.calls, 2000))
+        _engine, cpu = run_shed(args.calls)
+        print(f"engine CPU per refused INVITE (503 + its ACK): {cpu / args.calls * 1e6:.1f} µs over {args.calls}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         sign_dir = verify_dir = None
         crl = None

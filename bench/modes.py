@@ -9,7 +9,8 @@
   Kamailio `-A MODE_VERIFY` (secsipid_check_identity with x5u fetch and cache_dir).
 - flood: the plain relay scenario, but the UAC also accepts a 503 (and ACKs it); stirgate has an `overload:`
   block, Kamailio loads pike with its default settings. A step passes when every INVITE gets an answer (200 or
-  503) with p99 <= 200 ms at >= 97 % of the offered rate.
+  503) with p99 <= 200 ms at >= 97 % of the offered rate. After the sweep, the fairness steps of
+  bench/fairness.py (a flooding trunk at 2x/5x/10x capacity beside a modest one; also `--mode fairness` alone).
 - redirect: stirgate's customer trunk in `mode: redirect` with the same signing set-up as `sign`: each INVITE
   gets a 302 whose Contact carries the Identity (checked by the UAC), then an ACK; no B-leg, no BYE. stirgate
   only (the peers have no redirect STI mode). Compared with `sign`: CPU per redirect <= 60 % of a signed call.

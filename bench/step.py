@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .procs import Addr, system_busy, tree_cpu, udp_bound
+from .procs import Addr, system_busy, udp_bound
 from .sipp import UAC, UAS, UACResult
 from .suts import SUT
 
@@ -37,6 +37,7 @@ class StepResult:
     answered: int = 0                   # INVITEs answered 200 (SIPp's repartition count)
     slow_answers: int = 0               # of which took >= 200 ms
     sut_cpu_s: float = 0.0
+    sut_cpu_parts_s: dict[str, float] = field(default_factory=dict)  # a SUT of several processes: each one's
     cpu_us_per_call: float | None = None
     sut_cpu_pct: float = 0.0            # of one core, over the measured window
     sipp_cpu_s: float = 0.0
@@ -137,7 +138,7 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
         res.listen_sockets = sut.sockets_on_listen()
         uas.start()
         time.sleep(0.3)
-        cpu0, known = tree_cpu(sut.pid)
+        cpu0, parts0 = sut.cpu_sample()
         busy0, total0 = system_busy()
         t0 = time.monotonic()
         time_limit = duration * 1.3 + tail
@@ -152,7 +153,7 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
             uacs.append(u)
         results: list[UACResult] = [u.wait() for u in uacs]
         time.sleep(drain)
-        cpu1, _ = tree_cpu(sut.pid, known)
+        cpu1, parts1 = sut.cpu_sample()
         busy1, total1 = system_busy()
         window = time.monotonic() - t0
         if sut.proc is not None and sut.proc.poll() is not None:
@@ -201,6 +202,7 @@ def run_step(sut: SUT, rate: float, duration: float, stepdir: Path, *, uac_addrs
     res.answered = answered
     res.slow_answers = slow
     res.sut_cpu_s = round(cpu1 - cpu0, 3)
+    res.sut_cpu_parts_s = {k: round(v - parts0.get(k, 0.0), 3) for k, v in parts1.items()}
     if res.successful:
         res.cpu_us_per_call = round(1e6 * res.sut_cpu_s / res.successful, 1)
     res.sut_cpu_pct = round(100.0 * res.sut_cpu_s / window, 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from .modes import ATTEST_PREFIX, MODES, Mode, Pki
-from .procs import Addr, stop_process, udp_bound
+from .procs import Addr, stop_process, tree_cpu, udp_bound
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -91,6 +91,7 @@ class SUT:
         self._log: IO[bytes] | None = None
         self.mode: Mode = MODES["relay"]
         self.pki: Pki | None = None
+        self._cpu_known: set[int] | None = None
 
     def set_mode(self, mode: Mode, pki: Pki | None) -> None:
         self.mode = mode
@@ -115,9 +116,17 @@ class SUT:
         return None
 
     # --- common ---------------------------------------------------------------------------------------
+    def cpu_sample(self) -> tuple[float, dict[str, float]]:
+        """CPU seconds (utime + stime) the SUT's processes used so far, and those of its parts when it has
+        several (none here: one process tree). Processes seen at the first sample of a step stay counted while
+        they live, even if they leave the tree."""
+        total, self._cpu_known = tree_cpu(self.pid, self._cpu_known)
+        return total, {}
+
     def start(self, stepdir: Path, ready_timeout: float = 20.0) -> None:
         self.step_uacs = None
         self.notes = []
+        self._cpu_known = None
         self.log_path = stepdir / f"{self.name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

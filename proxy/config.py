@@ -31,6 +31,7 @@ __all__ = [
     "StiApiSettings",
     "StiClient",
     "Trunk",
+    "TrunkLimits",
     "TrunkTlsSettings",
     "client_token",
     "load_config",
@@ -60,6 +61,10 @@ class SipSettings(_Base, frozen=True):
     worker_port_base: int = 5100
     #: Seconds SIGTERM waits for calls in progress before stopping.
     drain_grace: float = 30.0
+    #: Seconds between SIGTERM and refusing new INVITEs, during which OPTIONS probes are answered 503 and calls
+    #: still taken: a load balancer probing every few seconds (Kamailio's dispatcher) moves new calls to other
+    #: nodes before this one refuses any. Set it above the balancer's probe interval; 0: refuse at once.
+    drain_probe_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     #: Header names stirgate adds as `Server`/`User-Agent`; empty means none (no product fingerprint).
     server_header: str = ""
     #: Seconds between full cyclic-GC passes (automatic full passes are off: they stall the loop); 0: never.
@@ -138,16 +143,34 @@ class TrunkVerifySettings(_Base, frozen=True):
 
 
 class OverloadSettings(_Base, frozen=True):
-    """Beyond any of these, new INVITEs get 503 with Retry-After at once; calls already taken carry on."""
+    """Beyond any of these, new INVITEs get 503 with Retry-After at once, statelessly; calls already taken carry
+    on (in-dialog requests are never shed). Past `soft_fraction` of a bound, or on a slow loop or a filling
+    receive queue, only the trunks offering more than their fair share of recent INVITEs are shed
+    (docs/RELIABILITY.md, "Fair overload")."""
 
-    max_calls_in_setup: int = 5000
+    max_calls_in_setup: Annotated[int, msgspec.Meta(ge=1)] = 5000
     #: The most of that pool one source address may hold, so one flooding peer cannot starve the others.
-    max_setup_share_per_source: float = 0.5
-    max_dialogs: int = 200_000
-    max_pending_fetches: int = 1000
-    #: Event-loop lag (measured every 100 ms) above which the process is overloaded.
-    max_loop_lag_ms: float = 200.0
-    retry_after: int = 5
+    max_setup_share_per_source: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    max_dialogs: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+    max_pending_fetches: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    #: Live SIP transactions (each lingers up to 64*T1 after its answer): the state a flood of admitted calls
+    #: leaves behind, bounded by count so that memory stays flat whatever the rate.
+    max_transactions: Annotated[int, msgspec.Meta(ge=1)] = 250_000
+    #: Event-loop lag (measured every 100 ms) above which the process is overloaded (fair shedding).
+    max_loop_lag_ms: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    #: Share of a UDP socket's receive buffer in use (sampled every 10 ms) above which the process is overloaded
+    #: (fair shedding): the kernel queue fills long before the loop lags, and once full it drops every trunk alike.
+    #: (0.25 shed a lone trunk at 2,500 calls/s whenever the worker was descheduled for ~60 ms on a shared machine.)
+    max_receive_queue: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    #: Fraction of max_calls_in_setup / max_dialogs / max_transactions / max_pending_fetches from which only
+    #: trunks over their fair share are shed (at the bound itself every new call is).
+    soft_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
+    #: Seconds of recent INVITEs over which a trunk's share of the offered load is measured.
+    fair_window: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    retry_after: Annotated[int, msgspec.Meta(ge=0)] = 5
+    #: INVITEs answered 503 (or dropped) remembered so that a retransmission gets the same answer; the oldest
+    #: are forgotten first (memory bounded by count, not by rate x 64*T1).
+    shed_memory: Annotated[int, msgspec.Meta(ge=0)] = 65536
 
 
 class ProtectionSettings(_Base, frozen=True):
@@ -242,6 +265,23 @@ class HepSettings(_Base, frozen=True):
 Mode = Literal["inline", "redirect"]
 
 
+class TrunkLimits(_Base, frozen=True):
+    """A trunk's contracted call rate: new INVITEs beyond it are refused at the door, before any parsing beyond
+    the source address and the method, statelessly (503 + Retry-After, or nothing with `action: drop`).
+    Limits hold per worker process (SO_REUSEPORT keeps one source address on one worker)."""
+
+    #: New calls per second (token bucket refill); 0: no rate limit.
+    max_cps: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    #: Bucket depth: calls accepted at once after a quiet spell; 0: one second's worth (max_cps, at least 1).
+    burst: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: Calls from this trunk in progress at once (set up or answered); 0: no limit.
+    max_calls: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: reject: 503 with Retry-After; drop: no answer at all (the peer's retransmissions are dropped too).
+    action: Literal["reject", "drop"] = "reject"
+    #: Retry-After of those 503s; none: overload.retry_after.
+    retry_after: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
 class Trunk(_Base, frozen=True):
     name: str
     role: Literal["customer", "carrier"]
@@ -254,6 +294,7 @@ class Trunk(_Base, frozen=True):
     verify: TrunkVerifySettings = TrunkVerifySettings()
     #: redirect: INVITEs from this trunk are answered 302/reject, never relayed (docs/STI_SERVICE.md).
     mode: Mode = "inline"
+    limits: TrunkLimits | None = None
 
 
 class SigningProfileSettings(_Base, frozen=True):

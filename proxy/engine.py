@@ -16,6 +16,7 @@ from policies.base import CallContext, CallOutcome
 from policies.chain import Chain, Counters
 from policies.loader import PolicySet
 from policies.state import MemoryStore, Op, StateStore
+from proxy.admission import DROPPED, UNKNOWN, Admission, Gate
 from proxy.authentication import Authenticator
 from proxy.b2bua import ROUTING, Call, CallHost, CallSettings
 from proxy.config import Config, Trunk
@@ -24,6 +25,7 @@ from proxy.redirect import Redirector
 from proxy.routing import Router, dialled_digits
 from proxy.sip.grammar import ParseError
 from proxy.sip.message import Header, Request, Response, VersionError, canonical_name, parse
+from proxy.sip.peek import Peek, peek_request, stateless_response
 from proxy.sip.timers import TimerQueue
 from proxy.sip.transaction import Target, TimerConfig, TransactionLayer
 from proxy.sip.validate import check_request
@@ -32,6 +34,8 @@ from proxy.stir.certs import CertEntry
 __all__ = ["Engine", "EngineSettings"]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, NOTIFY, REFER"
+_START_403 = b"SIP/2.0 403 Forbidden\r\n"
+_START_503 = b"SIP/2.0 503 Service Unavailable\r\n"
 _IN_DIALOG_ONLY = frozenset({"BYE", "UPDATE", "PRACK", "INFO", "NOTIFY", "REFER"})
 _NOT_RELAYED = frozenset({"REGISTER", "SUBSCRIBE", "MESSAGE", "PUBLISH"})
 _STATS = (
@@ -52,6 +56,10 @@ _STATS = (
     "verification_rejected",
     "policy_rejected",
     "overload_rejected",
+    "limit_rejected",
+    "shed_dropped",
+    "shed_retransmissions",
+    "stateless_acks",
     "pike_dropped",
     "tcp_refused",
     "tcp_timeouts",
@@ -108,6 +116,9 @@ class Engine(CallHost):
         self.outbox = self.txns.outbox
         self.calls: dict[str, tuple[Call, int]] = {}
         self.accepting = True
+        #: Stopping (SIGTERM): OPTIONS probes get 503 so a load balancer sends no new calls, while INVITEs are
+        #: still taken until `accepting` falls (sip.drain_probe_delay later).
+        self.draining = False
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.call_end_hooks: list[Callable[[Call], None]] = []
         self.auth = Authenticator(config)
@@ -122,6 +133,10 @@ class Engine(CallHost):
         self.live_calls = 0
         self.fetch_waiting = 0
         self.loop_lag = 0.0
+        #: Share of the UDP receive buffer in use (the transport samples it): the earliest overload signal.
+        self.receive_queue = 0.0
+        #: Datagrams the kernel dropped on a full receive queue (the transport reads the count).
+        self.receive_drops = 0
         self.overload_reasons: dict[str, int] = {}
         self.pike = Pike(config.protection)
         #: Wall-clock seconds minus the engine's clock: PASSporT iat is wall time, timers are monotonic.
@@ -138,6 +153,18 @@ class Engine(CallHost):
         self.state_waiting = 0
         self._prefix = os.urandom(5).hex()
         self._seq = count(1)
+        #: Per-trunk limits and fair shares at the door (proxy.admission).
+        self.admission = Admission(config, linger=64 * self.settings.t1)
+        #: The To tags of stateless answers start with this (never a hex digit after the prefix): an ACK that
+        #: carries it answers one of them and is absorbed before any parse.
+        self._stateless_prefix = self._prefix + "s"
+        self._stateless_marker = self._stateless_prefix.encode()
+        #: Why the door refused the INVITE being handled, when it left the answer to the full parse.
+        self._refused = ""
+        #: Prebuilt header lines of the stateless answers (formatting them per answer costs a share of it).
+        self._server_line = b"Server: " + self.settings.server_header.encode("latin-1", "replace") + b"\r\n" \
+            if self.settings.server_header else b""
+        self._retry_after_lines: dict[int, bytes] = {}
         self._contacts = {t: f"<sip:{h}:{p}{'' if t == 'udp' else ';transport=' + t}>" for t, (h, p) in local.items()}
         self._via_hosts = {t: f"{h}:{p}" for t, (h, p) in local.items()}
         #: INVITEs from trunks in redirect mode are answered there (302/reject), never relayed.
@@ -159,10 +186,20 @@ class Engine(CallHost):
         self.auth = auth
         self.policies = policies
         self.pike = Pike(config.protection)
+        self.admission = Admission(config, self.admission, linger=64 * self.settings.t1)
+        self._server_line = b"Server: " + self.settings.server_header.encode("latin-1", "replace") + b"\r\n" \
+            if self.settings.server_header else b""
+        self._retry_after_lines = {}
 
     # --- identifiers ------------------------------------------------------------------------------------------
     def new_branch(self) -> str:
         return f"z9hG4bK{self._prefix}{next(self._seq):x}"
+
+    @property
+    def instance_id(self) -> str:
+        """This worker's random id: it begins every tag, branch and B-leg Call-ID it makes (a record's
+        b_call_id names the worker, and so the node, that carried the call)."""
+        return self._prefix
 
     def new_tag(self) -> str:
         return f"{self._prefix}{next(self._seq):x}"
@@ -216,6 +253,8 @@ class Engine(CallHost):
             return
         if not data.strip(b"\r\n \t\x00"):
             return  # keep-alive
+        if self._screen(data, source, now):
+            return
         try:
             msg = parse(data)
         except VersionError as version_error:  # (one name per handler: mypyc types each name once)
@@ -240,18 +279,102 @@ class Engine(CallHost):
             self.stats["internal_errors"] += 1
             raise
 
+    # --- the door: decided before any parse -------------------------------------------------------------------
+    def _screen(self, data: bytes, source: Target, now: float) -> bool:
+        """What is settled from the source address and the first bytes alone: responses and requests from
+        addresses no trunk owns, pike, new INVITEs beyond their trunk's limits or shed under overload, and ACKs
+        to stateless answers. True when the message was handled here (answered statelessly, or dropped)."""
+        trunk = self.router.trunk_for(source)
+        if data.startswith(b"SIP/2.0 "):
+            if trunk is None:
+                self.stats["dropped_unknown_source"] += 1
+                return True
+            return False
+        if (trunk is None or self.pike.covers_trunks) and self.pike.blocked(source[1], now):
+            self.stats["pike_dropped"] += 1
+            return True
+        if trunk is None:
+            peek = peek_request(data) if self.settings.reject_unknown_source else None
+            if peek is None or peek.method == b"ACK":
+                self.stats["dropped_unknown_source"] += 1
+            else:
+                self.stats["rejected_unknown_source"] += 1
+                self.send(stateless_response(peek, _START_403, self._stateless_tag(hash(data)),
+                                             self._server_line), source)
+            return True
+        if data.startswith(b"INVITE "):
+            return self._screen_invite(data, source, trunk, now)
+        if data.startswith(b"ACK ") and data.find(self._stateless_marker) >= 0:
+            self.stats["stateless_acks"] += 1  # the ACK of a stateless answer: nothing to match it to
+            return True
+        return False
+
+    def _screen_invite(self, data: bytes, source: Target, trunk: Trunk, now: float) -> bool:
+        self._refused = ""
+        adm = self.admission
+        # Hashing the datagram is the door's largest cost for a call taken: only while refusals are remembered.
+        key = hash(data) if adm.remembering(now) else 0
+        answer = adm.remembered(key, now) if key else UNKNOWN
+        if answer != UNKNOWN:
+            # A retransmission of an INVITE refused moments ago: the same answer again, nothing new kept.
+            peek = peek_request(data)
+            if peek is not None and not peek.to_tagged:
+                self.stats["shed_retransmissions"] += 1
+                if answer != DROPPED:
+                    self._send_503(peek, key, answer, source)
+                return True
+        gate = adm.gate(trunk.name)
+        if gate is None:
+            return False
+        adm.offer(gate, source[1], now)
+        why = self.refusal(gate, source[1], now)
+        if not why:
+            return False
+        peek = peek_request(data)
+        if peek is None:
+            self._refused = why  # not plain enough to answer from the bytes: refused after the parse
+            return False
+        if peek.to_tagged or peek.call_id.decode("latin-1") in self.calls:
+            return False  # in-dialog, or a retransmission of a call already taken: never shed
+        limit = why == "max-cps" or why == "max-calls"
+        self._count_shed(gate, why, limit)
+        if limit and gate.drop:
+            self.stats["shed_dropped"] += 1
+            adm.remember(key or hash(data), now, DROPPED)
+            return True
+        retry_after = gate.retry_after if limit else self.config.overload.retry_after
+        key = key or hash(data)
+        adm.remember(key, now, retry_after)
+        self._send_503(peek, key, retry_after, source)
+        return True
+
+    def _send_503(self, peek: Peek, seed: int, retry_after: int, source: Target) -> None:
+        extra = self._retry_after_lines.get(retry_after)
+        if extra is None:
+            extra = b"Retry-After: %d\r\n" % retry_after + self._server_line
+            self._retry_after_lines[retry_after] = extra
+        self.send(stateless_response(peek, _START_503, self._stateless_tag(seed), extra), source)
+
+    def _count_shed(self, gate: Gate, why: str, limit: bool) -> None:
+        self.admission.count_shed(gate, why)
+        if limit:
+            self.stats["limit_rejected"] += 1
+        elif why == "draining":
+            self.stats["not_accepting"] += 1
+        else:
+            self.stats["overload_rejected"] += 1
+            self.overload_reasons[why] = self.overload_reasons.get(why, 0) + 1
+
+    def _stateless_tag(self, seed: int) -> bytes:
+        """The To tag of a stateless answer: the same for the same request (its retransmissions get the same
+        answer, RFC 3261 8.2.7), marked so that its ACK is recognised at the door."""
+        return self._stateless_marker + b"%x" % (seed & 0xFFFFFFFFFFFF)
+
     # --- requests ---------------------------------------------------------------------------------------------
     def _on_request(self, req: Request, source: Target, now: float) -> None:
         trunk = self.router.trunk_for(source)
-        if (trunk is None or self.pike.covers_trunks) and self.pike.blocked(source[1], now):
-            self.stats["pike_dropped"] += 1
-            return
         if trunk is None:
-            if self.settings.reject_unknown_source and req.method != "ACK":
-                self.stats["rejected_unknown_source"] += 1
-                self._reply_stateless(req, source, 403, "Forbidden")
-            else:
-                self.stats["dropped_unknown_source"] += 1
+            self.stats["dropped_unknown_source"] += 1  # (the door answered or dropped it already)
             return
         problem = check_request(req, self.settings.max_ruri_length)
         if problem is not None:
@@ -277,34 +400,32 @@ class Engine(CallHost):
             return
         if to_tag is not None:
             entry = self.calls.get(req.call_id)
-            txn = txns.create_server(req, source, entry[0] if entry else None)
             if entry is None:
-                txns.respond(txn, self.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+                self._reply_stateless(req, source, 481, "Call/Transaction Does Not Exist")
                 return
+            txn = txns.create_server(req, source, entry[0])
             entry[0].on_request(txn, req, entry[1], now)
             return
+        # Requests stirgate answers itself are answered statelessly: nothing lingers for 64*T1 per request, so
+        # a stream of them costs no memory (a retransmission gets the same answer again).
         if method == "INVITE":
             self._on_invite(req, source, trunk, now)
         elif method == "OPTIONS":
             # A load balancer's health probe (Kamailio dispatcher): 503 while draining or overloaded takes this
-            # node out of rotation before it stops taking calls.
-            txn = txns.create_server(req, source, None)
-            if not self.accepting or self.overloaded() is not None:
-                retry = [Header.make("retry-after", str(self.config.overload.retry_after))]
-                txns.respond(txn, self.make_response(req, 503, "Service Unavailable", self.new_tag(), retry), now)
+            # node out of rotation before it stops taking calls. Stateless either way.
+            if not self.accepting or self.draining or self.overloaded() is not None:
+                self._reply_stateless(req, source, 503, "Service Unavailable",
+                                      [Header.make("retry-after", str(self.config.overload.retry_after))])
                 return
-            extra = [Header.make("allow", ALLOW), Header.make("accept", "application/sdp")]
-            txns.respond(txn, self.make_response(req, 200, "OK", self.new_tag(), extra), now)
+            self._reply_stateless(req, source, 200, "OK", [Header.make("allow", ALLOW),
+                                                           Header.make("accept", "application/sdp")])
         elif method in _IN_DIALOG_ONLY:
-            txn = txns.create_server(req, source, None)
-            txns.respond(txn, self.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+            self._reply_stateless(req, source, 481, "Call/Transaction Does Not Exist")
         else:
-            txn = txns.create_server(req, source, None)
-            txns.respond(txn, self.make_response(req, 405, "Method Not Allowed", self.new_tag(),
-                                                 [Header.make("allow", ALLOW)]), now)
+            self._reply_stateless(req, source, 405, "Method Not Allowed", [Header.make("allow", ALLOW)])
 
     def overloaded(self, source_ip: str = "") -> str | None:
-        """Why a new call cannot be taken now, or None. Checked before any state is created for it."""
+        """Why no new call at all can be taken now (a hard bound reached), or None."""
         o = self.config.overload
         if self.calls_in_setup >= o.max_calls_in_setup:
             return "calls-in-setup"
@@ -312,26 +433,69 @@ class Engine(CallHost):
             return "source-share"
         if self.live_calls >= o.max_dialogs:
             return "dialogs"
+        if len(self.txns) >= o.max_transactions:
+            return "transactions"
         if self.fetch_waiting >= o.max_pending_fetches:
             return "pending-fetches"
+        return None
+
+    def strained(self) -> str:
+        """Why the process is short of capacity ("" when it is not): new calls are then shed from the source
+        addresses over their fair share only, the others keep being served."""
+        o = self.config.overload
+        if self.receive_queue > o.max_receive_queue:
+            return "receive-queue"
         if self.loop_lag * 1000.0 > o.max_loop_lag_ms:
             return "loop-lag"
-        return None
+        f = o.soft_fraction
+        if self.calls_in_setup >= f * o.max_calls_in_setup:
+            return "calls-in-setup"
+        if self.live_calls >= f * o.max_dialogs:
+            return "dialogs"
+        if len(self.txns) >= f * o.max_transactions:
+            return "transactions"
+        if self.fetch_waiting >= f * o.max_pending_fetches:
+            return "pending-fetches"
+        return ""
+
+    def refusal(self, gate: Gate, source_ip: str, now: float) -> str:
+        """Why a new call from this trunk and source cannot be taken now ("" when it can), in order: draining,
+        the trunk's contracted limits, a hard bound, then a strain that sheds only sources over their fair
+        share of the recent INVITEs."""
+        if not self.accepting:
+            return "draining"
+        why = self.admission.over_limit(gate, now)
+        if why:
+            return why
+        hard = self.overloaded(source_ip)
+        if hard is not None:
+            return hard
+        soft = self.strained()
+        if soft and not self.admission.within_share(source_ip, now):
+            return soft
+        return ""
 
     def _on_invite(self, req: Request, source: Target, trunk: Trunk, now: float) -> None:
         self.stats["invites"] += 1
         if trunk.mode == "redirect":
             self.redirector.on_invite(req, source, trunk, now)
             return
-        if req.call_id not in self.calls:
-            why = self.overloaded(source[1])
-            if why is not None:
-                # Stateless on purpose: under overload a rejected call must cost nothing to remember.
-                self.stats["overload_rejected"] += 1
-                self.overload_reasons[why] = self.overload_reasons.get(why, 0) + 1
-                self._reply_stateless(req, source, 503, "Service Unavailable",
-                                      [Header.make("retry-after", str(self.config.overload.retry_after))])
-                return
+        refused = self._refused
+        self._refused = ""
+        if refused and req.call_id not in self.calls:
+            # Refused at the door, but too unusual to answer from the bytes: answered from the parse, as
+            # statelessly (a refused call must cost nothing to remember).
+            gate = self.admission.gate(trunk.name)
+            limit = refused == "max-cps" or refused == "max-calls"
+            if gate is not None:
+                self._count_shed(gate, refused, limit)
+                if limit and gate.drop:
+                    self.stats["shed_dropped"] += 1
+                    return
+            retry_after = gate.retry_after if gate is not None and limit else self.config.overload.retry_after
+            self._reply_stateless(req, source, 503, "Service Unavailable",
+                                  [Header.make("retry-after", str(retry_after))])
+            return
         existing = self.calls.get(req.call_id)
         if existing is not None:
             call, leg = existing
@@ -363,6 +527,9 @@ class Engine(CallHost):
         self.live_calls += 1
         self.calls_in_setup += 1
         self.setup_by_source[source[1]] = self.setup_by_source.get(source[1], 0) + 1
+        gate = self.admission.gate(trunk.name)
+        if gate is not None:
+            self.admission.admitted(gate)
         self.admit(call, now)
 
     def admit(self, call: Call, now: float, fetched: Mapping[str, CertEntry] | None = None) -> None:
@@ -491,10 +658,10 @@ class Engine(CallHost):
         txns = self.txns
         branch, sent_by = req.via_key
         invite_txn = txns.find_server(branch, sent_by, "INVITE")
-        txn = txns.create_server(req, source, None)
         if invite_txn is None:
-            txns.respond(txn, self.make_response(req, 481, "Call/Transaction Does Not Exist", None), now)
+            self._reply_stateless(req, source, 481, "Call/Transaction Does Not Exist")
             return
+        txn = txns.create_server(req, source, None)
         txns.respond(txn, self.make_response(req, 200, "OK", None), now)
         call = invite_txn.tu
         if isinstance(call, Call):
@@ -535,14 +702,35 @@ class Engine(CallHost):
 
     def _reply_stateless(self, req: Request, source: Target, status: int, reason: str,
                          extra: list[Header] | None = None) -> None:
+        """An answer that leaves no transaction behind, built from the request's own header lines (RFC 3261
+        8.2.6.2: every Via, From, To, Call-ID, CSeq) with a To tag that is the same for a retransmission."""
+        lines = [f"SIP/2.0 {status} {reason}"]
+        has_via = False
         try:
-            resp = self.make_response(req, status, reason, self.new_tag() if status > 100 else None, extra)
+            tagged = status == 100 or req.to_tag is not None
         except ParseError:
-            resp = Response(status, reason, [h for h in req.headers if h.key in ("via", "from", "to", "call-id",
-                                                                                    "cseq")])
-        if not any(h.key == "via" for h in resp.headers):
+            tagged = True  # a To we cannot read is copied as it came
+        for h in req.headers:
+            key = h.key
+            if key == "via":
+                lines.append(h.raw)
+                has_via = True
+            elif key == "from" or key == "call-id" or key == "cseq":
+                lines.append(h.raw)
+            elif key == "to":
+                if not tagged:
+                    seed = hash(req.header("via") or "") ^ hash(req.header("call-id") or "")
+                    lines.append(h.raw + ";tag=" + self._stateless_tag(seed).decode())
+                else:
+                    lines.append(h.raw)
+        if not has_via:
             return  # nowhere to address it
-        self.send(resp.to_bytes(), source)
+        if self.settings.server_header:
+            lines.append("Server: " + self.settings.server_header)
+        if extra:
+            lines.extend(h.raw for h in extra)
+        lines.append("Content-Length: 0\r\n\r\n")
+        self.send("\r\n".join(lines).encode("latin-1", "replace"), source)
 
     def _answer_unparseable(self, data: bytes, source: Target, problem: str, status: int = 400,
                             reason: str = "") -> None:
@@ -598,6 +786,7 @@ class Engine(CallHost):
 
     def call_ended(self, call: Call) -> None:
         self.live_calls -= 1
+        self.admission.released(call.ingress.name)
         if call.answered_at is None:
             self._setup_done(call.source[1])
         calls = self.calls

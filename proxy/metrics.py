@@ -18,6 +18,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from proxy.admission import Gate
     from proxy.engine import Engine
     from proxy.records import CallRecord, WriterBase
 
@@ -36,7 +37,8 @@ FORWARD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 FETCH_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 #: Engine counters exported as stirgate_sip_events_total{event=...}; the gauges are named on their own.
-_GAUGES: Final = frozenset({"active_calls", "transactions", "x5u_http_requests", "state_waiting"})
+_GAUGES: Final = frozenset({"active_calls", "transactions", "x5u_http_requests", "state_waiting", "receive_queue",
+                            "udp_receive_drops", "shed_memory"})
 
 
 class Histo:
@@ -96,6 +98,9 @@ def engine_snapshot(engine: Engine) -> dict[str, float]:
     out: dict[str, float] = dict(engine.stats)
     out["active_calls"] = engine.active_calls()
     out["transactions"] = len(engine.txns)
+    out["receive_queue"] = engine.receive_queue
+    out["udp_receive_drops"] = engine.receive_drops
+    out["shed_memory"] = engine.admission.memory_size()
     fetcher = engine.auth.fetcher
     if fetcher is not None:
         out["x5u_http_requests"] = fetcher.requests
@@ -121,6 +126,8 @@ class Metrics:
         self.forward_delay = Histo(FORWARD_BUCKETS)
         self.x5u_fetch = Histo(FETCH_BUCKETS)
         self.engine_stats: Callable[[], Mapping[str, float]] | None = None
+        #: The engine's per-trunk gates (proxy.admission): offered INVITEs, calls taken, INVITEs shed by reason.
+        self.trunk_gates: Callable[[], Sequence[Gate]] | None = None
         self.writer: WriterBase | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(_Collector(self))
@@ -208,11 +215,21 @@ class _Collector(Collector):
         yield m.x5u_fetch.family("stirgate_x5u_fetch_seconds", "x5u certificate fetch time")
         yield m.forward_delay.family("stirgate_invite_forward_delay_seconds",
                                      "Delay stirgate adds between an INVITE in and its B-leg INVITE out")
+        if m.trunk_gates is not None:
+            yield from _trunk_families(m.trunk_gates())
         stats = m.engine_stats() if m.engine_stats is not None else {}
         if stats:
             yield GaugeMetricFamily("stirgate_active_calls", "Calls in progress", value=stats.get("active_calls", 0))
             yield GaugeMetricFamily("stirgate_transactions", "Live SIP transactions",
                                     value=stats.get("transactions", 0))
+            yield GaugeMetricFamily("stirgate_udp_receive_queue_ratio",
+                                    "Share of the fullest UDP socket's receive buffer in use (last sample)",
+                                    value=stats.get("receive_queue", 0.0))
+            yield CounterMetricFamily("stirgate_udp_receive_drops",
+                                      "Datagrams the kernel dropped on a full UDP receive queue",
+                                      value=stats.get("udp_receive_drops", 0))
+            yield GaugeMetricFamily("stirgate_shed_memory", "Refused INVITEs remembered for their retransmissions",
+                                    value=stats.get("shed_memory", 0))
             if "x5u_http_requests" in stats:
                 yield CounterMetricFamily("stirgate_x5u_http_requests", "x5u HTTP requests sent",
                                           value=stats["x5u_http_requests"])
@@ -246,3 +263,26 @@ class _Collector(Collector):
                 if w.db_up is not None:
                     yield GaugeMetricFamily("stirgate_records_db_up", "1 when the last database operation worked, "
                                             "0 when it failed (records go to the spill)", value=1.0 if w.db_up else 0.0)
+
+
+def _trunk_families(gates: Sequence[Gate]) -> Iterator[Metric]:
+    offered = CounterMetricFamily("stirgate_trunk_invites", "INVITEs offered by each trunk (taken or not)",
+                                  labels=["trunk"])
+    admitted = CounterMetricFamily("stirgate_trunk_calls_admitted", "New calls taken from each trunk",
+                                   labels=["trunk"])
+    calls = GaugeMetricFamily("stirgate_trunk_calls", "Calls in progress per ingress trunk", labels=["trunk"])
+    shed = CounterMetricFamily("stirgate_calls_shed",
+                               "New INVITEs refused at the door (503 or dropped) by trunk and reason: max-cps, "
+                               "max-calls (the trunk's limits), calls-in-setup, dialogs, transactions, "
+                               "pending-fetches, loop-lag, receive-queue (overload), source-share, draining",
+                               labels=["trunk", "reason"])
+    for g in gates:
+        offered.add_metric([g.name], g.offered)
+        admitted.add_metric([g.name], g.admitted)
+        calls.add_metric([g.name], g.calls)
+        for reason, n in list(g.shed.items()):
+            shed.add_metric([g.name, reason], n)
+    yield offered
+    yield admitted
+    yield calls
+    yield shed

@@ -32,6 +32,7 @@ from proxy.stir.signer import SignedCall
 from proxy.stir.tn import DEFAULT_TN_POLICY, TNPolicy, try_canonical_tn, user_part
 
 if TYPE_CHECKING:
+    from proxy.admission import Gate
     from proxy.authentication import InboundOutcome
     from proxy.b2bua import Call
     from proxy.redirect import Redirected
@@ -44,6 +45,8 @@ __all__ = [
     "RecordWriter",
     "RecordsError",
     "SqliteReader",
+    "TrunkLoad",
+    "TrunkLoadMeter",
     "WriterBase",
     "call_end_hook",
     "connect_readonly",
@@ -63,7 +66,7 @@ T = TypeVar("T")
 #: with what value). Records written before notes were kept have three elements.
 PolicyDecision = tuple[str, ...]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 
 class CallRecord(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -291,6 +294,52 @@ def record_from_redirect(r: Redirected, wall_offset: float, tn_policy: TNPolicy 
     )
 
 
+class TrunkLoad(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """What one trunk asked of stirgate over an interval and what it got: new INVITEs offered, calls admitted,
+    INVITEs refused at the door (503 or dropped) by reason. Refused INVITEs leave no call record (refusing them
+    must cost nothing), so these counts are how a flood shows up in `stirgate report`."""
+
+    at: float
+    seconds: float
+    trunk: str
+    offered: int
+    admitted: int
+    shed: int
+    reasons: dict[str, int] = {}
+
+
+class TrunkLoadMeter:
+    """Turns the engine's running per-trunk counters (proxy.admission gates) into one TrunkLoad per trunk and
+    interval, for the trunks that offered INVITEs in it."""
+
+    __slots__ = ("_last", "_since")
+
+    def __init__(self, now: float) -> None:
+        self._last: dict[str, tuple[int, int, dict[str, int]]] = {}
+        self._since = now
+
+    def rows(self, gates: Iterable[Gate], now: float) -> list[TrunkLoad]:
+        """The rows since the previous call (wall-clock `now`, epoch seconds)."""
+        out: list[TrunkLoad] = []
+        seconds = max(0.0, now - self._since)
+        for g in gates:
+            offered, admitted, shed = g.offered, g.admitted, dict(g.shed)
+            last = self._last.get(g.name)
+            self._last[g.name] = (offered, admitted, shed)
+            if last is not None and g.offered < last[0]:
+                last = None  # counters restarted (a reload that renamed the trunk, say)
+            d_offered = offered - (last[0] if last else 0)
+            if d_offered <= 0:
+                continue
+            before = last[2] if last else {}
+            reasons = {r: n - before.get(r, 0) for r, n in shed.items() if n - before.get(r, 0) > 0}
+            out.append(TrunkLoad(at=self._since, seconds=round(seconds, 3), trunk=g.name, offered=d_offered,
+                                 admitted=admitted - (last[1] if last else 0), shed=sum(reasons.values()),
+                                 reasons=reasons))
+        self._since = now
+        return out
+
+
 # --- SQLite -----------------------------------------------------------------------------------------------------
 
 #: Table columns, in CallRecord field order (failures and policy_decisions stored as JSON text).
@@ -315,7 +364,13 @@ SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS calls_orig_dest_at ON calls (orig, dest, invite_at)",
     # Reports over a window and retention pruning.
     "CREATE INDEX IF NOT EXISTS calls_at ON calls (invite_at)",
+    # Schema 2: per-trunk load at the door, one row per trunk per interval with INVITEs offered.
+    "CREATE TABLE IF NOT EXISTS trunk_load (id INTEGER PRIMARY KEY, at REAL NOT NULL, seconds REAL, trunk TEXT, "
+    "offered INTEGER, admitted INTEGER, shed INTEGER, reasons TEXT)",
+    "CREATE INDEX IF NOT EXISTS trunk_load_at ON trunk_load (at)",
 )
+LOAD_SQL: Final = ("INSERT INTO trunk_load (at, seconds, trunk, offered, admitted, shed, reasons) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)")
 INSERT_SQL: Final = f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _JSON_INDEXES: Final = tuple(i for i, c in enumerate(COLUMNS) if c in _JSON_COLUMNS)
 
@@ -470,6 +525,8 @@ class WriterBase(ABC):
         self.settings = settings
         self._clock = clock
         self._queue: deque[CallRecord] = deque()
+        #: Per-trunk load rows (a few per interval): written with the next batch, bounded like the records.
+        self._loads: deque[TrunkLoad] = deque()
         self._max = settings.queue_size
         self._batch = settings.batch_size
         self._wake = threading.Event()
@@ -499,6 +556,15 @@ class WriterBase(ABC):
         if len(q) >= self._batch and not self._wake.is_set():
             self._wake.set()
         return True
+
+    def put_load(self, rows: Iterable[TrunkLoad]) -> None:
+        """Queue per-trunk load rows (from the SIP thread, a few every interval). Never blocks."""
+        loads = self._loads
+        for row in rows:
+            if len(loads) >= self._max or self._stopping:
+                self.dropped += 1
+                continue
+            loads.append(row)
 
     @property
     def depth(self) -> int:
@@ -619,6 +685,7 @@ class RecordWriter(WriterBase):
 
     def _drain(self, final: bool = False) -> None:
         """Commit the queue in batches. `final`: retry a failing batch a few times right now, then give up."""
+        self._write_loads()
         q = self._queue
         tries = self.RETRIES + 1 if final else 1
         while True:
@@ -638,6 +705,27 @@ class RecordWriter(WriterBase):
                         self._pending = []
                         q.clear()
                     return
+
+    def _write_loads(self) -> None:
+        """The queued trunk-load rows, in one transaction; on failure they are dropped (aggregates, not call
+        records: the error is counted and logged, the next interval's rows carry on)."""
+        loads = self._loads
+        if not loads:
+            return
+        rows = []
+        while loads:
+            r = loads.popleft()
+            rows.append((r.at, r.seconds, r.trunk, r.offered, r.admitted, r.shed,
+                         json.dumps(r.reasons, sort_keys=True) if r.reasons else None))
+        try:
+            conn = self._connection()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(LOAD_SQL, rows)
+        except (sqlite3.Error, OSError) as exc:
+            self.write_errors += 1
+            self._close_conn()
+            self._log_failure("records_write_failed", exc, batch=len(rows))
 
     def _commit_pending(self) -> bool:
         rows = self._pending
@@ -686,6 +774,9 @@ def prune(conn: sqlite3.Connection, before: float, chunk: int = 20_000) -> int:
             n = cur.rowcount
         total += n
         if n < chunk:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("DELETE FROM trunk_load WHERE at < ?", (before,))
             return total
 
 

@@ -500,6 +500,7 @@ class PgRecordWriter(WriterBase):
 
     # --- the writer thread ----------------------------------------------------------------------------------------
     def _drain(self, final: bool = False) -> None:
+        self._loads.clear()  # per-trunk load rows are kept by the SQLite backend only (docs/RECORDS.md)
         spill = self._open_spill()
         if spill is not None and spill.pending_bytes:
             # Catching up: new records queue behind the spilled ones, which are replayed from the head.

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import json
 import re
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from proxy.records import CallRecord, Reader
+from proxy.records import CallRecord, Reader, SqliteReader
 from proxy.recordstore import Source, reading
 
 __all__ = [
@@ -140,21 +142,60 @@ def _section(r: Reader, column: str, since: float, until: float, limit: int) -> 
     return rows
 
 
+def _trunk_load(r: Reader, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+    """INVITEs offered, calls admitted and INVITEs refused at the door per trunk (the records' trunk_load rows:
+    refused INVITEs leave no call record), busiest refusers first; flags `flooding` (half or more refused) and
+    `over-contract` (refused for the trunk's own limits). SQLite keeps these rows; PostgreSQL does not (its
+    nodes' /metrics count the same per trunk)."""
+    if not isinstance(r, SqliteReader):
+        return []
+    conn = r.conn
+    try:
+        rows = conn.execute(
+            "SELECT trunk, SUM(offered), SUM(admitted), SUM(shed) FROM trunk_load WHERE at >= ? AND at < ? "
+            "GROUP BY trunk ORDER BY SUM(shed) DESC, SUM(offered) DESC, trunk LIMIT ?",
+            (since, until, limit)).fetchall()
+        reasons_rows = conn.execute(
+            "SELECT trunk, reasons FROM trunk_load WHERE at >= ? AND at < ? AND shed > 0", (since, until)).fetchall()
+    except sqlite3.OperationalError:
+        return []  # a database from before the table existed
+    reasons: dict[str, dict[str, int]] = {}
+    for trunk, text in reasons_rows:
+        per = reasons.setdefault(trunk, {})
+        for reason, n in (json.loads(text) if text else {}).items():
+            per[reason] = per.get(reason, 0) + int(n)
+    out = []
+    for trunk, offered, admitted, shed in rows:
+        share = shed / offered if offered else 0.0
+        why = dict(sorted(reasons.get(trunk, {}).items(), key=lambda kv: -kv[1]))
+        flags = []
+        if offered >= MIN_CALLS_FOR_FLAGS and share >= 0.5:
+            flags.append("flooding")
+        if why.get("max-cps") or why.get("max-calls"):
+            flags.append("over-contract")
+        out.append({"trunk": trunk, "offered": offered, "admitted": admitted, "shed": shed,
+                    "shed_share": round(share, 4), "reasons": why, "flags": flags})
+    return out
+
+
 def report(db: Source, since: float, until: float, limit: int = 20) -> dict[str, Any]:
     """The busiest sources in [since, until) by orig TN, origid, SPC and ingress trunk, with the shares that
     tell robocalling from ordinary traffic: short answered calls (< 6 s), distinct destinations per call,
-    failed verification and unsigned calls (both as shares of all the source's calls)."""
+    failed verification and unsigned calls (both as shares of all the source's calls); and the load each trunk
+    offered at the door, with what was refused (floods, trunks beyond their contracted rate)."""
     with reading(db) as r:
         p = r.param
         total = r.fetch(f"SELECT COUNT(*) FROM calls WHERE invite_at >= {p} AND invite_at < {p}",
                         (since, until))[0][0]
         sections = {name: _section(r, col, since, until, limit) for name, col in DIMENSIONS.items()}
+        load = _trunk_load(r, since, until, limit)
     return {
         "since": format_time(since),
         "until": format_time(until),
         "calls": total,
         "short_call_seconds": SHORT_CALL,
         "sources": sections,
+        "trunk_load": load,
     }
 
 
@@ -262,4 +303,12 @@ def format_report(rep: dict[str, Any]) -> str:
             for r in rows
         ]
         out.append(text_table([name, *headers], table_rows))
+    load = rep.get("trunk_load")
+    if load:
+        out.append("")
+        out.append("load at the door by trunk (INVITEs refused leave no call record)")
+        out.append(text_table(
+            ["trunk", "offered", "admitted", "refused", "refused%", "reasons", "flags"],
+            [[str(r["trunk"]), str(r["offered"]), str(r["admitted"]), str(r["shed"]), f"{r['shed_share']:.0%}",
+              ",".join(f"{k}:{v}" for k, v in r["reasons"].items()), ",".join(r["flags"])] for r in load]))
     return "\n".join(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -22,7 +23,7 @@ from proxy.engine import Engine
 from proxy.feedback import apply_feedback
 from proxy.logsink import logger_factory, render_json, sink
 from proxy.metrics import Metrics, engine_snapshot
-from proxy.records import WriterBase, call_end_hook, redirect_end_hook
+from proxy.records import TrunkLoadMeter, WriterBase, call_end_hook, redirect_end_hook
 from proxy.recordstore import make_writer
 from proxy.redirect import Redirected
 from proxy.redis_state import RedisState
@@ -142,6 +143,18 @@ def _redirect_logger() -> Callable[[Redirected], None]:
     return log_redirect
 
 
+#: Seconds between the per-trunk load rows (INVITEs offered, admitted, refused by reason) of the records.
+TRUNK_LOAD_INTERVAL = 10.0
+
+
+async def _record_trunk_load(engine: Engine, writer: WriterBase, meter: TrunkLoadMeter) -> None:
+    """Refused INVITEs leave no call record (refusing them must cost nothing): their counts per trunk go to the
+    records every TRUNK_LOAD_INTERVAL seconds instead, so that a flood shows in `stirgate report`."""
+    while True:
+        await asyncio.sleep(TRUNK_LOAD_INTERVAL)
+        writer.put_load(meter.rows(engine.admission.gates(), time.time()))
+
+
 async def _refresh_crls(engine: Engine, interval: float) -> None:
     while interval > 0:
         await asyncio.sleep(interval)
@@ -248,6 +261,7 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
                                   server.flush)
         engine.state = server.state
     metrics = Metrics()
+    metrics.trunk_gates = lambda: engine.admission.gates()
     server.metrics = metrics
     writer = make_writer(config.records, worker=worker) if config.records.enabled else None
     if writer is not None:
@@ -277,12 +291,26 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
     drained = asyncio.Event()
 
     def on_term() -> None:
+        if engine.draining:
+            begin_drain()  # a second SIGTERM: no more probe delay
+            stop.set()
+            return
+        # Probes answered 503 from now on; with sip.drain_probe_delay, INVITEs are still taken that long so
+        # that a load balancer takes this node out of rotation before it refuses any call.
+        engine.draining = True
+        delay = config.sip.drain_probe_delay
+        if notifier is not None:
+            notifier.stopping(f"draining {engine.active_calls()} calls for up to {delay + config.sip.drain_grace:g} s")
+        if delay > 0:
+            log.info("drain_probes", worker=worker, active_calls=engine.active_calls(), refuse_in=delay)
+            loop.call_later(delay, begin_drain)
+        else:
+            begin_drain()
+
+    def begin_drain() -> None:
         if not engine.accepting:
-            stop.set()  # a second SIGTERM: stop now
             return
         log.info("draining", worker=worker, active_calls=engine.active_calls())
-        if notifier is not None:
-            notifier.stopping(f"draining {engine.active_calls()} calls for up to {config.sip.drain_grace:g} s")
         engine.accepting = False
         server.on_idle = check_drained  # from now on, after every message and timer: are we done?
         stop.set()
@@ -323,8 +351,12 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
         loop.create_task(_refresh_trust_list(engine)),
     ]
+    meter = TrunkLoadMeter(time.time())
+    if writer is not None:
+        background.append(loop.create_task(_record_trunk_load(engine, writer, meter)))
     listening = [f"{t}:{h}:{p}" for t, h, p in udp_listens]
-    log.info("listening", worker=worker, hot_path="compiled" if compiled.is_compiled() else "python",
+    log.info("listening", worker=worker, instance=engine.instance_id,
+             hot_path="compiled" if compiled.is_compiled() else "python",
              version=compiled.installed_version(), listen=listening,
              redirect=[f"{t}:{h}:{p}" for t, h, p in redirect_listens],
              sti_api=(config.sti_api.listen or config.api.listen) if sti is not None else None,
@@ -346,6 +378,7 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
     if sti_runner is not None:
         await sti_runner.cleanup()
     if writer is not None:
+        writer.put_load(meter.rows(engine.admission.gates(), time.time()))
         unwritten = writer.flush_and_close()
         _log_records_closed(writer, worker, unwritten)
     log.info("stopped", worker=worker, **engine.stats)  # written at once, after the batched call lines
@@ -389,6 +422,18 @@ def _wait_workers_ready(ready_r: int, workers: int) -> bool:
     return True
 
 
+def _die_with_parent() -> None:
+    """A worker whose parent is killed outright (SIGKILL, OOM) stops too: else it would keep its ports and serve
+    on alone, out of the supervisor's sight. Linux prctl(PR_SET_PDEATHSIG); elsewhere nothing is done."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: a normal drain, like the parent's own SIGTERM
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run(config: Config, workers: int = 1) -> int:
     configure_logging(config.logging.level, {str(k): v for k, v in config.logging.components.items()})
     _warn_if_python()
@@ -404,6 +449,7 @@ def run(config: Config, workers: int = 1) -> int:
         if pid == 0:
             code = 1
             try:
+                _die_with_parent()
                 os.close(ready_r)
 
                 def worker_ready(_status: str, fd: int = ready_w) -> None:

@@ -292,8 +292,10 @@ class Redis:
             return self
         args = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
                 "--dir", str(self.root), "--daemonize", "no", "--logfile", str(self.log_path), *self.extra]
+        # A session of its own, like PostgreSQL: a Ctrl-C meant for the demo that started it (make cluster)
+        # must not stop it before the nodes that use it.
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.root)  # fmt: skip
+                                     stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)  # fmt: skip
         try:
             _wait(self._ready, f"Redis on {HOST}:{self.port}", READY_SECONDS)
         except TimeoutError:

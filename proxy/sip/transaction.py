@@ -40,6 +40,8 @@ TERMINATED: Final = "terminated"
 
 Table = dict[tuple[str, str], tuple[str, tuple[str, ...]]]
 
+#: What a settled non-INVITE transaction holds as its request (one shared, empty object).
+_NO_REQUEST: Final = Request("", "", [])
 #: States in which a transaction only absorbs retransmissions: its request's headers are no longer needed.
 _SETTLED: Final = frozenset({COMPLETED, CONFIRMED, ACCEPTED})
 
@@ -185,8 +187,24 @@ class Transaction:
         if state == TERMINATED:
             self.layer._remove(self)
         elif state in _SETTLED and self.request.headers:
-            self.request = self.request.skeleton()
+            self._settle()
         return True
+
+    def _settle(self) -> None:
+        """Entering a state that only absorbs retransmissions (for up to 64*T1): keep only what that needs, so
+        that what lingers per call is small and bounded by its count, whatever was relayed."""
+        # An INVITE's CSeq is still asked for (the B2BUA maps ACKs by it); a settled non-INVITE transaction
+        # needs nothing of its request at all.
+        self.request = self.request.skeleton() if self.method == "INVITE" else _NO_REQUEST
+        if self.is_client:
+            self.request_bytes = b""  # a client transaction never re-sends its request once answered
+        elif self.state == ACCEPTED:
+            self.last_response = None  # a 2xx is re-sent by the TU (RFC 6026), never by the transaction
+        if self.method != "INVITE":
+            # No settled non-INVITE state calls its TU or relays to its peer: letting go of them frees an ended
+            # call at once instead of 64*T1 after its BYE (its INVITE transactions are let go by the call).
+            self.tu = None
+            self.peer = None
 
     def on_timer(self, kind: str, now: float) -> None:
         self.fire("timer_" + kind, now)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from cachetools import TLRUCache
 
 from .errors import Failure, Outcome
-from .fetcher import FETCH_ERRORS, FetchSettings, HttpGetter, TooLarge, error_detail
+from .fetcher import FETCH_ERRORS, FetchSettings, HttpGetter, SingleFlight, TooLarge, error_detail
 from .rcd import ContentEntry, digests_of
 from .x5u import X5uPolicy, check_x5u
 
@@ -43,7 +43,7 @@ class ContentFetcher:
         self._cache: TLRUCache[str, tuple[ContentEntry, float]] = TLRUCache(
             maxsize=settings.cache_size, ttu=lambda _k, v, _now: v[1], timer=clock
         )
-        self._inflight: dict[str, asyncio.Task[ContentEntry]] = {}
+        self._flight: SingleFlight[ContentEntry] = SingleFlight()
 
     @property
     def requests(self) -> int:
@@ -57,12 +57,7 @@ class ContentFetcher:
         hit = self.cached(url)
         if hit is not None:
             return hit
-        task = self._inflight.get(url)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(url))
-            self._inflight[url] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(url, None))
-        return await asyncio.shield(task)
+        return await self._flight.run(url, lambda: self._fetch(url))
 
     async def get_many(self, urls: Iterable[str]) -> dict[str, ContentEntry]:
         unique = list(dict.fromkeys(urls))

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from . import crl
 from .certs import CertEntry
 from .crl import CrlResult, Unavailable
-from .fetcher import FETCH_ERRORS, FetchSettings, HttpGetter, TooLarge, error_detail
+from .fetcher import FETCH_ERRORS, FetchSettings, HttpGetter, SingleFlight, TooLarge, error_detail
 from .x5u import X5uPolicy, check_x5u
 
 
@@ -60,7 +60,7 @@ class CrlFetcher:
         self._http = HttpGetter(self.policy, settings, max_bytes)
         self._good: dict[str, tuple[x509.CertificateRevocationList, float]] = {}  # url -> (crl, nextUpdate)
         self._failed: dict[str, tuple[str, float]] = {}  # url -> (error, retry at)
-        self._inflight: dict[str, asyncio.Task[CrlResult]] = {}
+        self._flight: SingleFlight[CrlResult] = SingleFlight()
 
     @property
     def requests(self) -> int:
@@ -124,12 +124,8 @@ class CrlFetcher:
         from_disk = self._load(url, signers, now)
         if from_disk is not None:
             return CrlResult(url, from_disk)
-        task = self._inflight.get(url)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(url, tuple(signers)))
-            self._inflight[url] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(url, None))
-        return await asyncio.shield(task)
+        chain = tuple(signers)
+        return await self._flight.run(url, lambda: self._fetch(url, chain))
 
     def preload(self, url: str, body: bytes, signers: Sequence[x509.Certificate]) -> bool:
         """Take a CRL obtained out of band (a file, a bench) for `url`, under the same rules as a download:

@@ -20,9 +20,9 @@ import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -112,6 +112,27 @@ def error_detail(exc: BaseException) -> str:
     return type(exc).__name__ + (f": {exc}" if str(exc) else "")
 
 
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    """Concurrent requests for one URL share one fetch: the first starts it, the others await the same task
+    (shielded, so a caller that gives up does not cancel it for the rest)."""
+
+    __slots__ = ("_inflight",)
+
+    def __init__(self) -> None:
+        self._inflight: dict[str, asyncio.Task[T]] = {}
+
+    async def run(self, url: str, fetch: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        task = self._inflight.get(url)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(fetch())
+            self._inflight[url] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(url, None))
+        return await asyncio.shield(task)
+
+
 class HttpGetter:
     """GET with the x5u protections: timeouts, a size cap, no redirects, DNS answers filtered by the SSRF guard
     unless `policy.allow_private`, an extra CA for the server's TLS certificate. The URL itself is checked by
@@ -198,7 +219,7 @@ class CertFetcher:
         self._cache: TLRUCache[str, tuple[CertEntry, float]] = TLRUCache(
             maxsize=self.settings.cache_size, ttu=lambda _k, v, _now: v[1], timer=clock
         )
-        self._inflight: dict[str, asyncio.Task[CertEntry]] = {}
+        self._flight: SingleFlight[CertEntry] = SingleFlight()
         self._http = HttpGetter(policy, self.settings)
 
     @property
@@ -230,12 +251,7 @@ class CertFetcher:
         hit = self.cached(url)
         if hit is not None:
             return hit
-        task = self._inflight.get(url)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(url))
-            self._inflight[url] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(url, None))
-        return await asyncio.shield(task)
+        return await self._flight.run(url, lambda: self._fetch(url))
 
     async def get_many(self, urls: Iterable[str]) -> dict[str, CertEntry]:
         unique = list(dict.fromkeys(urls))

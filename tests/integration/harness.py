@@ -321,11 +321,14 @@ class Stirgate:
     """A stirgate subprocess on a config file; JSON logs to `log_path`."""
 
     def __init__(self, config: Path, workdir: Path, command: Sequence[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, run_args: Sequence[str] = (),
+                 probe_from: str = CUSTOMER_IP) -> None:
         self.config = config
         self.workdir = workdir
         self.command = list(command) if command is not None else stirgate_command()
         self.env = env  # None: the test's own environment
+        self.run_args = list(run_args)  # after `run -c CONFIG`, e.g. ["--workers", "2"]
+        self.probe_from = probe_from  # readiness OPTIONS come from here: an address one of its trunks owns
         self.log_path = workdir / "stirgate.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
@@ -358,7 +361,7 @@ class Stirgate:
             wait_port_free(ip, port, transport)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*self.command, "run", "-c", str(self.config)],
+            [*self.command, "run", "-c", str(self.config), *self.run_args],
             cwd=self.workdir,
             env=self.env,
             stdout=log,
@@ -378,7 +381,7 @@ class Stirgate:
             if not all(owns_socket(pid, ip, port, t) for t in self.transports):
                 time.sleep(0.1)  # polling interval of a bounded readiness check, not a synchronisation
                 continue
-            if send_options((ip, port)) == 200:
+            if send_options((ip, port), self.probe_from) == 200:
                 return self
         self.kill()
         raise RuntimeError(

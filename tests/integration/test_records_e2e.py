@@ -546,9 +546,10 @@ OVERFLOW = {"queue_size": 1, "batch_size": 1, "flush_interval": 5, "retention_da
 
 
 def test_queue_overflow_under_a_burst(stirgate_factory: StirgateFactory, tmp_path: Path) -> None:
-    """records: {queue_size: 1, batch_size: 1, flush_interval: 5} and 200 calls at 500/s: calls end faster than
-    the writer thread takes them one by one, so some records are dropped (about 10 % on this 2-core machine)
-    and counted; every call completes; written + dropped = calls, nothing lost."""
+    """records: {queue_size: 1, batch_size: 1, flush_interval: 5} and 200 calls at 500/s: whether the writer thread
+    keeps up one record at a time depends on thread scheduling (on a 2-core machine about 10 % are dropped, on a
+    quiet one none), so this test holds the books, not the count: every call completes, every record is either
+    written or dropped and counted, none lost. The next test makes the overflow certain."""
     calls = 200
     db = tmp_path / "burst.sqlite3"
     port = api_port()
@@ -559,7 +560,6 @@ def test_queue_overflow_under_a_burst(stirgate_factory: StirgateFactory, tmp_pat
     m = scrape(port)
     assert calls_by_label(m) == {("customer", "answered", "none", "none"): calls}
     dropped = sample(m, "stirgate_records_dropped_total") or 0
-    assert dropped > 0, "no record dropped: the burst did not overflow a queue of 1"
     closed = stop_and_reap(sg)
     assert closed["dropped"] == dropped and closed["lost"] == 0, closed
     assert closed["written"] + closed["dropped"] == calls, closed

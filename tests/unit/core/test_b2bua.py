@@ -698,6 +698,20 @@ def test_options_probe_503_while_draining_or_overloaded(h: Harness) -> None:
     assert probe(4).status == 503
 
 
+def test_drain_probe_delay_probes_fail_while_invites_are_still_taken(h: Harness) -> None:
+    """SIGTERM with sip.drain_probe_delay: the probes fail first (the dispatcher moves new calls to other nodes)
+    while an INVITE that still arrives meanwhile is carried, not refused."""
+    c = Caller(h)
+    h.engine.draining = True
+    outs = h.feed(build_request("OPTIONS", "sip:127.0.0.1:5060", via=[c.via(c.branch())], from_=c.from_,
+                                to="<sip:127.0.0.1>", call_id="probe-draining", cseq=1), A)
+    assert resp_of(outs.to(A).one()).status == 503
+    outs = h.feed(c.invite(), A)
+    assert outs.to(A).statuses() == [100]
+    assert len(outs.to(B)) == 1
+    assert h.engine.stats["not_accepting"] == 0
+
+
 @pytest.mark.parametrize("method", ["REGISTER", "SUBSCRIBE", "MESSAGE", "PUBLISH"])
 def test_not_relayed_methods_405_with_allow(h: Harness, method: str) -> None:
     c = Caller(h)

@@ -157,6 +157,20 @@ def test_non_positive_timer() -> None:
     check(err(mutate("  t1: 0.5", "  t1: 0")), "stirgate.yaml", 5, "sip.t1")
 
 
+def test_negative_drain_probe_delay_located() -> None:
+    check(err(mutate("  t1: 0.5", "  t1: 0.5\n  drain_probe_delay: -1")), "stirgate.yaml", 6, "sip.drain_probe_delay")
+    cfg = load_config_text(mutate("  t1: 0.5", "  t1: 0.5\n  drain_probe_delay: 3"), "x.yaml")
+    assert cfg.sip.drain_probe_delay == 3
+
+
+def test_cluster_examples_load() -> None:
+    root = Path(__file__).resolve().parents[3] / "examples" / "cluster"
+    for name in ("node1.yaml", "node2.yaml"):
+        cfg = load_config(root / name)
+        assert cfg.sip.drain_probe_delay > 0 and cfg.state.backend == "redis"
+        assert cfg.records.backend == "postgresql"
+
+
 def test_broken_yaml_located() -> None:
     text = mutate("  failover_timeout: 2.0\n", "  failover_timeout: 2.0\n   bad_indent: [1, 2\n")
     e = err(text)
