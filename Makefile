@@ -49,7 +49,7 @@ venv-test: sysdeps-test $(VENV)/.stamp-test compile
 
 # The hot path compiled with mypyc (proxy/compiled.py lists the modules), rebuilt when a source changes; when
 # it cannot be built stirgate runs the same code as Python (slower). STIRGATE_PURE=1 skips it.
-SOURCES := $(wildcard proxy/*.py proxy/sip/*.py proxy/stir/*.py)
+SOURCES := $(wildcard proxy/*.py proxy/sip/*.py proxy/stir/*.py policies/*.py)
 compile: $(VENV)/.stamp-run
 	@if [ -n "$(STIRGATE_PURE)" ]; then $(PY) -m proxy.compiled remove; \
 	else $(MAKE) --no-print-directory build/.stamp-compiled; fi

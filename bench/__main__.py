@@ -61,7 +61,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "beside Kamailio: --common-rate, 1 worker, --pairs pairs; CPU per call ratio against the "
                         "0.75 target), campaigns (seeded robocall campaigns in "
                         "legitimate traffic through the engine in memory: share caught after 5 calls, legitimate "
-                        "calls flagged, added CPU; python -m bench.campaigns), cluster (one trunk peer through "
+                        "calls flagged, added CPU; python -m bench.campaigns), policy-path (that traffic's "
+                        "policy path recorded from the engine and replayed alone: CPU per part; "
+                        "python -m bench.policy_path), cluster (one trunk peer through "
                         "Kamailio's dispatcher to stirgate --workers 2, against the peer straight to stirgate "
                         "--workers 2 and against the Kamailio front alone: highest passing rates, CPU per call of "
                         "the chain, of Kamailio and of each worker; bench/cluster_mode.py)")
@@ -362,6 +364,8 @@ def run_standalone(mode: str, rundir: Path, args: argparse.Namespace) -> dict[st
         "records": [py, str(REPO / "bench" / "records_bench.py")],
         "records-pg": [py, str(REPO / "bench" / "records_pg_bench.py")],
         "campaigns": campaigns,
+        "policy-path": [py, "-m", "bench.policy_path", "--seed", str(args.campaign_seed)]
+        + (["--policies", args.campaign_policies] if args.campaign_policies else []),
     }[mode]
     print(f"{mode}: {' '.join(cmd)}", flush=True)
     t0 = time.monotonic()

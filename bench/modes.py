@@ -65,7 +65,7 @@ MODES: dict[str, Mode] = {
     "tls": Mode("tls", SCENARIOS / "uac.xml", None, tls=True),
 }
 SIP_MODES = tuple(MODES)
-STANDALONE_MODES = ("crypto", "policies", "records", "records-pg", "campaigns")
+STANDALONE_MODES = ("crypto", "policies", "records", "records-pg", "campaigns", "policy-path")
 #: Not SIPp sweeps: run after them, in the same run (they need the PKI and x5u server the SIP modes use).
 SERVICE_MODES = ("rest",)
 

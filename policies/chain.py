@@ -15,44 +15,18 @@ Semantics (docs/POLICIES.md "Chain semantics"):
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
-from .base import CONTINUE, CallContext, CallOutcome, Decision
+from . import chain_core
+from .base import CallContext, CallOutcome
+from .chain_core import ChainResult, Mode, OnStateError, StateRequest, Step, merge
 from .filters import Filter
 from .state import Op
 
-__all__ = ["Chain", "ChainEntry", "ChainResult", "Counters", "Mode", "StateRequest", "Step", "merge"]
-
-Mode = Literal["enforce", "dry-run"]
-_log = logging.getLogger("stirgate.policies")
-
-
-OnStateError = Literal["open", "closed"]
-
-
-class StateRequest(NamedTuple):
-    """Every op a chain needs run for one call, and which policy asked for which slice of them."""
-
-    ops: list[Op]
-    slices: list[tuple[object, int, int]]
-
-    def facts(self, results: Sequence[Any] | None) -> dict[object, list[Any]]:
-        """Each policy's results; with None (the store did not answer) only the policies that asked for
-        nothing get theirs (empty), so the rest count as state misses."""
-        if results is None:
-            return {policy: [] for policy, start, end in self.slices if start == end}
-        return {policy: list(results[start:end]) for policy, start, end in self.slices}
-
-
-class Step(NamedTuple):
-    """One entry's verdict on a call, for records and logs."""
-
-    name: str
-    mode: Mode
-    decision: Decision
+__all__ = ["Chain", "ChainEntry", "ChainResult", "Counters", "Mode", "OnStateError", "StateRequest", "Step",
+           "merge"]
 
 
 class Counters:
@@ -74,25 +48,6 @@ class Counters:
 
 
 @dataclass(frozen=True, slots=True)
-class ChainResult:
-    """The merged decision, every entry's own decision in order, and the dry-run ones on their own."""
-
-    decision: Decision
-    steps: tuple[Step, ...]
-
-    @property
-    def dry_run(self) -> tuple[Step, ...]:
-        """What dry-run entries would have done (those that would have changed something)."""
-        return tuple(s for s in self.steps if s.mode == "dry-run" and s.decision.outcome != "continue")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "decision": self.decision.as_dict(),
-            "steps": [{"policy": s.name, "mode": s.mode, **s.decision.as_dict()} for s in self.steps],
-        }
-
-
-@dataclass(frozen=True, slots=True)
 class ChainEntry:
     """One configured policy in a chain: its display name, mode, instance and where it was configured."""
 
@@ -106,54 +61,10 @@ class ChainEntry:
     when: Filter | None = None
 
 
-def merge(decisions: Iterable[Decision]) -> Decision:
-    """Combine enforced decisions per the chain semantics (used by Chain and by tests)."""
-    route: Decision | None = None
-    tagged: list[Decision] = []
-    for d in decisions:
-        if d.action == "reject":
-            return d
-        if d.action == "route":
-            route = d
-        if d.tagged:
-            tagged.append(d)
-    if not tagged:
-        return route if route is not None else CONTINUE
-    if len(tagged) == 1 and (route is None or route is tagged[0]):
-        return tagged[0]
-    return _merge_tags(tagged, route)
-
-
-def _merge_tags(tagged: list[Decision], route: Decision | None) -> Decision:
-    add: list[tuple[str, str]] = []
-    sets: dict[str, tuple[str, str]] = {}
-    prefixes: list[str] = []
-    verstat = indicator = None
-    notes: list[str] = []
-    for d in tagged:
-        add.extend(d.add_headers)
-        for name, value in d.set_headers:
-            sets[name.lower()] = (name, value)
-        if d.display_prefix and d.display_prefix not in prefixes:
-            prefixes.append(d.display_prefix)
-        verstat = d.verstat or verstat
-        indicator = d.attestation_indicator or indicator
-        if d.note:
-            notes.append(d.note)
-    return Decision(
-        "route" if route is not None else "continue",
-        trunks=route.trunks if route is not None else (),
-        add_headers=tuple(add),
-        set_headers=tuple(sets.values()),
-        display_prefix="".join(prefixes) or None,
-        verstat=verstat,
-        attestation_indicator=indicator,
-        note="; ".join(notes),
-    )
-
-
 class Chain:
-    """An immutable, ordered list of entries for one trunk. Safe to keep for the life of a call."""
+    """An immutable, ordered list of entries for one trunk. Safe to keep for the life of a call.
+
+    What runs per call is compiled (`policies.chain_core`); this holds the entries and their counters."""
 
     __slots__ = ("_end_hooks", "_entries", "_observers", "counters", "entries", "trunk")
 
@@ -161,19 +72,17 @@ class Chain:
         self.trunk = trunk
         self.entries: tuple[ChainEntry, ...] = tuple(entries)
         self.counters = counters if counters is not None else Counters()
-        self._entries = tuple(
-            (e.name, e.mode, e.mode == "dry-run", e.policy.evaluate, e.policy,
-             callable(getattr(e.policy, "observe", None)), e.when.matches if e.when is not None else None)
-            for e in self.entries
-        )
-        self._observers = tuple(
-            (e.name, e.policy, e.policy.observe, e.when.matches if e.when is not None else None)
-            for e in self.entries if callable(getattr(e.policy, "observe", None))
-        )
-        self._end_hooks = tuple(
-            (e.name, e.policy.ended, e.when.matches if e.when is not None else None)
-            for e in self.entries if callable(getattr(e.policy, "ended", None))
-        )
+        # What is called per call: the policy, or the object it names as `per_call` (the built-ins' compiled
+        # cores); the facts of a stateful one are kept under that object.
+        targets = [getattr(e.policy, "per_call", e.policy) for e in self.entries]
+        self._entries = tuple(chain_core.EntryRun(e.name, e.mode, t, _when(e))
+                              for e, t in zip(self.entries, targets, strict=True))
+        self._observers = tuple(chain_core.Observer(e.name, t, _when(e))
+                                for e, t in zip(self.entries, targets, strict=True)
+                                if callable(getattr(t, "observe", None)))
+        self._end_hooks = tuple(chain_core.EndHook(e.name, t, _when(e))
+                                for e, t in zip(self.entries, targets, strict=True)
+                                if callable(getattr(t, "ended", None)))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -184,20 +93,7 @@ class Chain:
         A policy whose observe raises gets no facts: it is treated as a state miss."""
         if not self._observers:
             return None
-        ops: list[Op] = []
-        slices: list[tuple[object, int, int]] = []
-        for name, policy, observe, when in self._observers:
-            try:
-                if when is not None and not when(ctx):
-                    continue
-                wanted = observe(ctx)
-            except Exception:
-                _log.exception("policy %s observe raised on call %s", name, ctx.call_id)
-                continue
-            start = len(ops)
-            ops.extend(wanted)
-            slices.append((policy, start, len(ops)))
-        return StateRequest(ops, slices)
+        return chain_core.observe(self._observers, ctx)
 
     def evaluate(self, ctx: CallContext, facts: dict[object, list[Any]] | None = None,
                  on_state_error: OnStateError = "open") -> ChainResult:
@@ -207,55 +103,16 @@ class Chain:
         """
         if facts is not None:
             # The context is this call's own and no policy has seen it yet: filling in its facts here is
-            # part of building it (a dataclasses.replace of every field cost more than the policies).
-            object.__setattr__(ctx, "facts", facts)
-        counts = self.counters.counts
-        trunk = ctx.trunk
-        steps: list[Step] = []
-        enforced: list[Decision] = []
-        for name, mode, dry, evaluate, policy, stateful, when in self._entries:
-            try:
-                if when is not None and not when(ctx):
-                    continue
-                if stateful and policy not in ctx.facts:
-                    d, outcome = _state_missing(policy, on_state_error)
-                else:
-                    d = evaluate(ctx)
-                    outcome = d.outcome
-            except Exception:
-                _log.exception("policy %s raised on call %s (treated as continue)", name, ctx.call_id)
-                d, outcome = CONTINUE, "error"
-            key = (trunk, name, mode, outcome)
-            counts[key] = counts.get(key, 0) + 1
-            steps.append(Step(name, mode, d))
-            if dry or outcome == "continue" or outcome == "error" or outcome == "state-miss":
-                continue
-            enforced.append(d)
-            if outcome == "reject":
-                break
-        if not enforced:
-            return ChainResult(CONTINUE, tuple(steps))
-        if len(enforced) == 1:
-            return ChainResult(enforced[0], tuple(steps))
-        return ChainResult(merge(enforced), tuple(steps))
+            # part of building it.
+            ctx.facts = facts
+        return chain_core.evaluate(self._entries, ctx, on_state_error, self.counters.counts)
 
     def ended(self, ctx: CallContext, outcome: CallOutcome) -> list[Op]:
         """A call of this chain ended: the state ops its policies want recorded (e.g. short-call shares)."""
-        ops: list[Op] = []
-        for name, hook, when in self._end_hooks:
-            try:
-                if when is not None and not when(ctx):
-                    continue
-                ops.extend(hook(ctx, outcome))
-            except Exception:
-                _log.exception("policy %s ended raised on call %s", name, ctx.call_id)
-        return ops
+        if not self._end_hooks:
+            return []
+        return chain_core.ended(self._end_hooks, ctx, outcome)
 
 
-def _state_missing(policy: object, on_error: OnStateError) -> tuple[Decision, str]:
-    """A stateful entry whose state did not come: `open` goes on, `closed` applies the policy's action."""
-    hit = getattr(policy, "hit", None)
-    if on_error == "closed" and isinstance(hit, Decision):
-        return hit, hit.outcome
-    return CONTINUE, "state-miss"
-
+def _when(entry: ChainEntry) -> chain_core.Check | None:
+    return entry.when.matches if entry.when is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import CallContext
+from .context import CallContext
 
 __all__ = ["KEY_KINDS", "KeyGetter", "key_getter", "national"]
 

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from typing import Literal
 
 from .actions import ActionParams, ActionPolicy, Verstat
-from .base import CONTINUE, CallContext, Decision
-from .state import Claim, Op
+from .base import CallContext, Decision
+from .replay_core import ReplayCore, signatures
+from .state import Op
 
 __all__ = ["Replay", "signatures"]
 
@@ -33,19 +34,6 @@ class ReplayParams(ActionParams, frozen=True, kw_only=True):
             raise ValueError("window must be positive")
 
 
-def signatures(values: tuple[str, ...]) -> list[str]:
-    """The JWS signature of every full-form Identity header value (compact or garbled ones are skipped)."""
-    out: list[str] = []
-    for value in values:
-        for part in value.split(","):
-            token = part.split(";", 1)[0].strip().strip("<>")
-            if token.count(".") == 2:
-                sig = token.rpartition(".")[2]
-                if len(sig) >= 16:
-                    out.append(sig)
-    return out
-
-
 class Replay(ActionPolicy):
     """A PASSporT signature already claimed by another Call-ID within `window` -> the configured action
     (default: 438 Invalid Identity Header with an RFC 9410 Reason)."""
@@ -54,17 +42,13 @@ class Replay(ActionPolicy):
 
     def __init__(self, params: ReplayParams) -> None:
         super().__init__(params)
-        self._prefix = f"replay:{params.scope}:"
+        #: The per-call work, compiled (policies/replay_core.py).
+        self._core = ReplayCore(f"replay:{params.scope}:", params.window, self.hit)
+        #: What the chain calls for each call, in place of this object's own methods.
+        self.per_call = self._core
 
     def observe(self, ctx: CallContext) -> Sequence[Op]:
-        values = ctx.headers.get("identity")
-        if not values:
-            return ()
-        window = self.params.window
-        return [Claim(self._prefix + sig, ctx.call_id, window) for sig in signatures(values)]
+        return self._core.observe(ctx)
 
     def evaluate(self, ctx: CallContext) -> Decision:
-        for held in ctx.state_for(self) or ():
-            if held is not None:
-                return self.hit
-        return CONTINUE
+        return self._core.decide(ctx.state_for(self))

@@ -22,28 +22,19 @@ when the call ends, one Tally (ended, answered, short). Memory or Redis, like re
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
-from itertools import pairwise
 from typing import Any, Literal
 
 import msgspec
 
 from .actions import ActionParams
 from .base import CONTINUE, BasePolicy, CallContext, CallOutcome, Decision, Params
-from .filters import is_neighbor
-from .keys import key_getter, national
+from .keys import key_getter
 from .lists import ListSpec, MatchSet
-from .state import Claim, Op, Recent, Tally
+from .risk_core import FEEDBACK_FIELDS, GATEWAY_FIELDS, RiskCore, sweep_share
+from .state import Op, Tally
 
 __all__ = ["FEEDBACK_FIELDS", "GATEWAY_FIELDS", "RiskScore", "sweep_share"]
-
-#: The gateway's counters, in the Tally's field order.
-GATEWAY_FIELDS = ("calls", "first_seen", "attest_c", "attest_b", "unsigned", "failed", "neighbor", "ended",
-                  "answered", "short", "novel_ended", "novel_answered", "novel_short", "novel_neighbor")
-(_CALLS, _FIRST, _ATT_C, _ATT_B, _UNSIGNED, _FAILED, _NEIGHBOR, _ENDED, _ANSWERED, _SHORT, _NOVEL_ENDED,
- _NOVEL_ANSWERED, _NOVEL_SHORT, _NOVEL_NEIGHBOR) = range(14)
-FEEDBACK_FIELDS = ("robocall", "wanted")
 
 SignalName = Literal[
     "first_seen_share", "novel_unanswered_share", "novel_short_share", "novel_neighbor_share", "novel_neighbor",
@@ -154,28 +145,6 @@ class RiskScoreParams(Params, frozen=True, kw_only=True):
             raise ValueError("actions: at least one threshold")
 
 
-def sweep_share(dests: Sequence[str], gap: int, minimum: int) -> float:
-    """How much the recent destinations (10 national digits, newest first) look like a range being walked by
-    this call: the larger of the share of consecutive pairs within `gap` of each other (sequential dialling)
-    and the share in the commonest thousands-block (block-wise), over the distinct numbers. 0 with fewer than
-    `minimum` distinct numbers, or when this call's destination does not continue the pattern (the cheap
-    common case)."""
-    if len(dests) < minimum:
-        return 0.0
-    newest, previous = dests[0], dests[1]
-    if newest == previous or (newest[:7] != previous[:7] and abs(int(newest) - int(previous)) > gap):
-        return 0.0
-    distinct = list(dict.fromkeys(dests))  # calling one number again and again is not walking a range
-    if len(distinct) < minimum:
-        return 0.0
-    values = [int(n) for n in distinct]
-    close = sum(1 for a, b in pairwise(values) if abs(a - b) <= gap)
-    blocks: dict[str, int] = {}
-    for n in distinct:
-        blocks[n[:7]] = blocks.get(n[:7], 0) + 1
-    return max(close / (len(values) - 1), max(blocks.values()) / len(distinct))
-
-
 class RiskScore(BasePolicy):
     """Score every call 0-100 from its gateway's and number's signals; the highest threshold reached decides
     (default: tag "SPAM? " at 50, 603 Network Blocked at 90). Below every threshold the call continues, its
@@ -188,16 +157,24 @@ class RiskScore(BasePolicy):
         self._gateways = tuple((kind, key_getter(kind)) for kind in params.gateway)
         self._ns = f"risk:{params.scope}:"
         signals: dict[SignalName, Signal] = {**_signals(), **params.signals}
-        self._signals = {name: (s.weight, s.low, s.high) for name, s in signals.items() if s.weight > 0}
-        self._thresholds = sorted(((t.at, t.decision(note="risk_score")) for t in params.actions),
-                                  key=lambda x: -x[0])
+        #: The per-call work, on plain values (compiled: policies/risk_core.py).
+        self._core = RiskCore(
+            self._ns, self._gateways,
+            [(name, s.weight, s.low, s.high) for name, s in signals.items() if s.weight > 0],
+            window=params.window, buckets=params.buckets, min_calls=params.min_calls, min_ended=params.min_ended,
+            seen_ttl=params.seen_ttl, short_call_seconds=params.short_call_seconds, sweep_depth=params.sweep_depth,
+            sweep_min=params.sweep_min, sweep_gap=params.sweep_gap, feedback_window=params.feedback_window,
+            thresholds=sorted(((t.at, t.decision(note="risk_score")) for t in params.actions), key=lambda x: -x[0]),
+            note_from=params.note_from,
+        )  # fmt: skip
         #: What `on_error: closed` applies when the state did not come: the lowest threshold's action.
-        self.hit: Decision = self._thresholds[-1][1]
+        self.hit: Decision = self._core.hit
         self.allow = MatchSet(params.allow, getattr(env, "tn_policy", None))
         self._has_allow = bool(self.allow)
-        #: The last call's (context, gateway, neighbour match): observe, evaluate and ended of one call ask
-        #: in turn, usually with nothing in between.
-        self._memo: tuple[object, str | None, bool] = (None, None, False)
+        if self._has_allow:
+            self._core.allow = self.allow.matches
+        #: What the chain calls for each call (compiled), in place of this object's own methods.
+        self.per_call = self._core
 
     async def setup(self) -> None:
         await asyncio.to_thread(self.allow.load)
@@ -205,66 +182,18 @@ class RiskScore(BasePolicy):
     def route_targets(self) -> tuple[str, ...]:
         return tuple(n for t in self.params.actions if t.action == "route" for n in t.trunks)
 
-    # --- keys ---------------------------------------------------------------------------------------------
     def gateway(self, ctx: CallContext) -> str | None:
-        memo = self._memo
-        if memo[0] is ctx:
-            return memo[1]
-        gw = None
-        for kind, get in self._gateways:
-            value = get(ctx)
-            if value is not None:
-                gw = f"{kind}:{value}"
-                break
-        self._memo = (ctx, gw, is_neighbor(ctx))
-        return gw
-
-    def _neighbor(self, ctx: CallContext) -> bool:
-        if self._memo[0] is not ctx:
-            self.gateway(ctx)
-        return self._memo[2]
+        """The call's gateway key (`origid:...`, `source_ip:...`), None when no key kind has a value."""
+        return self._core.keys(ctx)[0]
 
     # --- state ------------------------------------------------------------------------------------------
     def observe(self, ctx: CallContext) -> Sequence[Op]:
-        gw = self.gateway(ctx)
-        if gw is None:
-            return ()
-        p = self.params
-        ns = self._ns
-        v = ctx.verification
-        status = "none" if v is None else v.status
-        verified = status == "passed"
-        add = (1, 0, int(verified and ctx.attest == "C"), int(verified and ctx.attest == "B"),
-               int(status == "missing"), int(status not in ("passed", "missing", "none")), int(self._neighbor(ctx)),
-               0, 0, 0, 0, 0, 0, 0)
-        orig = ctx.orig_tn
-        dest = national(ctx.dest_tn)  # sweeps are judged on NANP numbers
-        ops: list[Op] = []
-        if orig is not None:
-            ops.append(Claim(f"{ns}seen:{orig}", ctx.call_id, p.seen_ttl))
-        ops.append(Tally(f"{ns}g:{gw}", GATEWAY_FIELDS, add, p.window, p.buckets,
-                         add_if_claimed=_FIRST if orig is not None else -1))
-        ops.append(Tally(f"{ns}f:{gw}", FEEDBACK_FIELDS, (0, 0), p.feedback_window))
-        if dest is not None:
-            ops.append(Recent(f"{ns}r:{gw}", dest, p.sweep_depth, p.window))
-        if orig is not None:
-            ops.append(Tally(f"{ns}f:tn:{orig}", FEEDBACK_FIELDS, (0, 0), p.feedback_window))
-            if dest is not None:
-                ops.append(Recent(f"{ns}o:{orig}", dest, p.sweep_depth, p.window))
-        return ops
+        return self._core.observe(ctx)
 
     def ended(self, ctx: CallContext, outcome: CallOutcome) -> Sequence[Op]:
-        gw = self.gateway(ctx)
-        if gw is None or not outcome.reached:  # refused here: says nothing of how the called side answers
+        if not outcome.reached:  # refused here: says nothing of how the called side answers
             return ()
-        p = self.params
-        answered = int(outcome.answered)
-        short = int(outcome.answered and outcome.duration < p.short_call_seconds)
-        results = ctx.state_for(self)
-        novel = int(ctx.orig_tn is not None and results is not None and len(results) > 0 and results[0] is None)
-        add = (0, 0, 0, 0, 0, 0, 0, 1, answered, short, novel, novel * answered, novel * short,
-               novel * int(self._neighbor(ctx)))
-        return (Tally(f"{self._ns}g:{gw}", GATEWAY_FIELDS, add, p.window, p.buckets),)
+        return self._core.end_ops(ctx, outcome.answered, outcome.duration, ctx.state_for(self))
 
     def gateway_from(self, values: dict[str, str | None]) -> str | None:
         """The gateway key of a past call from its recorded values by key kind (origid, source_ip, ...)."""
@@ -286,101 +215,10 @@ class RiskScore(BasePolicy):
         return ops
 
     # --- the score ----------------------------------------------------------------------------------------
-    def signals(self, ctx: CallContext) -> tuple[dict[str, float], str, int]:
-        """(signal name -> value, gateway key, gateway calls in the window) for this call."""
-        results = ctx.state_for(self)
-        gw = self.gateway(ctx)
-        if not results or gw is None:
-            return {}, gw or "", 0
-        p = self.params
-        orig, dest = ctx.orig_tn, national(ctx.dest_tn)
-        i = 0
-        first_seen = False
-        if orig is not None:
-            first_seen = results[0] is None  # this call claimed the number: never seen before
-            i = 1
-        g = results[i]
-        fb = results[i + 1]
-        i += 2
-        gw_dests: Sequence[str] = ()
-        orig_dests: Sequence[str] = ()
-        tn_fb: Sequence[int] = (0, 0)
-        if dest is not None:
-            gw_dests = results[i]
-            i += 1
-        if orig is not None:
-            tn_fb = results[i]
-            i += 1
-            if dest is not None:
-                orig_dests = results[i]
-        values: dict[str, float] = {}
-        calls = g[_CALLS]
-        if calls >= p.min_calls:
-            values["first_seen_share"] = g[_FIRST] / calls
-            values["attest_c_share"] = g[_ATT_C] / calls
-            values["attest_b_share"] = g[_ATT_B] / calls
-            values["unsigned_share"] = g[_UNSIGNED] / calls
-            values["failed_share"] = g[_FAILED] / calls
-            values["neighbor_share"] = g[_NEIGHBOR] / calls
-        ended, answered = g[_ENDED], g[_ANSWERED]
-        if ended >= p.min_ended:
-            values["unanswered_share"] = 1.0 - answered / ended
-        if answered >= p.min_ended:
-            values["short_share"] = g[_SHORT] / answered
-        if first_seen:
-            novel_ended, novel_answered = g[_NOVEL_ENDED], g[_NOVEL_ANSWERED]
-            if novel_ended >= p.min_ended:
-                values["novel_unanswered_share"] = 1.0 - novel_answered / novel_ended
-            if novel_answered >= p.min_ended:
-                values["novel_short_share"] = g[_NOVEL_SHORT] / novel_answered
-            if novel_ended >= p.min_ended:
-                values["novel_neighbor_share"] = g[_NOVEL_NEIGHBOR] / novel_ended
-        values["sweep"] = sweep_share(gw_dests, p.sweep_gap, p.sweep_min)
-        values["orig_sweep"] = sweep_share(orig_dests, p.sweep_gap, p.sweep_min)
-        values["reports"] = float(fb[0] + tn_fb[0] - fb[1] - tn_fb[1])
-        v = ctx.verification
-        status = "none" if v is None else v.status
-        values["attest_c"] = float(status == "passed" and ctx.attest == "C")
-        values["unsigned"] = float(status == "missing")
-        values["failed"] = float(status not in ("passed", "missing", "none"))
-        values["neighbor"] = float(self._neighbor(ctx))
-        values["first_seen"] = float(first_seen)
-        values["novel_neighbor"] = float(first_seen and values["neighbor"] > 0)
-        return values, gw, calls
-
-    def score(self, values: dict[str, float]) -> tuple[float, list[tuple[str, float, float]]]:
-        """(score 0-100, [(signal, value, points)] for the signals that scored, most points first)."""
-        total = 0.0
-        parts: list[tuple[str, float, float]] = []
-        for name, (weight, low, high) in self._signals.items():
-            value = values.get(name)
-            if value is None or value <= low:
-                continue
-            points = weight if value >= high else weight * (value - low) / (high - low)
-            total += points
-            parts.append((name, value, points))
-        parts.sort(key=lambda x: -x[2])
-        return min(100.0, total), parts
-
     def evaluate(self, ctx: CallContext) -> Decision:
         if self._has_allow and self.allow.matches(ctx):
             return CONTINUE
-        values, gw, calls = self.signals(ctx)
-        if not values:
+        results = ctx.state_for(self)
+        if not results:
             return CONTINUE
-        total, parts = self.score(values)
-        for at, decision in self._thresholds:
-            if total >= at:
-                return dataclasses.replace(decision, note=_explain(total, parts, gw, calls))
-        if total >= self.params.note_from:
-            return Decision(note=_explain(total, parts, gw, calls))
-        return CONTINUE
-
-
-_PER_CALL = frozenset({"attest_c", "unsigned", "failed", "neighbor", "first_seen", "novel_neighbor"})
-
-
-def _explain(total: float, parts: list[tuple[str, float, float]], gateway: str, calls: int) -> str:
-    reasons = ", ".join(f"{name} +{points:.0f}" if name in _PER_CALL else f"{name} {value:.2f} +{points:.0f}"
-                        for name, value, points in parts)
-    return f"risk {total:.0f}: {reasons or 'no signal'} ({gateway}, {calls} calls)"
+        return self._core.decide(ctx, results)

@@ -17,59 +17,93 @@ Time is passed in (`now`, wall-clock seconds), never read.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 __all__ = ["Claim", "MemoryStore", "Op", "Recent", "StateStore", "Tally", "Window", "run_ops"]
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class _Value:
+    """Base of the ops: plain values, compared and shown by their fields. Their attributes are `Final`: read-only
+    when compiled (mypyc), and built natively: a policy makes several per call, and a dataclass's generated
+    `__init__` (interpreted, even when compiled) cost more than running the op."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and isinstance(other, _Value) and other._values() == self._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._values()))
+
+
+class Claim(_Value):
     """Own `key` for `ttl` seconds unless another call does. Result: None when this call claimed it (or already
     held it with the same value), else the value the key holds."""
 
-    key: str
-    value: str
-    ttl: float
+    __slots__ = ("key", "ttl", "value")
+    _fields = ("key", "value", "ttl")
+
+    def __init__(self, key: str, value: str, ttl: float) -> None:
+        self.key: Final = key
+        self.value: Final = value
+        self.ttl: Final = ttl
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
+class Window(_Value):
     """Add `member` at now; forget members seen `span` seconds ago or earlier; keep the newest `keep`.
     Result: how many distinct members are in the window (at most `keep`). A member seen again moves up."""
 
-    key: str
-    member: str
-    span: float
-    keep: int
+    __slots__ = ("keep", "key", "member", "span")
+    _fields = ("key", "member", "span", "keep")
+
+    def __init__(self, key: str, member: str, span: float, keep: int) -> None:
+        self.key: Final = key
+        self.member: Final = member
+        self.span: Final = span
+        self.keep: Final = keep
 
 
-@dataclass(frozen=True, slots=True)
-class Tally:
+class Tally(_Value):
     """Counters `fields` over the last `span` seconds, in `buckets` buckets (the window slides a bucket at a
     time). Adds `add` (aligned with fields) to the current bucket; when `add_if_claimed` names a field, that
     field also gets 1 if the last Claim before this op in the call's ops newly claimed its key. Result: a tuple
     of the sums over the window, aligned with fields, this call's additions included."""
 
-    key: str
-    fields: tuple[str, ...]
-    add: tuple[int, ...]
-    span: float
-    buckets: int = 10
-    add_if_claimed: int = -1
+    __slots__ = ("add", "add_if_claimed", "buckets", "fields", "key", "span")
+    _fields = ("key", "fields", "add", "span", "buckets", "add_if_claimed")
+
+    def __init__(self, key: str, fields: tuple[str, ...], add: tuple[int, ...], span: float, buckets: int = 10,
+                 add_if_claimed: int = -1) -> None:
+        self.key: Final = key
+        self.fields: Final = fields
+        self.add: Final = add
+        self.span: Final = span
+        self.buckets: Final = buckets
+        self.add_if_claimed: Final = add_if_claimed
 
 
-@dataclass(frozen=True, slots=True)
-class Recent:
+class Recent(_Value):
     """Push `member` onto a list of the last `keep`, kept `ttl` seconds after the last push. Result: the
     list, newest first, this member included."""
 
-    key: str
-    member: str
-    keep: int
-    ttl: float
+    __slots__ = ("keep", "key", "member", "ttl")
+    _fields = ("key", "member", "keep", "ttl")
+
+    def __init__(self, key: str, member: str, keep: int, ttl: float) -> None:
+        self.key: Final = key
+        self.member: Final = member
+        self.keep: Final = keep
+        self.ttl: Final = ttl
 
 
 Op = Claim | Window | Tally | Recent
@@ -86,46 +120,112 @@ class StateStore(Protocol):
         ...
 
 
-class _Members:
-    __slots__ = ("last", "members", "span")
+class _Entry:
+    """What a table keeps for a key: when it was last used, and how long after that it still matters."""
+
+    __slots__ = ("last", "span")
 
     def __init__(self, span: float) -> None:
-        self.members: OrderedDict[str, float] = OrderedDict()
         self.span = span
         self.last = 0.0
 
 
-class _Buckets:
-    __slots__ = ("counts", "ids", "last", "span", "totals", "width")
+class _Members(_Entry):
+    __slots__ = ("members",)
+
+    def __init__(self, span: float) -> None:
+        super().__init__(span)
+        self.members: OrderedDict[str, float] = OrderedDict()
+
+
+class _Buckets(_Entry):
+    __slots__ = ("counts", "ids", "totals", "width")
 
     def __init__(self, n_fields: int, buckets: int, span: float) -> None:
+        super().__init__(span)
         self.width = span / buckets
-        self.span = span
         self.ids = [-1] * buckets
         self.counts = [[0] * n_fields for _ in range(buckets)]
         self.totals = [0] * n_fields
-        self.last = 0.0
 
 
-class _Recent:
-    __slots__ = ("items", "last", "span")
+class _Recent(_Entry):
+    __slots__ = ("items", "keep")
 
     def __init__(self, keep: int, ttl: float) -> None:
-        self.items: deque[str] = deque(maxlen=keep)
-        self.span = ttl
-        self.last = 0.0
+        super().__init__(ttl)
+        self.keep = keep
+        #: Newest first, at most `keep` (kept as the tuple the op answers with).
+        self.items: tuple[str, ...] = ()
 
 
-def _touch(table: OrderedDict[str, Any], key: str, now: float, max_keys: int) -> None:
-    """`key` was just used: move it to the back; drop idle entries from the front and the oldest beyond max_keys."""
-    table.move_to_end(key)
-    while len(table) > max_keys:
-        table.popitem(last=False)
-    while table:
-        first = next(iter(table.values()))
-        if first.last + first.span > now:
-            break
-        table.popitem(last=False)
+E = TypeVar("E", bound=_Entry)
+
+
+class _Table(Generic[E]):
+    """Entries by key, least recently used first, bounded by `max_keys`; idle ones are dropped from the front."""
+
+    __slots__ = ("entries", "front", "front_expiry", "max_keys")
+
+    def __init__(self, max_keys: int) -> None:
+        self.entries: OrderedDict[str, E] = OrderedDict()
+        self.max_keys = max_keys
+        #: The first entry's key and when it goes idle: until then, and while that entry is not used again,
+        #: nothing can be dropped (the common case: no look at the front on every op).
+        self.front: str | None = None
+        self.front_expiry = _NEVER
+
+    def touch(self, key: str, now: float) -> None:
+        """`key` was just used (its entry's `last` is `now`): move it to the back; drop the oldest beyond
+        max_keys and the idle entries at the front."""
+        entries = self.entries
+        entries.move_to_end(key)
+        if len(entries) > self.max_keys:
+            while len(entries) > self.max_keys:
+                entries.popitem(last=False)
+        elif now < self.front_expiry and key != self.front:
+            return
+        while entries:
+            first_key, first = next(iter(entries.items()))
+            expiry = first.last + first.span
+            if expiry > now:
+                self.front, self.front_expiry = first_key, expiry
+                return
+            entries.popitem(last=False)
+        self.front, self.front_expiry = None, _NEVER
+
+
+class _Claims:
+    """The claims of one lifetime: insertion order is expiry order."""
+
+    __slots__ = ("entries", "front_expiry")
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        #: When the first claim expires (nothing to drop before then).
+        self.front_expiry = _NEVER
+
+
+_ZEROS: Final[list[tuple[int, ...]]] = [()]
+
+
+def _zeros(n: int) -> tuple[int, ...]:
+    """(0,) * n, made once per length."""
+    while len(_ZEROS) <= n:
+        _ZEROS.append((0,) * len(_ZEROS))
+    return _ZEROS[n]
+
+
+def _adds(add: tuple[int, ...]) -> bool:
+    """Whether a tally op adds anything (`any`, without the builtin call)."""
+    for value in add:  # noqa: SIM110 (a plain loop: compiled, no call)
+        if value:
+            return True
+    return False
+
+
+#: "No entry to wait for": the front must be looked at.
+_NEVER = float("-inf")
 
 
 class MemoryStore:
@@ -137,14 +237,14 @@ class MemoryStore:
 
     def __init__(self, max_keys: int = 1_000_000) -> None:
         self.max_keys = max_keys
-        self._claims: dict[float, OrderedDict[str, tuple[str, float]]] = {}
-        self._windows: OrderedDict[str, _Members] = OrderedDict()
-        self._tallies: OrderedDict[str, _Buckets] = OrderedDict()
-        self._recent: OrderedDict[str, _Recent] = OrderedDict()
+        self._claims: dict[float, _Claims] = {}
+        self._windows: _Table[_Members] = _Table(max_keys)
+        self._tallies: _Table[_Buckets] = _Table(max_keys)
+        self._recent: _Table[_Recent] = _Table(max_keys)
 
     def __len__(self) -> int:
-        return (sum(len(c) for c in self._claims.values()) + len(self._windows) + len(self._tallies)
-                + len(self._recent))
+        return (sum(len(c.entries) for c in self._claims.values()) + len(self._windows.entries)
+                + len(self._tallies.entries) + len(self._recent.entries))
 
     def execute(self, ops: Sequence[Op], now: float) -> list[Any]:
         out: list[Any] = []
@@ -163,29 +263,35 @@ class MemoryStore:
 
     def _claim(self, op: Claim, now: float) -> tuple[str | None, bool]:
         """(the value another call holds, or None; whether this op newly claimed the key)"""
-        table = self._claims.get(op.ttl)
-        if table is None:
-            table = self._claims[op.ttl] = OrderedDict()
-        while table:  # one lifetime per table: insertion order is expiry order
-            first = next(iter(table.values()))
-            if first[1] > now:
-                break
-            table.popitem(last=False)
+        claims = self._claims.get(op.ttl)
+        if claims is None:
+            claims = self._claims[op.ttl] = _Claims()
+        table = claims.entries
+        if not now < claims.front_expiry:
+            while table:
+                first = next(iter(table.values()))
+                if first[1] > now:
+                    claims.front_expiry = first[1]
+                    break
+                table.popitem(last=False)
+            else:
+                claims.front_expiry = _NEVER
         old = table.get(op.key)
         if old is not None:
             return (None if old[0] == op.value else old[0]), False
         table[op.key] = (op.value, now + op.ttl)
         if len(table) > self.max_keys:
             table.popitem(last=False)
+            claims.front_expiry = _NEVER
         return None, True
 
     def _window(self, op: Window, now: float) -> int:
         windows = self._windows
-        w = windows.get(op.key)
+        w = windows.entries.get(op.key)
         if w is None:
-            w = windows[op.key] = _Members(op.span)
+            w = windows.entries[op.key] = _Members(op.span)
         w.last = now
-        _touch(windows, op.key, now, self.max_keys)
+        windows.touch(op.key, now)
         members = w.members
         members[op.member] = now
         members.move_to_end(op.member)
@@ -201,28 +307,29 @@ class MemoryStore:
 
     def _tally(self, op: Tally, now: float, claimed: bool) -> tuple[int, ...]:
         tallies = self._tallies
-        b = tallies.get(op.key)
-        if b is None and not any(op.add) and not (claimed and op.add_if_claimed >= 0):
-            return (0,) * len(op.fields)  # reading a key nobody counted: nothing to keep
+        b = tallies.entries.get(op.key)
+        if b is None and not _adds(op.add) and not (claimed and op.add_if_claimed >= 0):
+            return _zeros(len(op.fields))  # reading a key nobody counted: nothing to keep
         if b is None or len(b.totals) != len(op.fields):
-            b = tallies[op.key] = _Buckets(len(op.fields), op.buckets, op.span)
+            b = tallies.entries[op.key] = _Buckets(len(op.fields), op.buckets, op.span)
         b.last = now
-        _touch(tallies, op.key, now, self.max_keys)
+        tallies.touch(op.key, now)
         current = int(now // b.width)
-        n = len(b.ids)
+        ids = b.ids
+        n = len(ids)
         slot = current % n
         totals = b.totals
-        if b.ids[slot] != current:
+        if ids[slot] != current:
             # Recycle every slot whose bucket left the window since the last op (at most all of them).
             oldest = current - n + 1
             for i in range(n):
-                if b.ids[i] != -1 and b.ids[i] < oldest:
+                if ids[i] != -1 and ids[i] < oldest:
                     counts = b.counts[i]
                     for f in range(len(totals)):
                         totals[f] -= counts[f]
                         counts[f] = 0
-                    b.ids[i] = -1
-            b.ids[slot] = current
+                    ids[i] = -1
+            ids[slot] = current
         counts = b.counts[slot]
         for f, value in enumerate(op.add):
             if value:
@@ -235,13 +342,16 @@ class MemoryStore:
 
     def _push(self, op: Recent, now: float) -> tuple[str, ...]:
         recent = self._recent
-        r = recent.get(op.key)
-        if r is None or r.items.maxlen != op.keep:
-            r = recent[op.key] = _Recent(op.keep, op.ttl)
+        r = recent.entries.get(op.key)
+        if r is None or r.keep != op.keep:
+            r = recent.entries[op.key] = _Recent(op.keep, op.ttl)
         r.last = now
-        _touch(recent, op.key, now, self.max_keys)
-        r.items.appendleft(op.member)
-        return tuple(r.items)
+        recent.touch(op.key, now)
+        items = (op.member, *r.items)
+        if len(items) > r.keep:
+            items = items[: r.keep]
+        r.items = items
+        return items
 
 
 def run_ops(store: StateStore, ops: Sequence[Op], now: float) -> list[Any]:

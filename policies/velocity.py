@@ -11,7 +11,6 @@ counter set explicitly.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -114,7 +113,7 @@ class Velocity(ActionPolicy):
 
     def _fired(self, why: str) -> Decision:
         """The configured action, saying which threshold fired with what value (for records and logs)."""
-        return dataclasses.replace(self.hit, note=f"{self._label} {why}")
+        return self.hit.with_note(f"{self._label} {why}")
 
     def ended(self, ctx: CallContext, outcome: CallOutcome) -> Sequence[Op]:
         """An answered call ended: count it, and whether it was short, for the short-call share."""

@@ -54,6 +54,13 @@ MODULES = (
     "proxy/stir/x5u.py",
     "proxy/stir/verifier.py",
     "proxy/stir/signer.py",
+    "policies/context.py",
+    "policies/state.py",
+    "policies/risk_core.py",
+    "policies/numbering.py",
+    "policies/chain_core.py",
+    "policies/keys.py",
+    "policies/replay_core.py",
 )
 
 

@@ -579,7 +579,8 @@ class Engine(CallHost):
             display = None
         if display is not None and len(display) > 1 and display[0] == '"' and display[-1] == '"':
             display = display[1:-1]
-        dests = auth.dest_tns(invite)
+        orig_tn, dests = auth.call_tns(invite)  # read by verification already: not parsed again
+        names = self.policies.header_names
         ctx = CallContext.build(
             call_id=invite.call_id,
             trunk=call.ingress.name,
@@ -589,11 +590,11 @@ class Engine(CallHost):
             dest=invite.uri,
             display_name=display,
             verification=call.inbound.result if call.inbound is not None else None,
-            headers=((h.key, h.value) for h in invite.headers),
+            headers=[(h.key, h.value) for h in invite.headers if h.key in names],
             now=now + self.wall_offset,
             tn_policy=auth.tn_policy,
-            header_names=self.policies.header_names,
-            orig_tn=auth.orig_tn(invite),
+            header_names=names,
+            orig_tn=orig_tn,
             dest_tn=dests[0] if dests else None,
         )
         request = chain.observe(ctx)

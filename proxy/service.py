@@ -35,7 +35,8 @@ def invite_context(auth: Authenticator, pset: PolicySet, invite: Request, trunk:
         display = None
     if display is not None and len(display) > 1 and display[0] == '"' and display[-1] == '"':
         display = display[1:-1]
-    dests = auth.dest_tns(invite)
+    orig_tn, dests = auth.call_tns(invite)
+    names = pset.header_names
     return CallContext.build(
         call_id=invite.call_id,
         trunk=trunk.name,
@@ -45,11 +46,11 @@ def invite_context(auth: Authenticator, pset: PolicySet, invite: Request, trunk:
         dest=invite.uri,
         display_name=display,
         verification=verification,
-        headers=((h.key, h.value) for h in invite.headers),
+        headers=[(h.key, h.value) for h in invite.headers if h.key in names],
         now=wall_now,
         tn_policy=auth.tn_policy,
-        header_names=pset.header_names,
-        orig_tn=auth.orig_tn(invite),
+        header_names=names,
+        orig_tn=orig_tn,
         dest_tn=dests[0] if dests else None,
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.campaigns import play, summarize
+from bench.policy_path import record, replay
 from bench.traffic import CAMPAIGN_KINDS, LEGIT_KINDS, PLAN, Traffic, generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,3 +151,15 @@ def test_replay_is_deterministic() -> None:
     b = play(traffic, ROOT / "bench" / "baseline-policies.yaml")
     assert [(r.verdict, r.code, r.steps) for r in a.results] == [(r.verdict, r.code, r.steps) for r in b.results]
     assert any(r.steps for r in a.results)
+
+
+def test_policy_path_replays_the_engines_decisions() -> None:
+    """bench.policy_path records the policy path as the engine walks it and replays it alone; the replay checks
+    every step's outcome and note against the engine's, so a faster path that decides otherwise fails here."""
+    rec = record(hours=0.5, scale=800, seed=5, policies=ROOT / "examples" / "policies-campaigns.yaml")
+    judged = [e for e in rec.events if e[0] == "judge"]
+    assert rec.calls > 0 and len(judged) == rec.calls
+    assert any(e[0] == "end" and e[4] is not None for e in rec.events)  # ended calls recorded state
+    assert any(note for e in judged for _, note in e[4])  # risk notes among the steps
+    parts = replay(rec)
+    assert set(parts) == {"context", "observe", "state", "evaluate", "ended"} and parts["state"] > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from typing import Any
 
@@ -40,7 +39,7 @@ def judge(policy: Any, c: CallContext, store: StateStore | None = None) -> Decis
     if observe is not None:
         ops = list(observe(c))
         results = (STORE if store is None else store).execute(ops, c.now) if ops else []
-        c = dataclasses.replace(c, facts={policy: results})
+        c = c.replace(facts={policy: results})
     decision: Decision = policy.evaluate(c)
     return decision
 

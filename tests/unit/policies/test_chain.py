@@ -152,7 +152,8 @@ def test_when_filter_skips_entries_and_their_state() -> None:
     only_c = Filter.parse({"attest": ["C"]})
     c = Chain("carrier", [ChainEntry("p0", "counting", "enforce", p, when=only_c)], counters)
     store = MemoryStore()
-    assert c.observe(ctx(verification=passed("A"))) == ([], [])
+    request = c.observe(ctx(verification=passed("A")))
+    assert request is not None and (request.ops, request.slices) == ([], [])
     for _ in range(3):
         assert run(c, ctx(verification=passed("A")), store).decision.action == "continue"
     assert counters.items() == []  # never applied: not counted

@@ -1,0 +1,389 @@
+"""risk_score's per-call work on plain values: the call's keys, its state ops, its signals and their score.
+
+Compiled with mypyc (proxy/compiled.py), as the engine is: the score runs on every call, and interpreted it cost
+more than the rest of the chain. So this module holds no msgspec structs (msgspec reads annotations at run
+time); `policies.risk_score` reads and checks the parameters and hands the values here. Pure Python works the
+same, only slower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from .context import CONTINUE, CallContext, CallOutcome, Decision
+from .state import Claim, Op, Recent, Tally
+
+__all__ = ["FEEDBACK_FIELDS", "GATEWAY_FIELDS", "PER_CALL", "SIGNALS", "RiskCore", "Score", "explain", "sweep_share"]
+
+#: The gateway's counters, in the Tally's field order.
+GATEWAY_FIELDS: Final = ("calls", "first_seen", "attest_c", "attest_b", "unsigned", "failed", "neighbor", "ended",
+                         "answered", "short", "novel_ended", "novel_answered", "novel_short", "novel_neighbor")
+_CALLS: Final = 0
+_FIRST: Final = 1
+_ATT_C: Final = 2
+_ATT_B: Final = 3
+_UNSIGNED: Final = 4
+_FAILED: Final = 5
+_NEIGHBOR: Final = 6
+_ENDED: Final = 7
+_ANSWERED: Final = 8
+_SHORT: Final = 9
+_NOVEL_ENDED: Final = 10
+_NOVEL_ANSWERED: Final = 11
+_NOVEL_SHORT: Final = 12
+_NOVEL_NEIGHBOR: Final = 13
+FEEDBACK_FIELDS: Final = ("robocall", "wanted")
+
+
+def _call_adds(bits: int) -> tuple[int, ...]:
+    """What a call adds to its gateway's counters (bits: attest C, attest B, unsigned, failed, neighbour)."""
+    c, b, u, f, n = (bits >> k & 1 for k in range(5))
+    return (1, 0, c, b, u, f, n, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _end_adds(bits: int) -> tuple[int, ...]:
+    """What an ended call adds (bits: answered, short, from a never-seen number, neighbour)."""
+    a, s, novel, n = (bits >> k & 1 for k in range(4))
+    return (0, 0, 0, 0, 0, 0, 0, 1, a, s, novel, novel * a, novel * s, novel * n)
+
+
+#: Every combination, made once: the tallies' increments without a new tuple per call.
+_CALL_ADDS: Final = tuple(_call_adds(bits) for bits in range(32))
+_END_ADDS: Final = tuple(_end_adds(bits) for bits in range(16))
+
+#: Every signal, in the order of the value list `RiskCore.values` fills.
+SIGNALS: Final = (
+    "first_seen_share", "novel_unanswered_share", "novel_short_share", "novel_neighbor_share", "novel_neighbor",
+    "short_share", "unanswered_share", "neighbor_share", "attest_c_share", "attest_b_share", "unsigned_share",
+    "failed_share", "sweep", "orig_sweep", "reports", "attest_c", "unsigned", "failed", "neighbor", "first_seen",
+)
+# Indexes into SIGNALS (Final: constants in the compiled code).
+_S_FIRST_SHARE: Final = 0
+_S_NOVEL_UNANSWERED: Final = 1
+_S_NOVEL_SHORT: Final = 2
+_S_NOVEL_NEIGHBOR_SHARE: Final = 3
+_S_NOVEL_NEIGHBOR: Final = 4
+_S_SHORT: Final = 5
+_S_UNANSWERED: Final = 6
+_S_NEIGHBOR_SHARE: Final = 7
+_S_ATT_C_SHARE: Final = 8
+_S_ATT_B_SHARE: Final = 9
+_S_UNSIGNED_SHARE: Final = 10
+_S_FAILED_SHARE: Final = 11
+_S_SWEEP: Final = 12
+_S_ORIG_SWEEP: Final = 13
+_S_REPORTS: Final = 14
+_S_ATT_C: Final = 15
+_S_UNSIGNED: Final = 16
+_S_FAILED: Final = 17
+_S_NEIGHBOR: Final = 18
+_S_FIRST: Final = 19
+#: Signals about this call alone: their value (1) is not shown in the explanation.
+PER_CALL: Final = frozenset({"attest_c", "unsigned", "failed", "neighbor", "first_seen", "novel_neighbor"})
+#: A value the call does not have (too few calls for a share): scores nothing whatever its signal's `low`.
+_ABSENT: Final = float("-inf")
+
+KeyGetter = Callable[[CallContext], str | None]
+#: (score 0-100, [(signal, value, points)] of the signals that scored, most points first, gateway, its calls)
+Score = tuple[float, list[tuple[str, float, float]], str, int]
+
+
+def _national(tn: str | None) -> str | None:
+    """The 10 national digits of a NANP number (as `policies.keys.national`)."""
+    if tn is None:
+        return None
+    if len(tn) == 11 and tn[0] == "1":
+        return tn[1:]
+    return tn if len(tn) == 10 else None
+
+
+def sweep_share(dests: Sequence[str], gap: int, minimum: int) -> float:
+    """How much the recent destinations (10 national digits, newest first) look like a range being walked by
+    this call: the larger of the share of consecutive pairs within `gap` of each other (sequential dialling)
+    and the share in the commonest thousands-block (block-wise), over the distinct numbers. 0 with fewer than
+    `minimum` distinct numbers, or when this call's destination does not continue the pattern (the cheap
+    common case)."""
+    if len(dests) < minimum:
+        return 0.0
+    newest, previous = dests[0], dests[1]
+    if newest == previous or (newest[:7] != previous[:7] and abs(int(newest) - int(previous)) > gap):
+        return 0.0
+    distinct = list(dict.fromkeys(dests))  # calling one number again and again is not walking a range
+    if len(distinct) < minimum:
+        return 0.0
+    values = [int(n) for n in distinct]
+    close = 0
+    for k in range(1, len(values)):
+        if abs(values[k - 1] - values[k]) <= gap:
+            close += 1
+    blocks: dict[str, int] = {}
+    for n in distinct:
+        blocks[n[:7]] = blocks.get(n[:7], 0) + 1
+    return max(close / (len(values) - 1), max(blocks.values()) / len(distinct))
+
+
+#: Numbers as the explanation shows them, by value: shares are ratios of small counts and points follow from
+#: them, so the same few values come back call after call, and formatting a float costs ~10 times a lookup.
+_SHOWN: Final[dict[float, str]] = {}
+_WHOLE: Final[dict[float, str]] = {}
+_SHOWN_MAX: Final = 4096
+
+
+def _shown(value: float) -> str:
+    """`value` with two decimals."""
+    text = _SHOWN.get(value)
+    if text is None:
+        if len(_SHOWN) >= _SHOWN_MAX:
+            _SHOWN.clear()
+        text = _SHOWN[value] = f"{value:.2f}"
+    return text
+
+
+def _whole(value: float) -> str:
+    """`value` rounded to a whole number."""
+    text = _WHOLE.get(value)
+    if text is None:
+        if len(_WHOLE) >= _SHOWN_MAX:
+            _WHOLE.clear()
+        text = _WHOLE[value] = f"{value:.0f}"
+    return text
+
+
+def explain(total: float, parts: Sequence[tuple[str, float, float]], gateway: str, calls: int) -> str:
+    """`risk 74: first_seen_share 0.93 +35, attest_c +5 (origid:6c1e..., 14 calls)`"""
+    reasons = ", ".join(f"{name} +{_whole(points)}" if name in PER_CALL else f"{name} {_shown(value)} +{_whole(points)}"
+                        for name, value, points in parts)
+    return f"risk {_whole(total)}: {reasons or 'no signal'} ({gateway}, {calls} calls)"
+
+
+def _points(part: tuple[str, float, float]) -> float:
+    return -part[2]
+
+
+class _Signal:
+    """A signal that counts: `weight` points at `high` and above, none at `low` and below, linear between."""
+
+    __slots__ = ("high", "index", "low", "name", "weight")
+
+    def __init__(self, name: str, weight: float, low: float, high: float) -> None:
+        self.name: Final = name
+        self.index: Final = SIGNALS.index(name)
+        self.weight: Final = weight
+        self.low: Final = low
+        self.high: Final = high
+
+
+class RiskCore:
+    """One risk_score entry's settings as plain values, and what it does per call."""
+
+    def __init__(self, ns: str, gateways: Sequence[tuple[str, KeyGetter]],
+                 signals: Sequence[tuple[str, float, float, float]], *, window: float, buckets: int,
+                 min_calls: int, min_ended: int, seen_ttl: float, short_call_seconds: float, sweep_depth: int,
+                 sweep_min: int, sweep_gap: int, feedback_window: float,
+                 thresholds: Sequence[tuple[float, Decision]], note_from: float,
+                 allow: Callable[[CallContext], bool] | None = None) -> None:
+        self.gateways = tuple(gateways)
+        #: The signals that count, in the order they add up.
+        self.signals = tuple(_Signal(name, w, low, high) for name, w, low, high in signals)
+        self.window = window
+        self.buckets = buckets
+        self.min_calls = min_calls
+        self.min_ended = min_ended
+        self.seen_ttl = seen_ttl
+        self.short_call_seconds = short_call_seconds
+        self.sweep_depth = sweep_depth
+        self.sweep_min = sweep_min
+        self.sweep_gap = sweep_gap
+        self.feedback_window = feedback_window
+        #: (score, decision), highest first: the first reached applies.
+        self.thresholds = tuple(thresholds)
+        self.note_from = note_from
+        #: What `on_error: closed` applies when the state did not come: the lowest threshold's action.
+        self.hit = self.thresholds[-1][1]
+        #: Calls never scored (counted all the same): the allow list's match, None without one.
+        self.allow = allow
+        # Key prefixes in the state store (one namespace per scope).
+        self.seen_prefix = f"{ns}seen:"
+        self.gateway_prefix = f"{ns}g:"
+        self.feedback_prefix = f"{ns}f:"
+        self.tn_feedback_prefix = f"{ns}f:tn:"
+        self.recent_prefix = f"{ns}r:"
+        self.orig_recent_prefix = f"{ns}o:"
+        #: The last call's context, gateway and neighbour match: observe and evaluate of one call ask in turn.
+        self._ctx: object = None
+        self._gateway: str | None = None
+        self._neighbor = False
+
+    # --- keys ---------------------------------------------------------------------------------------------
+    def keys(self, ctx: CallContext) -> tuple[str | None, bool]:
+        """(the call's gateway key, or None; whether the caller shares the callee's NPA-NXX)"""
+        if self._ctx is ctx:
+            return self._gateway, self._neighbor
+        gw: str | None = None
+        for kind, get in self.gateways:
+            value = get(ctx)
+            if value is not None:
+                gw = f"{kind}:{value}"
+                break
+        o, d = _national(ctx.orig_tn), _national(ctx.dest_tn)
+        neighbor = o is not None and d is not None and o[:6] == d[:6]
+        self._ctx, self._gateway, self._neighbor = ctx, gw, neighbor
+        return gw, neighbor
+
+    # --- state ----------------------------------------------------------------------------------------------
+    def observe(self, ctx: CallContext) -> Sequence[Op]:
+        """The ops of a call: the number claimed as seen, the gateway's counters, feedback, recent destinations."""
+        gw, neighbor = self.keys(ctx)
+        if gw is None:
+            return ()
+        v = ctx.verification
+        status = "none" if v is None else v.status
+        verified = status == "passed"
+        attest = ctx.attest
+        add = _CALL_ADDS[int(verified and attest == "C") | int(verified and attest == "B") << 1
+                         | int(status == "missing") << 2
+                         | int(status != "passed" and status != "missing" and status != "none") << 3
+                         | int(neighbor) << 4]
+        orig = ctx.orig_tn
+        dest = _national(ctx.dest_tn)  # sweeps are judged on NANP numbers
+        ops: list[Op] = []
+        if orig is not None:
+            ops.append(Claim(self.seen_prefix + orig, ctx.call_id, self.seen_ttl))
+        ops.append(Tally(self.gateway_prefix + gw, GATEWAY_FIELDS, add, self.window, self.buckets,
+                         _FIRST if orig is not None else -1))
+        ops.append(Tally(self.feedback_prefix + gw, FEEDBACK_FIELDS, (0, 0), self.feedback_window))
+        if dest is not None:
+            ops.append(Recent(self.recent_prefix + gw, dest, self.sweep_depth, self.window))
+        if orig is not None:
+            ops.append(Tally(self.tn_feedback_prefix + orig, FEEDBACK_FIELDS, (0, 0), self.feedback_window))
+            if dest is not None:
+                ops.append(Recent(self.orig_recent_prefix + orig, dest, self.sweep_depth, self.window))
+        return ops
+
+    def ended(self, ctx: CallContext, outcome: CallOutcome) -> Sequence[Op]:
+        """The chain's hook: see `end_ops` (nothing for calls refused here, which say nothing of how the called
+        side answers)."""
+        if not outcome.reached:
+            return ()
+        return self.end_ops(ctx, outcome.answered, outcome.duration, ctx.state_for(self))
+
+    def end_ops(self, ctx: CallContext, answered: bool, duration: float,
+                results: Sequence[Any] | None) -> Sequence[Op]:
+        """What an ended call (that reached the called side) adds to its gateway: ended, answered, short, and
+        the same for calls from never-seen numbers (`results`: the call's observe results)."""
+        gw, neighbor = self.keys(ctx)
+        if gw is None:
+            return ()
+        short = int(answered and duration < self.short_call_seconds)
+        novel = int(ctx.orig_tn is not None and results is not None and len(results) > 0 and results[0] is None)
+        add = _END_ADDS[int(answered) | short << 1 | novel << 2 | int(neighbor) << 3]
+        return (Tally(self.gateway_prefix + gw, GATEWAY_FIELDS, add, self.window, self.buckets),)
+
+    # --- the score --------------------------------------------------------------------------------------------
+    def values(self, ctx: CallContext, results: Sequence[Any]) -> tuple[list[float], str, int] | None:
+        """(every signal's value, aligned with SIGNALS, `-inf` when the call has none; gateway key; gateway
+        calls in the window), None without a gateway."""
+        gw, neighbor = self.keys(ctx)
+        if gw is None:
+            return None
+        orig, dest = ctx.orig_tn, _national(ctx.dest_tn)
+        i = 0
+        first_seen = False
+        if orig is not None:
+            first_seen = results[0] is None  # this call claimed the number: never seen before
+            i = 1
+        g: tuple[int, ...] = results[i]
+        fb: tuple[int, ...] = results[i + 1]
+        i += 2
+        gw_dests: Sequence[str] = ()
+        orig_dests: Sequence[str] = ()
+        tn_fb: tuple[int, ...] = (0, 0)
+        if dest is not None:
+            gw_dests = results[i]
+            i += 1
+        if orig is not None:
+            tn_fb = results[i]
+            i += 1
+            if dest is not None:
+                orig_dests = results[i]
+        values = [_ABSENT] * len(SIGNALS)
+        calls = g[_CALLS]
+        if calls >= self.min_calls:
+            values[_S_FIRST_SHARE] = g[_FIRST] / calls
+            values[_S_ATT_C_SHARE] = g[_ATT_C] / calls
+            values[_S_ATT_B_SHARE] = g[_ATT_B] / calls
+            values[_S_UNSIGNED_SHARE] = g[_UNSIGNED] / calls
+            values[_S_FAILED_SHARE] = g[_FAILED] / calls
+            values[_S_NEIGHBOR_SHARE] = g[_NEIGHBOR] / calls
+        ended, answered = g[_ENDED], g[_ANSWERED]
+        if ended >= self.min_ended:
+            values[_S_UNANSWERED] = 1.0 - answered / ended
+        if answered >= self.min_ended:
+            values[_S_SHORT] = g[_SHORT] / answered
+        if first_seen:
+            novel_ended, novel_answered = g[_NOVEL_ENDED], g[_NOVEL_ANSWERED]
+            if novel_ended >= self.min_ended:
+                values[_S_NOVEL_UNANSWERED] = 1.0 - novel_answered / novel_ended
+            if novel_answered >= self.min_ended:
+                values[_S_NOVEL_SHORT] = g[_NOVEL_SHORT] / novel_answered
+            if novel_ended >= self.min_ended:
+                values[_S_NOVEL_NEIGHBOR_SHARE] = g[_NOVEL_NEIGHBOR] / novel_ended
+        values[_S_SWEEP] = sweep_share(gw_dests, self.sweep_gap, self.sweep_min)
+        values[_S_ORIG_SWEEP] = sweep_share(orig_dests, self.sweep_gap, self.sweep_min)
+        values[_S_REPORTS] = float(fb[0] + tn_fb[0] - fb[1] - tn_fb[1])
+        v = ctx.verification
+        status = "none" if v is None else v.status
+        values[_S_ATT_C] = float(status == "passed" and ctx.attest == "C")
+        values[_S_UNSIGNED] = float(status == "missing")
+        values[_S_FAILED] = float(status != "passed" and status != "missing" and status != "none")
+        values[_S_NEIGHBOR] = float(neighbor)
+        values[_S_FIRST] = float(first_seen)
+        values[_S_NOVEL_NEIGHBOR] = float(first_seen and neighbor)
+        return values, gw, calls
+
+    def score(self, ctx: CallContext, results: Sequence[Any]) -> Score | None:
+        """The call's score and the signals that made it, None without a gateway. Each signal scores `weight`
+        at `high` and above, nothing at `low` and below, linearly between; the sum is capped at 100."""
+        found = self.values(ctx, results)
+        if found is None:
+            return None
+        values, gw, calls = found
+        total = 0.0
+        parts: list[tuple[str, float, float]] = []
+        for signal in self.signals:
+            value = values[signal.index]
+            low = signal.low
+            if value <= low:
+                continue
+            weight, high = signal.weight, signal.high
+            points = weight if value >= high else weight * (value - low) / (high - low)
+            total += points
+            parts.append((signal.name, value, points))
+        if len(parts) > 1:
+            parts.sort(key=_points)
+        return min(100.0, total), parts, gw, calls
+
+    def evaluate(self, ctx: CallContext) -> Decision:
+        """The chain's entry point (facts keyed by this core)."""
+        allow = self.allow
+        if allow is not None and allow(ctx):
+            return CONTINUE
+        results = ctx.state_for(self)
+        if not results:
+            return CONTINUE
+        return self.decide(ctx, results)
+
+    def decide(self, ctx: CallContext, results: Sequence[Any]) -> Decision:
+        """The highest threshold's decision the score reaches, noted with its reasons; below every threshold
+        `continue`, noted from `note_from` up."""
+        scored = self.score(ctx, results)
+        if scored is None:
+            return CONTINUE
+        total, parts, gw, calls = scored
+        for at, decision in self.thresholds:
+            if total >= at:
+                return decision.with_note(explain(total, parts, gw, calls))
+        if total >= self.note_from:
+            return Decision(note=explain(total, parts, gw, calls))
+        return CONTINUE
