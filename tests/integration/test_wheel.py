@@ -67,7 +67,7 @@ def pure_install(tmp_path_factory: pytest.TempPathFactory, wheel_source: Path, i
 
 def installed_files(inst: wheel.Install) -> list[str]:
     site = inst.site_packages()
-    return [str(p.relative_to(site)) for p in (site / "proxy").rglob("*") if p.is_file()]
+    return [str(p.relative_to(site)) for pkg in ("proxy", "policies") for p in (site / pkg).rglob("*") if p.is_file()]
 
 
 def build_lines(inst: wheel.Install) -> list[str]:
