@@ -17,6 +17,9 @@ its own time and every transaction lingers for its RFC 3261 timers.
                                                      # distribution point, its CRL checked and cached (issue 17)
     python -m bench.engine_calls --shed              # INVITEs refused at the door (503, then their ACK): CPU
                                                      # per refused INVITE (issue 19)
+    python -m bench.engine_calls --live [--sign]     # with what a live worker adds when a call ends: the call
+                                                     # record (SQLite writer thread), the metrics, the per-call
+                                                     # log line (to /dev/null), as `stirgate run` installs them
     valgrind --tool=callgrind python -m bench.engine_calls --calls 2000
 """
 
@@ -38,7 +41,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.config import load_config_text
 from proxy.engine import Engine
-from proxy.server import tune_gc
+from proxy.logsink import sink
+from proxy.metrics import Metrics
+from proxy.records import call_end_hook
+from proxy.recordstore import make_writer
+from proxy.server import _call_logger, configure_logging, tune_gc
 from proxy.sip.message import parse
 from proxy.stir.crl_fetcher import CrlFetcher
 from proxy.stir.demo_certs import build_demo_set, init_demo_certs, issue, key_pem, pem, write_demo_set
@@ -211,14 +218,38 @@ def run_redirect(calls: int, rate: float, sign_dir: str) -> tuple[Engine, float]
     return engine, cpu
 
 
+class LiveHooks:
+    """What `stirgate run` hangs on the engine besides the SIP work (proxy/server.py `_serve`): the per-call log
+    line, the metrics and the call record, the records written by the SQLite writer thread."""
+
+    def __init__(self, engine: Engine, directory: str) -> None:
+        configure_logging("info")
+        settings = load_config_text(CONFIG + f"records: {{path: {directory}/records.sqlite3}}\n", "<bench>").records
+        self.metrics = Metrics()
+        self.writer = make_writer(settings)
+        self.writer.start()
+        engine.call_end_hooks.append(_call_logger())
+        engine.call_end_hooks.append(call_end_hook(self.writer, [self.metrics.observe_call], engine.auth.tn_policy))
+
+    def close(self) -> None:
+        """The writer's last rows written (inside the timed part: its thread's CPU is the process's)."""
+        self.writer.flush_and_close()
+        sink.flush()
+
+
 def run(calls: int, rate: float, sign_dir: str | None = None, verify_dir: str | None = None,
-        redirect: bool = False, crl: bytes | None = None) -> tuple[Engine, float]:
-    """Replay `calls` bench calls; returns the engine and the process CPU seconds spent inside it."""
+        redirect: bool = False, crl: bytes | None = None, live: str | None = None) -> tuple[Engine, float]:
+    """Replay `calls` bench calls; returns the engine and the process CPU seconds spent inside it.
+
+    `live`: a directory for the call records: the hooks a live worker adds are installed (`LiveHooks`) and the
+    CPU is the whole process's from the first call to the last record written (harness included: the caller
+    subtracts a run without them)."""
     if redirect:
         assert sign_dir is not None
         return run_redirect(calls, rate, sign_dir)
     engine = Engine(load_config_text(config_text(sign_dir, verify_dir), "<bench>"), LOCAL)
     engine.wall_offset = time.time()
+    hooks = LiveHooks(engine, live) if live is not None else None
     identities = [""] * calls
     if verify_dir is not None:
         _prefill_cert_cache(engine, verify_dir, crl)
@@ -228,6 +259,7 @@ def run(calls: int, rate: float, sign_dir: str | None = None, verify_dir: str | 
     now = 0.0
     cpu = 0.0
     clock = time.process_time
+    started = clock()
     for i in range(calls):
         now += step
         invite = _uac_request("INVITE", i, 1, "sip:12025550199@127.0.0.1:5060", identity=identities[i])
@@ -263,6 +295,9 @@ def run(calls: int, rate: float, sign_dir: str | None = None, verify_dir: str | 
     t = clock()
     engine.handle_timer(now + 60.0)  # every lingering transaction ends
     cpu += clock() - t
+    if hooks is not None:
+        hooks.close()
+        cpu = clock() - started  # whole: the writer thread's CPU overlaps the harness
     assert engine.stats["calls_ended"] == calls, engine.stats
     assert not engine.calls, len(engine.calls)
     return engine, cpu
@@ -306,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redirect", action="store_true", help="redirect mode: INVITE -> 302 with the Identity -> ACK")
     ap.add_argument("--crl", action="store_true", help="with --verify: the certificate's CRL (CDP) checked, cached")
     ap.add_argument("--shed", action="store_true", help="INVITEs refused at the door (503) and their ACKs")
+    ap.add_argument("--live", action="store_true",
+                    help="also what a live worker adds per call (record, metrics, log line): whole-process CPU "
+                         "with and without them, the difference")
     args = ap.parse_args(argv)
     if args.shed:
         if not args.no_warmup:
@@ -331,12 +369,47 @@ def main(argv: list[str] | None = None) -> int:
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
             return 0
+        if args.live:
+            return _live(args, sign_dir, verify_dir, crl, tmp)
         if not args.no_warmup:
             run(min(args.calls, 2000), args.rate, sign_dir, verify_dir, args.redirect, crl)
         _engine, cpu = run(args.calls, args.rate, sign_dir, verify_dir, args.redirect, crl)
     what = ("redirect" if args.redirect else "signing" if args.sign
             else ("verifying, CRL cached" if crl else "verifying") if args.verify else "relay")
     print(f"engine CPU per call ({what}): {cpu / args.calls * 1e6:.1f} µs over {args.calls} calls at {args.rate:g} cps")
+    return 0
+
+
+def _live(args: argparse.Namespace, sign_dir: str | None, verify_dir: str | None, crl: bytes | None,
+          tmp: str) -> int:
+    """Whole-process CPU per call with the live hooks and without (harness included in both), alternated three
+    times; the per-call log lines go to /dev/null."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with_hooks: list[float] = []
+    without: list[float] = []
+    try:
+        os.dup2(devnull, 2)
+        run(min(args.calls, 2000), args.rate, sign_dir, verify_dir, args.redirect, crl, live=tmp + "/warm")
+        for k in range(3):
+            for live in ((tmp + f"/r{k}", None) if k % 2 == 0 else (None, tmp + f"/r{k}")):
+                if live is not None:
+                    os.makedirs(live, exist_ok=True)
+                t = time.process_time()
+                run(args.calls, args.rate, sign_dir, verify_dir, False, crl, live=live)
+                (with_hooks if live is not None else without).append(time.process_time() - t)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    per = [(w - o) / args.calls * 1e6 for w, o in zip(with_hooks, without, strict=True)]
+    per.sort()
+    what = "signing" if sign_dir else "verifying" if verify_dir else "relay"
+    whole = sorted(with_hooks)[1] / args.calls * 1e6
+    bare = sorted(without)[1] / args.calls * 1e6
+    print(f"live hooks ({what}): record + metrics + log line add {per[1]:.1f} µs per call (median of 3: "
+          + ", ".join(f"{x:.1f}" for x in per) + f"); whole process with them {whole:.1f} µs/call, without "
+          f"{bare:.1f} (harness included in both)")
     return 0
 
 

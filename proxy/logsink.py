@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
 
-__all__ = ["BATCHED_LOGGERS", "LineLogger", "LineSink", "logger_factory", "render_json", "sink"]
+__all__ = ["BATCHED_LOGGERS", "LineLogger", "LineSink", "logger_factory", "render_json", "render_line", "sink",
+           "utc_timestamp"]
 
 #: Logger names whose lines are batched (high volume, nobody waits on them one by one).
 BATCHED_LOGGERS = frozenset({"stirgate.call"})
@@ -25,7 +27,27 @@ _encoder = msgspec.json.Encoder(enc_hook=str)
 
 def render_json(_logger: object, _method: str, event: MutableMapping[str, Any]) -> bytes:
     """structlog's last processor: the event as one JSON line (objects msgspec does not know become str)."""
+    return render_line(event)
+
+
+def render_line(event: MutableMapping[str, Any]) -> bytes:
+    """An event as one JSON line, for a line built without structlog (the per-call line)."""
     return _encoder.encode(event) + b"\n"
+
+
+_second = -1
+_second_text = ""
+
+
+def utc_timestamp(t: float) -> str:
+    """`t` (Unix time) as structlog's TimeStamper(fmt="iso", utc=True) writes it: 2026-12-05T22:40:01.123456Z;
+    the date and time of day formatted once per second."""
+    global _second, _second_text
+    sec = int(t)
+    if sec != _second:
+        _second = sec
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_second_text}.{int((t - sec) * 1_000_000):06d}Z"
 
 
 class LineSink:

@@ -21,7 +21,7 @@ from proxy.b2bua import Call
 from proxy.config import Config, ConfigError, load_config
 from proxy.engine import Engine
 from proxy.feedback import apply_feedback
-from proxy.logsink import logger_factory, render_json, sink
+from proxy.logsink import logger_factory, render_json, render_line, sink, utc_timestamp
 from proxy.metrics import Metrics, engine_snapshot
 from proxy.records import TrunkLoadMeter, WriterBase, call_end_hook, redirect_end_hook
 from proxy.recordstore import make_writer
@@ -47,6 +47,8 @@ def configure_logging(level: str, components: Mapping[str, str] | None = None) -
     levels = {name: _LEVELS[lvl] for name, lvl in (components or {}).items()}
     floor = min([_LEVELS[level], *levels.values()])
     default = _LEVELS[level]
+    global _call_lines
+    _call_lines = levels.get("call", default) <= logging.INFO
 
     def by_component(_logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         if _LEVELS.get(method, logging.INFO) < levels.get(event.get("component", ""), default):
@@ -65,6 +67,12 @@ def configure_logging(level: str, components: Mapping[str, str] | None = None) -
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
+
+
+#: Whether the per-call lines (component "call", level info) are wanted: set by `configure_logging`.
+_call_lines = True
+#: The keys structlog would add to a per-call line.
+_CALL_LINE = {"event": "call", "component": "call", "level": "info"}
 
 
 def tune_gc() -> None:
@@ -94,51 +102,61 @@ async def _full_gc(interval: float) -> None:
 
 
 def _call_logger() -> Callable[[Call], None]:
-    """One JSON line per call, written when it ends: the decision and its identifiers (not one per message)."""
-    call_log = structlog.get_logger("stirgate.call", component="call").bind()  # bound once, not per line
+    """One JSON line per call, written when it ends: the decision and its identifiers (not one per message).
+
+    The line structlog would render (same keys, level and timestamp), built and queued here directly: through
+    structlog's processors it cost ~15 us per call, a tenth of a relayed call's CPU in memory."""
+    if not _call_lines:
+        return lambda call: None
+    add = sink.add
 
     def log_call(call: Call) -> None:
         inbound = call.inbound
         signed = call.signed
-        call_log.info(
-            "call",
-            call_id=call.a.call_id,
-            b_call_id=call.b.call_id if call.b is not None else None,
-            trunk=call.ingress.name,
-            egress=call.egress.trunk.name if call.egress is not None else None,
-            status=call.final_status,
-            end=call.end_reason,
-            verstat=inbound.result.verstat if inbound is not None else None,
-            attest=(inbound.result.attest if inbound is not None
-                    else signed.attest if isinstance(signed, SignedCall) else None),
-            duration=round(call.ended_at - call.answered_at, 3)
+        decisions = [d for d in call.decisions if d[2] != "continue" or d[3]]
+        add(render_line({
+            "call_id": call.a.call_id,
+            "b_call_id": call.b.call_id if call.b is not None else None,
+            "trunk": call.ingress.name,
+            "egress": call.egress.trunk.name if call.egress is not None else None,
+            "status": call.final_status,
+            "end": call.end_reason,
+            "verstat": inbound.result.verstat if inbound is not None else None,
+            "attest": (inbound.result.attest if inbound is not None
+                       else signed.attest if isinstance(signed, SignedCall) else None),
+            "duration": round(call.ended_at - call.answered_at, 3)
             if call.answered_at is not None and call.ended_at is not None else 0,
             # what the policies did, and why (dry-run ones too): only the entries that acted or explained
-            policies=[d for d in call.decisions if d[2] != "continue" or d[3]] or None,
-        )
+            "policies": decisions or None,
+            **_CALL_LINE,
+            "timestamp": utc_timestamp(time.time()),
+        }))
 
     return log_call
 
 
 def _redirect_logger() -> Callable[[Redirected], None]:
     """One JSON line per INVITE answered in redirect mode, like the inline call line."""
-    call_log = structlog.get_logger("stirgate.call", component="call").bind()
+    if not _call_lines:
+        return lambda r: None
+    add = sink.add
 
     def log_redirect(r: Redirected) -> None:
         inbound = r.inbound
-        call_log.info(
-            "call",
-            call_id=r.call_id,
-            b_call_id=None,
-            trunk=r.ingress.name,
-            egress=r.egress,
-            status=r.status,
-            end="redirected" if r.status == 302 else f"rejected:{r.status}",
-            verstat=inbound.result.verstat if inbound is not None else None,
-            attest=(inbound.result.attest if inbound is not None
-                    else r.signed.attest if r.signed is not None else None),
-            duration=0,
-        )
+        add(render_line({
+            "call_id": r.call_id,
+            "b_call_id": None,
+            "trunk": r.ingress.name,
+            "egress": r.egress,
+            "status": r.status,
+            "end": "redirected" if r.status == 302 else f"rejected:{r.status}",
+            "verstat": inbound.result.verstat if inbound is not None else None,
+            "attest": (inbound.result.attest if inbound is not None
+                       else r.signed.attest if r.signed is not None else None),
+            "duration": 0,
+            **_CALL_LINE,
+            "timestamp": utc_timestamp(time.time()),
+        }))
 
     return log_redirect
 

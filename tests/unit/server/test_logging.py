@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 import structlog
 
-from proxy.server import configure_logging
+from proxy.logsink import sink, utc_timestamp
+from proxy.server import _call_logger, configure_logging
 
 
 @pytest.fixture(autouse=True)
 def _restore_structlog() -> Iterator[None]:
     yield
+    structlog.reset_defaults()
+    configure_logging("info")  # the per-call lines back on for whatever runs next
     structlog.reset_defaults()
 
 
@@ -29,3 +34,41 @@ def test_component_level_overrides_the_default(capfd: pytest.CaptureFixture[str]
     structlog.get_logger("stirgate", component="server").info("listening")
     events = [(e["component"], e["event"]) for e in lines(capfd.readouterr().err)]
     assert events == [("transport", "tcp_detail"), ("server", "listening")]
+
+
+def ended_call() -> SimpleNamespace:
+    """What the per-call line reads of an ended call (attributes only)."""
+    leg = SimpleNamespace
+    return SimpleNamespace(a=leg(call_id="a-1"), b=leg(call_id="b-1"), ingress=leg(name="customer"),
+                           egress=leg(trunk=leg(name="carrier")), final_status=200, end_reason="bye-a",
+                           inbound=None, signed=None, answered_at=10.0, ended_at=12.5,
+                           decisions=[("risk", "enforce", "tag", "risk 55"), ("dno", "enforce", "continue", "")])
+
+
+def test_the_call_line_is_the_line_structlog_would_write(capfd: pytest.CaptureFixture[str]) -> None:
+    """The per-call line is built without structlog's processors (a tenth of a relayed call's CPU): same keys,
+    level, component and timestamp format as any other line."""
+    configure_logging("info")
+    _call_logger()(ended_call())  # type: ignore[arg-type]
+    structlog.get_logger("stirgate", component="server").info("listening")
+    sink.flush()
+    call, other = lines(capfd.readouterr().err)
+    assert call == {"event": "call", "component": "call", "level": "info", "timestamp": call["timestamp"],
+                    "call_id": "a-1", "b_call_id": "b-1", "trunk": "customer", "egress": "carrier", "status": 200,
+                    "end": "bye-a", "verstat": None, "attest": None, "duration": 2.5,
+                    "policies": [["risk", "enforce", "tag", "risk 55"]]}
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    assert stamp.fullmatch(str(call["timestamp"])) and stamp.fullmatch(str(other["timestamp"]))
+
+
+def test_call_lines_follow_the_call_component_level(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", {"call": "warning"})
+    _call_logger()(ended_call())  # type: ignore[arg-type]
+    sink.flush()
+    assert lines(capfd.readouterr().err) == []
+
+
+def test_utc_timestamp_matches_structlog() -> None:
+    t = 1796510401.0625
+    assert utc_timestamp(t) == "2026-12-05T22:40:01.062500Z"
+    assert utc_timestamp(t + 1.5) == "2026-12-05T22:40:02.562500Z"  # the next second, formatted anew
