@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import redis
 
 from policies.state import Op, Window
 from proxy.config import StateSettings
@@ -90,3 +92,43 @@ def test_redis_down_answers_none_at_once_and_recovers(redis_private: Redis) -> N
         assert got == [[1]]
     finally:
         d.close()
+
+
+def test_a_flushed_script_cache_is_sent_again(driver: Driver, redis_url: str) -> None:
+    """SCRIPT FLUSH (or a restart behind a proxy that keeps the connection): the batch's EVALSHA is refused
+    with NOSCRIPT, the same batch goes again as EVAL, and the call gets its answer, not a failure."""
+    assert driver.run([Window("f", "a", 60, 5)], state_contract.T0) == [1]
+    with redis_client(redis_url) as admin:
+        admin.execute_command("SCRIPT", "FLUSH")
+    assert driver.run([Window("f", "b", 60, 5)], state_contract.T0) == [2]
+    assert driver.state.stats["state_failures"] == 0
+
+
+def test_a_redis_that_stops_answering_is_bounded(redis_private: Redis) -> None:
+    """CLIENT PAUSE holds every reply: the batch waits at most its reply timeout (5 x timeout_ms, at least
+    0.1 s), then the waiting call is answered None and Redis is skipped for retry_interval; once the pause
+    ends, calls are answered again."""
+    d = Driver(redis_private.url, timeout_ms=20, retry_interval=0.05)
+    try:
+        assert d.run([Window("p", "a", 60, 5)], state_contract.T0) == [1]
+        with redis_client(redis_private.url) as admin:
+            admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+            assert d.calls([("paused", [Window("p", "b", 60, 5)], state_contract.T0)]) == [None]
+            assert d.state.stats["state_failures"] == 1
+            admin.execute_command("CLIENT", "UNPAUSE")
+        for _ in range(200):
+            got = d.calls([("back", [Window("p-after", "c", 60, 5)], state_contract.T0)])
+            if got != [None]:
+                break
+        assert got == [[1]]
+    finally:
+        d.close()
+
+
+@contextmanager
+def redis_client(url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        client.close()
