@@ -143,13 +143,13 @@ Answer = Callable[[str, "list[Any] | None"], None]
 Batch = tuple[list[tuple[str, list[Op], float]], list[tuple[list[Op], float]]]
 
 
-def command(*args: str | bytes) -> bytes:
-    """One Redis command in RESP (an array of bulk strings)."""
-    out = [b"*%d\r\n" % len(args)]
+def command(*args: str) -> bytes:
+    """One Redis command in RESP (an array of bulk strings), built as one str and encoded once."""
+    parts = [f"*{len(args)}\r\n"]
     for a in args:
-        b = a.encode() if isinstance(a, str) else a
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
+        n = len(a) if a.isascii() else len(a.encode())
+        parts.append(f"${n}\r\n{a}\r\n")
+    return "".join(parts).encode()
 
 
 class _Connection(asyncio.Protocol):
