@@ -324,16 +324,16 @@ class RedisState:
         self._in_flight = None
         calls, writes = batch
         if isinstance(reply, hiredis.ReplyError):
-            self._down(str(reply), batch)
-        else:
-            self.stats["state_batches"] += 1
-            i = 0
-            for call_id, ops, _ in calls:
-                results = [_decode(op, reply[i + j]) for j, op in enumerate(ops)]
-                i += len(ops)
-                self.stats["state_ops"] += len(ops)
-                self.answer(call_id, results)
-            self.stats["state_ops"] += sum(len(ops) for ops, _ in writes)
+            self._down(str(reply), batch)  # answers the batch's calls (None) and calls done()
+            return
+        self.stats["state_batches"] += 1
+        i = 0
+        for call_id, ops, _ in calls:
+            results = [_decode(op, reply[i + j]) for j, op in enumerate(ops)]
+            i += len(ops)
+            self.stats["state_ops"] += len(ops)
+            self.answer(call_id, results)
+        self.stats["state_ops"] += sum(len(ops) for ops, _ in writes)
         if calls:
             self.done()
         if self._calls or self._writes:

@@ -125,6 +125,31 @@ def test_a_redis_that_stops_answering_is_bounded(redis_private: Redis) -> None:
         d.close()
 
 
+def test_an_error_reply_fails_the_batch_once(redis_private: Redis) -> None:
+    """A Redis demoted to a read-only replica (a failover that left stirgate on the old primary) refuses the
+    script with READONLY: the waiting call is answered None at once, the batch counted once as failed, and once
+    the node is a primary again calls are answered."""
+    d = Driver(redis_private.url, retry_interval=0.05)
+    try:
+        assert d.run([Window("ro", "a", 60, 5)], state_contract.T0) == [1]
+        with redis_client(redis_private.url) as admin:
+            admin.execute_command("REPLICAOF", "127.0.0.1", "9")  # nothing there: it stays a read-only replica
+            try:
+                batches = d.batches
+                assert d.calls([("readonly", [Window("ro", "b", 60, 5)], state_contract.T0)]) == [None]
+                assert d.state.stats["state_failures"] == 1
+                assert d.batches == batches + 1  # the transport flushed once for that batch
+            finally:
+                admin.execute_command("REPLICAOF", "NO", "ONE")
+        for _ in range(200):
+            got = d.calls([("primary", [Window("ro-after", "c", 60, 5)], state_contract.T0)])
+            if got != [None]:
+                break
+        assert got == [[1]]
+    finally:
+        d.close()
+
+
 @contextmanager
 def redis_client(url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(url)
