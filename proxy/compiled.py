@@ -42,6 +42,7 @@ MODULES = (
     "proxy/routing.py",
     "proxy/admission.py",
     "proxy/b2bua.py",
+    "proxy/service.py",
     "proxy/redirect.py",
     "proxy/engine.py",
     "proxy/transport.py",

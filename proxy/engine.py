@@ -23,6 +23,7 @@ from proxy.config import Config, Trunk
 from proxy.protection import Pike
 from proxy.redirect import Redirector
 from proxy.routing import Router, dialled_digits
+from proxy.service import invite_context
 from proxy.sip.grammar import ParseError
 from proxy.sip.message import Header, Request, Response, VersionError, canonical_name, parse
 from proxy.sip.peek import Peek, peek_request, stateless_response
@@ -572,31 +573,9 @@ class Engine(CallHost):
         if not len(chain):
             call.start(now)
             return
-        auth = self.auth
-        try:
-            display = invite.from_.display
-        except ParseError:
-            display = None
-        if display is not None and len(display) > 1 and display[0] == '"' and display[-1] == '"':
-            display = display[1:-1]
-        orig_tn, dests = auth.call_tns(invite)  # read by verification already: not parsed again
-        names = self.policies.header_names
-        ctx = CallContext.build(
-            call_id=invite.call_id,
-            trunk=call.ingress.name,
-            trunk_role=call.ingress.role,
-            source=(call.source[1], call.source[2]),
-            orig=call.pai or invite.header("from"),
-            dest=invite.uri,
-            display_name=display,
-            verification=call.inbound.result if call.inbound is not None else None,
-            headers=[(h.key, h.value) for h in invite.headers if h.key in names],
-            now=now + self.wall_offset,
-            tn_policy=auth.tn_policy,
-            header_names=names,
-            orig_tn=orig_tn,
-            dest_tn=dests[0] if dests else None,
-        )
+        # verification read the INVITE's numbers already: call_tns does not parse them again
+        ctx = invite_context(self.auth, self.policies, invite, call.ingress, (call.source[1], call.source[2]),
+                             call.inbound.result if call.inbound is not None else None, now + self.wall_offset)
         request = chain.observe(ctx)
         facts = None
         if request is not None:

@@ -290,7 +290,7 @@ def record_from_redirect(r: Redirected, wall_offset: float, tn_policy: TNPolicy 
         status=r.status,
         invite_at=at,
         ended_at=at,
-        end_reason="redirected" if r.status == 302 else f"rejected:{r.status}",
+        end_reason=r.end_reason,
     )
 
 

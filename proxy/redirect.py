@@ -165,6 +165,11 @@ class Redirected:
         self.at = at
         self.x5u_fetched = x5u_fetched
 
+    @property
+    def end_reason(self) -> str:
+        """How the INVITE ended, in the words of a call record's `end_reason`."""
+        return "redirected" if self.status == 302 else f"rejected:{self.status}"
+
 
 class _Pending:
     """An INVITE waiting for its x5u certificate."""

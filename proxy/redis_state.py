@@ -260,15 +260,19 @@ class RedisState:
             return
         batch: Batch = (self._calls, self._writes)
         self._calls, self._writes = [], []
+        self._in_flight = batch
+        self._pending.append(batch)
+        self._conn.send(command("EVALSHA", self._sha, "0", *self._args(batch)))
+        self._deadline = asyncio.get_running_loop().call_later(self.reply_timeout, self._timed_out)
+
+    def _args(self, batch: Batch) -> list[str]:
+        """The script's ARGV for a batch: the waiting calls' ops, then the writes."""
         args: list[str] = []
         for _, ops, now in batch[0]:
             encode(ops, now, self.prefix, args)
         for ops, now in batch[1]:
             encode(ops, now, self.prefix, args)
-        self._in_flight = batch
-        self._pending.append(batch)
-        self._conn.send(command("EVALSHA", self._sha, "0", *args))
-        self._deadline = asyncio.get_running_loop().call_later(self.reply_timeout, self._timed_out)
+        return args
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -309,14 +313,9 @@ class RedisState:
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # Redis lost its script cache (SCRIPT FLUSH, or a restart behind a proxy): EVAL sends it again and
             # caches it; the batch is the same.
-            args: list[str] = []
-            for _, ops, now in batch[0]:
-                encode(ops, now, self.prefix, args)
-            for ops, now in batch[1]:
-                encode(ops, now, self.prefix, args)
             self._pending.insert(0, batch)
             if self._conn is not None:
-                self._conn.send(command("EVAL", SCRIPT, "0", *args))
+                self._conn.send(command("EVAL", SCRIPT, "0", *self._args(batch)))
             return
         if self._deadline is not None:
             self._deadline.cancel()

@@ -149,7 +149,7 @@ def _redirect_logger() -> Callable[[Redirected], None]:
             "trunk": r.ingress.name,
             "egress": r.egress,
             "status": r.status,
-            "end": "redirected" if r.status == 302 else f"rejected:{r.status}",
+            "end": r.end_reason,
             "verstat": inbound.result.verstat if inbound is not None else None,
             "attest": (inbound.result.attest if inbound is not None
                        else r.signed.attest if r.signed is not None else None),
