@@ -522,13 +522,7 @@ class Call:
         from_na = a.remote_na
         inbound = self.inbound
         if inbound is not None:
-            if inbound.pai is not None:
-                values = iter(inbound.pai)
-                headers = [Header.make("p-asserted-identity", next(values, h.value))
-                           if h.key == "p-asserted-identity" else h for h in headers]
-            if inbound.from_value is not None:
-                from_na = parse_name_addr(inbound.from_value)
-            headers.extend(inbound.extra)
+            headers, from_na = apply_inbound(inbound, headers, from_na)
         if self.tags is not None:
             headers, from_na = apply_tags(self.tags, headers, from_na)
         auth = host.auth
