@@ -389,6 +389,10 @@ class StateSettings(_Base, frozen=True):
     max_keys: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     #: Redis backend: after a failure, calls skip Redis (and count a miss) for this long before it is tried again.
     retry_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    #: Redis backend: when calls come faster than one per window, a call's state request waits up to this long
+    #: for others to share its round trip (one write, one wake-up for the reply); a call after a quiet spell goes
+    #: at once. 0: each loop iteration's requests go together, no waiting. Less than `timeout_ms`.
+    batch_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 5.0
 
 
 class LoggingSettings(_Base, frozen=True):
@@ -655,6 +659,9 @@ def _validate(raw: _RawConfig, doc: YamlDoc) -> Config:
     _validate_stir(raw, fail)
     if not raw.state.url.startswith(("redis://", "rediss://", "unix://")):
         raise fail("$.state.url", "a Redis URL: redis://host:port/db, rediss://... or unix:///path")
+    if raw.state.batch_window_ms >= raw.state.timeout_ms:
+        raise fail("$.state.batch_window_ms", f"must be less than timeout_ms ({raw.state.timeout_ms:g}); "
+                   f"batch_window_ms is {raw.state.batch_window_ms:g} (default 5): lower it as well")
     if raw.records.enabled and raw.records.backend == "postgresql" and not raw.records.dsn.strip():
         raise fail("$.records.dsn", "backend postgresql needs a dsn, e.g. postgresql://stirgate@db.example/stirgate")
     _validate_sti_api(raw, fail)

@@ -4,7 +4,11 @@ Why this shape: a call must never wait on a socket it cannot bound, and a round 
 CPU than the policies themselves. So the engine hands over each waiting call's ops (`submit`) and what ended
 calls want recorded (`write`); everything queued while the loop was busy goes to Redis as ONE `EVALSHA` of
 one Lua script that runs every op in order and returns every result (one network write and one reply for
-many calls). One batch is in flight at a time; the next one collects behind it. A batch that fails, or
+many calls). One batch is in flight at a time; the next one collects behind it. When calls come faster than
+one per `batch_window_ms`, a call's request also waits up to that long for others to share its round trip: at
+1000 calls/s each INVITE otherwise arrives alone, and a round trip's cost is mostly the loop waking up twice
+(measured: +83 us per call without a window, +8 us with 5 ms). A call after a quiet spell goes at once. Ended
+calls' updates wait for the next request, at most `WRITE_DELAY`: nothing waits on them. A batch that fails, or
 Redis being down, answers the waiting calls with None at once (the engine then applies `state.on_error`) and
 skips Redis for `retry_interval` before trying again: no restart is needed when it returns.
 
@@ -19,7 +23,7 @@ import hashlib
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import hiredis
 import structlog
@@ -31,6 +35,11 @@ from proxy.config import StateSettings
 __all__ = ["SCRIPT", "RedisState", "command", "encode"]
 
 log = structlog.get_logger("stirgate.state", component="server")
+
+#: Seconds an ended call's updates may wait for a call's request to travel with (then they go alone).
+WRITE_DELAY: Final = 0.05
+#: A batching window never holds more calls than this: a full batch goes at once.
+BATCH_MAX: Final = 256
 
 #: Ops are encoded flat in ARGV: `n now_ms` starts a call's ops (time, and resets the "claimed" flag), then
 #: `c key value ttl_ms` | `w key member span_ms keep` | `t key span_ms buckets nfields add... add_if_claimed`
@@ -214,7 +223,13 @@ class RedisState:
         #: Replies expected, in order: None for a set-up command (AUTH, SELECT), else the batch it answers.
         self._pending: list[Batch | None] = []
         self._in_flight: Batch | None = None
-        self._scheduled = False
+        self.window = settings.batch_window_ms / 1000.0
+        self._last_submit = float("-inf")
+        #: Loop time by which the queued calls' batch goes (the first one's arrival, plus the window when busy).
+        self._calls_due = 0.0
+        #: The pending `_send` (call_soon / call_later) and the loop time it is due.
+        self._send_handle: asyncio.Handle | None = None
+        self._send_at = 0.0
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
@@ -229,22 +244,40 @@ class RedisState:
 
     # --- what the transport hands over --------------------------------------------------------------------
     def submit(self, call_id: str, ops: list[Op], now: float) -> None:
+        loop = asyncio.get_running_loop()
+        at = loop.time()
+        busy = at - self._last_submit < self.window  # calls are coming: others will share the round trip
+        self._last_submit = at
+        if not self._calls:
+            self._calls_due = at + self.window if busy else at
         self._calls.append((call_id, ops, now))
-        self._kick()
+        if len(self._calls) >= BATCH_MAX:
+            self._calls_due = at
+        self._kick(self._calls_due)
 
     def write(self, ops: list[Op], now: float) -> None:
         self._writes.append((ops, now))
-        self._kick()
+        self._kick(asyncio.get_running_loop().time() + WRITE_DELAY)
 
-    def _kick(self) -> None:
-        """Send at the end of this loop iteration, so that what it queued goes as one batch."""
-        if not self._scheduled and self._in_flight is None:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._send)
+    def _kick(self, due: float) -> None:
+        """Send at loop time `due` (now or past: at the end of this loop iteration, so that what it queued goes as
+        one batch), unless a send is due sooner or a batch is in flight (its reply sends the next)."""
+        if self._in_flight is not None:
+            return
+        if self._send_handle is not None:
+            if self._send_at <= due:
+                return
+            self._send_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._send_at = due
+        delay = due - loop.time()
+        self._send_handle = loop.call_later(delay, self._send) if delay > 0 else loop.call_soon(self._send)
 
     # --- one batch in flight at a time; the next one collects behind it ------------------------------------
     def _send(self) -> None:
-        self._scheduled = False
+        if self._send_handle is not None:
+            self._send_handle.cancel()  # when called directly (connected, a reply came)
+            self._send_handle = None
         if self._in_flight is not None or not (self._calls or self._writes):
             return
         if time.monotonic() < self._down_until:
@@ -266,11 +299,12 @@ class RedisState:
         self._deadline = asyncio.get_running_loop().call_later(self.reply_timeout, self._timed_out)
 
     def _args(self, batch: Batch) -> list[str]:
-        """The script's ARGV for a batch: the waiting calls' ops, then the writes."""
+        """The script's ARGV for a batch: the writes (of calls that ended before these arrived), then the waiting
+        calls' ops."""
         args: list[str] = []
-        for _, ops, now in batch[0]:
-            encode(ops, now, self.prefix, args)
         for ops, now in batch[1]:
+            encode(ops, now, self.prefix, args)
+        for _, ops, now in batch[0]:
             encode(ops, now, self.prefix, args)
         return args
 
@@ -326,17 +360,19 @@ class RedisState:
             self._down(str(reply), batch)  # answers the batch's calls (None) and calls done()
             return
         self.stats["state_batches"] += 1
-        i = 0
+        i = sum(len(ops) for ops, _ in writes)  # their results come first, unread
+        self.stats["state_ops"] += i
         for call_id, ops, _ in calls:
             results = [_decode(op, reply[i + j]) for j, op in enumerate(ops)]
             i += len(ops)
             self.stats["state_ops"] += len(ops)
             self.answer(call_id, results)
-        self.stats["state_ops"] += sum(len(ops) for ops, _ in writes)
         if calls:
             self.done()
-        if self._calls or self._writes:
-            self._send()
+        if self._calls:  # their window may have passed while this batch was out: then they go now
+            self._kick(self._calls_due)
+        elif self._writes:
+            self._kick(asyncio.get_running_loop().time() + WRITE_DELAY)
 
     def _timed_out(self) -> None:
         self._deadline = None
@@ -383,6 +419,8 @@ class RedisState:
         """Wait (up to 1 s) for the batch in flight, then close the connection."""
         loop = asyncio.get_running_loop()
         until = loop.time() + 1.0
+        if self._send_handle is not None and self._in_flight is None:
+            self._send()  # what waits for a window or WRITE_DELAY goes now
         while (self._in_flight is not None or self._connecting is not None) and loop.time() < until:
             await asyncio.sleep(0.005)
         if self._deadline is not None:

@@ -46,6 +46,35 @@ class Driver:
         self.loop.run_until_complete(asyncio.wait_for(go(), 5.0))
         return [self.answers[call_id] for call_id, _, _ in batch]
 
+    def staggered(self, batch: Sequence[tuple[str, Sequence[Op], float]]) -> list[list[Any] | None]:
+        """Submit the calls one loop iteration apart (as INVITEs arriving one by one), wait for every answer."""
+
+        async def go() -> None:
+            for call_id, ops, now in batch:
+                self.state.submit(call_id, list(ops), now)
+                await asyncio.sleep(0)  # the loop turns: a send due now goes before the next call comes
+            while not all(call_id in self.answers for call_id, _, _ in batch):
+                await asyncio.sleep(0.001)
+
+        self.answers.clear()
+        self.loop.run_until_complete(asyncio.wait_for(go(), 5.0))
+        return [self.answers[call_id] for call_id, _, _ in batch]
+
+    def write(self, ops: Sequence[Op], now: float) -> None:
+        """An ended call's updates handed over (on the loop, as the transport does); not waited for."""
+
+        async def go() -> None:
+            self.state.write(list(ops), now)
+
+        self.loop.run_until_complete(go())
+
+    def wait_for(self, done: Callable[[], bool]) -> None:
+        async def go() -> None:
+            while not done():
+                await asyncio.sleep(0.001)
+
+        self.loop.run_until_complete(asyncio.wait_for(go(), 5.0))
+
     def run(self, ops: Sequence[Op], now: float) -> list[Any]:
         (results,) = self.calls([("call", ops, now)])
         assert results is not None, "Redis did not answer"
@@ -74,6 +103,34 @@ def test_many_calls_one_batch(driver: Driver) -> None:
     assert driver.batches == 1  # every call queued in one loop iteration went as one EVALSHA
     assert driver.state.stats["state_batches"] == 1 and driver.state.stats["state_ops"] == 50
     assert sorted(r[0] for r in results if r is not None) == list(range(1, 51))
+
+
+def test_a_batching_window_gathers_calls_that_arrive_apart(redis_url: str, request: pytest.FixtureRequest) -> None:
+    """Calls arriving one loop iteration apart: the first, after a quiet spell, goes at once; the ones that follow
+    it within `batch_window_ms` share the next round trip, whenever the first one's reply comes."""
+    d = Driver(redis_url, key_prefix=f"test:{request.node.name}:", batch_window_ms=500, timeout_ms=2000)
+    try:
+        d.write([], state_contract.T0)  # connected, by a batch that is not a call's
+        d.wait_for(lambda: d.state.stats["state_batches"] == 1)
+        calls = [(f"c{i}", [Window("apart", f"c{i}", 60, 100)], state_contract.T0) for i in range(5)]
+        results = d.staggered(calls)
+        assert d.state.stats["state_batches"] == 1 + 2
+        assert d.batches == 2  # the transport flushed once per batch of calls
+        assert [r[0] for r in results if r is not None] == [1, 2, 3, 4, 5]  # in arrival order, every one counted
+    finally:
+        d.close()
+
+
+def test_ended_calls_updates_travel_with_the_next_call(driver: Driver) -> None:
+    """What an ended call wants recorded is not waited for: it goes with the next call's request (one round trip
+    for both), and alone once WRITE_DELAY has passed."""
+    driver.write([Window("ended", "w1", 60, 100)], state_contract.T0)
+    assert driver.run([Window("ended", "c1", 60, 100)], state_contract.T0) == [2]  # the write came first
+    assert driver.state.stats["state_batches"] == 1 and driver.state.stats["state_ops"] == 2
+    driver.write([Window("ended", "w2", 60, 100)], state_contract.T0)
+    driver.wait_for(lambda: driver.state.stats["state_ops"] == 3)  # sent alone, no call to carry it
+    assert driver.run([Window("ended", "c2", 60, 100)], state_contract.T0) == [4]
+    assert driver.state.stats["state_batches"] == 3
 
 
 def test_redis_down_answers_none_at_once_and_recovers(redis_private: Redis) -> None:

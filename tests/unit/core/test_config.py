@@ -163,6 +163,15 @@ def test_negative_drain_probe_delay_located() -> None:
     assert cfg.sip.drain_probe_delay == 3
 
 
+def test_state_batch_window_must_be_under_the_timeout() -> None:
+    text = mutate("logging:\n", "state:\n  backend: redis\n  timeout_ms: 20\n  batch_window_ms: 20\nlogging:\n")
+    e = err(text)
+    check(e, "stirgate.yaml", line_of(text, "batch_window_ms:"), "state.batch_window_ms")
+    assert "less than timeout_ms (20)" in str(e)
+    cfg = load_config_text(text.replace("batch_window_ms: 20", "batch_window_ms: 2"), "x.yaml")
+    assert cfg.state.batch_window_ms == 2
+
+
 def test_cluster_examples_load() -> None:
     root = Path(__file__).resolve().parents[3] / "examples" / "cluster"
     for name in ("node1.yaml", "node2.yaml"):
