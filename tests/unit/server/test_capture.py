@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from proxy.capture import CORRELATION_GENERATION, HepSender, call_id_of
+from proxy.capture import CORRELATION_GENERATION, TCP_FLUSH_BYTES, HepSender, call_id_of
 from proxy.config import HepSettings
 from tests.unit.core.sipfake import Harness, b_invite, loopback_config, make_engine, start_call
 
@@ -107,6 +107,9 @@ def test_udp_copies_arrive_as_encoded() -> None:
     assert [g[-(6 + 1 + 6 + 5):-(6 + 1)][-5:] for g in got] == [b"SIP 0", b"SIP 1", b"SIP 2"]
 
 
+COPIES = 3000
+
+
 def test_tcp_copies_beyond_the_queue_limit_are_dropped_not_waited_for() -> None:
     """A capture server that accepts and never reads: the kernel buffers fill, then stirgate's queue, then
     copies are dropped and counted; capture() never blocks."""
@@ -126,7 +129,7 @@ def test_tcp_copies_beyond_the_queue_limit_are_dropped_not_waited_for() -> None:
                 break
             await asyncio.sleep(0.01)
         payload = b"x" * 8000
-        for _ in range(400):
+        for _ in range(COPIES):  # 24 MB: more than the kernel's socket buffers hold
             sender.capture(payload, 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
             await asyncio.sleep(0)
         await asyncio.sleep(0.05)
@@ -137,8 +140,47 @@ def test_tcp_copies_beyond_the_queue_limit_are_dropped_not_waited_for() -> None:
 
     sent, dropped, oversize = uvloop.run(scenario())
     assert oversize == 0
-    assert sent + dropped == 400
+    assert sent + dropped == COPIES
     assert dropped > 0 and sent > 0
+
+
+def test_tcp_copies_go_when_the_buffer_fills_or_when_the_timer_says() -> None:
+    """Under load the buffer is written in the turn that fills it (no wake-up of its own); a few copies wait
+    for the flush timer, and then arrive whole."""
+    async def scenario() -> tuple[int, int, int, bytes]:
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        lsock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        sender = HepSender(HepSettings(address=f"127.0.0.1:{lsock.getsockname()[1]}", transport="tcp"), loop)
+        sender.start()
+        conn, _ = await loop.sock_accept(lsock)
+        while sender._tcp is None:
+            await asyncio.sleep(0.001)
+        sender.capture(b"SIP few", 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+        waiting = sender.sent  # below the threshold: waits for the timer
+        payload = b"x" * 8000
+        n = TCP_FLUSH_BYTES // 8000 + 1
+        for _ in range(n):
+            sender.capture(payload, 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+        filled = sender.sent  # the buffer filled within this turn: written at once, the first copy with it
+        sender.capture(b"SIP last", 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+        while sender.sent < n + 2:  # the last copy goes when its timer fires
+            await asyncio.sleep(0.005)
+        got = b""
+        while got.count(b"HEP3") < n + 2:
+            got += await loop.sock_recv(conn, 1 << 20)
+        sender.close()
+        conn.close()
+        lsock.close()
+        return waiting, filled, sender.dropped, got
+
+    waiting, filled, dropped, got = uvloop.run(scenario())
+    assert waiting == 0
+    assert filled == TCP_FLUSH_BYTES // 8000 + 2
+    assert dropped == 0
+    assert got.index(b"SIP few") < got.index(b"x" * 8000) < got.index(b"SIP last")  # in order
 
 
 def test_tcp_server_down_drops_copies() -> None:
