@@ -8,17 +8,20 @@ same, only slower.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from .context import CONTINUE, CallContext, CallOutcome, Decision
 from .state import Claim, Op, Recent, Tally
 
-__all__ = ["FEEDBACK_FIELDS", "GATEWAY_FIELDS", "PER_CALL", "SIGNALS", "RiskCore", "Score", "explain", "sweep_share"]
+__all__ = ["BURST_FIELDS", "FEEDBACK_FIELDS", "GATEWAY_FIELDS", "PER_CALL", "SIGNALS", "RiskCore", "Score", "explain",
+           "poisson_surprise", "sweep_share"]
 
 #: The gateway's counters, in the Tally's field order.
 GATEWAY_FIELDS: Final = ("calls", "first_seen", "attest_c", "attest_b", "unsigned", "failed", "neighbor", "ended",
-                         "answered", "short", "novel_ended", "novel_answered", "novel_short", "novel_neighbor")
+                         "answered", "short", "novel_ended", "novel_answered", "novel_short", "novel_neighbor",
+                         "novel_quiet")
 _CALLS: Final = 0
 _FIRST: Final = 1
 _ATT_C: Final = 2
@@ -33,30 +36,37 @@ _NOVEL_ENDED: Final = 10
 _NOVEL_ANSWERED: Final = 11
 _NOVEL_SHORT: Final = 12
 _NOVEL_NEIGHBOR: Final = 13
+#: Calls from never-seen numbers that reached the called side outside a burst: the gateway's usual rate of them.
+_NOVEL_QUIET: Final = 14
 FEEDBACK_FIELDS: Final = ("robocall", "wanted")
+#: The gateway's short window (novel_burst): calls from never-seen numbers.
+BURST_FIELDS: Final = ("first_seen",)
 
 
 def _call_adds(bits: int) -> tuple[int, ...]:
     """What a call adds to its gateway's counters (bits: attest C, attest B, unsigned, failed, neighbour)."""
     c, b, u, f, n = (bits >> k & 1 for k in range(5))
-    return (1, 0, c, b, u, f, n, 0, 0, 0, 0, 0, 0, 0)
+    return (1, 0, c, b, u, f, n, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def _end_adds(bits: int) -> tuple[int, ...]:
-    """What an ended call adds (bits: answered, short, from a never-seen number, neighbour)."""
-    a, s, novel, n = (bits >> k & 1 for k in range(4))
-    return (0, 0, 0, 0, 0, 0, 0, 1, a, s, novel, novel * a, novel * s, novel * n)
+    """What an ended call adds (bits: answered, short, from a never-seen number, neighbour, novel outside a
+    burst)."""
+    a, s, novel, n, quiet = (bits >> k & 1 for k in range(5))
+    return (0, 0, 0, 0, 0, 0, 0, 1, a, s, novel, novel * a, novel * s, novel * n, novel * quiet)
 
 
 #: Every combination, made once: the tallies' increments without a new tuple per call.
 _CALL_ADDS: Final = tuple(_call_adds(bits) for bits in range(32))
-_END_ADDS: Final = tuple(_end_adds(bits) for bits in range(16))
+_END_ADDS: Final = tuple(_end_adds(bits) for bits in range(32))
+_BURST_ADD: Final = (0,)
 
 #: Every signal, in the order of the value list `RiskCore.values` fills.
 SIGNALS: Final = (
     "first_seen_share", "novel_unanswered_share", "novel_short_share", "novel_neighbor_share", "novel_neighbor",
     "short_share", "unanswered_share", "neighbor_share", "attest_c_share", "attest_b_share", "unsigned_share",
     "failed_share", "sweep", "orig_sweep", "reports", "attest_c", "unsigned", "failed", "neighbor", "first_seen",
+    "novel_burst",
 )
 # Indexes into SIGNALS (Final: constants in the compiled code).
 _S_FIRST_SHARE: Final = 0
@@ -79,6 +89,7 @@ _S_UNSIGNED: Final = 16
 _S_FAILED: Final = 17
 _S_NEIGHBOR: Final = 18
 _S_FIRST: Final = 19
+_S_NOVEL_BURST: Final = 20
 #: Signals about this call alone: their value (1) is not shown in the explanation.
 PER_CALL: Final = frozenset({"attest_c", "unsigned", "failed", "neighbor", "first_seen", "novel_neighbor"})
 #: A value the call does not have (too few calls for a share): scores nothing whatever its signal's `low`.
@@ -96,6 +107,31 @@ def _national(tn: str | None) -> str | None:
     if len(tn) == 11 and tn[0] == "1":
         return tn[1:]
     return tn if len(tn) == 10 else None
+
+
+def covered(span: float, buckets: int, now: float) -> float:
+    """How many seconds a bucketed window of `span` in `buckets` buckets holds at `now` (policies.state.Tally
+    slides a bucket at a time: the oldest bucket has left, the current one is partly filled)."""
+    width = span / buckets
+    return (buckets - 1) * width + (now - math.floor(now / width) * width)
+
+
+def poisson_surprise(k: int, expected: float) -> float:
+    """How surprising `k` or more events are where `expected` were due (Poisson): -log10 of that probability,
+    e.g. 3.0 for a one-in-a-thousand count; 0 when `k` is not above `expected`."""
+    if k <= expected or expected <= 0.0:
+        return 0.0
+    # P(X >= k): the tail's terms from k on, each a fraction expected / i < 1 of the one before.
+    term = math.exp(-expected + k * math.log(expected) - math.lgamma(k + 1.0))
+    tail = 0.0
+    i = k
+    while term > tail * 1e-6:
+        tail += term
+        i += 1
+        term *= expected / i
+    if tail <= 1e-300:
+        return 300.0
+    return -math.log10(tail) if tail < 1.0 else 0.0
 
 
 def sweep_share(dests: Sequence[str], gap: int, minimum: int) -> float:
@@ -182,7 +218,9 @@ class RiskCore:
                  min_calls: int, min_ended: int, seen_ttl: float, short_call_seconds: float, sweep_depth: int,
                  sweep_min: int, sweep_gap: int, feedback_window: float,
                  thresholds: Sequence[tuple[float, Decision]], note_from: float,
-                 allow: Callable[[CallContext], bool] | None = None) -> None:
+                 allow: Callable[[CallContext], bool] | None = None, burst_window: float = 120.0,
+                 burst_buckets: int = 6, burst_min_expected: float = 1.0, burst_learn_below: float = 1.5,
+                 burst_floor_share: float = 0.25, neighbor_exempt: Sequence[str] = ("A",)) -> None:
         self.gateways = tuple(gateways)
         #: The signals that count, in the order they add up.
         self.signals = tuple(_Signal(name, w, low, high) for name, w, low, high in signals)
@@ -196,6 +234,13 @@ class RiskCore:
         self.sweep_min = sweep_min
         self.sweep_gap = sweep_gap
         self.feedback_window = feedback_window
+        self.burst_window = burst_window
+        self.burst_buckets = burst_buckets
+        self.burst_min_expected = burst_min_expected
+        self.burst_learn_below = burst_learn_below
+        self.burst_floor_share = burst_floor_share
+        #: Attestations whose passed verification vouches for the number: a neighbour match is not counted.
+        self.neighbor_exempt = frozenset(neighbor_exempt)
         #: (score, decision), highest first: the first reached applies.
         self.thresholds = tuple(thresholds)
         self.note_from = note_from
@@ -210,6 +255,7 @@ class RiskCore:
         self.tn_feedback_prefix = f"{ns}f:tn:"
         self.recent_prefix = f"{ns}r:"
         self.orig_recent_prefix = f"{ns}o:"
+        self.burst_prefix = f"{ns}b:"
         #: The last call's context, gateway and neighbour match: observe and evaluate of one call ask in turn.
         self._ctx: object = None
         self._gateway: str | None = None
@@ -217,7 +263,8 @@ class RiskCore:
 
     # --- keys ---------------------------------------------------------------------------------------------
     def keys(self, ctx: CallContext) -> tuple[str | None, bool]:
-        """(the call's gateway key, or None; whether the caller shares the callee's NPA-NXX)"""
+        """(the call's gateway key, or None; whether the caller shares the callee's NPA-NXX: a neighbour match,
+        unless a passed verification with an exempt attestation vouches for the number)"""
         if self._ctx is ctx:
             return self._gateway, self._neighbor
         gw: str | None = None
@@ -228,12 +275,18 @@ class RiskCore:
                 break
         o, d = _national(ctx.orig_tn), _national(ctx.dest_tn)
         neighbor = o is not None and d is not None and o[:6] == d[:6]
+        if neighbor and self.neighbor_exempt:
+            v = ctx.verification
+            attest = ctx.attest
+            if v is not None and v.status == "passed" and attest is not None and attest in self.neighbor_exempt:
+                neighbor = False
         self._ctx, self._gateway, self._neighbor = ctx, gw, neighbor
         return gw, neighbor
 
     # --- state ----------------------------------------------------------------------------------------------
     def observe(self, ctx: CallContext) -> Sequence[Op]:
-        """The ops of a call: the number claimed as seen, the gateway's counters, feedback, recent destinations."""
+        """The ops of a call: the number claimed as seen, the gateway's counters (and its short window of calls
+        from never-seen numbers), feedback, recent destinations."""
         gw, neighbor = self.keys(ctx)
         if gw is None:
             return ()
@@ -252,6 +305,9 @@ class RiskCore:
             ops.append(Claim(self.seen_prefix + orig, ctx.call_id, self.seen_ttl))
         ops.append(Tally(self.gateway_prefix + gw, GATEWAY_FIELDS, add, self.window, self.buckets,
                          _FIRST if orig is not None else -1))
+        if orig is not None:
+            ops.append(Tally(self.burst_prefix + gw, BURST_FIELDS, _BURST_ADD, self.burst_window, self.burst_buckets,
+                             0))
         ops.append(Tally(self.feedback_prefix + gw, FEEDBACK_FIELDS, (0, 0), self.feedback_window))
         if dest is not None:
             ops.append(Recent(self.recent_prefix + gw, dest, self.sweep_depth, self.window))
@@ -271,16 +327,32 @@ class RiskCore:
     def end_ops(self, ctx: CallContext, answered: bool, duration: float,
                 results: Sequence[Any] | None) -> Sequence[Op]:
         """What an ended call (that reached the called side) adds to its gateway: ended, answered, short, and
-        the same for calls from never-seen numbers (`results`: the call's observe results)."""
+        the same for calls from never-seen numbers (`results`: the call's observe results); such a call outside
+        a burst also counts towards the gateway's usual rate of them (a campaign does not teach it its own)."""
         gw, neighbor = self.keys(ctx)
         if gw is None:
             return ()
         short = int(answered and duration < self.short_call_seconds)
-        novel = int(ctx.orig_tn is not None and results is not None and len(results) > 0 and results[0] is None)
-        add = _END_ADDS[int(answered) | short << 1 | novel << 2 | int(neighbor) << 3]
+        novel = int(ctx.orig_tn is not None and results is not None and len(results) > 2 and results[0] is None)
+        quiet = 0
+        if novel and results is not None:
+            quiet = int(self.burst(results[1], results[2][0], ctx.now) < self.burst_learn_below)
+        add = _END_ADDS[int(answered) | short << 1 | novel << 2 | int(neighbor) << 3 | quiet << 4]
         return (Tally(self.gateway_prefix + gw, GATEWAY_FIELDS, add, self.window, self.buckets),)
 
     # --- the score --------------------------------------------------------------------------------------------
+    def burst(self, g: tuple[int, ...], recent: int, now: float) -> float:
+        """novel_burst: how surprising `recent` calls from never-seen numbers in the gateway's short window are
+        against its usual rate of them (Poisson, -log10 of the chance; 0 when not above what was due). The
+        usual rate: those outside bursts over the long window (`g`, the gateway's counters), never taken below
+        `burst_floor_share` of all of them; what is due in the short window, never below `burst_min_expected`."""
+        if recent <= self.burst_min_expected:
+            return 0.0
+        usual = max(float(g[_NOVEL_QUIET]), self.burst_floor_share * g[_FIRST]) / covered(self.window, self.buckets,
+                                                                                          now)
+        due = usual * covered(self.burst_window, self.burst_buckets, now)
+        return poisson_surprise(recent, max(self.burst_min_expected, due))
+
     def values(self, ctx: CallContext, results: Sequence[Any]) -> tuple[list[float], str, int] | None:
         """(every signal's value, aligned with SIGNALS, `-inf` when the call has none; gateway key; gateway
         calls in the window), None without a gateway."""
@@ -294,6 +366,10 @@ class RiskCore:
             first_seen = results[0] is None  # this call claimed the number: never seen before
             i = 1
         g: tuple[int, ...] = results[i]
+        recent = 0
+        if orig is not None:
+            i += 1
+            recent = results[i][0]
         fb: tuple[int, ...] = results[i + 1]
         i += 2
         gw_dests: Sequence[str] = ()
@@ -329,6 +405,7 @@ class RiskCore:
                 values[_S_NOVEL_SHORT] = g[_NOVEL_SHORT] / novel_answered
             if novel_ended >= self.min_ended:
                 values[_S_NOVEL_NEIGHBOR_SHARE] = g[_NOVEL_NEIGHBOR] / novel_ended
+            values[_S_NOVEL_BURST] = self.burst(g, recent, ctx.now)
         values[_S_SWEEP] = sweep_share(gw_dests, self.sweep_gap, self.sweep_min)
         values[_S_ORIG_SWEEP] = sweep_share(orig_dests, self.sweep_gap, self.sweep_min)
         values[_S_REPORTS] = float(fb[0] + tn_fb[0] - fb[1] - tn_fb[1])

@@ -15,8 +15,9 @@ records, in dry-run too (run report-only first: the first-seen signal needs a le
 `seen_ttl`-scale history before enforcing).
 
 State (policies.state): per call one Claim (the number seen network-wide), one Tally of the gateway's
-counters, two Recent lists (the gateway's and the number's last destinations) and two feedback Tallies;
-when the call ends, one Tally (ended, answered, short). Memory or Redis, like replay and velocity.
+counters and one of its short window (calls from never-seen numbers, for bursts), two Recent lists (the
+gateway's and the number's last destinations) and two feedback Tallies; when the call ends, one Tally (ended,
+answered, short). Memory or Redis, like replay and velocity.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ SignalName = Literal[
     "first_seen_share", "novel_unanswered_share", "novel_short_share", "novel_neighbor_share", "novel_neighbor",
     "short_share", "unanswered_share", "neighbor_share", "attest_c_share",
     "attest_b_share", "unsigned_share", "failed_share", "sweep", "orig_sweep", "reports",
-    "attest_c", "unsigned", "failed", "neighbor", "first_seen",
+    "attest_c", "unsigned", "failed", "neighbor", "first_seen", "novel_burst",
 ]
 
 
@@ -67,6 +68,10 @@ def _signals() -> dict[SignalName, Signal]:
         # of the gateway's calls from never-seen numbers, those matching the callee's NPA-NXX (neighbour
         # spoofing hidden in a gateway's other traffic: genuine neighbours mostly call from known numbers)
         "novel_neighbor_share": Signal(weight=25, low=0.1, high=0.4),
+        # a burst of never-seen numbers from the gateway: how many in the last `burst_window` against its usual
+        # rate of them, as -log10 of the Poisson chance (3: one in a thousand); scored on a call from a
+        # never-seen number. What tells a campaign from the legitimate traffic it shares a gateway with.
+        "novel_burst": Signal(weight=35, low=1.5, high=3.0),
         "short_share": Signal(weight=25, low=0.35, high=0.75),
         "unanswered_share": Signal(weight=15, low=0.5, high=0.85),
         "neighbor_share": Signal(weight=25, low=0.12, high=0.4),
@@ -121,6 +126,19 @@ class RiskScoreParams(Params, frozen=True, kw_only=True):
     sweep_gap: int = 20
     #: How long POST /feedback labels count.
     feedback_window: float = 7 * 86400.0
+    #: novel_burst: the short window (seconds, in `burst_buckets` buckets) in which calls from never-seen numbers
+    #: are counted; the fewest of them due in it whatever the gateway's usual rate (a handful of new callers at
+    #: a quiet gateway is no news); a call from a never-seen number below this surprise counts towards the
+    #: usual rate (a campaign does not teach it its own rate), which is never taken below `burst_floor_share`
+    #: of all the gateway's never-seen numbers over `window`.
+    burst_window: float = 120.0
+    burst_buckets: int = 6
+    burst_min_expected: float = 1.0
+    burst_learn_below: float = 1.5
+    burst_floor_share: float = 0.25
+    #: A neighbour match (caller in the callee's NPA-NXX) does not count when a passed verification has one of
+    #: these attestations: the signer vouches that the caller may use that number (as neighbor_spoofing).
+    neighbor_exempt_attest: list[Literal["A", "B", "C"]] = msgspec.field(default_factory=lambda: ["A"])
     #: Named signals replace the defaults (`weight: 0` turns one off); the others keep their defaults.
     signals: dict[SignalName, Signal] = {}
     actions: list[Threshold] = msgspec.field(default_factory=_actions)
@@ -139,6 +157,10 @@ class RiskScoreParams(Params, frozen=True, kw_only=True):
             raise ValueError("gateway needs at least one key kind")
         if self.window <= 0 or self.buckets < 1 or self.min_calls < 1 or self.min_ended < 1:
             raise ValueError("window, buckets, min_calls and min_ended must be positive")
+        if self.burst_window <= 0 or self.burst_buckets < 1 or self.burst_min_expected <= 0:
+            raise ValueError("burst_window, burst_buckets and burst_min_expected must be positive")
+        if not 0 <= self.burst_floor_share <= 1:
+            raise ValueError("burst_floor_share must be between 0 and 1")
         if not 2 <= self.sweep_min <= self.sweep_depth:
             raise ValueError("need 2 <= sweep_min <= sweep_depth")
         if not self.actions:
@@ -165,7 +187,9 @@ class RiskScore(BasePolicy):
             seen_ttl=params.seen_ttl, short_call_seconds=params.short_call_seconds, sweep_depth=params.sweep_depth,
             sweep_min=params.sweep_min, sweep_gap=params.sweep_gap, feedback_window=params.feedback_window,
             thresholds=sorted(((t.at, t.decision(note="risk_score")) for t in params.actions), key=lambda x: -x[0]),
-            note_from=params.note_from,
+            note_from=params.note_from, burst_window=params.burst_window, burst_buckets=params.burst_buckets,
+            burst_min_expected=params.burst_min_expected, burst_learn_below=params.burst_learn_below,
+            burst_floor_share=params.burst_floor_share, neighbor_exempt=params.neighbor_exempt_attest,
         )  # fmt: skip
         #: What `on_error: closed` applies when the state did not come: the lowest threshold's action.
         self.hit: Decision = self._core.hit

@@ -58,6 +58,26 @@ def claimed_bumps_a_tally(run: Run, ns: str) -> None:
     assert call("1", T0 + 2) == (3, 2)  # seen before: not first-seen
 
 
+def a_claim_bumps_every_tally_after_it(run: Run, ns: str) -> None:
+    """risk_score's novel_burst: one first-seen claim counts in the gateway's long window and in its short one
+    (each sliding in its own time); reading a short window nobody counted in gives zeros."""
+    gateway, burst = f"{ns}:gw", f"{ns}:b"
+
+    def call(number: str, at: float) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
+        held, g, b = run([Claim(f"{ns}:seen:{number}", f"call-{at}", 3600),
+                          Tally(gateway, ("calls", "first_seen"), (1, 0), 3600, 12, add_if_claimed=1),
+                          Tally(burst, ("first_seen",), (0,), 120, 6, add_if_claimed=0)], at)
+        return held, tuple(g), tuple(b)
+
+    assert call("1", T0) == (None, (1, 1), (1,))
+    assert call("2", T0 + 10) == (None, (2, 2), (2,))
+    assert call("1", T0 + 20) == (f"call-{T0}", (3, 2), (2,))  # seen before: counted in neither
+    # 20 s buckets: at T0+200 the short window holds T0+100 on; the long one still holds everything
+    assert call("3", T0 + 200) == (None, (4, 3), (1,))
+    assert [tuple(r) for r in run([Tally(f"{ns}:quiet", ("first_seen",), (0,), 120, 6, add_if_claimed=0)],
+                                  T0 + 201)] == [(0,)]
+
+
 def recents(run: Run, ns: str) -> None:
     key = f"{ns}:r"
     assert run([Recent(key, "a", 3, 60)], T0) == [("a",)]
@@ -66,4 +86,4 @@ def recents(run: Run, ns: str) -> None:
     assert run([Recent(key, "d", 3, 60)], T0 + 3) == [("d", "c", "b")]
 
 
-SCENARIOS = (claims, windows, tallies, claimed_bumps_a_tally, recents)
+SCENARIOS = (claims, windows, tallies, claimed_bumps_a_tally, a_claim_bumps_every_tally_after_it, recents)

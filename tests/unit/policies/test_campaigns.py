@@ -50,9 +50,10 @@ def test_rotating_attest_c_gateway_is_flagged_after_min_calls_with_its_reasons()
         decisions.append(judge(p, c, store))
         end(p, c, None, store)  # unanswered
     assert [d.action for d in decisions[:4]] == ["continue"] * 4  # fewer than min_calls: per-call signals only
-    assert all(d.action == "continue" and d.display_prefix == "SPAM? " for d in decisions[4:])
+    assert all(d.action == "reject" or d.display_prefix == "SPAM? " for d in decisions[4:])
     note = decisions[-1].note
     assert note.startswith("risk ") and "first_seen_share 1.00 +35" in note and "attest_c_share 1.00 +10" in note
+    assert "novel_burst" in note  # 8 new numbers in 8 seconds
     assert "(origid:gw-c, 8 calls)" in note
 
 
@@ -93,7 +94,7 @@ def test_residential_pool_after_learning_its_numbers_is_not_flagged() -> None:
 
 
 def test_unsigned_gateway_is_keyed_by_source_address() -> None:
-    p, store = risk(), MemoryStore()
+    p, store = risk(signals={"novel_burst": {"weight": 0}}), MemoryStore()
     d = CONTINUE
     for i in range(8):
         c = ctx(f"+1415{2220000 + 53 * i * i:07d}", f"+1718{3330000 + 7001 * i:07d}", now=T0 + i,
@@ -101,7 +102,7 @@ def test_unsigned_gateway_is_keyed_by_source_address() -> None:
         d = judge(p, c, store)
         end(p, c, 2.0, store)
     assert "(source_ip:203.0.113.7, 8 calls)" in d.note
-    assert d.display_prefix == "SPAM? ", d.note  # first-seen, short and unanswered shares together
+    assert d.display_prefix == "SPAM? ", d.note  # first-seen, short and unanswered shares together (no burst)
 
 
 def test_failed_verification_scores() -> None:
