@@ -2,10 +2,12 @@
 
 Both stirgates run the verify-mode bench call (every INVITE carries a fresh PASSporT, verified, certificate
 cached) with the same chain on the carrier trunk: `replay` + two `velocity` entries (calls per orig TN, and
-distinct destinations per origid), thresholds that never fire, so every call runs every op. One run
-alternates memory and Redis steps at the same rate (back to back, `--pairs` times): the added CPU is the
-median of the paired differences. Redis' own CPU per call is reported beside (it is another process,
-usually another machine). Target (issue 11): at most +25 us per call, i.e. batching works.
+distinct destinations per origid), thresholds that never fire, so every call runs every op;
+`state.batch_window_ms` at its default. One run alternates memory and Redis steps at the same rate (back to
+back, `--pairs` times, memory first in odd pairs and second in even ones): the added CPU is the median of the
+paired differences. Redis' own CPU per call is reported beside (it is another process, usually another
+machine). Target (issue 11): at most +25 us per call, i.e. batching works. `python -m bench.state_inproc` is
+the same comparison without SIP sockets, interleaved in one process.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def run_state(args: argparse.Namespace, rundir: Path, pki: Pki, uac: Addr, uas: 
     try:
         for k in range(max(1, args.pairs)):
             pair: dict[str, StepResult] = {}
-            for backend, sut in suts.items():
+            order = list(suts.items()) if k % 2 == 0 else list(suts.items())[::-1]  # second steps ran slower
+            for backend, sut in order:
                 d = rundir / "state" / f"{k + 1:02d}-{backend}"
                 before = redis_cpu(redis)
                 r = run_step(sut, rate, args.duration, d, uac_addrs=[uac], uas_addr=uas, drain=args.drain,
