@@ -47,17 +47,11 @@ from .engine_calls import (
     config_text,
 )
 from .procs import tree_cpu
+from .state_cost import CHAIN as STATE_COST_CHAIN
 
 #: bench.state_cost's chain, on the trunk the UAC's calls come in on here (`customer`, a carrier trunk).
-CHAIN = """trunks:
-  customer:
-    - policy: replay
-    - policy: velocity
-      params: {key: orig_tn, window: 60, max_calls: 10000000}
-    - policy: velocity
-      name: velocity-destinations
-      params: {key: origid, window: 60, max_destinations: 10000000}
-"""
+CHAIN = STATE_COST_CHAIN.replace("\n  carrier:\n", "\n  customer:\n", 1)
+assert CHAIN != STATE_COST_CHAIN
 
 
 class Variant:

@@ -113,9 +113,7 @@ class HepSender:
 
     def close(self) -> None:
         self._closed = True
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush()
+        self._flush()  # what waits for its timer (it cancels the timer)
         if self._connector is not None:
             self._connector.cancel()
         if self._udp is not None:
