@@ -87,6 +87,8 @@ class HepSender:
         self._tcp: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._buffered = 0
+        #: How many bytes the buffer may hold (see `_set_room`).
+        self._room = settings.max_queue_bytes
         #: A full buffer is written at once; below a small max_queue_bytes, at half of it (copies beyond the
         #: queue limit are dropped, and must not be while a write is merely waiting for its timer).
         self._flush_bytes = min(TCP_FLUSH_BYTES, settings.max_queue_bytes // 2)
@@ -132,6 +134,7 @@ class HepSender:
                     transport, _ = await asyncio.wait_for(
                         self.loop.create_connection(lambda: _TcpLink(self), host, port), timeout=5.0)
                     self._tcp = transport
+                    self._set_room(transport)
                     delay = 0.5
                     log.info("hep_connected", address=f"{host}:{port}")
                 except (OSError, TimeoutError) as exc:
@@ -165,8 +168,8 @@ class HepSender:
         return a
 
     # --- sending ------------------------------------------------------------------------------------------------------
-    def capture(self, data: bytes, ip_proto: int, src: tuple[str, int], dst: tuple[str, int], correlation: bytes,
-                now: float = 0.0) -> None:
+    def capture(self, data: bytes, ip_proto: int, src_host: str, src_port: int, dst_host: str, dst_port: int,
+                correlation: bytes, now: float = 0.0) -> None:
         """Encode and send one copy (`now`: wall-clock time of the message; 0 = now)."""
         if not now:
             now = time.time()
@@ -174,15 +177,17 @@ class HepSender:
             self.dropped += 1
             return
         seconds = int(now)
-        packet = self.encoder.encode(data, ip_proto, src[0], src[1], dst[0], dst[1], seconds,
-                                     int((now - seconds) * 1_000_000), correlation)
-        if packet is None:
+        encoder = self.encoder
+        tail = encoder.correlation_chunk(correlation)
+        head = encoder.head(len(data), ip_proto, src_host, src_port, dst_host, dst_port, seconds,
+                            int((now - seconds) * 1_000_000), len(tail))
+        if head is None:
             self.oversize += 1
             return
         udp = self._udp
         if udp is not None:
             try:
-                udp.send(packet)
+                udp.send(b"".join((head, data, tail)))
                 self.sent += 1
             except BlockingIOError:
                 self.dropped += 1
@@ -190,15 +195,13 @@ class HepSender:
                 self.dropped += 1
                 self._down_until = now + self.hold_off
             return
-        tcp = self._tcp
-        if tcp is None or tcp.is_closing():
-            self.dropped += 1
-            return
         buf = self._buffer
-        if len(buf) + tcp.get_write_buffer_size() + len(packet) > self.settings.max_queue_bytes:
+        if self._tcp is None or len(buf) + len(head) + len(data) + len(tail) > self._room:
             self.dropped += 1
             return
-        buf += packet
+        buf += head
+        buf += data
+        buf += tail
         self._buffered += 1
         if len(buf) >= self._flush_bytes:
             self._flush()
@@ -209,13 +212,20 @@ class HepSender:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if not self._buffer:
-            return
         tcp = self._tcp
-        if tcp is not None and not tcp.is_closing():
-            tcp.write(bytes(self._buffer))
-            self.sent += self._buffered
-        else:
-            self.dropped += self._buffered
-        self._buffer.clear()
-        self._buffered = 0
+        if self._buffer:
+            if tcp is not None and not tcp.is_closing():
+                # The transport keeps the buffer if the kernel does not take it all: a new one for what follows.
+                tcp.write(self._buffer)
+                self._buffer = bytearray()
+                self.sent += self._buffered
+            else:
+                self.dropped += self._buffered
+                self._buffer.clear()
+            self._buffered = 0
+        self._set_room(tcp)
+
+    def _set_room(self, tcp: asyncio.Transport | None) -> None:
+        """What the buffer may hold until the next write: the queue limit less what the transport still holds
+        (which only shrinks until then)."""
+        self._room = self.settings.max_queue_bytes - (tcp.get_write_buffer_size() if tcp is not None else 0)

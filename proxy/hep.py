@@ -32,30 +32,43 @@ _AF_INET: Final = 2
 _AF_INET6: Final = 10
 _PROTO_SIP: Final = 1
 
-# "HEP3" + total length, then the port and time chunks (family and protocol go in between, cached).
-_START = struct.Struct("!4sH")
-_PORTS_TIME = struct.Struct("!HHHH HHHH HHHI HHHI")
+# Per message: what depends only on the route (protocol, both addresses and ports) is built once and reused
+# (peers repeat), so a copy is one struct pack for the chunks before the payload, then the payload and the
+# correlation id.
 _CHUNK_HEAD = struct.Struct("!HHH")
+_PORT = struct.Struct("!HHHH")
+_ROUTES_MAX: Final = 4096
 
 
 def _chunk(kind: int, value: bytes) -> bytes:
     return _CHUNK_HEAD.pack(0, kind, 6 + len(value)) + value
 
 
-class HepEncoder:
-    """Encodes packets for one capture agent (its id and auth key). What depends only on the two addresses and
-    the protocol is built once per address pair and reused (peers repeat): per message, two packs and a join."""
+def _head_struct(route_len: int, middle_len: int) -> struct.Struct:
+    """A packet's head: "HEP3", total length, the route's first chunks (family, protocol, ports), the time
+    chunks, the chunks from the protocol type through the auth key, and the payload chunk's header."""
+    return struct.Struct(f"!4sH{route_len}sHHHIHHHI{middle_len}sHHH")
 
-    __slots__ = ("_after_time", "_auth", "_pairs")
+
+class HepEncoder:
+    """Encodes packets for one capture agent (its id and auth key). What depends only on the route (protocol,
+    addresses, ports) is built once per route and reused: per message, one pack, plus the correlation chunk
+    (kept for the last correlation id, which the messages of a call share)."""
+
+    __slots__ = ("_after_time", "_auth", "_corr", "_corr_chunk", "_routes")
 
     def __init__(self, capture_id: int, auth_key: bytes | None = None) -> None:
         self._after_time = _chunk(11, bytes([_PROTO_SIP])) + _chunk(12, struct.pack("!I", capture_id))
         self._auth = _chunk(14, auth_key) if auth_key else b""
-        #: (IP protocol, source IP, destination IP) -> (family and protocol chunks, the chunks from the protocol
-        #: type through the auth key), or None when the pair cannot be encoded.
-        self._pairs: dict[tuple[int, str, str], tuple[bytes, bytes] | None] = {}
+        #: (IP protocol, source IP, source port, destination IP, destination port) -> (the head's struct, the
+        #: family/protocol/port chunks, the chunks from the protocol type through the auth key), or None when
+        #: the route cannot be encoded.
+        self._routes: dict[tuple[int, str, int, str, int], tuple[struct.Struct, bytes, bytes] | None] = {}
+        self._corr = b""
+        self._corr_chunk = b""
 
-    def _pair(self, ip_proto: int, src_host: str, dst_host: str) -> tuple[bytes, bytes] | None:
+    def _route(self, ip_proto: int, src_host: str, src_port: int, dst_host: str,
+               dst_port: int) -> tuple[struct.Struct, bytes, bytes] | None:
         try:
             family, src = _address(src_host)
             dst_family, dst = _address(dst_host)
@@ -64,38 +77,47 @@ class HepEncoder:
         if dst_family != family:
             return None
         v6 = family == _AF_INET6
+        first = b"".join((_chunk(1, bytes([family])), _chunk(2, bytes([ip_proto])),
+                          _PORT.pack(0, 7, 8, src_port), _PORT.pack(0, 8, 8, dst_port)))
         middle = b"".join((self._after_time, _chunk(5 if v6 else 3, src), _chunk(6 if v6 else 4, dst), self._auth))
-        return _chunk(1, bytes([family])) + _chunk(2, bytes([ip_proto])), middle
+        return _head_struct(len(first), len(middle)), first, middle
+
+    def head(self, n: int, ip_proto: int, src_host: str, src_port: int, dst_host: str, dst_port: int,
+             seconds: int, micros: int, tail: int) -> bytes | None:
+        """A packet's bytes before its `n`-byte payload (`tail`: the length of what follows the payload), or None
+        when the packet would exceed 65535 bytes or an address is not an IP literal."""
+        key = (ip_proto, src_host, src_port, dst_host, dst_port)
+        route = self._routes.get(key)
+        if route is None:
+            if key in self._routes:
+                return None
+            route = self._route(ip_proto, src_host, src_port, dst_host, dst_port)
+            if len(self._routes) >= _ROUTES_MAX:
+                self._routes.clear()
+            self._routes[key] = route
+            if route is None:
+                return None
+        st, first, middle = route
+        total = st.size + n + tail
+        if total > MAX_PACKET:
+            return None
+        return st.pack(b"HEP3", total, first, 0, 9, 10, seconds, 0, 10, 10, micros, middle, 0, 15, 6 + n)
+
+    def correlation_chunk(self, correlation: bytes) -> bytes:
+        """The chunk that follows the payload (b"" without a correlation id)."""
+        if correlation is not self._corr:
+            self._corr = correlation
+            self._corr_chunk = _chunk(17, correlation) if correlation else b""
+        return self._corr_chunk
 
     def encode(self, payload: bytes, ip_proto: int, src_host: str, src_port: int, dst_host: str, dst_port: int,
                seconds: int, micros: int, correlation: bytes = b"") -> bytes | None:
         """One HEPv3 packet, or None when it would exceed 65535 bytes (or an address is not an IP literal)."""
-        key = (ip_proto, src_host, dst_host)
-        pair = self._pairs.get(key)
-        if pair is None:
-            if key in self._pairs:
-                return None
-            pair = self._pair(ip_proto, src_host, dst_host)
-            if len(self._pairs) >= 4096:
-                self._pairs.clear()
-            self._pairs[key] = pair
-            if pair is None:
-                return None
-        fp, middle = pair
-        n = len(payload)
-        c = len(correlation)
-        total = 6 + len(fp) + _PORTS_TIME.size + len(middle) + 6 + n + (6 + c if c else 0)
-        if total > MAX_PACKET:
+        tail = self.correlation_chunk(correlation)
+        head = self.head(len(payload), ip_proto, src_host, src_port, dst_host, dst_port, seconds, micros, len(tail))
+        if head is None:
             return None
-        return b"".join((
-            _START.pack(b"HEP3", total),
-            fp,
-            _PORTS_TIME.pack(0, 7, 8, src_port, 0, 8, 8, dst_port, 0, 9, 10, seconds, 0, 10, 10, micros),
-            middle,
-            _CHUNK_HEAD.pack(0, 15, 6 + n),
-            payload,
-            _CHUNK_HEAD.pack(0, 17, 6 + c) + correlation if c else b"",
-        ))
+        return b"".join((head, payload, tail))
 
 
 def _address(host: str) -> tuple[int, bytes]:

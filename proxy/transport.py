@@ -666,15 +666,15 @@ class SipServer:
                 conn = self._send_stream(transport, data, host, port)
                 sent.append((data, target, conn.local))
         for data, source, local, corr, at in self._captured:
-            capture.capture(data, IPPROTO_UDP if source[0] == "udp" else IPPROTO_TCP, (source[1], source[2]), local,
-                            corr, at)
+            capture.capture(data, IPPROTO_UDP if source[0] == "udp" else IPPROTO_TCP, source[1], source[2], local[0],
+                            local[1], corr, at)
         self._captured.clear()
         if sent:
             now = time.time()
             calls = self.engine.calls
             for data, target, local in sent:
-                capture.capture(data, IPPROTO_UDP if target[0] == "udp" else IPPROTO_TCP, local,
-                                (target[1], target[2]), capture.correlation(data, calls), now)
+                capture.capture(data, IPPROTO_UDP if target[0] == "udp" else IPPROTO_TCP, local[0], local[1],
+                                target[1], target[2], capture.correlation(data, calls), now)
 
     # --- stream connections ---------------------------------------------------------------------------------------
     def _send_stream(self, scheme: str, data: bytes, host: str, port: int) -> _StreamConnection:

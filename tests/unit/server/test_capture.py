@@ -77,7 +77,7 @@ def test_udp_server_down_is_noticed_and_copies_are_not_even_built_for_a_while() 
                            hold_off=60.0)
         sender.start()
         for _ in range(50):
-            sender.capture(b"SIP", 17, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+            sender.capture(b"SIP", 17, "127.0.0.1", 1, "127.0.0.1", 2, b"c")
             await asyncio.sleep(0.001)  # lets the ICMP port-unreachable come back
         sender.close()
         return sender.sent, sender.dropped
@@ -96,7 +96,7 @@ def test_udp_copies_arrive_as_encoded() -> None:
                            asyncio.get_running_loop())
         sender.start()
         for i in range(3):
-            sender.capture(b"SIP %d" % i, 17, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c", 1000.5)
+            sender.capture(b"SIP %d" % i, 17, "127.0.0.1", 1, "127.0.0.1", 2, b"c", 1000.5)
         got = [rx.recv(65535) for _ in range(3)]
         sender.close()
         rx.close()
@@ -130,7 +130,7 @@ def test_tcp_copies_beyond_the_queue_limit_are_dropped_not_waited_for() -> None:
             await asyncio.sleep(0.01)
         payload = b"x" * 8000
         for _ in range(COPIES):  # 24 MB: more than the kernel's socket buffers hold
-            sender.capture(payload, 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+            sender.capture(payload, 6, "127.0.0.1", 1, "127.0.0.1", 2, b"c")
             await asyncio.sleep(0)
         await asyncio.sleep(0.05)
         sender.close()
@@ -158,14 +158,14 @@ def test_tcp_copies_go_when_the_buffer_fills_or_when_the_timer_says() -> None:
         conn, _ = await loop.sock_accept(lsock)
         while sender._tcp is None:
             await asyncio.sleep(0.001)
-        sender.capture(b"SIP few", 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+        sender.capture(b"SIP few", 6, "127.0.0.1", 1, "127.0.0.1", 2, b"c")
         waiting = sender.sent  # below the threshold: waits for the timer
         payload = b"x" * 8000
         n = TCP_FLUSH_BYTES // 8000 + 1
         for _ in range(n):
-            sender.capture(payload, 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+            sender.capture(payload, 6, "127.0.0.1", 1, "127.0.0.1", 2, b"c")
         filled = sender.sent  # the buffer filled within this turn: written at once, the first copy with it
-        sender.capture(b"SIP last", 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+        sender.capture(b"SIP last", 6, "127.0.0.1", 1, "127.0.0.1", 2, b"c")
         while sender.sent < n + 2:  # the last copy goes when its timer fires
             await asyncio.sleep(0.005)
         got = b""
@@ -190,7 +190,7 @@ def test_tcp_server_down_drops_copies() -> None:
         sender.start()
         await asyncio.sleep(0.05)
         for _ in range(10):
-            sender.capture(b"SIP", 6, ("127.0.0.1", 1), ("127.0.0.1", 2), b"c")
+            sender.capture(b"SIP", 6, "127.0.0.1", 1, "127.0.0.1", 2, b"c")
         sender.close()
         return sender.sent, sender.dropped
 
