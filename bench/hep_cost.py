@@ -44,7 +44,8 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
     sink.setblocking(False)
     loop = uvloop.new_event_loop()
     address = tcp_sink if mode == "tcp" else f"127.0.0.1:{sink.getsockname()[1]}"
-    sender = HepSender(HepSettings(address=address, transport="tcp" if mode == "tcp" else "udp"), loop)
+    sender = HepSender(HepSettings(address=address, transport="tcp" if mode == "tcp" else "udp"), loop,
+                       b_leg_prefix=engine.b_leg_call_id_prefix.encode())  # as the transport makes it
     if mode in ("udp", "tcp"):
         sender.start()
     if mode == "tcp":

@@ -14,9 +14,9 @@ addresses; this module finds the call's correlation id, encodes (`proxy.hep`) an
   connection is retried in the background with a growing delay.
 
 Correlation id: the A-leg Call-ID for both legs, so the capture server shows the two legs as one call. The
-Call-ID is found in the bytes (one `find` for the usual spelling, a regex for the rest); a B-leg Call-ID is
-mapped to its A-leg through the engine's own call table, and remembered (a bounded two-generation map) so the
-messages of a call that just ended still correlate.
+Call-ID is found in the bytes (one `find` for the usual spelling, a regex for the rest). A Call-ID without the
+engine's B-leg prefix is its own answer; a B-leg Call-ID is mapped to its A-leg through the engine's own call
+table, and remembered (a bounded two-generation map) so the messages of a call that just ended still correlate.
 """
 
 from __future__ import annotations
@@ -73,12 +73,17 @@ class _TcpLink(asyncio.Protocol):
 class HepSender:
     """Encodes and sends HEPv3 copies; `sent`, `dropped` and `oversize` count what happened to them."""
 
-    def __init__(self, settings: HepSettings, loop: asyncio.AbstractEventLoop, hold_off: float = 1.0) -> None:
+    def __init__(self, settings: HepSettings, loop: asyncio.AbstractEventLoop, hold_off: float = 1.0,
+                 b_leg_prefix: bytes = b"") -> None:
         self.settings = settings
         self.loop = loop
         self.hold_off = hold_off
         self.encoder = HepEncoder(settings.capture_id, settings.auth_key.encode() if settings.auth_key else None)
         self.address = settings.host_port
+        #: What the engine's B-leg Call-IDs start with (b"": unknown, every Call-ID is looked up).
+        self.b_leg_prefix = b_leg_prefix
+        #: TCP: a copy is appended to a buffer (cheap, may be made at once); UDP: a datagram of its own.
+        self.buffered = settings.transport != "udp"
         self.sent = 0
         self.dropped = 0
         self.oversize = 0
@@ -149,11 +154,11 @@ class HepSender:
 
     # --- correlation ------------------------------------------------------------------------------------------------
     def correlation(self, data: bytes, calls: Mapping[str, tuple[Call, int]]) -> bytes:
-        """The A-leg Call-ID of the call `data` belongs to (its own Call-ID for A-legs and strays). Each Call-ID
-        seen in a call is remembered with its answer: after a call's first messages, one dict lookup."""
+        """The A-leg Call-ID of the call `data` belongs to (its own Call-ID for A-legs and strays). A Call-ID
+        without the engine's B-leg prefix is its own answer; a B-leg's is looked up once, then remembered."""
         cid = call_id_of(data)
-        if not cid:
-            return b""
+        if not cid or not cid.startswith(self.b_leg_prefix):
+            return cid
         hit = self._corr.get(cid)
         if hit is not None:
             return hit

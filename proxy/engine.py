@@ -206,7 +206,13 @@ class Engine(CallHost):
         return f"{self._prefix}{next(self._seq):x}"
 
     def new_call_id(self) -> str:
-        return f"{self._prefix}-{next(self._seq):x}"
+        return f"{self.b_leg_call_id_prefix}{next(self._seq):x}"
+
+    @property
+    def b_leg_call_id_prefix(self) -> str:
+        """What every Call-ID this engine makes (its B-legs') starts with: a message without it is no B-leg of
+        ours (HEP capture correlates it without a lookup)."""
+        return f"{self._prefix}-"
 
     def contact_for(self, transport: str) -> str:
         return self._contacts.get(transport) or self._contacts["udp"]

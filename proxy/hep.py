@@ -44,10 +44,17 @@ def _chunk(kind: int, value: bytes) -> bytes:
     return _CHUNK_HEAD.pack(0, kind, 6 + len(value)) + value
 
 
-def _head_struct(route_len: int, middle_len: int) -> struct.Struct:
-    """A packet's head: "HEP3", total length, the route's first chunks (family, protocol, ports), the time
-    chunks, the chunks from the protocol type through the auth key, and the payload chunk's header."""
-    return struct.Struct(f"!4sH{route_len}sHHHIHHHI{middle_len}sHHH")
+_SECONDS_HEAD: Final = _CHUNK_HEAD.pack(0, 9, 10)
+_MICROS_HEAD: Final = _CHUNK_HEAD.pack(0, 10, 10)
+_PAYLOAD_TYPE: Final = struct.pack("!HH", 0, 15)
+
+
+def _head_struct(first_len: int, middle_len: int) -> struct.Struct:
+    """A packet's head, packed from 8 values: "HEP3", total length, the route's first chunks (family, protocol,
+    ports) with the seconds chunk's header, the seconds, the microseconds chunk's header, the microseconds, the
+    chunks from the protocol type through the auth key with the payload chunk's vendor and type, and the
+    payload chunk's length. (Fixed headers travel as bytes: a pack costs per value.)"""
+    return struct.Struct(f"!4sH{first_len}sI6sI{middle_len}sH")
 
 
 class HepEncoder:
@@ -78,8 +85,9 @@ class HepEncoder:
             return None
         v6 = family == _AF_INET6
         first = b"".join((_chunk(1, bytes([family])), _chunk(2, bytes([ip_proto])),
-                          _PORT.pack(0, 7, 8, src_port), _PORT.pack(0, 8, 8, dst_port)))
-        middle = b"".join((self._after_time, _chunk(5 if v6 else 3, src), _chunk(6 if v6 else 4, dst), self._auth))
+                          _PORT.pack(0, 7, 8, src_port), _PORT.pack(0, 8, 8, dst_port), _SECONDS_HEAD))
+        middle = b"".join((self._after_time, _chunk(5 if v6 else 3, src), _chunk(6 if v6 else 4, dst), self._auth,
+                           _PAYLOAD_TYPE))
         return _head_struct(len(first), len(middle)), first, middle
 
     def head(self, n: int, ip_proto: int, src_host: str, src_port: int, dst_host: str, dst_port: int,
@@ -101,11 +109,11 @@ class HepEncoder:
         total = st.size + n + tail
         if total > MAX_PACKET:
             return None
-        return st.pack(b"HEP3", total, first, 0, 9, 10, seconds, 0, 10, 10, micros, middle, 0, 15, 6 + n)
+        return st.pack(b"HEP3", total, first, seconds, _MICROS_HEAD, micros, middle, 6 + n)
 
     def correlation_chunk(self, correlation: bytes) -> bytes:
         """The chunk that follows the payload (b"" without a correlation id)."""
-        if correlation is not self._corr:
+        if correlation != self._corr:
             self._corr = correlation
             self._corr_chunk = _chunk(17, correlation) if correlation else b""
         return self._corr_chunk

@@ -359,7 +359,7 @@ class SipServer:
             self.queues.append(ReceiveQueue(sock))
         hep = self.engine.config.hep
         if hep is not None:
-            self.capture = HepSender(hep, self.loop)
+            self.capture = HepSender(hep, self.loop, b_leg_prefix=self.engine.b_leg_call_id_prefix.encode())
             self.capture.start()
         self._housekeeping = self.loop.create_task(self._watch())
 
@@ -525,8 +525,13 @@ class SipServer:
         capture = self.capture
         if capture is not None:
             # The correlation is looked up before the engine runs: the message may end its call.
-            self._captured.append((data, source, local or self.listen_addrs.get(source[0], self.udp_local),
-                                   capture.correlation(data, self.engine.calls), time.time()))
+            here = local or self.listen_addrs.get(source[0], self.udp_local)
+            corr = capture.correlation(data, self.engine.calls)
+            if capture.buffered:  # an append to a buffer: nothing that would hold up the SIP
+                capture.capture(data, IPPROTO_UDP if source[0] == "udp" else IPPROTO_TCP, source[1], source[2],
+                                here[0], here[1], corr, time.time())
+            else:
+                self._captured.append((data, source, here, corr, time.time()))
         try:
             self.engine.receive(data, source, self.loop.time())
         except Exception:
@@ -647,34 +652,42 @@ class SipServer:
             self._timer = self.loop.call_at(at, self.on_timer)
 
     def _send_captured(self, outbox: list[tuple[bytes, Target]]) -> None:
-        """The sends of this turn with a HEP copy of each, after the copies of what was received."""
+        """The sends of this turn with a HEP copy of each. Over UDP a copy is a datagram of its own: the copies
+        go after every SIP send of the turn, received messages' first. Over TCP a copy is an append to a
+        buffer, made as each message goes."""
         capture = self.capture
         assert capture is not None
         udp = self.udp
         private = self.udp_private
+        buffered = capture.buffered
+        now = time.time()
+        calls = self.engine.calls
         sent: list[tuple[bytes, Target, tuple[str, int]]] = []
         for data, target in outbox:
             transport, host, port = target
             if transport == "udp":
                 if private is not None and not data.startswith(b"SIP/2.0 "):
                     private.sendto(data, (host, port))
-                    sent.append((data, target, self.private_local))
+                    local = self.private_local
                 elif udp is not None:
                     udp.sendto(data, (host, port))
-                    sent.append((data, target, self.udp_local))
+                    local = self.udp_local
+                else:
+                    continue
             else:
-                conn = self._send_stream(transport, data, host, port)
-                sent.append((data, target, conn.local))
+                local = self._send_stream(transport, data, host, port).local
+            if buffered:
+                capture.capture(data, IPPROTO_UDP if transport == "udp" else IPPROTO_TCP, local[0], local[1], host,
+                                port, capture.correlation(data, calls), now)
+            else:
+                sent.append((data, target, local))
         for data, source, local, corr, at in self._captured:
             capture.capture(data, IPPROTO_UDP if source[0] == "udp" else IPPROTO_TCP, source[1], source[2], local[0],
                             local[1], corr, at)
         self._captured.clear()
-        if sent:
-            now = time.time()
-            calls = self.engine.calls
-            for data, target, local in sent:
-                capture.capture(data, IPPROTO_UDP if target[0] == "udp" else IPPROTO_TCP, local[0], local[1],
-                                target[1], target[2], capture.correlation(data, calls), now)
+        for data, target, local in sent:
+            capture.capture(data, IPPROTO_UDP if target[0] == "udp" else IPPROTO_TCP, local[0], local[1], target[1],
+                            target[2], capture.correlation(data, calls), now)
 
     # --- stream connections ---------------------------------------------------------------------------------------
     def _send_stream(self, scheme: str, data: bytes, host: str, port: int) -> _StreamConnection:

@@ -31,8 +31,9 @@ def test_call_id_is_only_read_from_the_head() -> None:
     assert call_id_of(msg) == b""
 
 
-def _engine_calls(n: int = 1) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """The engine's own call table after `n` calls were routed (A- and B-leg Call-IDs of each)."""
+def _engine_calls(n: int = 1) -> tuple[dict[str, Any], list[tuple[str, str]], bytes]:
+    """The engine's own call table after `n` calls were routed (A- and B-leg Call-IDs of each), and the prefix
+    of its B-leg Call-IDs."""
     h = Harness(make_engine(loopback_config()))
     ids = []
     for _ in range(n):
@@ -41,12 +42,18 @@ def _engine_calls(n: int = 1) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         call, leg = h.engine.calls[b_id]
         assert leg == 1
         ids.append((call.a.call_id, b_id))
-    return dict(h.engine.calls), ids
+    prefix = h.engine.b_leg_call_id_prefix
+    assert all(b.startswith(prefix) and not a.startswith(prefix) for a, b in ids)
+    return dict(h.engine.calls), ids, prefix.encode()
 
 
-def test_both_legs_correlate_to_the_a_leg_call_id_even_after_the_call_ended() -> None:
-    sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop())
-    calls, [(a_id, b_id)] = _engine_calls()
+# Told the engine's B-leg prefix (as the transport does), a sender looks up only the Call-IDs with it; the
+# answers are the same.
+@pytest.mark.parametrize("told_prefix", [False, True])
+def test_both_legs_correlate_to_the_a_leg_call_id_even_after_the_call_ended(told_prefix: bool) -> None:
+    calls, [(a_id, b_id)], prefix = _engine_calls()
+    sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop(),
+                       b_leg_prefix=prefix if told_prefix else b"")
     a_msg = f"INVITE sip:x SIP/2.0\r\nCall-ID: {a_id}\r\n\r\n".encode()
     b_msg = f"INVITE sip:x SIP/2.0\r\nCall-ID: {b_id}\r\n\r\n".encode()
     assert sender.correlation(a_msg, calls) == a_id.encode()
@@ -56,12 +63,15 @@ def test_both_legs_correlate_to_the_a_leg_call_id_even_after_the_call_ended() ->
     assert sender.correlation(b"SIP/2.0 200 OK\r\nCall-ID: stray\r\n\r\n", calls) == b"stray"
 
 
-def test_many_calls_each_correlate_to_their_own_a_leg() -> None:
-    sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop())
-    calls, ids = _engine_calls(25)
+@pytest.mark.parametrize("told_prefix", [False, True])
+def test_many_calls_each_correlate_to_their_own_a_leg(told_prefix: bool) -> None:
+    calls, ids, prefix = _engine_calls(25)
+    sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop(),
+                       b_leg_prefix=prefix if told_prefix else b"")
     for _ in range(3):
         for a_id, b_id in ids:
             assert sender.correlation(f"ACK sip:x SIP/2.0\r\nCall-ID: {b_id}\r\n\r\n".encode(), calls) == a_id.encode()
+            assert sender.correlation(f"ACK sip:x SIP/2.0\r\nCall-ID: {a_id}\r\n\r\n".encode(), calls) == a_id.encode()
     assert len(sender._corr) + len(sender._corr_old) <= 2 * CORRELATION_GENERATION
 
 
