@@ -50,7 +50,7 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
         sender.start()
     if mode == "tcp":
         async def connected() -> None:
-            while sender._tcp is None:
+            while not sender.connected:
                 await asyncio.sleep(0.01)
         loop.run_until_complete(asyncio.wait_for(connected(), 10.0))
     encode_only = mode == "encode"
@@ -121,7 +121,7 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
     assert engine.stats["calls_ended"] == calls, engine.stats
     if mode == "tcp":
         t = clock()
-        sender._flush()  # the last copies, as the flush timer would
+        sender.flush()  # the last copies, as the flush timer would
         cpu += clock() - t
     if mode in ("udp", "tcp"):
         assert sender.sent >= 10 * calls and sender.dropped == 0, (sender.sent, sender.dropped)

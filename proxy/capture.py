@@ -120,7 +120,7 @@ class HepSender:
 
     def close(self) -> None:
         self._closed = True
-        self._flush()  # what waits for its timer (it cancels the timer)
+        self.flush()  # what waits for its timer (it cancels the timer)
         if self._connector is not None:
             self._connector.cancel()
         if self._udp is not None:
@@ -146,6 +146,11 @@ class HepSender:
                     log.debug("hep_connect_failed", address=f"{host}:{port}", error=str(exc))
                     delay = min(delay * 2, 10.0)
             await asyncio.sleep(delay)
+
+    @property
+    def connected(self) -> bool:
+        """TCP: a connection to the capture server is up (copies are being written)."""
+        return self._tcp is not None and not self._tcp.is_closing()
 
     def _lost(self) -> None:
         if self._tcp is not None:
@@ -209,11 +214,12 @@ class HepSender:
         buf += tail
         self._buffered += 1
         if len(buf) >= self._flush_bytes:
-            self._flush()
+            self.flush()
         elif self._flush_handle is None:
-            self._flush_handle = self.loop.call_later(TCP_FLUSH, self._flush)
+            self._flush_handle = self.loop.call_later(TCP_FLUSH, self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the TCP copies that wait (for a full buffer or the timer) now."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None

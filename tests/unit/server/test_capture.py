@@ -135,7 +135,7 @@ def test_tcp_copies_beyond_the_queue_limit_are_dropped_not_waited_for() -> None:
         sender.start()
         conn, _ = await loop.sock_accept(lsock)  # accepted, never read
         for _ in range(200):
-            if sender._tcp is not None:
+            if sender.connected:
                 break
             await asyncio.sleep(0.01)
         payload = b"x" * 8000
@@ -166,7 +166,7 @@ def test_tcp_copies_go_when_the_buffer_fills_or_when_the_timer_says() -> None:
         sender = HepSender(HepSettings(address=f"127.0.0.1:{lsock.getsockname()[1]}", transport="tcp"), loop)
         sender.start()
         conn, _ = await loop.sock_accept(lsock)
-        while sender._tcp is None:
+        while not sender.connected:
             await asyncio.sleep(0.001)
         sender.capture(b"SIP few", 6, "127.0.0.1", 1, "127.0.0.1", 2, b"c")
         waiting = sender.sent  # below the threshold: waits for the timer
