@@ -417,18 +417,28 @@ class RedisState:
             self.answer(call_id, None)
 
     async def close(self) -> None:
-        """Wait (up to 1 s) for the batch in flight, then close the connection."""
+        """Send what waits (calls in their window, ended calls' updates, also those queued behind the batch in
+        flight) and wait up to 1 s for the replies, then close the connection. What could not go is counted
+        (`state_writes_dropped`, `state_failures`)."""
         loop = asyncio.get_running_loop()
         until = loop.time() + 1.0
-        if self._send_handle is not None and self._in_flight is None:
-            self._send()  # what waits for a window or WRITE_DELAY goes now
-        while (self._in_flight is not None or self._connecting is not None) and loop.time() < until:
+        while loop.time() < until:
+            if self._in_flight is None and self._connecting is None:
+                if not (self._calls or self._writes):
+                    break
+                self._send()  # goes now: a window or WRITE_DELAY no longer matters (or fails at once if down)
             await asyncio.sleep(0.005)
+        if self._send_handle is not None:
+            self._send_handle.cancel()
+            self._send_handle = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
         if self._connecting is not None:
             self._connecting.cancel()
+        calls, self._calls = self._calls, []
+        writes, self._writes = self._writes, []
+        self._fail(calls, writes)
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()

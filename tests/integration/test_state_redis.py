@@ -143,6 +143,31 @@ def test_ended_calls_updates_travel_with_the_next_call(driver: Driver) -> None:
     assert driver.state.stats["state_batches"] == 3
 
 
+def test_close_sends_the_updates_queued_behind_a_batch_in_flight(redis_url: str,
+                                                                  request: pytest.FixtureRequest) -> None:
+    """At shutdown, an ended call's updates that wait behind the batch in flight (they would have gone
+    WRITE_DELAY after its reply) still reach Redis before the connection closes."""
+    prefix = f"test:{request.node.name}:"
+    d = Driver(redis_url, key_prefix=prefix)
+    d.write([], state_contract.T0)  # connected, by a batch that is not a call's
+    d.wait_for(lambda: d.state.stats["state_batches"] == 1)
+
+    async def in_flight_then_queued() -> None:
+        d.state.submit("c1", [Window("closing", "c1", 60, 100)], state_contract.T0)
+        await asyncio.sleep(0)  # the call's batch goes
+        assert d.state._in_flight is not None
+        d.state.write([Window("closing", "w1", 60, 100)], state_contract.T0)  # queued behind it
+
+    d.loop.run_until_complete(in_flight_then_queued())
+    d.close()
+    assert d.state.stats["state_writes_dropped"] == 0
+    after = Driver(redis_url, key_prefix=prefix)
+    try:
+        assert after.run([Window("closing", "c2", 60, 100)], state_contract.T0) == [3]  # c1 and w1 were counted
+    finally:
+        after.close()
+
+
 def test_redis_down_answers_none_at_once_and_recovers(redis_private: Redis) -> None:
     d = Driver(redis_private.url, retry_interval=0.05)
     try:
