@@ -146,7 +146,10 @@ def sweep_share(dests: Sequence[str], gap: int, minimum: int) -> float:
     if len(dests) < minimum:
         return 0.0
     newest, previous = dests[0], dests[1]
-    if newest == previous or (newest[:7] != previous[:7] and abs(int(newest) - int(previous)) > gap):
+    if newest == previous:
+        return 0.0
+    a, b = int(newest), int(previous)  # 10 digits: the same thousands-block is the same a // 1000
+    if a // 1000 != b // 1000 and abs(a - b) > gap:
         return 0.0
     distinct = list(dict.fromkeys(dests))  # calling one number again and again is not walking a range
     if len(distinct) < minimum:

@@ -350,9 +350,9 @@ class MemoryStore:
             r = recent.entries[op.key] = _Recent(op.keep, op.ttl)
         r.last = now
         recent.touch(op.key, now)
-        items = (op.member, *r.items)
-        if len(items) > r.keep:
-            items = items[: r.keep]
+        keep = r.keep
+        # a slice that covers the whole tuple is the tuple itself: one new tuple per push
+        items = (op.member,) + r.items[: keep - 1] if keep > 0 else ()  # noqa: RUF005 (compiled, unpacking builds a list first)
         r.items = items
         return items
 
