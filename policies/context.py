@@ -43,12 +43,13 @@ class CallContext:
     `rcd_name` is the caller name of a verified Rich Call Data PASSporT (RFC 9795), None without one.
     `headers` maps canonical lower-case names to every value, in order. `now` is wall-clock epoch seconds.
     `facts`: the results of each stateful policy's `observe` ops, by policy (filled in by the chain before
-    evaluating: `state_for`).
+    evaluating: `state_for`). `remember`/`recall`: what a policy worked out while judging the call and needs
+    again when it ends (not a field: copies do not carry it).
     """
 
-    __slots__ = ("attest", "call_id", "dest", "dest_tn", "display_name", "facts", "headers", "identity_present", "now",
-                 "orig", "orig_tn", "origid", "rcd_name", "source_ip", "source_port", "spc", "trunk", "trunk_role",
-                 "verification")
+    __slots__ = ("_memo", "attest", "call_id", "dest", "dest_tn", "display_name", "facts", "headers",
+                 "identity_present", "now", "orig", "orig_tn", "origid", "rcd_name", "source_ip", "source_port", "spc",
+                 "trunk", "trunk_role", "verification")
 
     def __init__(
         self,
@@ -92,6 +93,7 @@ class CallContext:
         self.now: Final = now
         #: Set once by the chain (`Chain.evaluate`) before any policy sees the context.
         self.facts = facts
+        self._memo: dict[object, object] | None = None
 
     def __repr__(self) -> str:
         return f"CallContext({', '.join(f'{name}={getattr(self, name)!r}' for name in _FIELDS)})"
@@ -109,6 +111,19 @@ class CallContext:
         """The results of `policy`'s observe ops for this call, aligned with them; None when the store did
         not answer (the chain then applies the state store's `on_error` and does not ask the policy)."""
         return self.facts.get(policy)
+
+    def remember(self, policy: object, value: object) -> None:
+        """Keep `value` for `policy` with this call (e.g. what its end adds, worked out from its state once)."""
+        memo = self._memo
+        if memo is None:
+            self._memo = {policy: value}
+        else:
+            memo[policy] = value
+
+    def recall(self, policy: object) -> object:
+        """What `policy` kept with this call, None when nothing."""
+        memo = self._memo
+        return None if memo is None else memo.get(policy)
 
     @property
     def verified(self) -> bool:

@@ -60,6 +60,9 @@ def _end_adds(bits: int) -> tuple[int, ...]:
 _CALL_ADDS: Final = tuple(_call_adds(bits) for bits in range(32))
 _END_ADDS: Final = tuple(_end_adds(bits) for bits in range(32))
 _BURST_ADD: Final = (0,)
+_NO_FEEDBACK: Final = (0, 0)
+#: Gateways remembered per key kind before the memory starts again (origids and addresses: a few hundred).
+_KNOWN_MAX: Final = 4096
 
 #: Every signal, in the order of the value list `RiskCore.values` fills.
 SIGNALS: Final = (
@@ -143,7 +146,10 @@ def sweep_share(dests: Sequence[str], gap: int, minimum: int) -> float:
     if len(dests) < minimum:
         return 0.0
     newest, previous = dests[0], dests[1]
-    if newest == previous or (newest[:7] != previous[:7] and abs(int(newest) - int(previous)) > gap):
+    if newest == previous:
+        return 0.0
+    a, b = int(newest), int(previous)  # 10 digits: the same thousands-block is the same a // 1000
+    if a // 1000 != b // 1000 and abs(a - b) > gap:
         return 0.0
     distinct = list(dict.fromkeys(dests))  # calling one number again and again is not walking a range
     if len(distinct) < minimum:
@@ -210,6 +216,30 @@ class _Signal:
         self.high: Final = high
 
 
+class _Gateway:
+    """A gateway's key (`origid:...`) and its state keys, made once when the gateway is first met."""
+
+    __slots__ = ("burst", "feedback", "name", "recent", "tally")
+
+    def __init__(self, name: str, core: RiskCore) -> None:
+        self.name: Final = name
+        self.tally: Final = core.gateway_prefix + name
+        self.burst: Final = core.burst_prefix + name
+        self.feedback: Final = core.feedback_prefix + name
+        self.recent: Final = core.recent_prefix + name
+
+
+class _Ending:
+    """What a scored call's end adds to its gateway, worked out from its state while scoring (`_END_ADDS` bits
+    2-4: from a never-seen number, neighbour match, never-seen number outside a burst)."""
+
+    __slots__ = ("bits", "gateway")
+
+    def __init__(self, gateway: _Gateway, bits: int) -> None:
+        self.gateway: Final = gateway
+        self.bits: Final = bits
+
+
 class RiskCore:
     """One risk_score entry's settings as plain values, and what it does per call."""
 
@@ -256,22 +286,41 @@ class RiskCore:
         self.recent_prefix = f"{ns}r:"
         self.orig_recent_prefix = f"{ns}o:"
         self.burst_prefix = f"{ns}b:"
+        #: Which optional state the signals that count read (a signal of weight 0 needs none): the gateway's
+        #: short window and usual rate of never-seen numbers, destination lists, feedback.
+        counted = {signal.name for signal in self.signals}
+        self.wants_burst = "novel_burst" in counted
+        self.wants_sweep = "sweep" in counted
+        self.wants_orig_sweep = "orig_sweep" in counted
+        self.wants_reports = "reports" in counted
+        #: Gateways met so far by key kind (value -> its keys): a call's state keys without building strings.
+        self._known: list[dict[str, _Gateway]] = [{} for _ in self.gateways]
         #: The last call's context, gateway and neighbour match: observe and evaluate of one call ask in turn.
         self._ctx: object = None
-        self._gateway: str | None = None
+        self._gateway: _Gateway | None = None
         self._neighbor = False
 
     # --- keys ---------------------------------------------------------------------------------------------
     def keys(self, ctx: CallContext) -> tuple[str | None, bool]:
         """(the call's gateway key, or None; whether the caller shares the callee's NPA-NXX: a neighbour match,
         unless a passed verification with an exempt attestation vouches for the number)"""
+        gw, neighbor = self._keys(ctx)
+        return (gw.name if gw is not None else None), neighbor
+
+    def _keys(self, ctx: CallContext) -> tuple[_Gateway | None, bool]:
         if self._ctx is ctx:
             return self._gateway, self._neighbor
-        gw: str | None = None
-        for kind, get in self.gateways:
+        gw: _Gateway | None = None
+        for i, (kind, get) in enumerate(self.gateways):
             value = get(ctx)
             if value is not None:
-                gw = f"{kind}:{value}"
+                known = self._known[i]
+                found = known.get(value)
+                if found is None:
+                    if len(known) >= _KNOWN_MAX:
+                        known.clear()
+                    found = known[value] = _Gateway(f"{kind}:{value}", self)
+                gw = found
                 break
         o, d = _national(ctx.orig_tn), _national(ctx.dest_tn)
         neighbor = o is not None and d is not None and o[:6] == d[:6]
@@ -286,8 +335,8 @@ class RiskCore:
     # --- state ----------------------------------------------------------------------------------------------
     def observe(self, ctx: CallContext) -> Sequence[Op]:
         """The ops of a call: the number claimed as seen, the gateway's counters (and its short window of calls
-        from never-seen numbers), feedback, recent destinations."""
-        gw, neighbor = self.keys(ctx)
+        from never-seen numbers), feedback, recent destinations (those a signal that counts reads)."""
+        gw, neighbor = self._keys(ctx)
         if gw is None:
             return ()
         v = ctx.verification
@@ -300,20 +349,21 @@ class RiskCore:
                          | int(neighbor) << 4]
         orig = ctx.orig_tn
         dest = _national(ctx.dest_tn)  # sweeps are judged on NANP numbers
-        ops: list[Op] = []
+        if orig is None:
+            ops: list[Op] = [Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets, -1)]
+        else:
+            ops = [Claim(self.seen_prefix + orig, ctx.call_id, self.seen_ttl),
+                   Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets, _FIRST)]
+            if self.wants_burst:
+                ops.append(Tally(gw.burst, BURST_FIELDS, _BURST_ADD, self.burst_window, self.burst_buckets, 0))
+        if self.wants_reports:
+            ops.append(Tally(gw.feedback, FEEDBACK_FIELDS, _NO_FEEDBACK, self.feedback_window))
+        if dest is not None and self.wants_sweep:
+            ops.append(Recent(gw.recent, dest, self.sweep_depth, self.window))
         if orig is not None:
-            ops.append(Claim(self.seen_prefix + orig, ctx.call_id, self.seen_ttl))
-        ops.append(Tally(self.gateway_prefix + gw, GATEWAY_FIELDS, add, self.window, self.buckets,
-                         _FIRST if orig is not None else -1))
-        if orig is not None:
-            ops.append(Tally(self.burst_prefix + gw, BURST_FIELDS, _BURST_ADD, self.burst_window, self.burst_buckets,
-                             0))
-        ops.append(Tally(self.feedback_prefix + gw, FEEDBACK_FIELDS, (0, 0), self.feedback_window))
-        if dest is not None:
-            ops.append(Recent(self.recent_prefix + gw, dest, self.sweep_depth, self.window))
-        if orig is not None:
-            ops.append(Tally(self.tn_feedback_prefix + orig, FEEDBACK_FIELDS, (0, 0), self.feedback_window))
-            if dest is not None:
+            if self.wants_reports:
+                ops.append(Tally(self.tn_feedback_prefix + orig, FEEDBACK_FIELDS, _NO_FEEDBACK, self.feedback_window))
+            if dest is not None and self.wants_orig_sweep:
                 ops.append(Recent(self.orig_recent_prefix + orig, dest, self.sweep_depth, self.window))
         return ops
 
@@ -328,17 +378,22 @@ class RiskCore:
                 results: Sequence[Any] | None) -> Sequence[Op]:
         """What an ended call (that reached the called side) adds to its gateway: ended, answered, short, and
         the same for calls from never-seen numbers (`results`: the call's observe results); such a call outside
-        a burst also counts towards the gateway's usual rate of them (a campaign does not teach it its own)."""
-        gw, neighbor = self.keys(ctx)
+        a burst also counts towards the gateway's usual rate of them (a campaign does not teach it its own).
+        A scored call kept its gateway and those bits (`values`); an unscored one (allow list) works them out."""
+        short = int(answered and duration < self.short_call_seconds)
+        kept = ctx.recall(self)
+        if isinstance(kept, _Ending):
+            return (Tally(kept.gateway.tally, GATEWAY_FIELDS, _END_ADDS[int(answered) | short << 1 | kept.bits],
+                          self.window, self.buckets),)
+        gw, neighbor = self._keys(ctx)
         if gw is None:
             return ()
-        short = int(answered and duration < self.short_call_seconds)
-        novel = int(ctx.orig_tn is not None and results is not None and len(results) > 2 and results[0] is None)
-        quiet = 0
-        if novel and results is not None:
+        novel = int(ctx.orig_tn is not None and results is not None and len(results) > 1 and results[0] is None)
+        quiet = novel  # without novel_burst every call from a never-seen number counts as outside a burst
+        if novel and results is not None and self.wants_burst:
             quiet = int(self.burst(results[1], results[2][0], ctx.now) < self.burst_learn_below)
         add = _END_ADDS[int(answered) | short << 1 | novel << 2 | int(neighbor) << 3 | quiet << 4]
-        return (Tally(self.gateway_prefix + gw, GATEWAY_FIELDS, add, self.window, self.buckets),)
+        return (Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets),)
 
     # --- the score --------------------------------------------------------------------------------------------
     def burst(self, g: tuple[int, ...], recent: int, now: float) -> float:
@@ -356,32 +411,38 @@ class RiskCore:
     def values(self, ctx: CallContext, results: Sequence[Any]) -> tuple[list[float], str, int] | None:
         """(every signal's value, aligned with SIGNALS, `-inf` when the call has none; gateway key; gateway
         calls in the window), None without a gateway."""
-        gw, neighbor = self.keys(ctx)
+        gw, neighbor = self._keys(ctx)
         if gw is None:
             return None
         orig, dest = ctx.orig_tn, _national(ctx.dest_tn)
-        i = 0
+        # the results, in observe's order
         first_seen = False
-        if orig is not None:
-            first_seen = results[0] is None  # this call claimed the number: never seen before
-            i = 1
-        g: tuple[int, ...] = results[i]
         recent = 0
-        if orig is not None:
-            i += 1
-            recent = results[i][0]
-        fb: tuple[int, ...] = results[i + 1]
-        i += 2
+        fb: tuple[int, ...] = _NO_FEEDBACK
+        tn_fb: tuple[int, ...] = _NO_FEEDBACK
         gw_dests: Sequence[str] = ()
         orig_dests: Sequence[str] = ()
-        tn_fb: tuple[int, ...] = (0, 0)
-        if dest is not None:
+        if orig is None:
+            g: tuple[int, ...] = results[0]
+            i = 1
+        else:
+            first_seen = results[0] is None  # this call claimed the number: never seen before
+            g = results[1]
+            i = 2
+            if self.wants_burst:
+                recent = results[2][0]
+                i = 3
+        if self.wants_reports:
+            fb = results[i]
+            i += 1
+        if dest is not None and self.wants_sweep:
             gw_dests = results[i]
             i += 1
         if orig is not None:
-            tn_fb = results[i]
-            i += 1
-            if dest is not None:
+            if self.wants_reports:
+                tn_fb = results[i]
+                i += 1
+            if dest is not None and self.wants_orig_sweep:
                 orig_dests = results[i]
         values = [_ABSENT] * len(SIGNALS)
         calls = g[_CALLS]
@@ -405,7 +466,13 @@ class RiskCore:
                 values[_S_NOVEL_SHORT] = g[_NOVEL_SHORT] / novel_answered
             if novel_ended >= self.min_ended:
                 values[_S_NOVEL_NEIGHBOR_SHARE] = g[_NOVEL_NEIGHBOR] / novel_ended
-            values[_S_NOVEL_BURST] = self.burst(g, recent, ctx.now)
+            quiet = 1
+            if self.wants_burst:
+                burst = values[_S_NOVEL_BURST] = self.burst(g, recent, ctx.now)
+                quiet = int(burst < self.burst_learn_below)
+            ctx.remember(self, _Ending(gw, 4 | int(neighbor) << 3 | quiet << 4))
+        else:
+            ctx.remember(self, _Ending(gw, int(neighbor) << 3))
         values[_S_SWEEP] = sweep_share(gw_dests, self.sweep_gap, self.sweep_min)
         values[_S_ORIG_SWEEP] = sweep_share(orig_dests, self.sweep_gap, self.sweep_min)
         values[_S_REPORTS] = float(fb[0] + tn_fb[0] - fb[1] - tn_fb[1])
@@ -417,7 +484,7 @@ class RiskCore:
         values[_S_NEIGHBOR] = float(neighbor)
         values[_S_FIRST] = float(first_seen)
         values[_S_NOVEL_NEIGHBOR] = float(first_seen and neighbor)
-        return values, gw, calls
+        return values, gw.name, calls
 
     def score(self, ctx: CallContext, results: Sequence[Any]) -> Score | None:
         """The call's score and the signals that made it, None without a gateway. Each signal scores `weight`

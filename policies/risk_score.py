@@ -16,8 +16,9 @@ records, in dry-run too (run report-only first: the first-seen signal needs a le
 
 State (policies.state): per call one Claim (the number seen network-wide), one Tally of the gateway's
 counters and one of its short window (calls from never-seen numbers, for bursts), two Recent lists (the
-gateway's and the number's last destinations) and two feedback Tallies; when the call ends, one Tally (ended,
-answered, short). Memory or Redis, like replay and velocity.
+gateway's and the number's last destinations) and two feedback Tallies, less those only a signal of weight 0
+would read; when the call ends, one Tally (ended, answered, short), its bits worked out while scoring and kept
+with the call. Memory or Redis, like replay and velocity.
 """
 
 from __future__ import annotations

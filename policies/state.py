@@ -308,7 +308,9 @@ class MemoryStore:
     def _tally(self, op: Tally, now: float, claimed: bool) -> tuple[int, ...]:
         tallies = self._tallies
         b = tallies.entries.get(op.key)
-        if b is None and not _adds(op.add) and not (claimed and op.add_if_claimed >= 0):
+        adds = _adds(op.add)
+        bonus = op.add_if_claimed if claimed else -1
+        if b is None and not adds and bonus < 0:
             return _zeros(len(op.fields))  # reading a key nobody counted: nothing to keep
         if b is None or len(b.totals) != len(op.fields):
             b = tallies.entries[op.key] = _Buckets(len(op.fields), op.buckets, op.span)
@@ -331,13 +333,14 @@ class MemoryStore:
                     ids[i] = -1
             ids[slot] = current
         counts = b.counts[slot]
-        for f, value in enumerate(op.add):
-            if value:
-                counts[f] += value
-                totals[f] += value
-        if claimed and op.add_if_claimed >= 0:
-            counts[op.add_if_claimed] += 1
-            totals[op.add_if_claimed] += 1
+        if adds:
+            for f, value in enumerate(op.add):
+                if value:
+                    counts[f] += value
+                    totals[f] += value
+        if bonus >= 0:
+            counts[bonus] += 1
+            totals[bonus] += 1
         return tuple(totals)
 
     def _push(self, op: Recent, now: float) -> tuple[str, ...]:
@@ -347,9 +350,9 @@ class MemoryStore:
             r = recent.entries[op.key] = _Recent(op.keep, op.ttl)
         r.last = now
         recent.touch(op.key, now)
-        items = (op.member, *r.items)
-        if len(items) > r.keep:
-            items = items[: r.keep]
+        keep = r.keep
+        # a slice that covers the whole tuple is the tuple itself: one new tuple per push
+        items = (op.member,) + r.items[: keep - 1] if keep > 0 else ()  # noqa: RUF005 (compiled, unpacking builds a list first)
         r.items = items
         return items
 

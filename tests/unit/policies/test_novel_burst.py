@@ -13,7 +13,7 @@ import pytest
 
 from policies import Decision
 from policies.risk_core import covered, poisson_surprise
-from policies.risk_score import RiskScore
+from policies.risk_score import GATEWAY_FIELDS, RiskScore
 from policies.state import MemoryStore
 
 from .helpers import ctx, missing, passed
@@ -172,3 +172,45 @@ def test_a_neighbour_match_vouched_for_by_the_attestation_does_not_count(
 def test_an_unsigned_neighbour_always_counts() -> None:
     g = Gateway(risk(note_from=0))
     assert "neighbor +5" in g.call("+13127005555", T0).note
+
+
+# --- what a call keeps for its end, and the state of signals that do not count -----------------------------------
+def test_the_end_a_scored_call_kept_is_the_one_worked_out_again() -> None:
+    """A scored call keeps its end's bits (never-seen number, neighbour, outside a burst) with it; an unscored one
+    (allow list) works them out from its observe results: both give the same op, in and out of bursts."""
+    p = risk(note_from=0)
+    core, store = p.per_call, MemoryStore()
+    seen: set[tuple[int, int, int]] = set()  # (from a never-seen number, outside a burst, neighbour) met
+    for n in range(40):
+        now = T0 + n * (5.0 if n < 25 else 400.0)  # a burst of never-seen numbers, then a trickle
+        orig = fresh(n) if n % 3 else "+13127005555"  # every third call a (known, after the first) neighbour
+        c = ctx(orig, f"+1312700{n:04d}", now=now, verification=missing(), source=GATEWAY)
+        results = store.execute(list(core.observe(c)), now)
+        unscored = c.replace(facts={core: results})
+        scored = c.replace(facts={core: results})
+        core.evaluate(scored)
+        kept = core.end_ops(scored, True, 3.0, results)
+        assert kept == core.end_ops(unscored, True, 3.0, results)
+        add = kept[0].add
+        seen.add((add[GATEWAY_FIELDS.index("novel_ended")], add[GATEWAY_FIELDS.index("novel_quiet")],
+                  add[GATEWAY_FIELDS.index("novel_neighbor")]))
+        store.execute(list(core.end_ops(scored, n % 2 == 0, 3.0, results)), now + 3)
+    assert {(1, 1, 0), (1, 0, 0), (0, 0, 0), (1, 1, 1)} <= seen, seen
+
+
+def test_signals_of_weight_zero_ask_no_state_and_the_rest_score_alike() -> None:
+    off = {name: {"weight": 0} for name in ("novel_burst", "sweep", "orig_sweep", "reports")}
+    full, lean = Gateway(risk(note_from=0)), Gateway(risk(note_from=0, signals=off))
+    c = ctx(fresh(1), "+13127000001", now=T0, verification=missing(), source=GATEWAY)
+    assert len(full.core.observe(c)) == 7 and len(lean.core.observe(c)) == 2  # the claim, the gateway's counters
+    used = clec(full, T0, hours=1, new_every=300)
+    assert clec(lean, T0, hours=1, new_every=300) == used
+    assert any(r[0] == "novel_burst" for d in campaign(Gateway(risk(note_from=0)), T0, first=used) for r in reasons(d))
+    for d_full, d_lean in zip(campaign(full, T0 + 3600, first=used), campaign(lean, T0 + 3600, first=used),
+                              strict=True):
+        assert reasons(d_lean) == [r for r in reasons(d_full) if r[0] != "novel_burst"], (d_full.note, d_lean.note)
+
+
+def reasons(d: Decision) -> list[tuple[str, str]]:
+    """(signal, value and points) of each signal that scored, from the note."""
+    return re.findall(r"(\w+) ((?:[\d.]+ )?\+\d+)", d.note.split(": ", 1)[1])
