@@ -99,7 +99,10 @@ class HepSender:
         self._down_until = 0.0
         self._udp: socket.socket | None = None
         self._tcp: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        #: The TCP copies waiting to be written, as pieces (head, message, correlation chunk), joined at the write:
+        #: one copy of each byte, where appending to a growing buffer copied and reallocated as it went.
+        self._pieces: list[bytes] = []
+        self._buffered_bytes = 0
         self._buffered = 0
         #: How many bytes the buffer may hold (see `_set_room`).
         self._room = settings.max_queue_bytes
@@ -214,15 +217,18 @@ class HepSender:
                 self.dropped += 1
                 self._down_until = now + self.hold_off
             return
-        buf = self._buffer
-        if self._tcp is None or len(buf) + len(head) + len(data) + len(tail) > self._room:
+        size = self._buffered_bytes + len(head) + len(data) + len(tail)
+        if self._tcp is None or size > self._room:
             self.dropped += 1
             return
-        buf += head
-        buf += data
-        buf += tail
+        pieces = self._pieces
+        pieces.append(head)
+        pieces.append(data)
+        if tail:
+            pieces.append(tail)
+        self._buffered_bytes = size
         self._buffered += 1
-        if len(buf) >= self._flush_bytes:
+        if size >= self._flush_bytes:
             self.flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_later(TCP_FLUSH, self.flush)
@@ -233,15 +239,14 @@ class HepSender:
             self._flush_handle.cancel()
             self._flush_handle = None
         tcp = self._tcp
-        if self._buffer:
+        if self._pieces:
             if tcp is not None and not tcp.is_closing():
-                # The transport keeps the buffer if the kernel does not take it all: a new one for what follows.
-                tcp.write(self._buffer)
-                self._buffer = bytearray()
+                tcp.write(b"".join(self._pieces))
                 self.sent += self._buffered
             else:
                 self.dropped += self._buffered
-                self._buffer.clear()
+            self._pieces = []
+            self._buffered_bytes = 0
             self._buffered = 0
         self._set_room(tcp)
 

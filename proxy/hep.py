@@ -67,15 +67,15 @@ class HepEncoder:
     def __init__(self, capture_id: int, auth_key: bytes | None = None) -> None:
         self._after_time = _chunk(11, bytes([_PROTO_SIP])) + _chunk(12, struct.pack("!I", capture_id))
         self._auth = _chunk(14, auth_key) if auth_key else b""
-        #: (IP protocol, source IP, source port, destination IP, destination port) -> (the head's struct, the
-        #: family/protocol/port chunks, the chunks from the protocol type through the auth key), or None when
-        #: the route cannot be encoded.
-        self._routes: dict[tuple[int, str, int, str, int], tuple[struct.Struct, bytes, bytes] | None] = {}
+        #: (IP protocol, source IP, source port, destination IP, destination port) -> (the head's struct and its
+        #: size, the family/protocol/port chunks, the chunks from the protocol type through the auth key), or
+        #: None when the route cannot be encoded.
+        self._routes: dict[tuple[int, str, int, str, int], tuple[struct.Struct, int, bytes, bytes] | None] = {}
         self._corr = b""
         self._corr_chunk = b""
 
     def _route(self, ip_proto: int, src_host: str, src_port: int, dst_host: str,
-               dst_port: int) -> tuple[struct.Struct, bytes, bytes] | None:
+               dst_port: int) -> tuple[struct.Struct, int, bytes, bytes] | None:
         try:
             family, src = _address(src_host)
             dst_family, dst = _address(dst_host)
@@ -88,7 +88,8 @@ class HepEncoder:
                           _PORT.pack(0, 7, 8, src_port), _PORT.pack(0, 8, 8, dst_port), _SECONDS_HEAD))
         middle = b"".join((self._after_time, _chunk(5 if v6 else 3, src), _chunk(6 if v6 else 4, dst), self._auth,
                            _PAYLOAD_TYPE))
-        return _head_struct(len(first), len(middle)), first, middle
+        st = _head_struct(len(first), len(middle))
+        return st, st.size, first, middle
 
     def head(self, n: int, ip_proto: int, src_host: str, src_port: int, dst_host: str, dst_port: int,
              seconds: int, micros: int, tail: int) -> bytes | None:
@@ -105,8 +106,8 @@ class HepEncoder:
             self._routes[key] = route
             if route is None:
                 return None
-        st, first, middle = route
-        total = st.size + n + tail
+        st, size, first, middle = route
+        total = size + n + tail
         if total > MAX_PACKET:
             return None
         return st.pack(b"HEP3", total, first, seconds, _MICROS_HEAD, micros, middle, 6 + n)
