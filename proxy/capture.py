@@ -7,11 +7,11 @@ addresses; this module finds the call's correlation id, encodes (`proxy.hep`) an
   (counted); a capture server that is down answers with ICMP port-unreachable, which the connected socket
   reports on the next send: copies are then not even built for `hold_off` seconds (counted as dropped).
 - TCP: copies wait as pieces (head, message, correlation chunk), joined and written when they hold
-  `TCP_FLUSH_BYTES` (in the loop turn that filled them) or `TCP_FLUSH` seconds after its first copy, whichever comes first: one syscall for many
-  messages, and under load no wake-up of its own (an idle event loop woken 100 times a second by a 10 ms flush
-  timer cost more than the copies: HEP over TCP added +69 us per call at 1000 calls/s, 2026-12-06); while the
-  server is unreachable, or more than `max_queue_bytes` wait, copies are dropped (counted), and the
-  connection is retried in the background with a growing delay.
+  `TCP_FLUSH_BYTES` (in the loop turn that filled them) or `TCP_FLUSH` seconds after the first one, whichever
+  comes first: one syscall for many messages, and under load no wake-up of its own (an idle event loop woken
+  100 times a second by a 10 ms flush timer cost more than the copies: HEP over TCP added +69 us per call at
+  1000 calls/s, 2026-12-06); while the server is unreachable, or more than `max_queue_bytes` wait, copies are
+  dropped (counted), and the connection is retried in the background with a growing delay.
 
 Correlation id: the A-leg Call-ID for both legs, so the capture server shows the two legs as one call. The
 Call-ID is found in the bytes (one `find` for the usual spelling, a regex for the rest). A Call-ID without the
