@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -105,7 +105,98 @@ FAST_SETTINGS: Mapping[str, str] = {
 }
 
 
-class Postgres:
+class _Server:
+    """What the two servers share: one process in a session of its own (so a signal reaches its children),
+    started and waited for, stopped by a signal, a log in its temporary folder. A subclass says how to launch
+    it (`_launch`), when it is ready (`_ready`) and which signals stop and kill it."""
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+    kill_signal = signal.SIGKILL
+    root: Path
+    log_path: Path
+    port: int
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start and wait until it answers (bounded). Idempotent."""
+        if self.running:
+            return self
+        self.proc = self._launch()
+        try:
+            _wait(self._checked_ready, f"{self.name} on {HOST}:{self.port}", READY_SECONDS)
+        except TimeoutError:
+            self.kill()
+            raise RuntimeError(f"{self.name} did not start:\n{self.log_tail()}") from None
+        return self
+
+    def _checked_ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        return self._ready()
+
+    def stop(self) -> None:
+        self._signal_and_wait(self.stop_signal)
+
+    def kill(self) -> None:
+        self._signal_and_wait(self.kill_signal)
+
+    def _signal_and_wait(self, sig: int) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def restart(self) -> Self:
+        self.stop()
+        return self.start()
+
+    @contextlib.contextmanager
+    def stopped(self, *, crash: bool = False) -> Iterator[None]:
+        """Down inside the block (`stop`, or `kill` with crash=True), started again after it."""
+        self.kill() if crash else self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+    def cleanup(self) -> None:
+        """Stop and delete the folder."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class Postgres(_Server):
     """A PostgreSQL cluster in a temporary folder, listening on 127.0.0.1:`port` and a socket in `socket_dir`.
 
     `settings` are passed as `-c name=value` (FAST_SETTINGS by default; the benchmark passes durable ones).
@@ -128,7 +219,7 @@ class Postgres:
         self.data = self.root / "data"
         self.socket_dir = self.root / "sock"
         self.log_path = self.root / "postgres.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
         self._initdb()
 
     # --- set-up --------------------------------------------------------------------------------------------
@@ -153,81 +244,28 @@ class Postgres:
             raise RuntimeError(f"initdb failed ({rc}):\n{log.read_text(errors='replace')[-3000:]}")
 
     # --- life cycle -----------------------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    # stop(): fast shutdown (SIGINT), clients are disconnected, everything committed stays. kill(): immediate
+    # shutdown (SIGQUIT), the postmaster and its children exit at once, as in a crash; the next start runs crash
+    # recovery.
+    name = "PostgreSQL"
+    stop_signal = signal.SIGINT
+    kill_signal = signal.SIGQUIT
 
-    def start(self) -> Postgres:
-        """Start and wait until it accepts connections (bounded). Idempotent."""
-        if self.running:
-            return self
+    def _launch(self) -> subprocess.Popen[bytes]:
         args = [self.postgres_bin, "-D", str(self.data), "-p", str(self.port), "-k", str(self.socket_dir),
                 "-c", f"listen_addresses={HOST}"]  # fmt: skip
         for name, value in self.settings.items():
             args += ["-c", f"{name}={value}"]
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         user=self.run_as, cwd=self.root, start_new_session=True)  # fmt: skip
-        try:
-            _wait(self._ready, f"PostgreSQL on {HOST}:{self.port}", READY_SECONDS)
-        except TimeoutError:
-            self.kill()
-            raise RuntimeError(f"PostgreSQL did not start:\n{self.log_tail()}") from None
-        return self
+            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    user=self.run_as, cwd=self.root, start_new_session=True)  # fmt: skip
 
     def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"PostgreSQL exited with {self.proc.returncode}:\n{self.log_tail()}")
         try:
             with self.connect(connect_timeout=2):
                 return True
         except Exception:  # any failure to connect means "not yet"
             return False
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT): clients are disconnected, everything committed stays."""
-        self._signal_and_wait(signal.SIGINT)
-
-    def kill(self) -> None:
-        """Immediate shutdown (SIGQUIT): the postmaster and its children exit at once, as in a crash; the next
-        start runs crash recovery."""
-        self._signal_and_wait(signal.SIGQUIT)
-
-    def _signal_and_wait(self, sig: int) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-    def restart(self) -> Postgres:
-        self.stop()
-        return self.start()
-
-    @contextlib.contextmanager
-    def stopped(self, *, crash: bool = False) -> Iterator[None]:
-        """Down inside the block (fast shutdown, or immediate with crash=True), started again after it."""
-        self.kill() if crash else self.stop()
-        try:
-            yield
-        finally:
-            self.start()
-
-    def cleanup(self) -> None:
-        """Stop and delete the folder."""
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
 
     # --- clients --------------------------------------------------------------------------------------------
     def dsn(self, dbname: str = "postgres") -> str:
@@ -254,16 +292,14 @@ class Postgres:
     def drop_database(self, name: str) -> None:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    def __enter__(self) -> Postgres:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
 
 # ----------------------------------------------------------------------------------------------- Redis
-class Redis:
-    """redis-server on 127.0.0.1:`port`, no persistence, working folder in a temporary directory."""
+class Redis(_Server):
+    """redis-server on 127.0.0.1:`port`, no persistence, working folder in a temporary directory. stop():
+    SIGTERM, a clean exit (no data kept: --save ''); kill(): SIGKILL."""
+
+    name = "redis-server"
 
     def __init__(self, *, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
         binary = shutil.which("redis-server")
@@ -274,7 +310,7 @@ class Redis:
         self.extra = extra
         self.root = Path(tempfile.mkdtemp(prefix="stirgate-redis-"))
         self.log_path = self.root / "redis.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -283,25 +319,13 @@ class Redis:
     def url_for(self, db: int = 0) -> str:
         return f"redis://{HOST}:{self.port}/{db}"
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> Redis:
-        if self.running:
-            return self
+    def _launch(self) -> subprocess.Popen[bytes]:
         args = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
                 "--dir", str(self.root), "--daemonize", "no", "--logfile", str(self.log_path), *self.extra]
         # A session of its own, like PostgreSQL: a Ctrl-C meant for the demo that started it (make cluster)
         # must not stop it before the nodes that use it.
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)  # fmt: skip
-        try:
-            _wait(self._ready, f"Redis on {HOST}:{self.port}", READY_SECONDS)
-        except TimeoutError:
-            self.kill()
-            raise RuntimeError(f"Redis did not start:\n{self.log_tail()}") from None
-        return self
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)  # fmt: skip
 
     def command(self, *args: str, timeout: float = 2.0) -> bytes:
         """One command over a fresh connection (RESP, no client library); the raw reply."""
@@ -312,8 +336,6 @@ class Redis:
             return s.recv(65536)
 
     def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{self.log_tail()}")
         try:
             return self.command("PING").startswith(b"+PONG")
         except OSError:
@@ -323,53 +345,6 @@ class Redis:
         reply = self.command("FLUSHALL")
         if not reply.startswith(b"+OK"):
             raise RuntimeError(f"FLUSHALL: {reply!r}")
-
-    def stop(self) -> None:
-        """SIGTERM: a clean exit (no data kept: --save '')."""
-        self._signal_and_wait(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._signal_and_wait(signal.SIGKILL)
-
-    def _signal_and_wait(self, sig: int) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def restart(self) -> Redis:
-        self.stop()
-        return self.start()
-
-    @contextlib.contextmanager
-    def stopped(self, *, crash: bool = False) -> Iterator[None]:
-        """Down inside the block (SIGTERM, or SIGKILL with crash=True), started again after it (empty)."""
-        self.kill() if crash else self.stop()
-        try:
-            yield
-        finally:
-            self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-    def __enter__(self) -> Redis:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
