@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from proxy.authentication import InboundOutcome
     from proxy.b2bua import Call
     from proxy.redirect import Redirected
+    from proxy.sip.transaction import Target
 
 __all__ = [
     "COLUMNS",
@@ -177,54 +178,25 @@ def record_from_call(call: Call, wall_offset: float, tn_policy: TNPolicy = DEFAU
     """
     a = call.a
     from_na = a.remote_na
-    pai: str | None = getattr(call, "pai", None)
-    orig_signaled = _orig_signaled(pai, from_na.uri, tn_policy)
     ruri: str | None = getattr(call, "ruri", None)
-    dest_signaled = _user(ruri) or _user(a.local_na.uri)
     identity_present: bool | None = getattr(call, "identity_present", None)
-
-    verification = verstat = attest = origid = spc = subject = None
-    failures: tuple[str, ...] = ()
     inbound = call.inbound
-    if inbound is not None:
-        verification, verstat, attest, origid, spc, subject, failures = _verified(inbound)
-        if identity_present is None:
-            identity_present = verification != "missing"
+    if identity_present is None and inbound is not None:
+        identity_present = inbound.result.status != "missing"
     signed = call.signed
-    was_signed = False
-    if isinstance(signed, SignedCall):
-        was_signed = True
-        attest = signed.attest
-        origid = signed.origid
-
     decisions = getattr(call, "decisions", None)
     egress = call.egress
     b = call.b
-    source = call.source
     created = call.created_at
     answered = call.answered_at
     ended = call.ended_at
-    return CallRecord(
+    return _record(
+        call.source, getattr(call, "pai", None), from_na.uri, _user(ruri) or _user(a.local_na.uri), from_na.display,
+        inbound, signed if isinstance(signed, SignedCall) else None, tn_policy,
         a_call_id=a.call_id,
         b_call_id=b.call_id if b is not None else None,
         ingress=call.ingress.name,
-        source_ip=source[1],
-        source_port=source[2],
-        transport=source[0],
-        orig_signaled=orig_signaled,
-        orig=_canonical(orig_signaled, tn_policy),
-        dest_signaled=dest_signaled,
-        dest=_canonical(dest_signaled, tn_policy),
-        display_name=_display(from_na.display),
         identity_present=identity_present,
-        verification=verification,
-        verstat=verstat,
-        attest=attest,
-        origid=origid,
-        spc=spc,
-        cert_subject=subject,
-        failures=failures,
-        signed=was_signed,
         x5u_fetched=call.verify_waited,
         policy_decisions=tuple(decisions) if decisions else (),
         egress=egress.trunk.name if egress is not None else None,
@@ -237,53 +209,15 @@ def record_from_call(call: Call, wall_offset: float, tn_policy: TNPolicy = DEFAU
     )
 
 
-def _orig_signaled(pai: str | None, from_uri: str, tn_policy: TNPolicy) -> str | None:
-    """The caller's user part as signalled: PAI or From first, per `stir.orig_order`."""
-    if pai is not None and tn_policy.orig_order[0] == "pai":
-        return _user(pai) or _user(from_uri)
-    return _user(from_uri) or _user(pai)
-
-
-def _verified(inbound: InboundOutcome) -> tuple[str, str, str | None, str | None, str | None, str | None,
-                                                 tuple[str, ...]]:
-    """(verification, verstat, attest, origid, spc, cert subject, failed checks) of a verification outcome."""
-    r = inbound.result
-    failures = tuple(f.check for f in r.failures) if r.failures else ()
-    return r.status, r.verstat, r.attest, r.origid, r.spc, r.cert_subject, failures
-
-
 def record_from_redirect(r: Redirected, wall_offset: float, tn_policy: TNPolicy = DEFAULT_TN_POLICY) -> CallRecord:
     """The record of an INVITE answered in redirect mode: a call that was signed or verified and judged, whose
     "egress" is the first Contact's trunk and whose status is the 302 (or the rejection) stirgate answered."""
-    orig_signaled = _orig_signaled(r.pai, r.from_uri, tn_policy)
-    dest_signaled = _user(r.ruri)
-    verification = verstat = attest = origid = spc = subject = None
-    failures: tuple[str, ...] = ()
-    if r.inbound is not None:
-        verification, verstat, attest, origid, spc, subject, failures = _verified(r.inbound)
-    if r.signed is not None:
-        attest, origid = r.signed.attest, r.signed.origid
     at = r.at + wall_offset
-    return CallRecord(
+    return _record(
+        r.source, r.pai, r.from_uri, _user(r.ruri), r.display, r.inbound, r.signed, tn_policy,
         a_call_id=r.call_id,
         ingress=r.ingress.name,
-        source_ip=r.source[1],
-        source_port=r.source[2],
-        transport=r.source[0],
-        orig_signaled=orig_signaled,
-        orig=_canonical(orig_signaled, tn_policy),
-        dest_signaled=dest_signaled,
-        dest=_canonical(dest_signaled, tn_policy),
-        display_name=_display(r.display),
         identity_present=r.identity_present,
-        verification=verification,
-        verstat=verstat,
-        attest=attest,
-        origid=origid,
-        spc=spc,
-        cert_subject=subject,
-        failures=failures,
-        signed=r.signed is not None,
         x5u_fetched=r.x5u_fetched,
         policy_decisions=tuple(r.decisions),
         egress=r.egress,
@@ -292,6 +226,49 @@ def record_from_redirect(r: Redirected, wall_offset: float, tn_policy: TNPolicy 
         ended_at=at,
         end_reason=r.end_reason,
     )
+
+
+def _record(source: Target, pai: str | None, from_uri: str, dest_signaled: str | None, display: str | None,
+            inbound: InboundOutcome | None, signed: SignedCall | None, tn_policy: TNPolicy,
+            **rest: Any) -> CallRecord:
+    """A record's fields that a call and a redirected INVITE fill alike (where it came from, who called whom,
+    what verification and signing said); `rest` are the others."""
+    orig_signaled = _orig_signaled(pai, from_uri, tn_policy)
+    verification = verstat = attest = origid = spc = subject = None
+    failures: tuple[str, ...] = ()
+    if inbound is not None:
+        r = inbound.result
+        verification, verstat, attest, origid, spc, subject = (r.status, r.verstat, r.attest, r.origid, r.spc,
+                                                               r.cert_subject)
+        failures = tuple(f.check for f in r.failures) if r.failures else ()
+    if signed is not None:
+        attest, origid = signed.attest, signed.origid
+    return CallRecord(
+        source_ip=source[1],
+        source_port=source[2],
+        transport=source[0],
+        orig_signaled=orig_signaled,
+        orig=_canonical(orig_signaled, tn_policy),
+        dest_signaled=dest_signaled,
+        dest=_canonical(dest_signaled, tn_policy),
+        display_name=_display(display),
+        verification=verification,
+        verstat=verstat,
+        attest=attest,
+        origid=origid,
+        spc=spc,
+        cert_subject=subject,
+        failures=failures,
+        signed=signed is not None,
+        **rest,
+    )
+
+
+def _orig_signaled(pai: str | None, from_uri: str, tn_policy: TNPolicy) -> str | None:
+    """The caller's user part as signalled: PAI or From first, per `stir.orig_order`."""
+    if pai is not None and tn_policy.orig_order[0] == "pai":
+        return _user(pai) or _user(from_uri)
+    return _user(from_uri) or _user(pai)
 
 
 class TrunkLoad(msgspec.Struct, frozen=True, gc=False, kw_only=True):
