@@ -7,14 +7,11 @@ entries live `ttl` seconds, failures `failure_ttl`. One fetch in flight per URL.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Iterable
-
-from cachetools import TLRUCache
+from collections.abc import Callable
 
 from .errors import Failure, Outcome
-from .fetcher import FETCH_ERRORS, FetchSettings, HttpGetter, SingleFlight, TooLarge, error_detail
+from .fetcher import FETCH_ERRORS, CachingFetcher, FetchSettings, TooLarge, error_detail
 from .rcd import ContentEntry, digests_of
 from .x5u import X5uPolicy, check_x5u
 
@@ -23,7 +20,7 @@ def _unusable(url: str, check: str, detail: str) -> ContentEntry:
     return ContentEntry(url, failure=Failure(check, detail, Outcome.BAD_INFO))
 
 
-class ContentFetcher:
+class ContentFetcher(CachingFetcher[ContentEntry]):
     """Digests of RCD content by URL."""
 
     def __init__(
@@ -35,34 +32,8 @@ class ContentFetcher:
         ttl: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.policy = policy
-        self.settings = settings
+        super().__init__(policy, settings, clock, max_bytes)
         self.ttl = ttl
-        self._clock = clock
-        self._http = HttpGetter(policy, settings, max_bytes)
-        self._cache: TLRUCache[str, tuple[ContentEntry, float]] = TLRUCache(
-            maxsize=settings.cache_size, ttu=lambda _k, v, _now: v[1], timer=clock
-        )
-        self._flight: SingleFlight[ContentEntry] = SingleFlight()
-
-    @property
-    def requests(self) -> int:
-        return self._http.requests
-
-    def cached(self, url: str) -> ContentEntry | None:
-        hit = self._cache.get(url)
-        return hit[0] if hit is not None else None
-
-    async def get(self, url: str) -> ContentEntry:
-        hit = self.cached(url)
-        if hit is not None:
-            return hit
-        return await self._flight.run(url, lambda: self._fetch(url))
-
-    async def get_many(self, urls: Iterable[str]) -> dict[str, ContentEntry]:
-        unique = list(dict.fromkeys(urls))
-        entries = await asyncio.gather(*(self.get(u) for u in unique))
-        return dict(zip(unique, entries, strict=True))
 
     async def _fetch(self, url: str) -> ContentEntry:
         refused = check_x5u(url, self.policy)
@@ -84,6 +55,3 @@ class ContentFetcher:
         if ttl > 0:
             self._cache[url] = (entry, self._clock() + ttl)
         return entry
-
-    async def close(self) -> None:
-        await self._http.close()

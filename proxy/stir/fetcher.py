@@ -200,7 +200,52 @@ class RevocationChecker(Protocol):
     async def close(self) -> None: ...
 
 
-class CertFetcher:
+class CachingFetcher(Generic[T]):
+    """What the x5u and the RCD content fetchers share: entries by URL in a TLRU cache (each with its own expiry,
+    epoch seconds), one fetch in flight per URL, GETs under the x5u rules (`HttpGetter`). A subclass says how
+    one URL is fetched and judged (`_fetch`), and caches the answer itself."""
+
+    def __init__(self, policy: X5uPolicy, settings: FetchSettings, clock: Callable[[], float],
+                 max_bytes: int | None = None) -> None:
+        self.policy = policy
+        self.settings = settings
+        self._clock = clock
+        self._cache: TLRUCache[str, tuple[T, float]] = TLRUCache(
+            maxsize=settings.cache_size, ttu=lambda _k, v, _now: v[1], timer=clock
+        )
+        self._flight: SingleFlight[T] = SingleFlight()
+        self._http = HttpGetter(policy, settings, max_bytes)
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests actually sent (for tests and metrics)."""
+        return self._http.requests
+
+    def cached(self, url: str) -> T | None:
+        """The cached entry for url, if still fresh: what the synchronous verifier path uses."""
+        hit = self._cache.get(url)
+        return hit[0] if hit is not None else None
+
+    async def get(self, url: str) -> T:
+        """The entry for url, fetching it at most once at a time."""
+        hit = self.cached(url)
+        if hit is not None:
+            return hit
+        return await self._flight.run(url, lambda: self._fetch(url))
+
+    async def get_many(self, urls: Iterable[str]) -> dict[str, T]:
+        unique = list(dict.fromkeys(urls))
+        entries = await asyncio.gather(*(self.get(u) for u in unique))
+        return dict(zip(unique, entries, strict=True))
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def _fetch(self, url: str) -> T:
+        raise NotImplementedError
+
+
+class CertFetcher(CachingFetcher[CertEntry]):
     """Fetches, validates (through the TrustStore) and caches x5u certificates."""
 
     def __init__(
@@ -211,31 +256,14 @@ class CertFetcher:
         clock: Callable[[], float] = time.time,
         revocation: RevocationChecker | None = None,
     ) -> None:
+        super().__init__(policy, settings or FetchSettings(), clock)
         self.trust = trust
-        self.policy = policy
-        self.settings = settings or FetchSettings()
         self.revocation = revocation
-        self._clock = clock
-        self._cache: TLRUCache[str, tuple[CertEntry, float]] = TLRUCache(
-            maxsize=self.settings.cache_size, ttu=lambda _k, v, _now: v[1], timer=clock
-        )
-        self._flight: SingleFlight[CertEntry] = SingleFlight()
-        self._http = HttpGetter(policy, self.settings)
-
-    @property
-    def requests(self) -> int:
-        """x5u HTTP requests actually sent (for tests and metrics)."""
-        return self._http.requests
 
     def replace_trust(self, trust: TrustStore) -> None:
         """New anchors or CRLs: every cached verdict was reached under the old ones, so forget them all."""
         self.trust = trust
         self._cache.clear()
-
-    def cached(self, url: str) -> CertEntry | None:
-        """The cached entry for url, if still fresh: what the synchronous verifier path uses."""
-        hit = self._cache.get(url)
-        return hit[0] if hit is not None else None
 
     def put(self, entry: CertEntry, ttl: float) -> None:
         """Cache an entry for ttl seconds (capped by notAfter when valid); ttl <= 0 does not cache."""
@@ -246,20 +274,8 @@ class CertFetcher:
         if expires > now:
             self._cache[entry.url] = (entry, expires)
 
-    async def get(self, url: str) -> CertEntry:
-        """The entry for url, fetching it at most once at a time."""
-        hit = self.cached(url)
-        if hit is not None:
-            return hit
-        return await self._flight.run(url, lambda: self._fetch(url))
-
-    async def get_many(self, urls: Iterable[str]) -> dict[str, CertEntry]:
-        unique = list(dict.fromkeys(urls))
-        entries = await asyncio.gather(*(self.get(u) for u in unique))
-        return dict(zip(unique, entries, strict=True))
-
     async def close(self) -> None:
-        await self._http.close()
+        await super().close()
         if self.revocation is not None:
             await self.revocation.close()
 
