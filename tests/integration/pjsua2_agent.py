@@ -16,74 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import time
 from typing import Any
 
 import pjsua2 as pj
+from pjsua2_common import AgentBase, Call, confirmed, ended, ring_and_answer
 
 CALLER_IP = "127.0.0.10"
 CALLEE_IP = "127.0.0.20"
 DIALLED = "15551230002"
 CUSTOM_NAME, CUSTOM_VALUE = "X-Stirgate-Test", "42"
-
-# pjsip's message log:
-#   "TX 1234 bytes Request msg INVITE/cseq=1 (tdta0x...) to UDP 127.0.0.1:5060:\r\n<msg>\n--end msg--"
-_TX = re.compile(r"TX (\d+) bytes Request msg INVITE/cseq=\d+ \([^)]*\) to (\w+) ([\d.]+):(\d+):\r?\n", re.S)
-#   "RX 987 bytes Response msg 200/INVITE/cseq=1 (rdata0x...) from UDP 127.0.0.1:5060:\r\n<msg>\n--end msg--"
-_MSG = re.compile(r"(TX|RX) (\d+) bytes (Request|Response) msg (\S+) \([^)]*\) (?:to|from) (\w+) ([\d.]+):(\d+):\r?\n")
-
-
-class LogCapture(pj.LogWriter):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__()
-        self.entries: list[str] = []
-
-    def write(self, entry: Any) -> None:
-        self.entries.append(entry.msg)
-
-    def sent_invites(self, host: str, port: int) -> list[str]:
-        """The INVITEs transmitted to host:port, whole, as pjsip logged them (the exact bytes it sent)."""
-        out = []
-        for text in self.entries:
-            m = _TX.search(text)
-            if not m or m.group(3) != host or int(m.group(4)) != port:
-                continue
-            size = int(m.group(1))
-            out.append(text[m.end() : m.end() + size])
-        return out
-
-    def messages(self, direction: str, what: str) -> list[tuple[str, str]]:
-        """(peer "ip:port", whole message) for each logged message of `direction` ("TX"/"RX") whose pjsip
-        summary starts with `what` (e.g. "200/INVITE")."""
-        out = []
-        for text in self.entries:
-            m = _MSG.search(text)
-            if not m or m.group(1) != direction or not m.group(4).startswith(what):
-                continue
-            size = int(m.group(2))
-            out.append((f"{m.group(6)}:{m.group(7)}", text[m.end() : m.end() + size]))
-        return out
-
-
-class Call(pj.Call):  # type: ignore[misc]
-    def __init__(self, agent: Agent, side: str, acc: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, call_id)
-        self.agent = agent
-        self.side = side
-        self.states: list[str] = []
-        self.disconnected = False
-        self.confirmed = False
-        self.last_status: int | None = None
-
-    def onCallState(self, prm: Any) -> None:
-        ci = self.getInfo()
-        self.states.append(ci.stateText)
-        self.confirmed = self.confirmed or ci.state == pj.PJSIP_INV_STATE_CONFIRMED
-        self.disconnected = ci.state == pj.PJSIP_INV_STATE_DISCONNECTED
-        self.last_status = ci.lastStatusCode
-        self.agent.event(f"{self.side}: state {ci.stateText} ({ci.lastStatusCode} {ci.lastReason})")
 
 
 class CalleeAccount(pj.Account):  # type: ignore[misc]
@@ -97,45 +39,18 @@ class CalleeAccount(pj.Account):  # type: ignore[misc]
         call = Call(self.agent, "callee", self, prm.callId)
         self.agent.callee_call = call
         self.agent.event(f"callee: incoming call from {prm.rdata.srcAddress}")
-        ring = pj.CallOpParam()
-        ring.statusCode = 180
-        call.answer(ring)
-        ok = pj.CallOpParam()
-        ok.statusCode = 200
-        call.answer(ok)
+        ring_and_answer(call)
 
 
-class Agent:
+class Agent(AgentBase):
     def __init__(self, port: int, media_ports: tuple[int, int]) -> None:
+        super().__init__("stirgate-it-pjsua2")
         self.port = port
         self.media_ports = media_ports
-        self.events: list[str] = []
-        self.t0 = time.monotonic()
         self.callee_invite: str | None = None
-        self.callee_src: str | None = None
-        self.caller_call: Call | None = None
-        self.callee_call: Call | None = None
-        self.log = LogCapture()
-        self.ep = pj.Endpoint()
-
-    def event(self, text: str) -> None:
-        self.events.append(f"{time.monotonic() - self.t0:7.3f} {text}")
 
     def start(self) -> None:
-        ep = self.ep
-        ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.userAgent = "stirgate-it-pjsua2"
-        cfg.logConfig.level = 5
-        cfg.logConfig.consoleLevel = 5
-        cfg.logConfig.msgLogging = True
-        cfg.logConfig.writer = self.log
-        cfg.logConfig.decor = 0
-        cfg.medConfig.hasIoqueue = True
-        cfg.medConfig.noVad = True
-        ep.libInit(cfg)
+        ep = self.init_endpoint()
         self.transports = {}
         for side, ip in (("caller", CALLER_IP), ("callee", CALLEE_IP)):
             tc = pj.TransportConfig()
@@ -145,32 +60,11 @@ class Agent:
             self.transports[side] = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
         ep.audDevManager().setNullDev()
         ep.libStart()
-
-        def account(side: str, ip: str, user: str, media_port: int, acc: pj.Account) -> pj.Account:
-            ac = pj.AccountConfig()
-            ac.idUri = f"sip:{user}@{ip}:{self.port}"
-            ac.sipConfig.transportId = self.transports[side]
-            ac.mediaConfig.transportConfig.boundAddress = ip
-            ac.mediaConfig.transportConfig.publicAddress = ip
-            ac.mediaConfig.transportConfig.port = media_port
-            ac.mediaConfig.transportConfig.portRange = 8
-            ac.natConfig.sdpNatRewriteUse = False
-            ac.natConfig.viaRewriteUse = False
-            ac.natConfig.contactRewriteUse = False
-            acc.create(ac)
-            return acc
-
-        self.caller_acc = account("caller", CALLER_IP, "15551230001", self.media_ports[0], pj.Account())
-        self.callee_acc = account("callee", CALLEE_IP, DIALLED, self.media_ports[1], CalleeAccount(self))
+        self.caller_acc = self.create_account(pj.Account(), f"sip:15551230001@{CALLER_IP}:{self.port}",
+                                              self.transports["caller"], CALLER_IP, self.media_ports[0])
+        self.callee_acc = self.create_account(CalleeAccount(self), f"sip:{DIALLED}@{CALLEE_IP}:{self.port}",
+                                              self.transports["callee"], CALLEE_IP, self.media_ports[1])
         self.callee_acc.setDefault()
-
-    def poll_until(self, done: Any, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if done():
-                return True
-            self.ep.libHandleEvents(10)
-        return bool(done())
 
     def run(self, target: str, seconds: float) -> dict[str, Any]:
         call = Call(self, "caller", self.caller_acc)
@@ -182,13 +76,6 @@ class Agent:
         prm.txOption.headers.append(hdr)
         call.makeCall(f"sip:{DIALLED}@{target}", prm)
         self.event(f"caller: INVITE to {target}")
-
-        def confirmed(c: Call | None) -> bool:
-            return c is not None and c.confirmed
-
-        def ended(c: Call | None) -> bool:
-            return c is not None and c.disconnected
-
         both_confirmed = self.poll_until(lambda: confirmed(self.caller_call) and confirmed(self.callee_call),
                                          seconds)  # fmt: skip
         if both_confirmed:

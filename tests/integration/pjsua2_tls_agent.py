@@ -25,38 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 import pjsua2 as pj
-
-
-class LogCapture(pj.LogWriter):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__()
-        self.entries: list[str] = []
-
-    def write(self, entry: Any) -> None:
-        self.entries.append(entry.msg)
-
-
-class Call(pj.Call):  # type: ignore[misc]
-    def __init__(self, agent: Agent, side: str, acc: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, call_id)
-        self.agent = agent
-        self.side = side
-        self.states: list[str] = []
-        self.disconnected = False
-        self.confirmed = False
-        self.last_status: int | None = None
-
-    def onCallState(self, prm: Any) -> None:
-        ci = self.getInfo()
-        self.states.append(ci.stateText)
-        self.confirmed = self.confirmed or ci.state == pj.PJSIP_INV_STATE_CONFIRMED
-        self.disconnected = ci.state == pj.PJSIP_INV_STATE_DISCONNECTED
-        self.last_status = ci.lastStatusCode
-        self.agent.event(f"{self.side}: state {ci.stateText} ({ci.lastStatusCode} {ci.lastReason})")
+from pjsua2_common import AgentBase, Call, confirmed, ended, ring_and_answer
 
 
 class CalleeAccount(pj.Account):  # type: ignore[misc]
@@ -76,12 +48,7 @@ class CalleeAccount(pj.Account):  # type: ignore[misc]
         self.agent.callee_call = call
         self.agent.answered_by = name
         self.agent.event(f"{name}: incoming call from {prm.rdata.srcAddress}")
-        ring = pj.CallOpParam()
-        ring.statusCode = 180
-        call.answer(ring)
-        ok = pj.CallOpParam()
-        ok.statusCode = 200
-        call.answer(ok)
+        ring_and_answer(call)
 
 
 def tls_transport(ep: pj.Endpoint, spec: dict[str, Any], server: bool) -> int:
@@ -101,18 +68,12 @@ def tls_transport(ep: pj.Endpoint, spec: dict[str, Any], server: bool) -> int:
     return int(ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tc))
 
 
-class Agent:
+class Agent(AgentBase):
     def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__("stirgate-it-pjsua2-tls")
         self.spec = spec
-        self.events: list[str] = []
-        self.t0 = time.monotonic()
         self.invites: dict[str, list[str]] = {}
-        self.callee_src: str | None = None
         self.answered_by: str | None = None
-        self.caller_call: Call | None = None
-        self.callee_call: Call | None = None
-        self.log = LogCapture()
-        self.ep = pj.Endpoint()
         self.accounts: list[pj.Account] = []
 
     def callee_for(self, ruri: str) -> str:
@@ -120,39 +81,13 @@ class Agent:
         host = ruri.split("@", 1)[-1].split(";", 1)[0].split(":", 1)[0]
         return next((c["name"] for c in self.spec.get("callees", []) if c["ip"] == host), "?")
 
-    def event(self, text: str) -> None:
-        self.events.append(f"{time.monotonic() - self.t0:7.3f} {text}")
-
     def _account(self, party: dict[str, Any], transport: int, acc: pj.Account) -> pj.Account:
-        ac = pj.AccountConfig()
-        ac.idUri = f"sip:{party['user']}@{party['ip']}:{party['port']};transport=tls"
-        ac.sipConfig.transportId = transport
-        ac.mediaConfig.transportConfig.boundAddress = party["ip"]
-        ac.mediaConfig.transportConfig.publicAddress = party["ip"]
-        ac.mediaConfig.transportConfig.port = party.get("media_port", 0)
-        ac.mediaConfig.transportConfig.portRange = 8
-        ac.natConfig.sdpNatRewriteUse = False
-        ac.natConfig.viaRewriteUse = False
-        ac.natConfig.contactRewriteUse = False
-        acc.create(ac)
-        self.accounts.append(acc)
+        uri = f"sip:{party['user']}@{party['ip']}:{party['port']};transport=tls"
+        self.accounts.append(self.create_account(acc, uri, transport, party["ip"], party.get("media_port", 0)))
         return acc
 
     def start(self) -> None:
-        ep = self.ep
-        ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.userAgent = "stirgate-it-pjsua2-tls"
-        cfg.logConfig.level = 5
-        cfg.logConfig.consoleLevel = 5
-        cfg.logConfig.msgLogging = True
-        cfg.logConfig.writer = self.log
-        cfg.logConfig.decor = 0
-        cfg.medConfig.hasIoqueue = True
-        cfg.medConfig.noVad = True
-        ep.libInit(cfg)
+        ep = self.init_endpoint()
         caller = self.spec["caller"]
         caller_tp = tls_transport(ep, caller, server=False)
         callee_tps = [tls_transport(ep, c, server=True) for c in self.spec.get("callees", [])]
@@ -163,14 +98,6 @@ class Agent:
             if c.get("answer", True):
                 self._account(c, tp, CalleeAccount(self, c["name"]))
 
-    def poll_until(self, done: Any, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if done():
-                return True
-            self.ep.libHandleEvents(10)
-        return bool(done())
-
     def run(self) -> dict[str, Any]:
         seconds = float(self.spec.get("seconds", 15))
         call = Call(self, "caller", self.caller_acc)
@@ -178,13 +105,6 @@ class Agent:
         target = self.spec["caller"]["target"]
         call.makeCall(target, pj.CallOpParam(True))
         self.event(f"caller: INVITE to {target}")
-
-        def confirmed(c: Call | None) -> bool:
-            return c is not None and c.confirmed
-
-        def ended(c: Call | None) -> bool:
-            return c is not None and c.disconnected
-
         both_confirmed = self.poll_until(
             lambda: (confirmed(self.caller_call) and confirmed(self.callee_call)) or ended(self.caller_call), seconds)
         both_confirmed = both_confirmed and confirmed(self.caller_call) and confirmed(self.callee_call)
