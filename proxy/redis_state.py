@@ -9,9 +9,9 @@ one per `batch_window_ms`, a call's request also waits up to that long for other
 1000 calls/s each INVITE otherwise arrives alone, and a round trip's cost is mostly the loop waking up twice
 (measured: +73 us per call without a window, +19 to +25 us with 5 ms). A call after a quiet spell goes at
 once. Ended calls' updates wait for the next request, at most `WRITE_DELAY`: nothing waits on them. A batch
-that fails, or
-Redis being down, answers the waiting calls with None at once (the engine then applies `state.on_error`) and
-skips Redis for `retry_interval` before trying again: no restart is needed when it returns.
+that fails, or Redis being down, answers the waiting calls with None at once (the engine then applies
+`state.on_error`) and skips Redis for `retry_interval` before trying again: no restart is needed when it
+returns.
 
 The script is written for one Redis primary (or Sentinel-managed primary/replica): its keys are not declared
 per slot, so it does not run on Redis Cluster.

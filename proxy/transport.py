@@ -528,7 +528,7 @@ class SipServer:
             here = local or self.listen_addrs.get(source[0], self.udp_local)
             corr = capture.correlation(data, self.engine.calls)
             if capture.buffered:  # an append to a buffer: nothing that would hold up the SIP
-                capture.capture(data, IPPROTO_UDP if source[0] == "udp" else IPPROTO_TCP, source[1], source[2],
+                capture.capture(data, _ip_proto(source[0]), source[1], source[2],
                                 here[0], here[1], corr, time.time())
             else:
                 self._captured.append((data, source, here, corr, time.time()))
@@ -677,16 +677,16 @@ class SipServer:
             else:
                 local = self._send_stream(transport, data, host, port).local
             if buffered:
-                capture.capture(data, IPPROTO_UDP if transport == "udp" else IPPROTO_TCP, local[0], local[1], host,
+                capture.capture(data, _ip_proto(transport), local[0], local[1], host,
                                 port, capture.correlation(data, calls), now)
             else:
                 sent.append((data, target, local))
         for data, source, local, corr, at in self._captured:
-            capture.capture(data, IPPROTO_UDP if source[0] == "udp" else IPPROTO_TCP, source[1], source[2], local[0],
+            capture.capture(data, _ip_proto(source[0]), source[1], source[2], local[0],
                             local[1], corr, at)
         self._captured.clear()
         for data, target, local in sent:
-            capture.capture(data, IPPROTO_UDP if target[0] == "udp" else IPPROTO_TCP, local[0], local[1], target[1],
+            capture.capture(data, _ip_proto(target[0]), local[0], local[1], target[1],
                             target[2], capture.correlation(data, calls), now)
 
     # --- stream connections ---------------------------------------------------------------------------------------
@@ -762,6 +762,11 @@ class SipServer:
         # The transactions waiting on this peer fail now: the call moves on to its next trunk.
         self.engine.transport_failed((scheme, host, port), self.loop.time())
         self.flush()
+
+
+def _ip_proto(transport: str) -> int:
+    """The IP protocol a HEP copy names for a SIP transport ("udp"; "tcp" and "tls" ride on TCP)."""
+    return IPPROTO_UDP if transport == "udp" else IPPROTO_TCP
 
 
 def _listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
