@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from .context import CONTINUE, CallContext, CallOutcome, Decision
-from .state import Claim, Op, Recent, Tally
+from .state import Claim, Group, Op, Part, Recent, Tally
 
 __all__ = ["BURST_FIELDS", "FEEDBACK_FIELDS", "GATEWAY_FIELDS", "PER_CALL", "SIGNALS", "RiskCore", "Score", "explain",
            "poisson_surprise", "sweep_share"]
@@ -217,16 +217,22 @@ class _Signal:
 
 
 class _Gateway:
-    """A gateway's key (`origid:...`) and its state keys, made once when the gateway is first met."""
+    """A gateway's key (`origid:...`), its state keys and the ops that are the same on each of its calls, made
+    once when the gateway is first met."""
 
-    __slots__ = ("burst", "feedback", "name", "recent", "tally")
+    __slots__ = ("burst", "feedback", "group", "name", "read_burst", "read_feedback", "recent", "tally")
 
     def __init__(self, name: str, core: RiskCore) -> None:
         self.name: Final = name
+        #: The memory store's entry for all of them (policies.state.Group).
+        self.group: Final = core.gateway_group_prefix + name
         self.tally: Final = core.gateway_prefix + name
         self.burst: Final = core.burst_prefix + name
         self.feedback: Final = core.feedback_prefix + name
         self.recent: Final = core.recent_prefix + name
+        #: The short window of calls from never-seen numbers (bumped when the call's Claim is new).
+        self.read_burst: Final = Tally(self.burst, BURST_FIELDS, _BURST_ADD, core.burst_window, core.burst_buckets, 0)
+        self.read_feedback: Final = Tally(self.feedback, FEEDBACK_FIELDS, _NO_FEEDBACK, core.feedback_window)
 
 
 class _Ending:
@@ -278,7 +284,10 @@ class RiskCore:
         self.hit = self.thresholds[-1][1]
         #: Calls never scored (counted all the same): the allow list's match, None without one.
         self.allow = allow
-        # Key prefixes in the state store (one namespace per scope).
+        # Key prefixes in the state store (one namespace per scope). A number's keys are bundled as one Group in
+        # memory, and so are a gateway's: one lookup each per call.
+        self.number_prefix = f"{ns}n:"
+        self.gateway_group_prefix = f"{ns}gw:"
         self.seen_prefix = f"{ns}seen:"
         self.gateway_prefix = f"{ns}g:"
         self.feedback_prefix = f"{ns}f:"
@@ -334,8 +343,10 @@ class RiskCore:
 
     # --- state ----------------------------------------------------------------------------------------------
     def observe(self, ctx: CallContext) -> Sequence[Op]:
-        """The ops of a call: the number claimed as seen, the gateway's counters (and its short window of calls
-        from never-seen numbers), feedback, recent destinations (those a signal that counts reads)."""
+        """The ops of a call, as two Groups: its number's (claimed as seen, its feedback and recent destinations)
+        and its gateway's (counters, short window of calls from never-seen numbers, feedback, recent
+        destinations), less those only a signal of weight 0 would read. The number's come first: its Claim
+        bumps the gateway's first-seen counters."""
         gw, neighbor = self._keys(ctx)
         if gw is None:
             return ()
@@ -349,22 +360,33 @@ class RiskCore:
                          | int(neighbor) << 4]
         orig = ctx.orig_tn
         dest = _national(ctx.dest_tn)  # sweeps are judged on NANP numbers
-        if orig is None:
-            ops: list[Op] = [Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets, -1)]
-        else:
-            ops = [Claim(self.seen_prefix + orig, ctx.call_id, self.seen_ttl),
-                   Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets, _FIRST)]
-            if self.wants_burst:
-                ops.append(Tally(gw.burst, BURST_FIELDS, _BURST_ADD, self.burst_window, self.burst_buckets, 0))
+        gateway: list[Part] = [Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets,
+                                     -1 if orig is None else _FIRST)]
+        if orig is not None and self.wants_burst:
+            gateway.append(gw.read_burst)
         if self.wants_reports:
-            ops.append(Tally(gw.feedback, FEEDBACK_FIELDS, _NO_FEEDBACK, self.feedback_window))
+            gateway.append(gw.read_feedback)
         if dest is not None and self.wants_sweep:
-            ops.append(Recent(gw.recent, dest, self.sweep_depth, self.window))
-        if orig is not None:
-            if self.wants_reports:
-                ops.append(Tally(self.tn_feedback_prefix + orig, FEEDBACK_FIELDS, _NO_FEEDBACK, self.feedback_window))
-            if dest is not None and self.wants_orig_sweep:
-                ops.append(Recent(self.orig_recent_prefix + orig, dest, self.sweep_depth, self.window))
+            gateway.append(Recent(gw.recent, dest, self.sweep_depth, self.window))
+        if orig is None:
+            return (Group(gw.group, tuple(gateway)),)
+        number: list[Part] = [Claim(self.seen_prefix + orig, ctx.call_id, self.seen_ttl)]
+        if self.wants_reports:
+            number.append(Tally(self.tn_feedback_prefix + orig, FEEDBACK_FIELDS, _NO_FEEDBACK, self.feedback_window))
+        if dest is not None and self.wants_orig_sweep:
+            number.append(Recent(self.orig_recent_prefix + orig, dest, self.sweep_depth, self.window))
+        return (Group(self.number_prefix + orig, tuple(number)), Group(gw.group, tuple(gateway)))
+
+    def feedback_ops(self, gateway: str | None, orig_tn: str | None, add: tuple[int, ...]) -> list[Op]:
+        """What a feedback label adds (`add`, aligned with FEEDBACK_FIELDS) to a gateway's and a number's
+        counters, in the Groups their calls read them from."""
+        ops: list[Op] = []
+        if gateway is not None:
+            ops.append(Group(self.gateway_group_prefix + gateway,
+                             (Tally(self.feedback_prefix + gateway, FEEDBACK_FIELDS, add, self.feedback_window),)))
+        if orig_tn is not None:
+            ops.append(Group(self.number_prefix + orig_tn,
+                             (Tally(self.tn_feedback_prefix + orig_tn, FEEDBACK_FIELDS, add, self.feedback_window),)))
         return ops
 
     def ended(self, ctx: CallContext, outcome: CallOutcome) -> Sequence[Op]:
@@ -383,17 +405,22 @@ class RiskCore:
         short = int(answered and duration < self.short_call_seconds)
         kept = ctx.recall(self)
         if isinstance(kept, _Ending):
-            return (Tally(kept.gateway.tally, GATEWAY_FIELDS, _END_ADDS[int(answered) | short << 1 | kept.bits],
-                          self.window, self.buckets),)
-        gw, neighbor = self._keys(ctx)
-        if gw is None:
-            return ()
-        novel = int(ctx.orig_tn is not None and results is not None and len(results) > 1 and results[0] is None)
-        quiet = novel  # without novel_burst every call from a never-seen number counts as outside a burst
-        if novel and results is not None and self.wants_burst:
-            quiet = int(self.burst(results[1], results[2][0], ctx.now) < self.burst_learn_below)
-        add = _END_ADDS[int(answered) | short << 1 | novel << 2 | int(neighbor) << 3 | quiet << 4]
-        return (Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets),)
+            gw, bits = kept.gateway, kept.bits
+        else:
+            found, neighbor = self._keys(ctx)
+            if found is None:
+                return ()
+            gw = found
+            # results: (number's, gateway's) when the call has a number
+            novel = int(ctx.orig_tn is not None and results is not None and len(results) > 1
+                        and results[0][0] is None)
+            quiet = novel  # without novel_burst every call from a never-seen number counts as outside a burst
+            if novel and results is not None and self.wants_burst:
+                g = results[1]
+                quiet = int(self.burst(g[0], g[1][0], ctx.now) < self.burst_learn_below)
+            bits = novel << 2 | int(neighbor) << 3 | quiet << 4
+        add = _END_ADDS[int(answered) | short << 1 | bits]
+        return (Group(gw.group, (Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets),)),)
 
     # --- the score --------------------------------------------------------------------------------------------
     def burst(self, g: tuple[int, ...], recent: int, now: float) -> float:
@@ -415,7 +442,7 @@ class RiskCore:
         if gw is None:
             return None
         orig, dest = ctx.orig_tn, _national(ctx.dest_tn)
-        # the results, in observe's order
+        # the results, in observe's order: the number's Group (when the call has a number), the gateway's
         first_seen = False
         recent = 0
         fb: tuple[int, ...] = _NO_FEEDBACK
@@ -423,27 +450,27 @@ class RiskCore:
         gw_dests: Sequence[str] = ()
         orig_dests: Sequence[str] = ()
         if orig is None:
-            g: tuple[int, ...] = results[0]
-            i = 1
+            at_gw: Sequence[Any] = results[0]
         else:
-            first_seen = results[0] is None  # this call claimed the number: never seen before
-            g = results[1]
+            at_number: Sequence[Any] = results[0]
+            at_gw = results[1]
+            first_seen = at_number[0] is None  # this call claimed the number: never seen before
+            i = 1
+            if self.wants_reports:
+                tn_fb = at_number[1]
+                i = 2
+            if dest is not None and self.wants_orig_sweep:
+                orig_dests = at_number[i]
+        g: tuple[int, ...] = at_gw[0]
+        i = 1
+        if orig is not None and self.wants_burst:
+            recent = at_gw[1][0]
             i = 2
-            if self.wants_burst:
-                recent = results[2][0]
-                i = 3
         if self.wants_reports:
-            fb = results[i]
+            fb = at_gw[i]
             i += 1
         if dest is not None and self.wants_sweep:
-            gw_dests = results[i]
-            i += 1
-        if orig is not None:
-            if self.wants_reports:
-                tn_fb = results[i]
-                i += 1
-            if dest is not None and self.wants_orig_sweep:
-                orig_dests = results[i]
+            gw_dests = at_gw[i]
         values = [_ABSENT] * len(SIGNALS)
         calls = g[_CALLS]
         if calls >= self.min_calls:

@@ -18,7 +18,8 @@ State (policies.state): per call one Claim (the number seen network-wide), one T
 counters and one of its short window (calls from never-seen numbers, for bursts), two Recent lists (the
 gateway's and the number's last destinations) and two feedback Tallies, less those only a signal of weight 0
 would read; when the call ends, one Tally (ended, answered, short), its bits worked out while scoring and kept
-with the call. Memory or Redis, like replay and velocity.
+with the call. The number's ops and the gateway's each go as one Group: one entry per number and per gateway in
+memory, found with one lookup. Memory or Redis, like replay and velocity.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .base import CONTINUE, BasePolicy, CallContext, CallOutcome, Decision, Para
 from .keys import key_getter
 from .lists import ListSpec, MatchSet
 from .risk_core import FEEDBACK_FIELDS, GATEWAY_FIELDS, RiskCore, sweep_share
-from .state import Op, Tally
+from .state import Op
 
 __all__ = ["FEEDBACK_FIELDS", "GATEWAY_FIELDS", "RiskScore", "sweep_share"]
 
@@ -230,14 +231,7 @@ class RiskScore(BasePolicy):
 
     def feedback(self, gateway: str | None, orig_tn: str | None, label: str) -> list[Op]:
         """What a POST /feedback label ("robocall" or "wanted") records for a call's gateway and number."""
-        add = (1, 0) if label == "robocall" else (0, 1)
-        window = self.params.feedback_window
-        ops: list[Op] = []
-        if gateway is not None:
-            ops.append(Tally(f"{self._ns}f:{gateway}", FEEDBACK_FIELDS, add, window))
-        if orig_tn is not None:
-            ops.append(Tally(f"{self._ns}f:tn:{orig_tn}", FEEDBACK_FIELDS, add, window))
-        return ops
+        return self._core.feedback_ops(gateway, orig_tn, (1, 0) if label == "robocall" else (0, 1))
 
     # --- the score ----------------------------------------------------------------------------------------
     def evaluate(self, ctx: CallContext) -> Decision:

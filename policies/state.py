@@ -12,6 +12,8 @@ Four operations cover replay, velocity and the campaign signals:
 - `Window`: distinct members in a sliding window (calls, destinations, numbers), exact, at most `keep` held.
 - `Tally`: bucketed counters over a span (shares: short calls, unsigned, neighbour matches ...).
 - `Recent`: the last few members pushed (the order of destinations, for sweep detection).
+A fifth, `Group`, bundles ops about one subject (a gateway, a number) that go together on every call, so the
+memory store finds them with one lookup; to Redis it is the same ops listed one by one.
 Time is passed in (`now`, wall-clock seconds), never read.
 """
 
@@ -21,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
-__all__ = ["Claim", "MemoryStore", "Op", "Recent", "StateStore", "Tally", "Window", "run_ops"]
+__all__ = ["Claim", "Group", "MemoryStore", "Op", "Part", "Recent", "StateStore", "Tally", "Window", "run_ops"]
 
 
 class _Value:
@@ -106,7 +108,28 @@ class Recent(_Value):
         self.ttl: Final = ttl
 
 
-Op = Claim | Window | Tally | Recent
+#: An op that can be bundled in a Group.
+Part = Claim | Window | Tally | Recent
+
+
+class Group(_Value):
+    """Ops about one subject (a gateway, a number) that are asked together call after call. The memory store
+    keeps them as one entry under `key`, found with one lookup and aged as one (idle once every part's own
+    lifetime has passed; each part still expires on its own). Stores that keep every key apart (Redis) run the
+    ops as if they were listed one by one, under their own keys: `key` names the bundle in memory only. A
+    Claim in a group counts for `add_if_claimed` of the ops after it, as in a flat list. Every op that touches
+    one of these keys must come in a Group of the same `key` (the memory store looks for it there only).
+    Result: the list of the ops' results, in order."""
+
+    __slots__ = ("key", "ops")
+    _fields = ("key", "ops")
+
+    def __init__(self, key: str, ops: tuple[Part, ...]) -> None:
+        self.key: Final = key
+        self.ops: Final = ops
+
+
+Op = Claim | Window | Tally | Recent | Group
 
 
 class StateStore(Protocol):
@@ -195,6 +218,27 @@ class _Table(Generic[E]):
         self.front, self.front_expiry = None, _NEVER
 
 
+class _Held(_Entry):
+    """A claim kept in a group: its value, from `last` (when claimed) for `span` (its ttl)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str, ttl: float, now: float) -> None:
+        super().__init__(ttl)
+        self.value = value
+        self.last = now
+
+
+class _Group(_Entry):
+    """A group's parts by op key; its span is the longest of theirs."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.parts: dict[str, _Entry] = {}
+
+
 class _Claims:
     """The claims of one lifetime: insertion order is expiry order."""
 
@@ -230,8 +274,9 @@ _NEVER = float("-inf")
 
 class MemoryStore:
     """The ops in this process: exact windows, bucketed tallies with running totals (O(fields) per op),
-    claims expiring in insertion order per lifetime. Every table is bounded by `max_keys`, least recently
-    active first out, so memory follows the number of active keys, not the call rate."""
+    claims expiring in insertion order per lifetime, groups as one entry each. Every table is bounded by
+    `max_keys`, least recently active first out, so memory follows the number of active keys, not the call
+    rate."""
 
     synchronous = True
 
@@ -241,28 +286,54 @@ class MemoryStore:
         self._windows: _Table[_Members] = _Table(max_keys)
         self._tallies: _Table[_Buckets] = _Table(max_keys)
         self._recent: _Table[_Recent] = _Table(max_keys)
+        self._groups: _Table[_Group] = _Table(max_keys)
+        #: Whether the last Claim of the ops being run newly claimed its key (for `Tally.add_if_claimed`).
+        self._claimed = False
 
     def __len__(self) -> int:
         return (sum(len(c.entries) for c in self._claims.values()) + len(self._windows.entries)
-                + len(self._tallies.entries) + len(self._recent.entries))
+                + len(self._tallies.entries) + len(self._recent.entries) + len(self._groups.entries))
 
     def execute(self, ops: Sequence[Op], now: float) -> list[Any]:
         out: list[Any] = []
-        claimed = False
+        self._claimed = False
         for op in ops:
-            if isinstance(op, Window):
-                out.append(self._window(op, now))
+            if isinstance(op, Group):
+                out.append(self._group(op, now))
             elif isinstance(op, Tally):
-                out.append(self._tally(op, now, claimed))
+                b = self._tallies.entries.get(op.key)
+                if b is None and not self._counts(op):
+                    out.append(_zeros(len(op.fields)))  # reading a key nobody counted: nothing to keep
+                    continue
+                if b is None or len(b.totals) != len(op.fields):
+                    b = self._tallies.entries[op.key] = _Buckets(len(op.fields), op.buckets, op.span)
+                b.last = now
+                self._tallies.touch(op.key, now)
+                out.append(self._tally(b, op, now))
+            elif isinstance(op, Window):
+                w = self._windows.entries.get(op.key)
+                if w is None:
+                    w = self._windows.entries[op.key] = _Members(op.span)
+                w.last = now
+                self._windows.touch(op.key, now)
+                out.append(_add_member(w, op, now))
             elif isinstance(op, Claim):
-                held, claimed = self._claim(op, now)
-                out.append(held)
+                out.append(self._claim(op, now))
             else:
-                out.append(self._push(op, now))
+                r = self._recent.entries.get(op.key)
+                if r is None or r.keep != op.keep:
+                    r = self._recent.entries[op.key] = _Recent(op.keep, op.ttl)
+                r.last = now
+                self._recent.touch(op.key, now)
+                out.append(_push(r, op))
         return out
 
-    def _claim(self, op: Claim, now: float) -> tuple[str | None, bool]:
-        """(the value another call holds, or None; whether this op newly claimed the key)"""
+    def _counts(self, op: Tally) -> bool:
+        """Whether a tally op adds anything (with its claimed bonus)."""
+        return _adds(op.add) or (self._claimed and op.add_if_claimed >= 0)
+
+    def _claim(self, op: Claim, now: float) -> str | None:
+        """The value another call holds, or None (this call claimed the key, or already held it)."""
         claims = self._claims.get(op.ttl)
         if claims is None:
             claims = self._claims[op.ttl] = _Claims()
@@ -278,44 +349,63 @@ class MemoryStore:
                 claims.front_expiry = _NEVER
         old = table.get(op.key)
         if old is not None:
-            return (None if old[0] == op.value else old[0]), False
+            self._claimed = False
+            return None if old[0] == op.value else old[0]
         table[op.key] = (op.value, now + op.ttl)
         if len(table) > self.max_keys:
             table.popitem(last=False)
             claims.front_expiry = _NEVER
-        return None, True
+        self._claimed = True
+        return None
 
-    def _window(self, op: Window, now: float) -> int:
-        windows = self._windows
-        w = windows.entries.get(op.key)
-        if w is None:
-            w = windows.entries[op.key] = _Members(op.span)
-        w.last = now
-        windows.touch(op.key, now)
-        members = w.members
-        members[op.member] = now
-        members.move_to_end(op.member)
-        cutoff = now - op.span
-        while True:
-            first = next(iter(members.values()))
-            if first > cutoff:
-                break
-            members.popitem(last=False)
-        while len(members) > op.keep:
-            members.popitem(last=False)
-        return len(members)
+    def _group(self, group: Group, now: float) -> list[Any]:
+        """A group's ops on its parts: each part is found in the group's entry (one lookup in the table) and
+        starts again once its own lifetime has passed."""
+        groups = self._groups
+        g = groups.entries.get(group.key)
+        if g is None:
+            g = groups.entries[group.key] = _Group()
+        g.last = now
+        parts = g.parts
+        out: list[Any] = []
+        for op in group.ops:
+            part = parts.get(op.key)
+            if part is not None and not part.last + part.span > now:
+                part = None  # expired: as a key gone from Redis
+            if isinstance(op, Tally):
+                if not isinstance(part, _Buckets) or len(part.totals) != len(op.fields):
+                    if not self._counts(op):
+                        out.append(_zeros(len(op.fields)))
+                        continue
+                    part = parts[op.key] = _Buckets(len(op.fields), op.buckets, op.span)
+                    g.span = max(g.span, op.span)
+                part.last = now
+                out.append(self._tally(part, op, now))
+            elif isinstance(op, Claim):
+                if isinstance(part, _Held):
+                    self._claimed = False
+                    out.append(None if part.value == op.value else part.value)
+                    continue
+                parts[op.key] = _Held(op.value, op.ttl, now)
+                g.span = max(g.span, op.ttl)
+                self._claimed = True
+                out.append(None)
+            elif isinstance(op, Window):
+                if not isinstance(part, _Members):
+                    part = parts[op.key] = _Members(op.span)
+                    g.span = max(g.span, op.span)
+                part.last = now
+                out.append(_add_member(part, op, now))
+            else:
+                if not isinstance(part, _Recent) or part.keep != op.keep:
+                    part = parts[op.key] = _Recent(op.keep, op.ttl)
+                    g.span = max(g.span, op.ttl)
+                part.last = now
+                out.append(_push(part, op))
+        groups.touch(group.key, now)  # once its span covers its parts (a new group's is 0 until then)
+        return out
 
-    def _tally(self, op: Tally, now: float, claimed: bool) -> tuple[int, ...]:
-        tallies = self._tallies
-        b = tallies.entries.get(op.key)
-        adds = _adds(op.add)
-        bonus = op.add_if_claimed if claimed else -1
-        if b is None and not adds and bonus < 0:
-            return _zeros(len(op.fields))  # reading a key nobody counted: nothing to keep
-        if b is None or len(b.totals) != len(op.fields):
-            b = tallies.entries[op.key] = _Buckets(len(op.fields), op.buckets, op.span)
-        b.last = now
-        tallies.touch(op.key, now)
+    def _tally(self, b: _Buckets, op: Tally, now: float) -> tuple[int, ...]:
         current = int(now // b.width)
         ids = b.ids
         n = len(ids)
@@ -333,28 +423,41 @@ class MemoryStore:
                     ids[i] = -1
             ids[slot] = current
         counts = b.counts[slot]
-        if adds:
-            for f, value in enumerate(op.add):
-                if value:
-                    counts[f] += value
-                    totals[f] += value
-        if bonus >= 0:
-            counts[bonus] += 1
-            totals[bonus] += 1
+        for f, value in enumerate(op.add):
+            if value:
+                counts[f] += value
+                totals[f] += value
+        if self._claimed:
+            bonus = op.add_if_claimed
+            if bonus >= 0:
+                counts[bonus] += 1
+                totals[bonus] += 1
         return tuple(totals)
 
-    def _push(self, op: Recent, now: float) -> tuple[str, ...]:
-        recent = self._recent
-        r = recent.entries.get(op.key)
-        if r is None or r.keep != op.keep:
-            r = recent.entries[op.key] = _Recent(op.keep, op.ttl)
-        r.last = now
-        recent.touch(op.key, now)
-        keep = r.keep
-        # a slice that covers the whole tuple is the tuple itself: one new tuple per push
-        items = (op.member,) + r.items[: keep - 1] if keep > 0 else ()  # noqa: RUF005 (compiled, unpacking builds a list first)
-        r.items = items
-        return items
+
+def _add_member(w: _Members, op: Window, now: float) -> int:
+    """Window: add the member at now, forget those out of the span or beyond `keep`; how many are left."""
+    members = w.members
+    members[op.member] = now
+    members.move_to_end(op.member)
+    cutoff = now - op.span
+    while True:
+        first = next(iter(members.values()))
+        if first > cutoff:
+            break
+        members.popitem(last=False)
+    while len(members) > op.keep:
+        members.popitem(last=False)
+    return len(members)
+
+
+def _push(r: _Recent, op: Recent) -> tuple[str, ...]:
+    """Recent: the member pushed onto the list, the list (newest first) kept and answered."""
+    keep = r.keep
+    # a slice that covers the whole tuple is the tuple itself: one new tuple per push
+    items = (op.member,) + r.items[: keep - 1] if keep > 0 else ()  # noqa: RUF005 (compiled, unpacking builds a list first)
+    r.items = items
+    return items
 
 
 def run_ops(store: StateStore, ops: Sequence[Op], now: float) -> list[Any]:

@@ -30,10 +30,10 @@ import hiredis
 import structlog
 from redis.connection import parse_url
 
-from policies.state import Claim, Op, Recent, Tally, Window
+from policies.state import Claim, Group, Op, Part, Recent, Tally, Window
 from proxy.config import StateSettings
 
-__all__ = ["SCRIPT", "RedisState", "command", "encode"]
+__all__ = ["SCRIPT", "RedisState", "command", "decode", "encode", "width"]
 
 log = structlog.get_logger("stirgate.state", component="server")
 
@@ -122,11 +122,18 @@ def _ms(seconds: float) -> str:
     return str(max(1, int(seconds * 1000.0)))
 
 
-def encode(ops: list[Op], now: float, prefix: str, args: list[str]) -> None:
-    """Append one call's ops to the script's ARGV (keys prefixed)."""
+def encode(ops: Sequence[Op], now: float, prefix: str, args: list[str]) -> None:
+    """Append one call's ops to the script's ARGV (keys prefixed). A Group's ops go one by one: Redis keeps
+    every key apart."""
     args += ("n", str(int(now * 1000.0)))
+    _encode(ops, prefix, args)
+
+
+def _encode(ops: Sequence[Op], prefix: str, args: list[str]) -> None:
     for op in ops:
-        if isinstance(op, Window):
+        if isinstance(op, Group):
+            _encode(op.ops, prefix, args)
+        elif isinstance(op, Window):
             args += ("w", prefix + op.key, op.member, _ms(op.span), str(op.keep))
         elif isinstance(op, Tally):
             args += ("t", prefix + op.key, _ms(op.span), str(op.buckets), str(len(op.fields)))
@@ -138,7 +145,26 @@ def encode(ops: list[Op], now: float, prefix: str, args: list[str]) -> None:
             args += ("r", prefix + op.key, op.member, str(op.keep), _ms(op.ttl))
 
 
-def _decode(op: Op, raw: Any) -> Any:
+def width(ops: Sequence[Op]) -> int:
+    """How many results the script returns for `ops` (one per op, a Group's ops counted one by one)."""
+    return sum(len(op.ops) if isinstance(op, Group) else 1 for op in ops)
+
+
+def decode(ops: Sequence[Op], reply: Sequence[Any], start: int) -> list[Any]:
+    """The results of `ops` from the script's flat reply, from index `start` (a Group's as one list)."""
+    out: list[Any] = []
+    i = start
+    for op in ops:
+        if isinstance(op, Group):
+            out.append([_decode(part, reply[i + j]) for j, part in enumerate(op.ops)])
+            i += len(op.ops)
+        else:
+            out.append(_decode(op, reply[i]))
+            i += 1
+    return out
+
+
+def _decode(op: Part, raw: Any) -> Any:
     if isinstance(op, Claim):
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else raw
     if isinstance(op, Tally):
@@ -361,12 +387,13 @@ class RedisState:
             self._down(str(reply), batch)  # answers the batch's calls (None) and calls done()
             return
         self.stats["state_batches"] += 1
-        i = sum(len(ops) for ops, _ in writes)  # their results come first, unread
+        i = sum(width(ops) for ops, _ in writes)  # their results come first, unread
         self.stats["state_ops"] += i
         for call_id, ops, _ in calls:
-            results = [_decode(op, reply[i + j]) for j, op in enumerate(ops)]
-            i += len(ops)
-            self.stats["state_ops"] += len(ops)
+            n = width(ops)
+            results = decode(ops, reply, i)
+            i += n
+            self.stats["state_ops"] += n
             self.answer(call_id, results)
         if calls:
             self.done()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from policies.state import Claim, MemoryStore, Tally, Window
+from policies.state import Claim, Group, MemoryStore, Recent, Tally, Window
 from tests import state_contract
 
 
@@ -37,3 +37,34 @@ def test_tally_field_layout_change_starts_afresh() -> None:
     store = MemoryStore()
     store.execute([Tally("k", ("a",), (5,), 60)], 0.0)
     assert store.execute([Tally("k", ("a", "b"), (1, 1), 60)], 1.0) == [(1, 1)]
+
+
+def test_a_groups_parts_keep_their_own_lifetimes() -> None:
+    """A Group is one entry in memory, but each part expires as its key would on its own (as in Redis): a recent
+    list after its ttl, a claim after its ttl from when it was made; the group goes once all have."""
+    store = MemoryStore()
+
+    def number(at: float, dest: str) -> list[object]:
+        results: list[object] = store.execute([Group("n:1", (Claim("seen:1", f"call-{at}", 100),
+                                                             Recent("o:1", dest, 3, 10)))], at)[0]
+        return results
+
+    assert number(0.0, "a") == [None, ("a",)]
+    assert number(5.0, "b") == ["call-0.0", ("b", "a")]
+    assert number(20.0, "c") == ["call-0.0", ("c",)]  # 15 s after its last push: the list had gone
+    assert number(95.0, "d") == ["call-0.0", ("d",)]
+    assert number(99.0, "e") == ["call-0.0", ("e", "d")]  # the claim's 100 s run from when it was made
+    assert number(100.0, "f") == [None, ("f", "e", "d")]  # ... so at 100 another call claims the number
+    store.execute([Group("n:2", (Claim("seen:2", "x", 100),))], 150.0)
+    assert len(store) == 2
+    store.execute([Group("n:2", (Claim("seen:2", "x", 100),))], 201.0)  # n:1: idle beyond its longest lifetime
+    assert len(store) == 1
+
+
+def test_groups_count_towards_max_keys() -> None:
+    store = MemoryStore(max_keys=2)
+    for i in range(4):
+        store.execute([Group(f"g{i}", (Tally(f"t{i}", ("n",), (1,), 60),))], float(i))
+    assert len(store) == 2
+    assert store.execute([Group("g3", (Tally("t3", ("n",), (1,), 60),))], 5.0) == [[(2,)]]  # the newest survived
+    assert store.execute([Group("g0", (Tally("t0", ("n",), (1,), 60),))], 5.0) == [[(1,)]]  # the oldest went
