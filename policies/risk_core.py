@@ -168,7 +168,9 @@ def sweep_share(dests: Sequence[str], gap: int, minimum: int) -> float:
 #: Numbers as the explanation shows them, by value: shares are ratios of small counts and points follow from
 #: them, so the same few values come back call after call, and formatting a float costs ~10 times a lookup.
 _SHOWN: Final[dict[float, str]] = {}
-_WHOLE: Final[dict[float, str]] = {}
+#: Points and scores as shown: whole numbers, mostly 0-100.
+_WHOLE_MAX: Final = 1000.0
+_WHOLES: Final = [str(n) for n in range(int(_WHOLE_MAX) + 1)]
 _SHOWN_MAX: Final = 4096
 
 
@@ -183,13 +185,10 @@ def _shown(value: float) -> str:
 
 
 def _whole(value: float) -> str:
-    """`value` rounded to a whole number."""
-    text = _WHOLE.get(value)
-    if text is None:
-        if len(_WHOLE) >= _SHOWN_MAX:
-            _WHOLE.clear()
-        text = _WHOLE[value] = f"{value:.0f}"
-    return text
+    """`value` rounded to a whole number (as `f"{value:.0f}"`: both round half to even)."""
+    if 0.0 <= value <= _WHOLE_MAX:
+        return _WHOLES[round(value)]
+    return f"{value:.0f}"
 
 
 def explain(total: float, parts: Sequence[tuple[str, float, float]], gateway: str, calls: int) -> str:
