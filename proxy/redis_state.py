@@ -433,6 +433,10 @@ class RedisState:
             answered = answered or bool(calls)
         calls, self._calls = self._calls, []
         writes, self._writes = self._writes, []
+        if self._in_flight is not None:  # its reply did not come in time: its calls fail with the rest
+            calls += self._in_flight[0]
+            writes += self._in_flight[1]
+            self._in_flight = None
         self._fail(calls, writes)
         if answered or calls:
             self.done()
@@ -445,8 +449,8 @@ class RedisState:
 
     async def close(self) -> None:
         """Send what waits (calls in their window, ended calls' updates, also those queued behind the batch in
-        flight) and wait up to 1 s for the replies, then close the connection. What could not go is counted
-        (`state_writes_dropped`, `state_failures`)."""
+        flight) and wait up to 1 s for the replies, then close the connection. What could not go, or got no reply
+        by then, is counted (`state_writes_dropped`, `state_failures`) and its calls answered None."""
         loop = asyncio.get_running_loop()
         until = loop.time() + 1.0
         while loop.time() < until:
@@ -465,7 +469,13 @@ class RedisState:
             self._connecting.cancel()
         calls, self._calls = self._calls, []
         writes, self._writes = self._writes, []
+        if self._in_flight is not None:  # its reply did not come in time: its calls fail with the rest
+            calls += self._in_flight[0]
+            writes += self._in_flight[1]
+            self._in_flight = None
         self._fail(calls, writes)
+        if calls:
+            self.done()  # as after any answer: what the engine decided for them goes out
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()

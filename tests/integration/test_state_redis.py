@@ -209,6 +209,36 @@ def test_a_redis_that_stops_answering_is_bounded(redis_private: Redis) -> None:
         d.close()
 
 
+def test_close_answers_the_calls_it_could_not_send(redis_private: Redis) -> None:
+    """Shutdown while Redis holds its replies (CLIENT PAUSE) longer than close waits (1 s): the call in flight and
+    the one queued behind it are answered None and counted, and the transport is told (done), as after any
+    answer."""
+    # reply timeout 5 x 400 ms: beyond close's 1 s; no batching window: a call goes in the next loop turn
+    d = Driver(redis_private.url, timeout_ms=400, batch_window_ms=0, retry_interval=0.05)
+    try:
+        assert d.run([Window("cl", "a", 60, 5)], state_contract.T0) == [1]
+        with redis_client(redis_private.url) as admin:
+            admin.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+            try:
+                async def in_flight_then_queued() -> None:
+                    d.state.submit("in-flight", [Window("cl", "b", 60, 5)], state_contract.T0)
+                    while d.state._in_flight is None:  # its batch goes, and waits for the paused reply
+                        await asyncio.sleep(0.001)
+                    d.state.submit("queued", [Window("cl", "c", 60, 5)], state_contract.T0)
+
+                d.loop.run_until_complete(asyncio.wait_for(in_flight_then_queued(), 5.0))
+                batches = d.batches
+                d.loop.run_until_complete(d.state.close())
+                assert d.answers.get("queued", "unanswered") is None
+                assert d.answers.get("in-flight", "unanswered") is None
+                assert d.state.stats["state_failures"] == 2
+                assert d.batches > batches
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+    finally:
+        d.loop.close()
+
+
 def test_an_error_reply_fails_the_batch_once(redis_private: Redis) -> None:
     """A Redis demoted to a read-only replica (a failover that left stirgate on the old primary) refuses the
     script with READONLY: the waiting call is answered None at once, the batch counted once as failed, and once
