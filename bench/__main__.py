@@ -439,11 +439,12 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
                 hep_sink(hep)
             diffs: list[float] = []
             for k in range(args.pairs):
-                if k % 2 == 0:
-                    print(f"added-CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps: {name} relay then {m}", flush=True)
+                relay_first = k % 2 == 0
+                order = f"relay then {m}" if relay_first else f"{m} then relay"
+                print(f"added-CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps: {name} {order}", flush=True)
+                if relay_first:
                     a, b = base.run(rate), sw.run(rate)
                 else:
-                    print(f"added-CPU pair {k + 1}/{args.pairs} at {rate:.0f} cps: {name} {m} then relay", flush=True)
                     b, a = sw.run(rate), base.run(rate)
                 if a.clean and b.clean and a.cpu_us_per_call and b.cpu_us_per_call:
                     diffs.append(b.cpu_us_per_call - a.cpu_us_per_call)

@@ -1,7 +1,7 @@
 """What HEP capture adds to a call's CPU, in memory: the bench call of `bench.engine_calls` replayed through the
 engine, with every message in and out also handed to `proxy.capture.HepSender` as the transport does
-(correlation id from the bytes and the call table, HEPv3 encoding, and for `udp` one datagram per copy to a
-local sink socket that a drain empties between calls).
+(correlation id from the engine's parse or the bytes, and the call table, HEPv3 encoding, and for `udp` one
+datagram per copy to a local sink socket that a drain empties between calls).
 
     python -m bench.hep_cost                 # engine alone, + capture without sending, + over UDP, + over TCP
 
@@ -46,6 +46,9 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
     address = tcp_sink if mode == "tcp" else f"127.0.0.1:{sink.getsockname()[1]}"
     sender = HepSender(HepSettings(address=address, transport="tcp" if mode == "tcp" else "udp"), loop,
                        b_leg_prefix=engine.b_leg_call_id_prefix.encode())  # as the transport makes it
+    if mode != "off":  # as the engine and transport are set up with `hep:` configured
+        engine.keep_call_ids = True
+        engine.call_end_hooks.append(sender.call_ended)
     if mode in ("udp", "tcp"):
         sender.start()
     if mode == "tcp":
@@ -61,15 +64,16 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
 
     def receive(data: bytes, source: Target, now: float) -> list[bytes]:
         """engine.receive plus what the transport does for capture; returns the messages sent."""
+        engine.receive(data, source, now)
+        out = [d for d, _ in engine.outbox]
         if mode != "off":
-            corr = sender.correlation(data, engine.calls)
+            cid = engine.received_call_id
+            corr = (sender.correlate(cid.encode("latin-1"), engine.calls) if cid
+                    else sender.correlation(data, engine.calls))
             if encode_only:
                 sender.encoder.encode(data, IPPROTO_UDP, source[1], source[2], local[0], local[1], 1, 2, corr)
             else:
                 sender.capture(data, IPPROTO_UDP, source[1], source[2], local[0], local[1], corr)
-        engine.receive(data, source, now)
-        out = [d for d, _ in engine.outbox]
-        if mode != "off":
             for d, target in engine.outbox:
                 corr = sender.correlation(d, engine.calls)
                 if encode_only:

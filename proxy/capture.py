@@ -13,10 +13,11 @@ addresses; this module finds the call's correlation id, encodes (`proxy.hep`) an
   1000 calls/s, 2026-12-06); while the server is unreachable, or more than `max_queue_bytes` wait, copies are
   dropped (counted), and the connection is retried in the background with a growing delay.
 
-Correlation id: the A-leg Call-ID for both legs, so the capture server shows the two legs as one call. The
-Call-ID is found in the bytes (one `find` for the usual spelling, a regex for the rest). A Call-ID without the
-engine's B-leg prefix is its own answer; a B-leg Call-ID is mapped to its A-leg through the engine's own call
-table, and remembered (a bounded two-generation map) so the messages of a call that just ended still correlate.
+Correlation id: the A-leg Call-ID for both legs, so the capture server shows the two legs as one call. A
+received message's Call-ID is the one the engine parsed; a sent message's is found in the bytes (one `find` for
+the usual spelling, a regex for the rest). A Call-ID without the engine's B-leg prefix is its own answer; a
+B-leg Call-ID is mapped to its A-leg through the engine's own call table, and remembered (a bounded
+two-generation map, refreshed when a call ends) so the messages of a call that just ended still correlate.
 """
 
 from __future__ import annotations
@@ -171,9 +172,12 @@ class HepSender:
 
     # --- correlation ------------------------------------------------------------------------------------------------
     def correlation(self, data: bytes, calls: Mapping[str, tuple[Call, int]]) -> bytes:
-        """The A-leg Call-ID of the call `data` belongs to (its own Call-ID for A-legs and strays). A Call-ID
-        without the engine's B-leg prefix is its own answer; a B-leg's is looked up once, then remembered."""
-        cid = call_id_of(data)
+        """The A-leg Call-ID of the call `data` belongs to (its own Call-ID for A-legs and strays)."""
+        return self.correlate(call_id_of(data), calls)
+
+    def correlate(self, cid: bytes, calls: Mapping[str, tuple[Call, int]]) -> bytes:
+        """The A-leg Call-ID of the call whose leg has Call-ID `cid`. A Call-ID without the engine's B-leg prefix
+        is its own answer; a B-leg's is looked up once, then remembered."""
         if not cid or not cid.startswith(self.b_leg_prefix):
             return cid
         hit = self._corr.get(cid)
@@ -183,11 +187,22 @@ class HepSender:
         if entry is None:  # not (or no longer) a call: what we knew of it, else its own Call-ID
             return self._corr_old.get(cid, cid)
         a = cid if entry[1] == 0 else entry[0].a.call_id.encode("latin-1")
+        self._remember(cid, a)
+        return a
+
+    def call_ended(self, call: Call) -> None:
+        """The engine's call-end hook: its B-legs' correlation is remembered afresh, so the messages that come
+        after the call left the engine's table (the BYE that ended it, its 200, retransmissions) still get the
+        A-leg's Call-ID, however long the call lasted."""
+        a = call.a.call_id.encode("latin-1")
+        for leg in call.tried_legs:
+            self._remember(leg.call_id.encode("latin-1"), a)
+
+    def _remember(self, b: bytes, a: bytes) -> None:
         if len(self._corr) >= CORRELATION_GENERATION:
             self._corr_old = self._corr
             self._corr = {}
-        self._corr[cid] = a
-        return a
+        self._corr[b] = a
 
     # --- sending ------------------------------------------------------------------------------------------------------
     def capture(self, data: bytes, ip_proto: int, src_host: str, src_port: int, dst_host: str, dst_port: int,

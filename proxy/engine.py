@@ -122,6 +122,10 @@ class Engine(CallHost):
         self.draining = False
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.call_end_hooks: list[Callable[[Call], None]] = []
+        #: HEP capture (`hep:` configured): the Call-ID of the message `receive` last parsed ("" when it parsed
+        #: none) is kept, so the transport's copy of it need not search the bytes again.
+        self.keep_call_ids = config.hep is not None
+        self.received_call_id = ""
         self.auth = Authenticator(config)
         #: The loaded policy file (the server loads it, with its data, before traffic; swapped on reload).
         self.policies: PolicySet | None = None
@@ -253,6 +257,8 @@ class Engine(CallHost):
 
     def receive(self, data: bytes, source: Target, now: float) -> None:
         """One message from `source`. Never raises: bad input is answered or dropped and counted."""
+        if self.keep_call_ids:
+            self.received_call_id = ""
         limit = self.settings.max_udp_message if source[0] == "udp" else self.settings.max_message
         if len(data) > limit:
             self.stats["oversize"] += 1
@@ -271,6 +277,8 @@ class Engine(CallHost):
             self.stats["unparseable"] += 1
             self._answer_unparseable(data, source, str(exc))
             return
+        if self.keep_call_ids:
+            self.received_call_id = msg.header("call-id") or ""
         try:
             if isinstance(msg, Response):
                 self.stats["responses"] += 1

@@ -360,6 +360,7 @@ class SipServer:
         hep = self.engine.config.hep
         if hep is not None:
             self.capture = HepSender(hep, self.loop, b_leg_prefix=self.engine.b_leg_call_id_prefix.encode())
+            self.engine.call_end_hooks.append(self.capture.call_ended)
             self.capture.start()
         self._housekeeping = self.loop.create_task(self._watch())
 
@@ -522,20 +523,23 @@ class SipServer:
         if self._until_sample <= 0:
             self.sample_queues()
         t0 = time.perf_counter() if data.startswith(b"INVITE ") else 0.0
+        try:
+            self.engine.receive(data, source, self.loop.time())
+        except Exception:
+            log.exception("engine_error", source=source)
         capture = self.capture
         if capture is not None:
-            # The correlation is looked up before the engine runs: the message may end its call.
+            # After the engine, with the Call-ID it parsed (a call the message ended is remembered by the
+            # capture's call-end hook); before the sends of this turn, so the copies keep their order.
             here = local or self.listen_addrs.get(source[0], self.udp_local)
-            corr = capture.correlation(data, self.engine.calls)
+            cid = self.engine.received_call_id
+            calls = self.engine.calls
+            corr = capture.correlate(cid.encode("latin-1"), calls) if cid else capture.correlation(data, calls)
             if capture.buffered:  # an append to a buffer: nothing that would hold up the SIP
                 capture.capture(data, _ip_proto(source[0]), source[1], source[2],
                                 here[0], here[1], corr, time.time())
             else:
                 self._captured.append((data, source, here, corr, time.time()))
-        try:
-            self.engine.receive(data, source, self.loop.time())
-        except Exception:
-            log.exception("engine_error", source=source)
         forwarded = t0 > 0.0 and any(d.startswith(b"INVITE ") for d, _ in self.engine.outbox)
         self.flush()
         if forwarded and self.metrics is not None:

@@ -63,6 +63,23 @@ def test_both_legs_correlate_to_the_a_leg_call_id_even_after_the_call_ended(told
     assert sender.correlation(b"SIP/2.0 200 OK\r\nCall-ID: stray\r\n\r\n", calls) == b"stray"
 
 
+def test_a_call_that_ended_is_remembered_by_the_end_hook() -> None:
+    """The engine's call-end hook maps the call's B-legs to its A-leg afresh: the messages after the end (the BYE
+    that ended it, its 200) correlate even when nothing of the call was looked up lately (a long call under load
+    whose entry left both generations of the map; here a sender that never saw the call)."""
+    h = Harness(make_engine(loopback_config()))
+    _caller, outs = start_call(h)
+    b_id = b_invite(outs).call_id
+    call, _ = h.engine.calls[b_id]
+    a_id = call.a.call_id
+    sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop(),
+                       b_leg_prefix=h.engine.b_leg_call_id_prefix.encode())
+    gone: dict[str, Any] = {}  # the engine's table after the call left it
+    assert sender.correlate(b_id.encode(), gone) == b_id.encode()  # unknown: its own Call-ID
+    sender.call_ended(call)
+    assert sender.correlate(b_id.encode(), gone) == a_id.encode()
+
+
 @pytest.mark.parametrize("told_prefix", [False, True])
 def test_many_calls_each_correlate_to_their_own_a_leg(told_prefix: bool) -> None:
     calls, ids, prefix = _engine_calls(25)
