@@ -523,11 +523,12 @@ class SipServer:
         if self._until_sample <= 0:
             self.sample_queues()
         t0 = time.perf_counter() if data.startswith(b"INVITE ") else 0.0
+        capture = self.capture
+        received_at = time.time() if capture is not None else 0.0
         try:
             self.engine.receive(data, source, self.loop.time())
         except Exception:
             log.exception("engine_error", source=source)
-        capture = self.capture
         if capture is not None:
             # After the engine, with the Call-ID it parsed (a call the message ended is remembered by the
             # capture's call-end hook); before the sends of this turn, so the copies keep their order.
@@ -537,9 +538,9 @@ class SipServer:
             corr = capture.correlate(cid.encode("latin-1"), calls) if cid else capture.correlation(data, calls)
             if capture.buffered:  # an append to a buffer: nothing that would hold up the SIP
                 capture.capture(data, _ip_proto(source[0]), source[1], source[2],
-                                here[0], here[1], corr, time.time())
+                                here[0], here[1], corr, received_at)
             else:
-                self._captured.append((data, source, here, corr, time.time()))
+                self._captured.append((data, source, here, corr, received_at))
         forwarded = t0 > 0.0 and any(d.startswith(b"INVITE ") for d, _ in self.engine.outbox)
         self.flush()
         if forwarded and self.metrics is not None:
