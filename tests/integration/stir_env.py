@@ -137,6 +137,21 @@ class X5uServer:
                 self.proc.wait(timeout=5)
 
 
+def demo_stir_pki() -> StirPki:
+    """The session's demo PKI (`harness.demo_pki_dir`); `other`, the untrusted set, is not made."""
+    directory = harness.demo_pki_dir()
+    return StirPki(directory, directory)
+
+
+def serve_x5u(pki: StirPki, workdir: Path) -> Iterator[X5uServer]:
+    """The shipped x5u server for a fixture's lifetime: `yield from serve_x5u(...)`."""
+    server = X5uServer(pki, workdir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class CountingX5u:
     """An https x5u server in a thread of the test process: counts requests, can hold the first answer back.
 

@@ -49,7 +49,16 @@ from tests.integration.cluster import (
 )
 from tests.integration.conftest import log_problems
 from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, Sipp, SippResult, Stirgate
-from tests.integration.stir_env import SECSIPIDX, StirPki, X5uServer, inf_file, secsipidx_check, sign_identity
+from tests.integration.stir_env import (
+    SECSIPIDX,
+    StirPki,
+    X5uServer,
+    demo_stir_pki,
+    inf_file,
+    secsipidx_check,
+    serve_x5u,
+    sign_identity,
+)
 from tests.integration.test_policies_e2e import finals, write_policies
 
 pytestmark = pytest.mark.usefixtures("sipp_bin")
@@ -62,15 +71,12 @@ FAILOVER_MS = 2000  # no answer at all within this: the next node (generous: thi
 
 @pytest.fixture(scope="module")
 def pki() -> StirPki:
-    directory = harness.demo_pki_dir()
-    return StirPki(directory, directory)
+    return demo_stir_pki()
 
 
 @pytest.fixture(scope="module")
 def x5u(pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uServer]:
-    server = X5uServer(pki, tmp_path_factory.mktemp("x5u")).start()
-    yield server
-    server.stop()
+    yield from serve_x5u(pki, tmp_path_factory.mktemp("x5u"))
 
 
 # ----------------------------------------------------------------------------------------------- the cluster

@@ -47,8 +47,10 @@ from tests.integration.stir_env import (
     OTHER_CALLER,
     StirPki,
     X5uServer,
+    demo_stir_pki,
     inf_file,
     param,
+    serve_x5u,
     sign_identity,
     tamper_signature,
 )
@@ -65,15 +67,12 @@ Row = tuple[str, str, str | None]  # (From user part, extra header line, Identit
 @pytest.fixture(scope="session")
 def pki() -> StirPki:
     """The session's demo PKI: make_config points the trust anchor and x5u CA of every stirgate at it."""
-    directory = harness.demo_pki_dir()
-    return StirPki(directory, directory)  # `other` (the untrusted set) is not used here
+    return demo_stir_pki()
 
 
 @pytest.fixture(scope="session")
 def x5u(pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uServer]:
-    server = X5uServer(pki, tmp_path_factory.mktemp("x5u")).start()
-    yield server
-    server.stop()
+    yield from serve_x5u(pki, tmp_path_factory.mktemp("x5u"))
 
 
 def write_policies(path: Path, carrier: list[dict[str, Any]]) -> Path:

@@ -42,6 +42,7 @@ from tests.integration.stir_env import (
     X5uServer,
     inf_file,
     jws_parts,
+    serve_x5u,
     signing_config,
     verifying_config,
     write_config,
@@ -405,9 +406,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> StirPki:
 
 @pytest.fixture(scope="module")
 def x5u(pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uServer]:
-    server = X5uServer(pki, tmp_path_factory.mktemp("rec-x5u")).start()
-    yield server
-    server.stop()
+    yield from serve_x5u(pki, tmp_path_factory.mktemp("rec-x5u"))
 
 
 GateFactory = Callable[..., StirgateAt]

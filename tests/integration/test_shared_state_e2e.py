@@ -22,7 +22,7 @@ import pytest
 from tests.integration import harness
 from tests.integration.conftest import StirgateFactory
 from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, SIP_PORT, Sipp, SippResult, Stirgate
-from tests.integration.stir_env import CALLER, StirPki, X5uServer, inf_file, sign_identity
+from tests.integration.stir_env import CALLER, StirPki, X5uServer, demo_stir_pki, inf_file, serve_x5u, sign_identity
 from tests.integration.test_policies_e2e import (
     Row,
     api_base,
@@ -43,15 +43,12 @@ NODE_B = "127.0.0.2"
 
 @pytest.fixture(scope="module")
 def pki() -> StirPki:
-    directory = harness.demo_pki_dir()
-    return StirPki(directory, directory)
+    return demo_stir_pki()
 
 
 @pytest.fixture(scope="module")
 def x5u(pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uServer]:
-    server = X5uServer(pki, tmp_path_factory.mktemp("x5u")).start()
-    yield server
-    server.stop()
+    yield from serve_x5u(pki, tmp_path_factory.mktemp("x5u"))
 
 
 def node(factory: StirgateFactory, ip: str, policy_file: Path, redis_url: str, **state: Any) -> Stirgate:

@@ -45,6 +45,7 @@ from tests.integration.stir_env import (
     secsipidx_check,
     secsipidx_sign,
     sent_invite_times,
+    serve_x5u,
     sign_identity,
     signing_config,
     tamper_signature,
@@ -77,9 +78,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> StirPki:
 
 @pytest.fixture(scope="session")
 def x5u(pki: StirPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[X5uServer]:
-    server = X5uServer(pki, tmp_path_factory.mktemp("x5u")).start()
-    yield server
-    server.stop()
+    yield from serve_x5u(pki, tmp_path_factory.mktemp("x5u"))
 
 
 GateFactory = Callable[..., StirgateAt]
