@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.integration.cluster import CARRIERS_IP, CUSTOMERS_IP, FRONT_IP, Front, kamailio_binary
+from tests.integration.cluster import CARRIERS_IP, CUSTOMERS_IP, FRONT_IP, Front
+from tests.integration.kamailio import kamailio_binary
 
 from .modes import MODES, Mode
 from .procs import Addr, _read_stat, descendants, tree_cpu, udp_bound

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from typing import Any
 import yaml
 
 from tests.integration import harness
+from tests.integration.kamailio import end, kamailio_binary
 
 EXAMPLE = harness.ROOT / "examples" / "cluster"
 FRONT_IP = "127.0.0.3"
@@ -38,11 +38,6 @@ SIP_PORT = 5060
 WORKER_PORT_BASE = 5100
 
 Addr = tuple[str, int]
-
-
-def kamailio_binary() -> str | None:
-    found = shutil.which("kamailio") or "/usr/sbin/kamailio"
-    return found if Path(found).exists() else None
 
 
 def destinations(ip: str, workers: int, port: int = SIP_PORT, base: int = WORKER_PORT_BASE) -> list[Addr]:
@@ -199,16 +194,9 @@ class Front:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def stop(self) -> int | None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        code = end(self.proc)
         shutil.rmtree(self._ctl_dir, ignore_errors=True)
-        return None if proc is None else proc.returncode
+        return code
 
 
 # ----------------------------------------------------------------------------------------------- nodes

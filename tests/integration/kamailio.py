@@ -36,6 +36,20 @@ def module_dir(*needed: str) -> str | None:
     return None
 
 
+def end(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> int | None:
+    """Stop a Kamailio started in the foreground: SIGTERM, then SIGKILL after `grace` seconds; its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
 class Kamailio:
     def __init__(self, template: str | Path, workdir: Path, *, listen: tuple[str, int],
                  values: dict[str, str] | None = None, defines: tuple[str, ...] = (), name: str = "kamailio",
@@ -106,17 +120,7 @@ class Kamailio:
         return self
 
     def stop(self, grace: float = 10.0) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        return proc.returncode
+        return end(self.proc, grace)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration import harness
-from tests.integration.cluster import FRONT_IP, kamailio_binary
+from tests.integration.cluster import FRONT_IP
 from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, Sipp
+from tests.integration.kamailio import kamailio_binary
 
 pytestmark = pytest.mark.usefixtures("sipp_bin")
 
