@@ -67,9 +67,7 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
         engine.receive(data, source, now)
         out = [d for d, _ in engine.outbox]
         if mode != "off":
-            cid = engine.received_call_id
-            corr = (sender.correlate(cid.encode("latin-1"), engine.calls) if cid
-                    else sender.correlation(data, engine.calls))
+            corr = sender.received_correlation(data, engine.received_call_id, engine.calls)
             if encode_only:
                 sender.encoder.encode(data, IPPROTO_UDP, source[1], source[2], local[0], local[1], 1, 2, corr)
             else:

@@ -175,6 +175,11 @@ class HepSender:
         """The A-leg Call-ID of the call `data` belongs to (its own Call-ID for A-legs and strays)."""
         return self.correlate(call_id_of(data), calls)
 
+    def received_correlation(self, data: bytes, call_id: str, calls: Mapping[str, tuple[Call, int]]) -> bytes:
+        """A received message's correlation: from the Call-ID the engine parsed (`Engine.received_call_id`), or
+        from the bytes when it parsed none."""
+        return self.correlate(call_id.encode("latin-1"), calls) if call_id else self.correlation(data, calls)
+
     def correlate(self, cid: bytes, calls: Mapping[str, tuple[Call, int]]) -> bytes:
         """The A-leg Call-ID of the call whose leg has Call-ID `cid`. A Call-ID without the engine's B-leg prefix
         is its own answer; a B-leg's is looked up once, then remembered."""

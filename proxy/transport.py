@@ -533,9 +533,7 @@ class SipServer:
             # After the engine, with the Call-ID it parsed (a call the message ended is remembered by the
             # capture's call-end hook); before the sends of this turn, so the copies keep their order.
             here = local or self.listen_addrs.get(source[0], self.udp_local)
-            cid = self.engine.received_call_id
-            calls = self.engine.calls
-            corr = capture.correlate(cid.encode("latin-1"), calls) if cid else capture.correlation(data, calls)
+            corr = capture.received_correlation(data, self.engine.received_call_id, self.engine.calls)
             if capture.buffered:  # an append to a buffer: nothing that would hold up the SIP
                 capture.capture(data, _ip_proto(source[0]), source[1], source[2],
                                 here[0], here[1], corr, received_at)

@@ -41,7 +41,9 @@ import pytest
 __all__ = [
     "Postgres",
     "Redis",
+    "end_process",
     "free_tcp_port",
+    "log_tail",
     "pg_bin",
     "pg_dsn",
     "pg_private",
@@ -62,6 +64,31 @@ def free_tcp_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def end_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM,
+                seconds: float = STOP_SECONDS) -> int | None:
+    """Stop a server started in a session of its own: `sig`, then SIGKILL to its whole process group after
+    `seconds`. Its exit code (None: never started)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a server's log."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
 
 
 def _wait(predicate: Any, what: str, seconds: float, interval: float = 0.05) -> None:
@@ -148,22 +175,10 @@ class _Server:
         return self._ready()
 
     def stop(self) -> None:
-        self._signal_and_wait(self.stop_signal)
+        end_process(self.proc, self.stop_signal)
 
     def kill(self) -> None:
-        self._signal_and_wait(self.kill_signal)
-
-    def _signal_and_wait(self, sig: int) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        end_process(self.proc, self.kill_signal)
 
     def restart(self) -> Self:
         self.stop()
@@ -184,10 +199,7 @@ class _Server:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> Self:
         return self.start()

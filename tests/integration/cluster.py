@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 from tests.integration import harness
-from tests.integration.kamailio import end, kamailio_binary
+from tests.integration.kamailio import kamailio_binary
+from tests.services import end_process
 
 EXAMPLE = harness.ROOT / "examples" / "cluster"
 FRONT_IP = "127.0.0.3"
@@ -194,7 +195,7 @@ class Front:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def stop(self) -> int | None:
-        code = end(self.proc)
+        code = end_process(self.proc, seconds=10)
         shutil.rmtree(self._ctl_dir, ignore_errors=True)
         return code
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from types import TracebackType
 
 from tests.integration import harness
+from tests.services import end_process, log_tail
 
 MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/kamailio/modules",
                "/usr/lib64/kamailio/modules", "/usr/lib/kamailio/modules", "/usr/local/lib64/kamailio/modules")
@@ -34,20 +34,6 @@ def module_dir(*needed: str) -> str | None:
         if all((Path(d) / m).exists() for m in needed or ("tm.so",)):
             return d
     return None
-
-
-def end(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> int | None:
-    """Stop a Kamailio started in the foreground: SIGTERM, then SIGKILL after `grace` seconds; its exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    return proc.returncode
 
 
 class Kamailio:
@@ -120,16 +106,13 @@ class Kamailio:
         return self
 
     def stop(self, grace: float = 10.0) -> int | None:
-        return end(self.proc, grace)
+        return end_process(self.proc, seconds=grace)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> Kamailio:
         return self.start()
