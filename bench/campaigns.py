@@ -625,6 +625,7 @@ def _response(req: Request, status: int, reason: str, to_tag: str | None = None,
 _PARTS: tuple[tuple[type, str, str], ...] = (
     (Chain, "observe", "observe"),
     (MemoryStore, "execute", "state"),
+    (MemoryStore, "record", "state"),
     (Chain, "evaluate", "evaluate"),
     (Chain, "ended", "ended"),
 )

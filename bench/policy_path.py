@@ -60,7 +60,7 @@ def _recording(rec: Recording, header_names: list[frozenset[str]]) -> Iterator[N
     """Wrap the chain's and the store's entry points (the compiled engine calls them through their classes; the
     context is built natively, so its arguments are read back from it)."""
     observe, evaluate, ended = Chain.observe, Chain.evaluate, Chain.ended
-    execute = MemoryStore.execute
+    record_ops = MemoryStore.record
     index: dict[int, int] = {}
     pending: list[list[Any]] = []
 
@@ -86,18 +86,18 @@ def _recording(rec: Recording, header_names: list[frozenset[str]]) -> Iterator[N
             pending.append(event)
         return ops
 
-    def execute_w(self: MemoryStore, ops: Any, now: float) -> Any:
+    def record_w(self: MemoryStore, ops: Any, now: float) -> None:
         if pending:
             pending.pop()[4] = now
-        return execute(self, ops, now)
+        record_ops(self, ops, now)
 
     Chain.observe, Chain.evaluate, Chain.ended = observe_w, evaluate_w, ended_w  # type: ignore[method-assign]
-    MemoryStore.execute = execute_w  # type: ignore[method-assign]
+    MemoryStore.record = record_w  # type: ignore[method-assign]
     try:
         yield
     finally:
         Chain.observe, Chain.evaluate, Chain.ended = observe, evaluate, ended  # type: ignore[method-assign]
-        MemoryStore.execute = execute  # type: ignore[method-assign]
+        MemoryStore.record = record_ops  # type: ignore[method-assign]
         rec.events = [tuple(e) for e in rec.events]
 
 
@@ -121,6 +121,7 @@ def replay(rec: Recording, check: bool = True, evict_kb: int = 0) -> dict[str, f
     src, dst = bytearray(evict_kb * 1024), bytearray(evict_kb * 1024)
     store = MemoryStore()
     execute = store.execute
+    record_ops = store.record
     build = CallContext.build
     parts = dict.fromkeys(("context", "observe", "state", "evaluate", "ended"), 0.0)
     contexts: list[CallContext | None] = [None] * len(rec.events)
@@ -158,7 +159,7 @@ def replay(rec: Recording, check: bool = True, evict_kb: int = 0) -> dict[str, f
             c0 = clock()
             ops = chain.ended(ctx, outcome)
             if ops:
-                execute(ops, now)
+                record_ops(ops, now)
             parts["ended"] += clock() - c0
     return parts
 

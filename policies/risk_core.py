@@ -215,6 +215,11 @@ class _Signal:
         self.high: Final = high
 
 
+def _points_of(signal: _Signal, value: float) -> float:
+    """What `value` (above the signal's `low`) scores: `weight` from `high` on, linearly up to it."""
+    return signal.weight if value >= signal.high else signal.weight * (value - signal.low) / (signal.high - signal.low)
+
+
 class _Gateway:
     """A gateway's key (`origid:...`), its state keys and the ops that are the same on each of its calls, made
     once when the gateway is first met."""
@@ -279,6 +284,8 @@ class RiskCore:
         #: (score, decision), highest first: the first reached applies.
         self.thresholds = tuple(thresholds)
         self.note_from = note_from
+        #: Below this score a call gets neither an action nor a note.
+        self.quiet_below = min(note_from, self.thresholds[-1][0])
         #: What `on_error: closed` applies when the state did not come: the lowest threshold's action.
         self.hit = self.thresholds[-1][1]
         #: Calls never scored (counted all the same): the allow list's match, None without one.
@@ -519,20 +526,26 @@ class RiskCore:
         if found is None:
             return None
         values, gw, calls = found
+        return min(100.0, self._total(values)), self._parts(values), gw, calls
+
+    def _total(self, values: list[float]) -> float:
         total = 0.0
+        for signal in self.signals:
+            value = values[signal.index]
+            if value > signal.low:
+                total += _points_of(signal, value)
+        return total
+
+    def _parts(self, values: list[float]) -> list[tuple[str, float, float]]:
+        """(signal, value, points) of the signals that scored, most points first."""
         parts: list[tuple[str, float, float]] = []
         for signal in self.signals:
             value = values[signal.index]
-            low = signal.low
-            if value <= low:
-                continue
-            weight, high = signal.weight, signal.high
-            points = weight if value >= high else weight * (value - low) / (high - low)
-            total += points
-            parts.append((signal.name, value, points))
+            if value > signal.low:
+                parts.append((signal.name, value, _points_of(signal, value)))
         if len(parts) > 1:
             parts.sort(key=_points)
-        return min(100.0, total), parts, gw, calls
+        return parts
 
     def evaluate(self, ctx: CallContext) -> Decision:
         """The chain's entry point (facts keyed by this core)."""
@@ -546,14 +559,17 @@ class RiskCore:
 
     def decide(self, ctx: CallContext, results: Sequence[Any]) -> Decision:
         """The highest threshold's decision the score reaches, noted with its reasons; below every threshold
-        `continue`, noted from `note_from` up."""
-        scored = self.score(ctx, results)
-        if scored is None:
+        `continue`, noted from `note_from` up. (The reasons are gathered only for a call that gets a note: most
+        calls score below it.)"""
+        found = self.values(ctx, results)
+        if found is None:
             return CONTINUE
-        total, parts, gw, calls = scored
+        values, gw, calls = found
+        total = min(100.0, self._total(values))
+        if total < self.quiet_below:
+            return CONTINUE
+        note = explain(total, self._parts(values), gw, calls)
         for at, decision in self.thresholds:
             if total >= at:
-                return decision.with_note(explain(total, parts, gw, calls))
-        if total >= self.note_from:
-            return Decision(note=explain(total, parts, gw, calls))
-        return CONTINUE
+                return decision.with_note(note)
+        return Decision(note=note)

@@ -142,6 +142,11 @@ class StateStore(Protocol):
         """Every op in order, results aligned with ops (synchronous stores only)."""
         ...
 
+    def record(self, ops: Sequence[Op], now: float) -> None:
+        """Every op in order, their results not wanted: what a call's end and feedback write (synchronous
+        stores only)."""
+        ...
+
 
 class _Entry:
     """What a table keeps for a key: when it was last used, and how long after that it still matters."""
@@ -268,6 +273,8 @@ def _adds(add: tuple[int, ...]) -> bool:
     return False
 
 
+#: A recorded tally's result (`MemoryStore.record`: nobody reads it).
+_NOTHING: Final[tuple[int, ...]] = ()
 #: "No entry to wait for": the front must be looked at.
 _NEVER = float("-inf")
 
@@ -289,12 +296,26 @@ class MemoryStore:
         self._groups: _Table[_Group] = _Table(max_keys)
         #: Whether the last Claim of the ops being run newly claimed its key (for `Tally.add_if_claimed`).
         self._claimed = False
+        #: Whether the ops being run are answered (`execute`) or only recorded (`record`): a tally's sums are
+        #: then not gathered (one read of every counter, most of them long out of the cache).
+        self._answer = True
 
     def __len__(self) -> int:
         return (sum(len(c.entries) for c in self._claims.values()) + len(self._windows.entries)
                 + len(self._tallies.entries) + len(self._recent.entries) + len(self._groups.entries))
 
     def execute(self, ops: Sequence[Op], now: float) -> list[Any]:
+        self._answer = True
+        return self._run(ops, now)
+
+    def record(self, ops: Sequence[Op], now: float) -> None:
+        self._answer = False
+        try:
+            self._run(ops, now)
+        finally:
+            self._answer = True
+
+    def _run(self, ops: Sequence[Op], now: float) -> list[Any]:
         out: list[Any] = []
         self._claimed = False
         for op in ops:
@@ -432,7 +453,7 @@ class MemoryStore:
             if bonus >= 0:
                 counts[bonus] += 1
                 totals[bonus] += 1
-        return tuple(totals)
+        return tuple(totals) if self._answer else _NOTHING
 
 
 def _add_member(w: _Members, op: Window, now: float) -> int:

@@ -806,6 +806,6 @@ class Engine(CallHost):
         if not ops:
             return
         if self.state.synchronous:
-            self.state.execute(ops, ended + self.wall_offset)
+            self.state.record(ops, ended + self.wall_offset)
         else:
             self.state_writes.append((ops, ended + self.wall_offset))

@@ -57,7 +57,7 @@ def apply_feedback(engine: Engine, rec: CallRecord, label: str, flush: Callable[
     when = time.time() if now is None else now
     if ops:
         if engine.state.synchronous:
-            engine.state.execute(ops, when)
+            engine.state.record(ops, when)
         else:
             engine.state_writes.append((ops, when))
             flush()

@@ -269,6 +269,9 @@ class RedisState:
     def execute(self, ops: Sequence[Op], now: float) -> list[Any]:
         raise TypeError("RedisState is asynchronous: the engine submits ops and waits for the answer")
 
+    def record(self, ops: Sequence[Op], now: float) -> None:
+        raise TypeError("RedisState is asynchronous: the engine hands it writes (`write`)")
+
     # --- what the transport hands over --------------------------------------------------------------------
     def submit(self, call_id: str, ops: list[Op], now: float) -> None:
         loop = asyncio.get_running_loop()

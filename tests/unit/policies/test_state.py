@@ -68,3 +68,16 @@ def test_groups_count_towards_max_keys() -> None:
     assert len(store) == 2
     assert store.execute([Group("g3", (Tally("t3", ("n",), (1,), 60),))], 5.0) == [[(2,)]]  # the newest survived
     assert store.execute([Group("g0", (Tally("t0", ("n",), (1,), 60),))], 5.0) == [[(1,)]]  # the oldest went
+
+
+def test_recorded_ops_count_as_executed_ones() -> None:
+    """`record` (a call's end, feedback) changes the store as `execute` would, answering nothing; an answered
+    run after it sees every count, grouped or not."""
+    recorded, executed = MemoryStore(), MemoryStore()
+    ops = [Group("g", (Tally("g:t", ("a", "b"), (1, 2), 60), Claim("g:c", "v", 60), Recent("g:r", "x", 3, 60))),
+           Tally("t", ("a",), (3,), 60), Window("w", "m", 60, 5), Claim("c", "v", 60)]
+    for at in (0.0, 1.0):
+        assert recorded.record(ops, at) is None
+        executed.execute(ops, at)
+    assert recorded.execute(ops, 2.0) == executed.execute(ops, 2.0) == [
+        [(3, 6), None, ("x", "x", "x")], (9,), 1, None]
