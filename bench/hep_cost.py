@@ -1,7 +1,7 @@
 """What HEP capture adds to a call's CPU, in memory: the bench call of `bench.engine_calls` replayed through the
 engine, with every message in and out also handed to `proxy.capture.HepSender` as the transport does
-(correlation id from the engine's parse or the bytes, and the call table, HEPv3 encoding, and for `udp` one
-datagram per copy to a local sink socket that a drain empties between calls).
+(correlation id from the engine's parse or the sender the engine noted, and the call table, HEPv3 encoding, and
+for `udp` one datagram per copy to a local sink socket that a drain empties between calls).
 
     python -m bench.hep_cost                 # engine alone, + capture without sending, + over UDP, + over TCP
 
@@ -49,6 +49,8 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
     if mode != "off":  # as the engine and transport are set up with `hep:` configured
         engine.keep_call_ids = True
         engine.call_end_hooks.append(sender.call_ended)
+        engine.txns.senders = []
+    senders = engine.txns.senders
     if mode in ("udp", "tcp"):
         sender.start()
     if mode == "tcp":
@@ -72,13 +74,20 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
                 sender.encoder.encode(data, IPPROTO_UDP, source[1], source[2], local[0], local[1], 1, 2, corr)
             else:
                 sender.capture(data, IPPROTO_UDP, source[1], source[2], local[0], local[1], corr)
-            for d, target in engine.outbox:
-                corr = sender.correlation(d, engine.calls)
+            assert senders is not None and len(senders) == len(engine.outbox)
+            for (d, target), who in zip(engine.outbox, senders, strict=True):
+                corr = sender.sent_correlation(d, who, engine.calls)
                 if encode_only:
                     sender.encoder.encode(d, IPPROTO_UDP, local[0], local[1], target[1], target[2], 1, 2, corr)
                 else:
                     sender.capture(d, IPPROTO_UDP, local[0], local[1], target[1], target[2], corr)
         return out
+
+    def drop() -> None:
+        """The turn's messages are out (as the transport's flush)."""
+        engine.outbox.clear()
+        if senders is not None:
+            senders.clear()
 
     step = 1.0 / rate
     now = 0.0
@@ -88,26 +97,26 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
         receive(_uac_request("INVITE", i, 1, "sip:12025550199@127.0.0.1:5060"), UAC, now)
         cpu += clock() - t
         b_invite = _take(engine, b"INVITE ")
-        engine.outbox.clear()
+        drop()
         ok = _uas_response(b_invite, 200, "OK", SDP)
         t = clock()
         receive(ok, UAS, now + 0.0002)
         cpu += clock() - t
         a_ok = parse(_take(engine, b"SIP/2.0 200"))
-        engine.outbox.clear()
+        drop()
         to_tag = f";tag={a_ok.to_tag}"
         t = clock()
         receive(_uac_request("ACK", i, 1, "sip:127.0.0.1:5060", to_tag), UAC, now + 0.0004)
-        engine.outbox.clear()
+        drop()
         receive(_uac_request("BYE", i, 2, "sip:127.0.0.1:5060", to_tag), UAC, now + 0.0005)
         cpu += clock() - t
         b_bye = _take(engine, b"BYE ")
-        engine.outbox.clear()
+        drop()
         t = clock()
         receive(_uas_response(b_bye, 200, "OK"), UAS, now + 0.0007)
         engine.handle_timer(now + 0.0008)
         cpu += clock() - t
-        engine.outbox.clear()
+        drop()
         # What the kernel did not take at once goes out (outside the measured time). Every mode runs this loop
         # turn, as a live server does between messages: it evicts some of the engine's data from the caches, and
         # running it for TCP only charged TCP ~30 us per call of misses the other modes did not have.

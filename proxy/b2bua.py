@@ -188,7 +188,8 @@ class CallHost:
     def via_host(self, transport: str) -> str:
         raise NotImplementedError
 
-    def send(self, data: bytes, target: Target) -> None:
+    def send(self, data: bytes, target: Target, sender: object = None) -> None:
+        """Queue `data` for `target`; `sender`: the call it belongs to (see TransactionLayer.senders)."""
         raise NotImplementedError
 
     def make_response(self, req: Request, status: int, reason: str, to_tag: str | None,
@@ -661,7 +662,7 @@ class Call:
             if now >= leg.retx_until:
                 self._hangup_unacked(now)  # no ACK within 64*T1
                 return
-            self.host.send(leg.retx, leg.target)
+            self.host.send(leg.retx, leg.target, self)
             leg.retx_interval = min(leg.retx_interval * 2, self.host.call_settings.t2)
             self.host.queue.start(self.timers, kind, min(now + leg.retx_interval, leg.retx_until))
 
@@ -693,7 +694,7 @@ class Call:
             b.learn_remote(resp, route_reversed=True)
             if self.state in (ANSWERED, CONFIRMED):
                 if b.ack_bytes:
-                    self.host.send(b.ack_bytes, b.target)  # the 2xx was retransmitted: our ACK was lost
+                    self.host.send(b.ack_bytes, b.target, self)  # the 2xx was retransmitted: our ACK was lost
                 return
             if self.state == CANCELLING:
                 # The callee answered as we cancelled: accept and hang up at once (RFC 3261 9.1 race).
@@ -754,7 +755,7 @@ class Call:
         ack = y.request("ACK", y_cseq, self.host.new_branch(), self.host.via_host(y.transport),
                         passthrough(req.headers), req.body, max_forwards=(mf if mf is not None else 70) - 1)
         y.ack_bytes = ack.to_bytes()
-        self.host.send(y.ack_bytes, y.target)
+        self.host.send(y.ack_bytes, y.target, self)
 
     def _b_invite_cseq(self) -> int:
         """CSeq of the B-leg's initial INVITE (later early-dialog requests moved b.local_cseq on)."""
@@ -767,7 +768,7 @@ class Call:
         assert b is not None
         ack = b.request("ACK", cseq, self.host.new_branch(), self.host.via_host(b.transport), headers, body)
         b.ack_bytes = ack.to_bytes()
-        self.host.send(b.ack_bytes, b.target)
+        self.host.send(b.ack_bytes, b.target, self)
 
     def _ack_other_leg(self, txn: Transaction, resp: Response, now: float) -> None:
         """A 2xx for a relayed re-INVITE whose server side is gone: ACK it so the far end stops."""
@@ -777,7 +778,7 @@ class Call:
         if y is None:
             return
         ack = y.request("ACK", resp.cseq[0], self.host.new_branch(), self.host.via_host(y.transport), [], b"")
-        self.host.send(ack.to_bytes(), y.target)
+        self.host.send(ack.to_bytes(), y.target, self)
 
     def on_stray_2xx(self, resp: Response, leg_index: int, now: float) -> None:
         """A 2xx after its transaction ended: re-send our ACK, or, from a trunk we had given up on (failover),
@@ -793,11 +794,11 @@ class Call:
                 ack = leg.request("ACK", resp.cseq[0], self.host.new_branch(), self.host.via_host(leg.transport),
                                   [], b"")
                 leg.ack_bytes = ack.to_bytes()
-                self.host.send(leg.ack_bytes, leg.target)
+                self.host.send(leg.ack_bytes, leg.target, self)
                 self._bye_leg(leg, now, "SIP;cause=200;text=\"Call completed elsewhere\"")
                 return
         if leg is not None and leg.ack_bytes:
-            self.host.send(leg.ack_bytes, leg.target)
+            self.host.send(leg.ack_bytes, leg.target, self)
 
     def on_cancel(self, now: float) -> None:
         """The caller cancelled the INVITE (the CANCEL itself is already answered 200)."""

@@ -14,8 +14,10 @@ addresses; this module finds the call's correlation id, encodes (`proxy.hep`) an
   dropped (counted), and the connection is retried in the background with a growing delay.
 
 Correlation id: the A-leg Call-ID for both legs, so the capture server shows the two legs as one call. A
-received message's Call-ID is the one the engine parsed; a sent message's is found in the bytes (one `find` for
-the usual spelling, a regex for the rest). A Call-ID without the engine's B-leg prefix is its own answer; a
+received message's Call-ID is the one the engine parsed; a sent message's comes from its sender (the engine
+notes who made each message it sends, `TransactionLayer.senders`): a call knows its A-leg, a transaction its
+request's Call-ID. Only a message without a known sender has its Call-ID found in the bytes (one `find` for the
+usual spelling, a regex for the rest). A Call-ID without the engine's B-leg prefix is its own answer; a
 B-leg Call-ID is mapped to its A-leg through the engine's own call table, and remembered (a bounded
 two-generation map, refreshed when a call ends) so the messages of a call that just ended still correlate.
 """
@@ -27,15 +29,13 @@ import re
 import socket
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import structlog
 
+from proxy.b2bua import Call
 from proxy.config import HepSettings
 from proxy.hep import HepEncoder
-
-if TYPE_CHECKING:
-    from proxy.b2bua import Call
 
 __all__ = ["HepSender", "call_id_of"]
 
@@ -179,6 +179,15 @@ class HepSender:
         """A received message's correlation: from the Call-ID the engine parsed (`Engine.received_call_id`), or
         from the bytes when it parsed none."""
         return self.correlate(call_id.encode("latin-1"), calls) if call_id else self.correlation(data, calls)
+
+    def sent_correlation(self, data: bytes, sender: object, calls: Mapping[str, tuple[Call, int]]) -> bytes:
+        """A sent message's correlation, from who sent it (`TransactionLayer.senders`): a call's A-leg, or the
+        Call-ID a transaction noted; from the bytes when the sender is not known."""
+        if isinstance(sender, Call):
+            return sender.a.call_id.encode("latin-1")
+        if isinstance(sender, str) and sender:
+            return self.correlate(sender.encode("latin-1"), calls)
+        return self.correlation(data, calls)
 
     def correlate(self, cid: bytes, calls: Mapping[str, tuple[Call, int]]) -> bytes:
         """The A-leg Call-ID of the call whose leg has Call-ID `cid`. A Call-ID without the engine's B-leg prefix

@@ -225,8 +225,8 @@ class Engine(CallHost):
         return self._via_hosts.get(transport) or self._via_hosts["udp"]
 
     # --- I/O boundary -----------------------------------------------------------------------------------------
-    def send(self, data: bytes, target: Target) -> None:
-        self.outbox.append((data, target))
+    def send(self, data: bytes, target: Target, sender: object = None) -> None:
+        self.txns.send(data, target, sender)
 
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()

@@ -361,6 +361,7 @@ class SipServer:
         if hep is not None:
             self.capture = HepSender(hep, self.loop, b_leg_prefix=self.engine.b_leg_call_id_prefix.encode())
             self.engine.call_end_hooks.append(self.capture.call_ended)
+            self.engine.txns.senders = []
             self.capture.start()
         self._housekeeping = self.loop.create_task(self._watch())
 
@@ -665,8 +666,12 @@ class SipServer:
         buffered = capture.buffered
         now = time.time()
         calls = self.engine.calls
-        sent: list[tuple[bytes, Target, tuple[str, int]]] = []
-        for data, target in outbox:
+        # Who sent each message (the call, or the Call-ID its transaction noted), aligned with the outbox unless
+        # something was queued past the transaction layer: then each copy's Call-ID is found in its bytes.
+        senders = self.engine.txns.senders
+        known = senders if senders is not None and len(senders) == len(outbox) else None
+        sent: list[tuple[bytes, Target, tuple[str, int], bytes]] = []
+        for k, (data, target) in enumerate(outbox):
             transport, host, port = target
             if transport == "udp":
                 if private is not None and not data.startswith(b"SIP/2.0 "):
@@ -679,18 +684,19 @@ class SipServer:
                     continue
             else:
                 local = self._send_stream(transport, data, host, port).local
+            corr = capture.sent_correlation(data, known[k] if known is not None else None, calls)
             if buffered:
-                capture.capture(data, _ip_proto(transport), local[0], local[1], host,
-                                port, capture.correlation(data, calls), now)
+                capture.capture(data, _ip_proto(transport), local[0], local[1], host, port, corr, now)
             else:
-                sent.append((data, target, local))
+                sent.append((data, target, local, corr))
+        if senders:
+            senders.clear()
         for data, source, local, corr, at in self._captured:
             capture.capture(data, _ip_proto(source[0]), source[1], source[2], local[0],
                             local[1], corr, at)
         self._captured.clear()
-        for data, target, local in sent:
-            capture.capture(data, _ip_proto(target[0]), local[0], local[1], target[1],
-                            target[2], capture.correlation(data, calls), now)
+        for data, target, local, corr in sent:
+            capture.capture(data, _ip_proto(target[0]), local[0], local[1], target[1], target[2], corr, now)
 
     # --- stream connections ---------------------------------------------------------------------------------------
     def _send_stream(self, scheme: str, data: bytes, host: str, port: int) -> _StreamConnection:

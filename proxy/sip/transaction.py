@@ -213,19 +213,19 @@ class Transaction:
     def _send_response(self, now: float, resp: Response | None, data: bytes | None) -> None:
         assert data is not None
         self.last_response = data
-        self.layer.send(data, self.target)
+        self.layer.send(data, self.target, self)
 
     def _resend_response(self, now: float, resp: Response | None, data: bytes | None) -> None:
         if self.last_response is not None:
-            self.layer.send(self.last_response, self.target)
+            self.layer.send(self.last_response, self.target, self)
 
     def _resend_request(self, now: float, resp: Response | None, data: bytes | None) -> None:
-        self.layer.send(self.request_bytes, self.target)
+        self.layer.send(self.request_bytes, self.target, self)
 
     def _send_ack(self, now: float, resp: Response | None, data: bytes | None) -> None:
         if not self.ack_bytes and resp is not None:
             self.ack_bytes = build_non2xx_ack(self.request, resp).to_bytes()
-        self.layer.send(self.ack_bytes, self.target)
+        self.layer.send(self.ack_bytes, self.target, self)
 
     def _tu_response(self, now: float, resp: Response | None, data: bytes | None) -> None:
         if self.tu is not None and resp is not None:
@@ -335,7 +335,7 @@ def build_non2xx_ack(invite: Request, resp: Response) -> Request:
 class TransactionLayer:
     """Holds every live transaction, matches messages to them and collects the bytes to send."""
 
-    __slots__ = ("clients", "outbox", "queue", "servers", "timers")
+    __slots__ = ("clients", "outbox", "queue", "senders", "servers", "timers")
 
     def __init__(self, timers: TimerConfig, queue: TimerQueue) -> None:
         self.timers = timers
@@ -343,12 +343,22 @@ class TransactionLayer:
         self.servers: dict[tuple[str, str, str], Transaction] = {}
         self.clients: dict[tuple[str, str, str], Transaction] = {}
         self.outbox: list[tuple[bytes, Target]] = []
+        #: Who made each outbox entry, aligned with `outbox`, kept only when set to a list (HEP capture: a copy's
+        #: correlation id comes from its sender, not from its bytes): a transaction's user (the call), else its
+        #: request's Call-ID, noted as it sends (it may let go of both once settled); the sender the engine's
+        #: own sends name (a call, or None).
+        self.senders: list[object] | None = None
 
     def __len__(self) -> int:
         return len(self.servers) + len(self.clients)
 
-    def send(self, data: bytes, target: Target) -> None:
+    def send(self, data: bytes, target: Target, sender: object = None) -> None:
         self.outbox.append((data, target))
+        senders = self.senders
+        if senders is not None:
+            if isinstance(sender, Transaction):
+                sender = sender.tu if sender.tu is not None else sender.request.header("call-id")
+            senders.append(sender)
 
     # --- server side ------------------------------------------------------------------------------------------
     @staticmethod
@@ -405,7 +415,7 @@ class TransactionLayer:
             retransmit, timeout = "E", "F"
         self.clients[key] = txn
         txn.request_bytes = req.to_bytes()
-        self.send(txn.request_bytes, target)
+        self.send(txn.request_bytes, target, txn)
         if not txn.reliable:
             self.queue.start(txn, retransmit, now + self.timers.t1)
         self.queue.start(txn, timeout, now + 64 * self.timers.t1)

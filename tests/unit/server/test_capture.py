@@ -12,7 +12,19 @@ import uvloop
 
 from proxy.capture import CORRELATION_GENERATION, TCP_FLUSH_BYTES, HepSender, call_id_of
 from proxy.config import HepSettings
-from tests.unit.core.sipfake import Harness, b_invite, loopback_config, make_engine, start_call
+from proxy.sip.message import Request, Response
+from tests.unit.core.sipfake import (
+    SDP_B,
+    A,
+    B,
+    Callee,
+    Harness,
+    Outs,
+    b_invite,
+    loopback_config,
+    make_engine,
+    start_call,
+)
 
 
 @pytest.mark.parametrize(("header", "want"), [
@@ -90,6 +102,54 @@ def test_many_calls_each_correlate_to_their_own_a_leg(told_prefix: bool) -> None
             assert sender.correlation(f"ACK sip:x SIP/2.0\r\nCall-ID: {b_id}\r\n\r\n".encode(), calls) == a_id.encode()
             assert sender.correlation(f"ACK sip:x SIP/2.0\r\nCall-ID: {a_id}\r\n\r\n".encode(), calls) == a_id.encode()
     assert len(sender._corr) + len(sender._corr_old) <= 2 * CORRELATION_GENERATION
+
+
+class _Noting(Harness):
+    """A harness whose engine keeps `senders` (as the transport does with `hep:`): each drain checks they are
+    aligned with the outbox and notes (data, sender)."""
+
+    def __init__(self) -> None:
+        super().__init__(make_engine(loopback_config()))
+        self.engine.txns.senders = []
+        self.sent: list[tuple[bytes, object]] = []
+
+    def drain(self) -> Outs:
+        senders = self.engine.txns.senders
+        assert senders is not None and len(senders) == len(self.engine.outbox)
+        self.sent += [(data, who) for (data, _), who in zip(self.engine.outbox, senders, strict=True)]
+        senders.clear()
+        return super().drain()
+
+
+def test_sent_messages_correlate_through_their_sender() -> None:
+    """Every message the engine sends for a call (both legs, each way, retransmissions, the BYE's 200 after the
+    call ended) names who sent it, and that sender gives the A-leg Call-ID without a look at the bytes (a sender
+    finding it in the bytes agrees)."""
+    h = _Noting()
+    sender = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop(),
+                       b_leg_prefix=h.engine.b_leg_call_id_prefix.encode())
+    h.engine.call_end_hooks.append(sender.call_ended)
+    from_bytes = HepSender(HepSettings(address="127.0.0.1:9"), asyncio.new_event_loop())
+    caller, outs = start_call(h)
+    h.feed(caller.invite_bytes, A)  # retransmitted: the 100 again
+    callee = Callee(h, b_invite(outs))
+    h.feed(callee.reply(None, 180), B)
+    a200 = h.feed(callee.reply(None, 200, body=SDP_B), B).to(A).responses(200).one().msg
+    assert isinstance(a200, Response)
+    caller.learn(a200)
+    h.feed(caller.ack(), A)
+    h.feed(callee.reply(None, 200, body=SDP_B), B)  # the 2xx again: our ACK again
+    b_bye = h.feed(caller.request("BYE"), A).to(B).requests("BYE").one().msg
+    assert isinstance(b_bye, Request)
+    h.feed(callee.reply(b_bye, 200), B)  # ends the call: its 200 goes to A
+    assert h.engine.calls == {}
+    a_id = caller.call_id.encode()
+    kinds = [data.split(b"\r\n", 1)[0] for data, _ in h.sent]
+    assert len(h.sent) >= 9, kinds
+    for data, who in h.sent:
+        assert sender.sent_correlation(b"", who, h.engine.calls) == a_id, data[:60]  # b"": not from the bytes
+        assert from_bytes.correlation(data, h.engine.calls) in (a_id, b_bye.call_id.encode())
+    assert sender.sent_correlation(h.sent[0][0], None, h.engine.calls) == a_id  # no sender: from the bytes
 
 
 def _free(kind: int) -> int:
