@@ -833,6 +833,11 @@ def median_cpu(summary: dict[str, Any], pairs: Sequence[tuple[float, float]]) ->
     added = [w - b for w, b in pairs]
     cpu["added_us_per_call"] = round(statistics.median(added), 1)
     cpu["added_us_runs"] = [round(a, 1) for a in added]
+    # The spread, to judge a target near the median with: the standard error of the mean, and each run's added
+    # CPU as a share of its baseline (the host's speed drifts between runs; the share drifts less).
+    cpu["added_us_mean"] = round(statistics.mean(added), 2)
+    cpu["added_us_se"] = round(statistics.stdev(added) / len(added) ** 0.5, 2) if len(added) > 1 else None
+    cpu["added_share_median"] = round(statistics.median((w - b) / b for w, b in pairs if b > 0), 4)
     target = summary["targets"].get("added_cpu_us")
     if target is not None:
         target["value"] = cpu["added_us_per_call"]
@@ -888,6 +893,9 @@ def format_summary(s: dict[str, Any]) -> str:
                  f"µs/call; added {cpu['added_us_per_call']:+.1f} µs/call")
         if "added_us_runs" in cpu:
             line += f" (median of {len(cpu['added_us_runs'])}: {', '.join(f'{a:+.1f}' for a in cpu['added_us_runs'])})"
+            if cpu.get("added_us_se") is not None:
+                line += (f"; mean {cpu['added_us_mean']:+.1f} ± {cpu['added_us_se']:.1f} (s.e.), "
+                         f"{100 * cpu['added_share_median']:.1f} % of the baseline (median)")
     lines += ["", line + f" (replay {cpu['wall_s']:.0f} s wall)"]
     if "policy_path_us_per_call" in cpu:
         lines.append("policy path, µs/call (timed apart): " + ", ".join(
