@@ -47,9 +47,8 @@ def run(calls: int, rate: float, mode: str, tcp_sink: str = "") -> float:
     sender = HepSender(HepSettings(address=address, transport="tcp" if mode == "tcp" else "udp"), loop,
                        b_leg_prefix=engine.b_leg_call_id_prefix.encode())  # as the transport makes it
     if mode != "off":  # as the engine and transport are set up with `hep:` configured
-        engine.keep_call_ids = True
+        engine.note_for_capture()
         engine.call_end_hooks.append(sender.call_ended)
-        engine.txns.senders = []
     senders = engine.txns.senders
     if mode in ("udp", "tcp"):
         sender.start()

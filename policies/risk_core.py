@@ -15,7 +15,7 @@ from typing import Any, Final
 from .context import CONTINUE, CallContext, CallOutcome, Decision
 from .state import Claim, Group, Op, Part, Recent, Tally
 
-__all__ = ["BURST_FIELDS", "FEEDBACK_FIELDS", "GATEWAY_FIELDS", "PER_CALL", "SIGNALS", "RiskCore", "Score", "explain",
+__all__ = ["BURST_FIELDS", "FEEDBACK_FIELDS", "GATEWAY_FIELDS", "PER_CALL", "SIGNALS", "RiskCore", "explain",
            "poisson_surprise", "sweep_share"]
 
 #: The gateway's counters, in the Tally's field order.
@@ -99,8 +99,6 @@ PER_CALL: Final = frozenset({"attest_c", "unsigned", "failed", "neighbor", "firs
 _ABSENT: Final = float("-inf")
 
 KeyGetter = Callable[[CallContext], str | None]
-#: (score 0-100, [(signal, value, points)] of the signals that scored, most points first, gateway, its calls)
-Score = tuple[float, list[tuple[str, float, float]], str, int]
 
 
 def _national(tn: str | None) -> str | None:
@@ -519,16 +517,8 @@ class RiskCore:
         values[_S_NOVEL_NEIGHBOR] = float(first_seen and neighbor)
         return values, gw.name, calls
 
-    def score(self, ctx: CallContext, results: Sequence[Any]) -> Score | None:
-        """The call's score and the signals that made it, None without a gateway. Each signal scores `weight`
-        at `high` and above, nothing at `low` and below, linearly between; the sum is capped at 100."""
-        found = self.values(ctx, results)
-        if found is None:
-            return None
-        values, gw, calls = found
-        return min(100.0, self._total(values)), self._parts(values), gw, calls
-
     def _total(self, values: list[float]) -> float:
+        """The points of every signal (`values` from `values`), before the cap at 100."""
         total = 0.0
         for signal in self.signals:
             value = values[signal.index]

@@ -122,10 +122,12 @@ class Engine(CallHost):
         self.draining = False
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.call_end_hooks: list[Callable[[Call], None]] = []
-        #: HEP capture (`hep:` configured): the Call-ID of the message `receive` last parsed ("" when it parsed
-        #: none) is kept, so the transport's copy of it need not search the bytes again.
-        self.keep_call_ids = config.hep is not None
+        #: HEP capture (`hep:` configured, see `note_for_capture`): the Call-ID of the message `receive` last
+        #: parsed ("" when it parsed none).
+        self.keep_call_ids = False
         self.received_call_id = ""
+        if config.hep is not None:
+            self.note_for_capture()
         self.auth = Authenticator(config)
         #: The loaded policy file (the server loads it, with its data, before traffic; swapped on reload).
         self.policies: PolicySet | None = None
@@ -225,6 +227,12 @@ class Engine(CallHost):
         return self._via_hosts.get(transport) or self._via_hosts["udp"]
 
     # --- I/O boundary -----------------------------------------------------------------------------------------
+    def note_for_capture(self) -> None:
+        """Keep what HEP capture reads so that its copies need not search the bytes: the Call-ID of each received
+        message (`received_call_id`) and who sent each queued one (`txns.senders`)."""
+        self.keep_call_ids = True
+        self.txns.senders = []
+
     def send(self, data: bytes, target: Target, sender: object = None) -> None:
         self.txns.send(data, target, sender)
 

@@ -361,7 +361,6 @@ class SipServer:
         if hep is not None:
             self.capture = HepSender(hep, self.loop, b_leg_prefix=self.engine.b_leg_call_id_prefix.encode())
             self.engine.call_end_hooks.append(self.capture.call_ended)
-            self.engine.txns.senders = []
             self.capture.start()
         self._housekeeping = self.loop.create_task(self._watch())
 

@@ -110,7 +110,7 @@ class _Noting(Harness):
 
     def __init__(self) -> None:
         super().__init__(make_engine(loopback_config()))
-        self.engine.txns.senders = []
+        self.engine.note_for_capture()
         self.sent: list[tuple[bytes, object]] = []
 
     def drain(self) -> Outs:
