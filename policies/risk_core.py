@@ -61,6 +61,21 @@ _CALL_ADDS: Final = tuple(_call_adds(bits) for bits in range(32))
 _END_ADDS: Final = tuple(_end_adds(bits) for bits in range(32))
 _BURST_ADD: Final = (0,)
 _NO_FEEDBACK: Final = (0, 0)
+
+
+def _names(parts: tuple[str, ...], present: int) -> tuple[str, ...]:
+    """The names of the parts whose bit is set in `present`, in order."""
+    return tuple(name for k, name in enumerate(parts) if present >> k & 1)
+
+
+# What a group's parts are filed under in the memory store (policies.state.Group.names): a gateway's counters,
+# short window, feedback and recent destinations; a number's claim, feedback and recent destinations. The first
+# part is always there; the table is indexed by which of the others are (bit 0: the second part, ...).
+_GATEWAY_PARTS: Final = ("calls", "burst", "fb", "rec")
+_GATEWAY_NAMES: Final = tuple(_names(_GATEWAY_PARTS, 1 | bits << 1) for bits in range(8))
+_NUMBER_PARTS: Final = ("seen", "fb", "rec")
+_NUMBER_NAMES: Final = tuple(_names(_NUMBER_PARTS, 1 | bits << 1) for bits in range(4))
+_FEEDBACK_NAMES: Final = (_GATEWAY_PARTS[2],)
 #: Gateways remembered per key kind before the memory starts again (origids and addresses: a few hundred).
 _KNOWN_MAX: Final = 4096
 
@@ -366,20 +381,28 @@ class RiskCore:
         dest = _national(ctx.dest_tn)  # sweeps are judged on NANP numbers
         gateway: list[Part] = [Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets,
                                      -1 if orig is None else _FIRST)]
+        present = 0  # which of the optional parts are there (_GATEWAY_NAMES)
         if orig is not None and self.wants_burst:
             gateway.append(gw.read_burst)
+            present = 1
         if self.wants_reports:
             gateway.append(gw.read_feedback)
+            present |= 2
         if dest is not None and self.wants_sweep:
             gateway.append(Recent(gw.recent, dest, self.sweep_depth, self.window))
+            present |= 4
         if orig is None:
-            return (Group(gw.group, tuple(gateway)),)
+            return (Group(gw.group, tuple(gateway), _GATEWAY_NAMES[present]),)
         number: list[Part] = [Claim(self.seen_prefix + orig, ctx.call_id, self.seen_ttl)]
+        in_number = 0  # (_NUMBER_NAMES)
         if self.wants_reports:
             number.append(Tally(self.tn_feedback_prefix + orig, FEEDBACK_FIELDS, _NO_FEEDBACK, self.feedback_window))
+            in_number = 1
         if dest is not None and self.wants_orig_sweep:
             number.append(Recent(self.orig_recent_prefix + orig, dest, self.sweep_depth, self.window))
-        return (Group(self.number_prefix + orig, tuple(number)), Group(gw.group, tuple(gateway)))
+            in_number |= 2
+        return (Group(self.number_prefix + orig, tuple(number), _NUMBER_NAMES[in_number]),
+                Group(gw.group, tuple(gateway), _GATEWAY_NAMES[present]))
 
     def feedback_ops(self, gateway: str | None, orig_tn: str | None, add: tuple[int, ...]) -> list[Op]:
         """What a feedback label adds (`add`, aligned with FEEDBACK_FIELDS) to a gateway's and a number's
@@ -387,10 +410,12 @@ class RiskCore:
         ops: list[Op] = []
         if gateway is not None:
             ops.append(Group(self.gateway_group_prefix + gateway,
-                             (Tally(self.feedback_prefix + gateway, FEEDBACK_FIELDS, add, self.feedback_window),)))
+                             (Tally(self.feedback_prefix + gateway, FEEDBACK_FIELDS, add, self.feedback_window),),
+                             _FEEDBACK_NAMES))
         if orig_tn is not None:
             ops.append(Group(self.number_prefix + orig_tn,
-                             (Tally(self.tn_feedback_prefix + orig_tn, FEEDBACK_FIELDS, add, self.feedback_window),)))
+                             (Tally(self.tn_feedback_prefix + orig_tn, FEEDBACK_FIELDS, add, self.feedback_window),),
+                             _FEEDBACK_NAMES))
         return ops
 
     def ended(self, ctx: CallContext, outcome: CallOutcome) -> Sequence[Op]:
@@ -424,7 +449,7 @@ class RiskCore:
                 quiet = int(self.burst(g[0], g[1][0], ctx.now) < self.burst_learn_below)
             bits = novel << 2 | int(neighbor) << 3 | quiet << 4
         add = _END_ADDS[int(answered) | short << 1 | bits]
-        return (Group(gw.group, (Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets),)),)
+        return (Group(gw.group, (Tally(gw.tally, GATEWAY_FIELDS, add, self.window, self.buckets),), _GATEWAY_NAMES[0]),)
 
     # --- the score --------------------------------------------------------------------------------------------
     def burst(self, g: tuple[int, ...], recent: int, now: float) -> float:

@@ -119,14 +119,19 @@ class Group(_Value):
     ops as if they were listed one by one, under their own keys: `key` names the bundle in memory only. A
     Claim in a group counts for `add_if_claimed` of the ops after it, as in a flat list. Every op that touches
     one of these keys must come in a Group of the same `key` (the memory store looks for it there only).
-    Result: the list of the ops' results, in order."""
+    `names`, aligned with `ops` when given: what the memory store files the parts under in the entry, in place
+    of the ops' keys. Short constant strings (one op, one name, in every group of that `key`): found by
+    identity, and not kept per entry as the keys' own strings would be (a number's entry is held long, and
+    each object in it is a cache miss on the next call). Redis ignores them. Result: the list of the ops'
+    results, in order."""
 
-    __slots__ = ("key", "ops")
-    _fields = ("key", "ops")
+    __slots__ = ("key", "names", "ops")
+    _fields = ("key", "ops", "names")
 
-    def __init__(self, key: str, ops: tuple[Part, ...]) -> None:
+    def __init__(self, key: str, ops: tuple[Part, ...], names: tuple[str, ...] = ()) -> None:
         self.key: Final = key
         self.ops: Final = ops
+        self.names: Final = names
 
 
 Op = Claim | Window | Tally | Recent | Group
@@ -235,7 +240,7 @@ class _Held(_Entry):
 
 
 class _Group(_Entry):
-    """A group's parts by op key; its span is the longest of theirs."""
+    """A group's parts by name (`Group.names`, else op key); its span is the longest of theirs."""
 
     __slots__ = ("parts",)
 
@@ -388,9 +393,11 @@ class MemoryStore:
             g = groups.entries[group.key] = _Group()
         g.last = now
         parts = g.parts
+        names = group.names
         out: list[Any] = []
-        for op in group.ops:
-            part = parts.get(op.key)
+        for i, op in enumerate(group.ops):
+            name = names[i] if names else op.key
+            part = parts.get(name)
             if part is not None and not part.last + part.span > now:
                 part = None  # expired: as a key gone from Redis
             if isinstance(op, Tally):
@@ -398,7 +405,7 @@ class MemoryStore:
                     if not self._counts(op):
                         out.append(_zeros(len(op.fields)))
                         continue
-                    part = parts[op.key] = _Buckets(len(op.fields), op.buckets, op.span)
+                    part = parts[name] = _Buckets(len(op.fields), op.buckets, op.span)
                     g.span = max(g.span, op.span)
                 part.last = now
                 out.append(self._tally(part, op, now))
@@ -407,19 +414,19 @@ class MemoryStore:
                     self._claimed = False
                     out.append(None if part.value == op.value else part.value)
                     continue
-                parts[op.key] = _Held(op.value, op.ttl, now)
+                parts[name] = _Held(op.value, op.ttl, now)
                 g.span = max(g.span, op.ttl)
                 self._claimed = True
                 out.append(None)
             elif isinstance(op, Window):
                 if not isinstance(part, _Members):
-                    part = parts[op.key] = _Members(op.span)
+                    part = parts[name] = _Members(op.span)
                     g.span = max(g.span, op.span)
                 part.last = now
                 out.append(_add_member(part, op, now))
             else:
                 if not isinstance(part, _Recent) or part.keep != op.keep:
-                    part = parts[op.key] = _Recent(op.keep, op.ttl)
+                    part = parts[name] = _Recent(op.keep, op.ttl)
                     g.span = max(g.span, op.ttl)
                 part.last = now
                 out.append(_push(part, op))

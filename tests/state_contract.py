@@ -86,17 +86,21 @@ def recents(run: Run, ns: str) -> None:
     assert run([Recent(key, "d", 3, 60)], T0 + 3) == [("d", "c", "b")]
 
 
+#: What the memory store files a gateway group's parts under (Group.names; Redis keeps the ops' keys).
+GW_NAMES = ("calls", "burst", "fb", "rec")
+
+
 def groups(run: Run, ns: str) -> None:
     """risk_score's bundles: a number's ops and a gateway's, each as one Group, answer as the same ops listed one
     by one would (a claim in the first bumps a tally in the second); each part keeps its own lifetime, and a
     group's later op (the end of a call, a feedback label) lands in the same counters."""
     def call(number: str, dest: str, at: float) -> list[Any]:
         return run([Group(f"{ns}:n:{number}", (Claim(f"{ns}:seen:{number}", f"call-{at}", 3600),
-                                               Recent(f"{ns}:o:{number}", dest, 3, 600))),
+                                               Recent(f"{ns}:o:{number}", dest, 3, 600)), ("seen", "rec")),
                     Group(f"{ns}:gw", (Tally(f"{ns}:g", ("calls", "first_seen", "ended"), (1, 0, 0), 3600, 12, 1),
                                        Tally(f"{ns}:b", ("first_seen",), (0,), 120, 6, 0),
                                        Tally(f"{ns}:f", ("robocall",), (0,), 7200, 10),
-                                       Recent(f"{ns}:r", dest, 3, 600)))], at)
+                                       Recent(f"{ns}:r", dest, 3, 600)), GW_NAMES)], at)
 
     def tuples(results: list[Any]) -> list[list[Any]]:
         return [[tuple(r) if isinstance(r, list | tuple) else r for r in group] for group in results]
@@ -105,8 +109,9 @@ def groups(run: Run, ns: str) -> None:
     assert tuples(call("2", "b", T0 + 10)) == [[None, ("b",)], [(2, 2, 0), (2,), (0,), ("b", "a")]]
     assert tuples(call("1", "c", T0 + 20)) == [[f"call-{T0}", ("c", "a")], [(3, 2, 0), (2,), (0,), ("c", "b", "a")]]
     # the end of a call and a feedback label, each a group of one op, count where the calls read
-    run([Group(f"{ns}:gw", (Tally(f"{ns}:g", ("calls", "first_seen", "ended"), (0, 0, 1), 3600, 12),))], T0 + 30)
-    run([Group(f"{ns}:gw", (Tally(f"{ns}:f", ("robocall",), (1,), 7200, 10),))], T0 + 40)
+    run([Group(f"{ns}:gw", (Tally(f"{ns}:g", ("calls", "first_seen", "ended"), (0, 0, 1), 3600, 12),), ("calls",))],
+        T0 + 30)
+    run([Group(f"{ns}:gw", (Tally(f"{ns}:f", ("robocall",), (1,), 7200, 10),), ("fb",))], T0 + 40)
     # 200 s on: the short window (120 s) has slid past the first two calls (Redis expires keys on its own
     # clock, so lifetimes are checked on the memory store only: tests/unit/policies/test_state.py)
     assert tuples(call("1", "d", T0 + 200)) == [[f"call-{T0}", ("d", "c", "a")],

@@ -61,6 +61,18 @@ def test_a_groups_parts_keep_their_own_lifetimes() -> None:
     assert len(store) == 1
 
 
+def test_a_groups_parts_are_filed_under_their_names() -> None:
+    """With `names`, the memory store files a group's parts under them, not under the ops' keys (which stay for
+    Redis): a number's entry keeps no key string per part, and a feedback label sent as a group of one op finds
+    the counters a call's group reads."""
+    store = MemoryStore()
+    call = [Group("n:1", (Claim("seen:1", "call-a", 100), Tally("f:1", ("robocall",), (0,), 60)), ("seen", "fb"))]
+    assert store.execute(call, 0.0) == [[None, (0,)]]
+    store.record([Group("n:1", (Tally("f:1", ("robocall",), (1,), 60),), ("fb",))], 1.0)
+    assert store.execute(call, 2.0) == [[None, (1,)]]
+    assert sorted(store._groups.entries["n:1"].parts) == ["fb", "seen"]
+
+
 def test_groups_count_towards_max_keys() -> None:
     store = MemoryStore(max_keys=2)
     for i in range(4):
