@@ -438,6 +438,7 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
             if hep:
                 hep_sink(hep)
             diffs: list[float] = []
+            kernel_diffs: list[float] = []  # of which the kernel's (stime), where the SUT reports it
             for k in range(args.pairs):
                 relay_first = k % 2 == 0
                 order = f"relay then {m}" if relay_first else f"{m} then relay"
@@ -448,11 +449,16 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
                     b, a = sw.run(rate), base.run(rate)
                 if a.clean and b.clean and a.cpu_us_per_call and b.cpu_us_per_call:
                     diffs.append(b.cpu_us_per_call - a.cpu_us_per_call)
+                    ka, kb = a.sut_cpu_parts_s.get("kernel"), b.sut_cpu_parts_s.get("kernel")
+                    if ka is not None and kb is not None:
+                        kernel_diffs.append(1e6 * (kb / b.successful - ka / a.successful))
             va, vb = cpu_at(base, rate), cpu_at(sw, rate)
             added.setdefault(m, {})[name] = {
                 "rate_cps": rate,
                 "paired_median_us": round(statistics.median(diffs), 1) if diffs else None,
                 "pairs_us": [round(d, 1) for d in diffs],
+                "paired_median_kernel_us": round(statistics.median(kernel_diffs), 1) if kernel_diffs else None,
+                "pairs_kernel_us": [round(d, 1) for d in kernel_diffs],
                 "all_steps_median_us": round(vb - va, 1) if va is not None and vb is not None else None,
             }
     if added:
@@ -469,6 +475,8 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
                 print(f"  {m} {name} at {e['rate_cps']:.0f} cps{share}: back-to-back pairs "
                       f"{'n/a' if pm is None else f'{pm:+.0f} µs'} ({', '.join(f'{d:+.0f}' for d in e['pairs_us'])}); "
                       f"medians of every clean step {'n/a' if am is None else f'{am:+.0f} µs'}")
+                if e["paired_median_kernel_us"] is not None:
+                    print(f"    of which in the kernel (stime): paired median {e['paired_median_kernel_us']:+.1f} µs")
     return added
 
 

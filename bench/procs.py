@@ -12,8 +12,8 @@ from dataclasses import dataclass
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _read_stat(pid: int) -> tuple[int, float] | None:
-    """(ppid, utime+stime in seconds) of one process, or None when it is gone."""
+def _read_stat(pid: int) -> tuple[int, float, float] | None:
+    """(ppid, utime+stime, stime in seconds) of one process, or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -23,7 +23,7 @@ def _read_stat(pid: int) -> tuple[int, float] | None:
     rest = data[data.rindex(b")") + 2 :].split()
     ppid = int(rest[1])
     utime, stime = int(rest[11]), int(rest[12])
-    return ppid, (utime + stime) / CLK_TCK
+    return ppid, (utime + stime) / CLK_TCK, stime / CLK_TCK
 
 
 def descendants(root: int) -> set[int]:
@@ -47,15 +47,23 @@ def descendants(root: int) -> set[int]:
 
 def tree_cpu(root: int, known: set[int] | None = None) -> tuple[float, set[int]]:
     """Summed utime+stime (s) of `root`'s process tree (plus any PID in `known` still alive)."""
+    total, _, alive = tree_cpu_split(root, known)
+    return total, alive
+
+
+def tree_cpu_split(root: int, known: set[int] | None = None) -> tuple[float, float, set[int]]:
+    """As `tree_cpu`, with the stime (s) of that total apart: the kernel's share (syscalls, and on loopback the
+    receiving side's network processing, which the sender pays for)."""
     pids = descendants(root) | (known or set())
-    total = 0.0
+    total = kernel = 0.0
     alive = set()
     for pid in pids:
         st = _read_stat(pid)
         if st is not None:
             total += st[1]
+            kernel += st[2]
             alive.add(pid)
-    return total, alive
+    return total, kernel, alive
 
 
 def system_busy() -> tuple[float, float]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from .modes import ATTEST_PREFIX, MODES, Mode, Pki
-from .procs import Addr, stop_process, tree_cpu, udp_bound
+from .procs import Addr, stop_process, tree_cpu_split, udp_bound
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -117,11 +117,11 @@ class SUT:
 
     # --- common ---------------------------------------------------------------------------------------
     def cpu_sample(self) -> tuple[float, dict[str, float]]:
-        """CPU seconds (utime + stime) the SUT's processes used so far, and those of its parts when it has
-        several (none here: one process tree). Processes seen at the first sample of a step stay counted while
-        they live, even if they leave the tree."""
-        total, self._cpu_known = tree_cpu(self.pid, self._cpu_known)
-        return total, {}
+        """CPU seconds (utime + stime) the SUT's processes used so far, and its parts: here `kernel`, the stime
+        of that total (one process tree). Processes seen at the first sample of a step stay counted while they
+        live, even if they leave the tree."""
+        total, kernel, self._cpu_known = tree_cpu_split(self.pid, self._cpu_known)
+        return total, {"kernel": kernel}
 
     def start(self, stepdir: Path, ready_timeout: float = 20.0) -> None:
         self.step_uacs = None
