@@ -439,6 +439,7 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
                 hep_sink(hep)
             diffs: list[float] = []
             kernel_diffs: list[float] = []  # of which the kernel's (stime), where the SUT reports it
+            shares: list[float] = []  # each pair's difference as a % of its own relay step
             for k in range(args.pairs):
                 relay_first = k % 2 == 0
                 order = f"relay then {m}" if relay_first else f"{m} then relay"
@@ -449,6 +450,7 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
                     b, a = sw.run(rate), base.run(rate)
                 if a.clean and b.clean and a.cpu_us_per_call and b.cpu_us_per_call:
                     diffs.append(b.cpu_us_per_call - a.cpu_us_per_call)
+                    shares.append(100 * (b.cpu_us_per_call / a.cpu_us_per_call - 1))
                     ka, kb = a.sut_cpu_parts_s.get("kernel"), b.sut_cpu_parts_s.get("kernel")
                     if ka is not None and kb is not None:
                         kernel_diffs.append(1e6 * (kb / b.successful - ka / a.successful))
@@ -457,6 +459,12 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
                 "rate_cps": rate,
                 "paired_median_us": round(statistics.median(diffs), 1) if diffs else None,
                 "pairs_us": [round(d, 1) for d in diffs],
+                # the relay's speed drifts between pairs: each pair against its own relay, with the spread of the
+                # mean (the figure to judge a target near it with)
+                "pairs_pct_of_relay": [round(x, 1) for x in shares],
+                "pct_of_relay_mean": round(statistics.mean(shares), 1) if shares else None,
+                "pct_of_relay_se": round(statistics.stdev(shares) / len(shares) ** 0.5, 1) if len(shares) > 1
+                else None,
                 "paired_median_kernel_us": round(statistics.median(kernel_diffs), 1) if kernel_diffs else None,
                 "pairs_kernel_us": [round(d, 1) for d in kernel_diffs],
                 "all_steps_median_us": round(vb - va, 1) if va is not None and vb is not None else None,
@@ -475,6 +483,10 @@ def added_over_relay(all_sweeps: dict[str, dict[str, Sweep]], args: argparse.Nam
                 print(f"  {m} {name} at {e['rate_cps']:.0f} cps{share}: back-to-back pairs "
                       f"{'n/a' if pm is None else f'{pm:+.0f} µs'} ({', '.join(f'{d:+.0f}' for d in e['pairs_us'])}); "
                       f"medians of every clean step {'n/a' if am is None else f'{am:+.0f} µs'}")
+                if e["pct_of_relay_se"] is not None:
+                    share_median = statistics.median(e["pairs_pct_of_relay"])
+                    print(f"    each pair against its own relay: median {share_median:+.1f} %, "
+                          f"mean {e['pct_of_relay_mean']:+.1f} % (± {e['pct_of_relay_se']:.1f} % s.e.)")
                 if e["paired_median_kernel_us"] is not None:
                     print(f"    of which in the kernel (stime): paired median {e['paired_median_kernel_us']:+.1f} µs")
     return added

@@ -71,11 +71,13 @@ def _names(parts: tuple[str, ...], present: int) -> tuple[str, ...]:
 # What a group's parts are filed under in the memory store (policies.state.Group.names): a gateway's counters,
 # short window, feedback and recent destinations; a number's claim, feedback and recent destinations. The first
 # part is always there; the table is indexed by which of the others are (bit 0: the second part, ...).
-_GATEWAY_PARTS: Final = ("calls", "burst", "fb", "rec")
+# A feedback label lands under the same name in either (`feedback_ops`).
+_FEEDBACK_PART: Final = "fb"
+_GATEWAY_PARTS: Final = ("calls", "burst", _FEEDBACK_PART, "rec")
 _GATEWAY_NAMES: Final = tuple(_names(_GATEWAY_PARTS, 1 | bits << 1) for bits in range(8))
-_NUMBER_PARTS: Final = ("seen", "fb", "rec")
+_NUMBER_PARTS: Final = ("seen", _FEEDBACK_PART, "rec")
 _NUMBER_NAMES: Final = tuple(_names(_NUMBER_PARTS, 1 | bits << 1) for bits in range(4))
-_FEEDBACK_NAMES: Final = (_GATEWAY_PARTS[2],)
+_FEEDBACK_NAMES: Final = (_FEEDBACK_PART,)
 #: Gateways remembered per key kind before the memory starts again (origids and addresses: a few hundred).
 _KNOWN_MAX: Final = 4096
 
