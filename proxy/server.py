@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -80,7 +80,9 @@ def tune_gc() -> None:
     cyclic GC only costs time: every young collection walks the transactions that must linger for their
     RFC 3261 timers (measured: 7 % of the engine's CPU per call), and older collections stall the loop for a
     large fraction of a second under load. So start-up objects are frozen out of it and automatic collection is
-    off; `_full_gc` collects whatever cycles did form (x5u fetches, API requests) every `gc_full_interval`."""
+    off; `_full_gc` collects whatever cycles do form (aiohttp's answers to unknown or malformed API requests; a
+    failed fetch's exception chain is cut where it is caught), from every `gc_full_interval` to every
+    `gc_full_max_interval` as its passes find nothing."""
     gc.collect()
     gc.freeze()
     gc.disable()
@@ -93,12 +95,27 @@ async def _flush_logs(interval: float = 0.25) -> None:
         sink.flush()
 
 
-async def _full_gc(interval: float) -> None:
-    while interval > 0:
-        await asyncio.sleep(interval)
+#: A full pass that finds at most this many unreachable objects counts as clean (a few failed requests' worth).
+GC_CLEAN_PASS: Final = 1000
+
+
+def next_gc_wait(wait: float, found: int, base: float, cap: float) -> float:
+    """The wait before the next full GC pass, after one that waited `wait` and found `found` objects: back to
+    `base` when it found garbage, else doubled, up to `cap` (never below `base`)."""
+    if found > GC_CLEAN_PASS:
+        return base
+    return min(max(cap, base), wait * 2.0)
+
+
+async def _full_gc(base: float, cap: float) -> None:
+    wait = base
+    while wait > 0:
+        await asyncio.sleep(wait)
         t = time.perf_counter()
         found = gc.collect()
-        log.info("gc_full", unreachable=found, ms=round((time.perf_counter() - t) * 1000, 1))
+        ms = round((time.perf_counter() - t) * 1000, 1)
+        wait = next_gc_wait(wait, found, base, cap)
+        log.info("gc_full", unreachable=found, ms=ms, next_s=wait)
 
 
 def _call_logger() -> Callable[[Call], None]:
@@ -364,7 +381,7 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
             log.error("sti_api_unavailable", listen=config.sti_api.listen, error=str(exc))
     tune_gc()
     background = [
-        loop.create_task(_full_gc(config.sip.gc_full_interval)),
+        loop.create_task(_full_gc(config.sip.gc_full_interval, config.sip.gc_full_max_interval)),
         loop.create_task(_flush_logs()),
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
         loop.create_task(_refresh_trust_list(engine)),

@@ -381,6 +381,28 @@ def test_uas_answering_directly_several_calls(stirgate: harness.Stirgate, tmp_pa
     assert len({m.header("Call-ID") for m in callee.requests("INVITE")}) == calls
 
 
+def test_calls_leave_nothing_for_the_gc_pass(stirgate_factory: StirgateFactory, tmp_path: Path) -> None:
+    """stirgate runs with the automatic cyclic GC off and a periodic full pass (proxy.server): calls must leave it
+    nothing to find, and a pass that finds nothing doubles the wait for the next, up to gc_full_max_interval."""
+    sg = stirgate_factory(sip={**QUICK_TIMERS, "gc_full_interval": 0.5, "gc_full_max_interval": 1.0})
+
+    def passes() -> list[dict[str, object]]:
+        return [e for e in sg.log_events() if e.get("event") == "gc_full"]
+
+    harness.wait_until(lambda: len(passes()) >= 1, "a first GC pass (start-up's leftovers)", attempts=500)
+    before = len(passes())
+    caller, callee = run_pair(
+        uas(tmp_path, "uas_answer.xml", calls=20),
+        uac(tmp_path, "uac_basic.xml", calls=20, extra=("-r", "20", "-l", "10")),
+    )
+    assert_passed(caller, callee, calls=20)
+    ended = len(passes())
+    harness.wait_until(lambda: len(passes()) >= ended + 2, "two GC passes after the calls", attempts=500)
+    found = [e["unreachable"] for e in passes()[before:]]
+    assert found and all(n == 0 for n in found), found
+    assert passes()[-1]["next_s"] == 1.0  # clean: doubled from 0.5, held at the cap
+
+
 # ----------------------------------------------------------------------------------------------- the scenarios
 DIRECT_PAIRS = [
     ("uas_basic.xml", "uac_basic.xml", ()),

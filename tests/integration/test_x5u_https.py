@@ -7,12 +7,14 @@ fake so max-age is tested without sleeping.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from proxy.stir.fetcher import CertFetcher, FetchSettings
@@ -20,6 +22,7 @@ from proxy.stir.signer import Signer, SigningProfile
 from proxy.stir.verifier import VERSTAT_FAILED, VERSTAT_PASSED, Verifier, VerifierSettings
 from proxy.stir.x5u import X5uPolicy
 from proxy.stir.x5u_server import REQUESTS, make_app, server_ssl_context
+from tests.services import free_tcp_port
 from tests.unit.stir.helpers import DEST, ORIG, ORIGID, Pki, make_pki
 
 pytestmark = pytest.mark.integration
@@ -310,3 +313,45 @@ def test_x5u_server_app_serves_certs_not_keys(pki: Pki) -> None:
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+
+@pytest.mark.parametrize("failure", ["refused", "closed", "untrusted"])
+def test_failed_fetches_leave_no_reference_cycles(pki: Pki, failure: str) -> None:
+    """stirgate runs with the automatic cyclic GC off: a failed fetch must not leave garbage that only the
+    periodic full pass could free (an exception chain whose frames refer back to it). Run as stirgate runs
+    (uvloop), against servers that make no garbage of their own in this process (plain accept-and-close)."""
+    async def main() -> None:
+        server: asyncio.Server | None = None
+        settings = FetchSettings(failure_ttl=0, ca_file=str(pki.directory / "ca.pem"))
+        if failure == "refused":
+            port = free_tcp_port()
+        else:
+            def close(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                writer.close()
+
+            # "closed": the connection ends before TLS; "untrusted": the handshake fails on our side
+            server = await asyncio.start_server(close, "127.0.0.1", 0,
+                                                ssl=_server_ssl(pki) if failure == "untrusted" else None)
+            port = server.sockets[0].getsockname()[1]
+            if failure == "untrusted":
+                settings = FetchSettings(failure_ttl=0)  # no test CA for TLS
+        fetcher = CertFetcher(pki.trust, LOOPBACK, settings)
+        url = f"https://127.0.0.1:{port}/sp.pem"
+        try:
+            await fetcher.get(url)  # the session, its connector and the like, made once
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(20):
+                    entry = await fetcher.get(url)
+                    assert [f.check for f in entry.failures] == ["x5u-unreachable"]
+                assert gc.collect() == 0
+            finally:
+                gc.enable()
+        finally:
+            await fetcher.close()
+            if server is not None:
+                server.close()
+
+    uvloop.run(main())

@@ -217,3 +217,11 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_empty_file_gives_defaults() -> None:
     cfg = load_config_text("", "empty.yaml")
     assert cfg.trunks == () and cfg.unknown_source == "reject"
+
+
+def test_gc_pass_intervals() -> None:
+    cfg = load_config_text(mutate("  t1: 0.5", "  t1: 0.5\n  gc_full_interval: 300\n  gc_full_max_interval: 3600"),
+                           "x.yaml")
+    assert (cfg.sip.gc_full_interval, cfg.sip.gc_full_max_interval) == (300, 3600)
+    check(err(mutate("  t1: 0.5", "  t1: 0.5\n  gc_full_max_interval: -1")), "stirgate.yaml", 6,
+          "sip.gc_full_max_interval")
