@@ -9,7 +9,7 @@ Leg 0 is A (the caller's side), leg 1 is B (the trunk the call was routed to).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -266,7 +266,8 @@ class Leg:
         self.remote_na = remote_na
         self.remote_tag = remote_tag
         self.remote_target = remote_na.uri
-        self.route_set: list[str] = []
+        #: Fixed when the dialog is set up (RFC 3261 12.1); a tuple, so an empty one is shared and not tracked.
+        self.route_set: tuple[str, ...] = ()
         self.local_cseq = 0
         self.invite_cseq = 0
         self.learned: tuple[str | None, list[str]] | None = None
@@ -327,7 +328,7 @@ class Leg:
         if contact is not None:
             self.remote_target = contact.uri
         if rr:
-            self.route_set = list(reversed(rr)) if route_reversed else rr
+            self.route_set = tuple(reversed(rr)) if route_reversed else tuple(rr)
         if self.route_set:
             self.target = _first_hop(self.route_set[0], self.transport, self.target)
         else:
@@ -485,10 +486,11 @@ class Call:
         self.judging: tuple[Chain, CallContext, StateRequest] | None = None
         #: (policy, mode, action, note) per chain entry, for the call record: the note says which rule fired
         #: with what value.
-        self.decisions: list[tuple[str, str, str, str]] = []
+        self.decisions: Sequence[tuple[str, str, str, str]] = ()
         #: Relayed re-INVITE client transactions: an INVITE in Proceeding has no timer of its own (RFC 3261
         #: 17.1.1), so when the call ends the ones still open are answered and dropped here.
-        self.reinvites: list[Transaction] = []
+        #: (None until the first: a dialog holds as few GC-tracked objects as it can, see docs/RELIABILITY.md.)
+        self.reinvites: list[Transaction] | None = None
         #: Header changes the policies asked for on the B-leg INVITE.
         self.tags: Decision | None = None
         # Kept for the call record (the INVITE itself is freed at answer).
@@ -505,7 +507,7 @@ class Call:
         self.a.invite_cseq = invite.cseq[0]
         record_route = invite.values("record-route")
         if record_route:
-            self.a.route_set = record_route
+            self.a.route_set = tuple(record_route)
             self.a.target = _first_hop(record_route[0], self.a.transport, self.a.target)
         self.b: Leg | None = None
 
@@ -877,7 +879,10 @@ class Call:
         client.peer = txn
         txn.peer = client
         if req.method == "INVITE":
-            self.reinvites.append(client)
+            if self.reinvites is None:
+                self.reinvites = [client]
+            else:
+                self.reinvites.append(client)
         if req.method == "INVITE":
             host.txns.respond(txn, host.make_response(req, 100, "Trying", None), now)
 
@@ -944,14 +949,14 @@ class Call:
         a_invite = self.a_invite
         if a_invite is not None and a_invite.state == PROCEEDING:
             self._answer_a(487, "Request Terminated", now)
-        for client in self.reinvites:
+        for client in self.reinvites or ():
             if client.state in (TXN_CALLING, PROCEEDING):
                 peer = client.peer
                 if peer is not None and peer.state == PROCEEDING:
                     self.host.txns.respond(peer, self.host.make_response(peer.request, 487, "Request Terminated",
                                                                              None), now)
                 client.terminate()
-        self.reinvites = []
+        self.reinvites = None
         # Break the call <-> transaction links so the call is freed by reference counting, not the GC.
         for txn in (self.a_invite, self.b_invite):
             if txn is not None:

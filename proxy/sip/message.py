@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import Final
 
 from proxy.sip.grammar import (
     NameAddr,
@@ -409,6 +410,11 @@ def _fast_tag(value: str) -> str | bool | None:
     return tag
 
 
+#: A skeleton's headers: one list for them all (never added to: a lingering transaction only reads its
+#: request's start line and CSeq), so a dialog's two skeletons hold no list of their own for the GC to walk.
+_NO_HEADERS: Final[list[Header]] = []
+
+
 class Request(Message):
     __slots__ = ("_ruri", "method", "uri")
 
@@ -430,7 +436,7 @@ class Request(Message):
         A finished transaction lives on for up to 64*T1 to absorb retransmissions; holding every header
         object that long made the cyclic GC walk millions of them under load.
         """
-        copy = Request(self.method, self.uri, [])
+        copy = Request(self.method, self.uri, _NO_HEADERS)
         copy._cseq = self.cseq
         return copy
 
