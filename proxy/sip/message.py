@@ -202,6 +202,8 @@ class Message:
     def add_header(self, name: str, value: str, first: bool = False) -> None:
         key = canonical_name(name)
         h = Header.make(key, value)
+        if self.headers is _NO_HEADERS:  # a skeleton's shared list is never added to: it gets its own
+            self.headers = []
         if first:
             self.headers.insert(0, h)
         else:
@@ -410,8 +412,9 @@ def _fast_tag(value: str) -> str | bool | None:
     return tag
 
 
-#: A skeleton's headers: one list for them all (never added to: a lingering transaction only reads its
-#: request's start line and CSeq), so a dialog's two skeletons hold no list of their own for the GC to walk.
+#: A skeleton's headers: one list for them all (a lingering transaction only reads its request's start line and
+#: CSeq; `add_header` gives a skeleton a list of its own first), so a dialog's two skeletons hold no list of
+#: their own for the GC to walk.
 _NO_HEADERS: Final[list[Header]] = []
 
 

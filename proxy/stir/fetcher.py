@@ -118,13 +118,17 @@ def forget_frames(exc: BaseException) -> None:
     locals: what makes an exception chain a reference cycle (a frame's local names the exception whose
     traceback holds that frame)."""
     seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
         seen.add(id(e))
         if e.__traceback__ is not None:
-            traceback.clear_frames(e.__traceback__)
+            traceback.clear_frames(e.__traceback__)  # (the frame still running, the handler's, is left alone)
             e.__traceback__ = None
-        e = e.__cause__ or e.__context__
+        todo.append(e.__cause__)
+        todo.append(e.__context__)
 
 
 T = TypeVar("T")
@@ -205,6 +209,7 @@ class HttpGetter:
             forget_frames(exc)
             del exc
             raise
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
