@@ -370,3 +370,14 @@ def test_frame_size_limits() -> None:
     with pytest.raises(ParseError):
         frame_stream(bytearray(b"INVITE sip:x@h SIP/2.0\r\nX: " + b"a" * 200), 100)
     assert frame_stream(bytearray(MSG1), len(MSG1)) == [MSG1]
+
+
+def test_skeletons_share_no_header_they_are_given() -> None:
+    req = parse(b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.10:5060;branch=z9hG4bK1\r\n"
+                b"From: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\nCall-ID: c1\r\n"
+                b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    assert isinstance(req, Request)
+    one, two = req.skeleton(), req.skeleton()
+    assert (one.method, one.cseq, one.headers) == ("INVITE", (1, "INVITE"), [])
+    one.add_header("X-Probe", "1")
+    assert one.header("x-probe") == "1" and two.headers == [] and req.skeleton().headers == []
