@@ -35,6 +35,8 @@ __all__ = [
 FORWARD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                           2.5, 5.0)
 FETCH_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: A full GC pass stalls the loop ~20 ms per 1,000 established dialogs (docs/RELIABILITY.md).
+GC_BUCKETS: Final = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 #: Engine counters exported as stirgate_sip_events_total{event=...}; the gauges are named on their own.
 _GAUGES: Final = frozenset({"active_calls", "transactions", "x5u_http_requests", "state_waiting", "receive_queue",
@@ -125,6 +127,9 @@ class Metrics:
         self.api_requests: dict[tuple[str, str], int] = {}
         self.forward_delay = Histo(FORWARD_BUCKETS)
         self.x5u_fetch = Histo(FETCH_BUCKETS)
+        #: The periodic full GC passes (proxy.server): how long each held the loop, and what they found.
+        self.gc_pass = Histo(GC_BUCKETS)
+        self.gc_unreachable = 0
         self.engine_stats: Callable[[], Mapping[str, float]] | None = None
         #: The engine's per-trunk gates (proxy.admission): offered INVITEs, calls taken, INVITEs shed by reason.
         self.trunk_gates: Callable[[], Sequence[Gate]] | None = None
@@ -176,6 +181,11 @@ class Metrics:
         """One x5u certificate fetch (the transport's `_fetch_certs`)."""
         self.x5u_fetch.observe(seconds)
 
+    def observe_gc_pass(self, seconds: float, found: int) -> None:
+        """One full GC pass: `seconds` the loop waited for it, `found` unreachable objects it freed."""
+        self.gc_pass.observe(seconds)
+        self.gc_unreachable += found
+
     # --- scrape ---------------------------------------------------------------------------------------------------
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -213,6 +223,9 @@ class _Collector(Collector):
         yield CounterMetricFamily("stirgate_x5u_cache_misses", "Verified calls that waited for an x5u fetch",
                                   value=m.x5u_misses)
         yield m.x5u_fetch.family("stirgate_x5u_fetch_seconds", "x5u certificate fetch time")
+        yield m.gc_pass.family("stirgate_gc_pass_seconds", "Full cyclic-GC passes: how long each held the event loop")
+        yield CounterMetricFamily("stirgate_gc_unreachable", "Objects the full GC passes found unreachable "
+                                  "(reference cycles: garbage only they free)", value=m.gc_unreachable)
         yield m.forward_delay.family("stirgate_invite_forward_delay_seconds",
                                      "Delay stirgate adds between an INVITE in and its B-leg INVITE out")
         if m.trunk_gates is not None:

@@ -107,15 +107,16 @@ def next_gc_wait(wait: float, found: int, base: float, cap: float) -> float:
     return min(max(cap, base), wait * 2.0)
 
 
-async def _full_gc(base: float, cap: float) -> None:
+async def _full_gc(base: float, cap: float, metrics: Metrics) -> None:
     wait = base
     while wait > 0:
         await asyncio.sleep(wait)
         t = time.perf_counter()
         found = gc.collect()
-        ms = round((time.perf_counter() - t) * 1000, 1)
+        seconds = time.perf_counter() - t
+        metrics.observe_gc_pass(seconds, found)
         wait = next_gc_wait(wait, found, base, cap)
-        log.info("gc_full", unreachable=found, ms=ms, next_s=wait)
+        log.info("gc_full", unreachable=found, ms=round(seconds * 1000, 1), next_s=wait)
 
 
 def _call_logger() -> Callable[[Call], None]:
@@ -381,7 +382,7 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
             log.error("sti_api_unavailable", listen=config.sti_api.listen, error=str(exc))
     tune_gc()
     background = [
-        loop.create_task(_full_gc(config.sip.gc_full_interval, config.sip.gc_full_max_interval)),
+        loop.create_task(_full_gc(config.sip.gc_full_interval, config.sip.gc_full_max_interval, metrics)),
         loop.create_task(_flush_logs()),
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
         loop.create_task(_refresh_trust_list(engine)),

@@ -9,9 +9,12 @@ checks inside the scenarios. The tests then read SIPp's message traces for what 
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration import harness
 from tests.integration.conftest import QUICK_TIMERS, StirgateFactory
@@ -401,6 +404,13 @@ def test_calls_leave_nothing_for_the_gc_pass(stirgate_factory: StirgateFactory, 
     found = [e["unreachable"] for e in passes()[before:]]
     assert found and all(n == 0 for n in found), found
     assert passes()[-1]["next_s"] == 1.0  # clean: doubled from 0.5, held at the cap
+    logged = passes()
+    cfg = yaml.safe_load(sg.config.read_text())
+    with urllib.request.urlopen(f"http://{cfg['api']['listen']}/metrics", timeout=5) as resp:
+        samples = {s.name: s.value for fam in text_string_to_metric_families(resp.read().decode())
+                   for s in fam.samples if not s.labels}
+    assert samples["stirgate_gc_pass_seconds_count"] >= len(logged) >= 3
+    assert samples["stirgate_gc_unreachable_total"] == sum(e["unreachable"] for e in logged)  # later ones find 0
 
 
 # ----------------------------------------------------------------------------------------------- the scenarios

@@ -75,3 +75,14 @@ def test_outcomes_and_engine_snapshot() -> None:
     snap = engine_snapshot(h.engine)
     assert snap["invites"] == 2 and snap["calls_ended"] == 2 and snap["active_calls"] == 0
     assert "transactions" in snap
+
+
+def test_gc_passes_are_exported() -> None:
+    m = Metrics(process_metrics=False)
+    m.observe_gc_pass(0.004, 0)
+    m.observe_gc_pass(0.7, 25)
+    got = _samples(m)
+    assert got[("stirgate_gc_pass_seconds_count", ())] == 2
+    assert got[("stirgate_gc_pass_seconds_bucket", (("le", "0.01"),))] == 1
+    assert got[("stirgate_gc_pass_seconds_bucket", (("le", "1.0"),))] == 2
+    assert got[("stirgate_gc_unreachable_total", ())] == 25
