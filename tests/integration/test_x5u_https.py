@@ -315,7 +315,6 @@ def test_x5u_server_app_serves_certs_not_keys(pki: Pki) -> None:
     asyncio.run(main())
 
 
-
 @pytest.mark.parametrize("failure", ["refused", "closed", "untrusted"])
 def test_failed_fetches_leave_no_reference_cycles(pki: Pki, failure: str) -> None:
     """stirgate runs with the automatic cyclic GC off: a failed fetch must not leave garbage that only the
@@ -323,19 +322,19 @@ def test_failed_fetches_leave_no_reference_cycles(pki: Pki, failure: str) -> Non
     (uvloop), against servers that make no garbage of their own in this process (plain accept-and-close)."""
     async def main() -> None:
         server: asyncio.Server | None = None
-        settings = FetchSettings(failure_ttl=0, ca_file=str(pki.directory / "ca.pem"))
+        # "untrusted": no test CA for TLS, so the handshake fails on our side
+        ca = None if failure == "untrusted" else str(pki.directory / "ca.pem")
+        settings = FetchSettings(failure_ttl=0, ca_file=ca)
         if failure == "refused":
             port = free_tcp_port()
         else:
             def close(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 writer.close()
 
-            # "closed": the connection ends before TLS; "untrusted": the handshake fails on our side
+            # "closed": the connection ends before TLS
             server = await asyncio.start_server(close, "127.0.0.1", 0,
                                                 ssl=_server_ssl(pki) if failure == "untrusted" else None)
             port = server.sockets[0].getsockname()[1]
-            if failure == "untrusted":
-                settings = FetchSettings(failure_ttl=0)  # no test CA for TLS
         fetcher = CertFetcher(pki.trust, LOOPBACK, settings)
         url = f"https://127.0.0.1:{port}/sp.pem"
         try:
