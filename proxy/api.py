@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from proxy.campaigns import campaigns
 from proxy.config import ApiSettings, RecordsSettings
 from proxy.feedback import LABELS
+from proxy.http_answers import plain_http_errors
 from proxy.metrics import Metrics
 from proxy.records import CallRecord, RecordsError, WriterBase
 from proxy.recordstore import ReaderPool, Source, find_call, traceback
@@ -197,7 +198,7 @@ def build_app(metrics: Metrics, db: str | RecordsSettings | None, *, writer: Wri
               extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
     """`db`: the SQLite path, or the `records:` settings (their backend decides); None: no records.
     `extra_routes` adds more endpoints (the ATIS-1000082 API when it has no listener of its own)."""
-    app = web.Application()
+    app = web.Application(middlewares=[plain_http_errors])
     app[_METRICS_KEY] = metrics
     app[_DB_KEY] = db or ""
     pool = ReaderPool(db) if isinstance(db, RecordsSettings) and db.backend == "postgresql" else None

@@ -402,8 +402,11 @@ class StateSettings(_Base, frozen=True):
 
 class LoggingSettings(_Base, frozen=True):
     level: LogLevel = "info"
-    #: Per component (`call`, `transport`, `records`, `server`), overriding `level`: e.g. {call: warning}.
-    components: dict[Literal["call", "transport", "records", "server"], LogLevel] = {}
+    #: Per component, overriding `level`: e.g. {call: warning} (docs/RECORDS.md, "Logs": `policies` and `api`
+    #: are the standard library's records of the policy chain and of aiohttp; `redis` and `psycopg` those
+    #: libraries').
+    components: dict[Literal["call", "transport", "records", "server", "policies", "api", "redis", "psycopg"],
+                     LogLevel] = {}
 
 
 class RecordsSettings(_Base, frozen=True):

@@ -15,7 +15,7 @@ from typing import Any, Final
 import structlog
 
 from policies.loader import PolicySet, load_policies
-from proxy import compiled
+from proxy import compiled, logbridge
 from proxy.api import start_api
 from proxy.b2bua import Call
 from proxy.config import Config, ConfigError, load_config
@@ -43,7 +43,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def configure_logging(level: str, components: Mapping[str, str] | None = None) -> None:
     """JSON lines on stderr; `components` raise or lower the level of one part (the `component` key each
-    module's logger binds), so a carrier can silence the per-call lines and keep the rest."""
+    module's logger binds), so a carrier can silence the per-call lines and keep the rest. The standard
+    library's loggers (aiohttp, asyncio, the policy chain's) write the same lines (`proxy.logbridge`)."""
     levels = {name: _LEVELS[lvl] for name, lvl in (components or {}).items()}
     floor = min([_LEVELS[level], *levels.values()])
     default = _LEVELS[level]
@@ -67,6 +68,7 @@ def configure_logging(level: str, components: Mapping[str, str] | None = None) -
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
+    logbridge.install(floor)
 
 
 #: Whether the per-call lines (component "call", level info) are wanted: set by `configure_logging`.

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from proxy.config import StiApiSettings, StiClient, client_token
 from proxy.engine import Engine
+from proxy.http_answers import plain_http_errors
 from proxy.metrics import Metrics
 from proxy.records import CallRecord, WriterBase
 from proxy.service import NumbersVerdict, verify_numbers
@@ -314,7 +315,7 @@ async def start_sti_api(api: StiApi, *, reuse_port: bool = False) -> web.AppRunn
     settings = api.settings
     where = settings.host_port
     assert where is not None
-    app = web.Application()
+    app = web.Application(middlewares=[plain_http_errors])
     api.add_routes(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import structlog
 
+from proxy.logbridge import StructlogHandler, component_of
 from proxy.logsink import sink, utc_timestamp
 from proxy.server import _call_logger, configure_logging
 
@@ -20,6 +22,10 @@ def _restore_structlog() -> Iterator[None]:
     structlog.reset_defaults()
     configure_logging("info")  # the per-call lines back on for whatever runs next
     structlog.reset_defaults()
+    root = logging.getLogger()  # the standard library's records as before
+    for handler in [h for h in root.handlers if isinstance(h, StructlogHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 def lines(err: str) -> list[dict[str, object]]:
@@ -72,3 +78,36 @@ def test_utc_timestamp_matches_structlog() -> None:
     t = 1796510401.0625
     assert utc_timestamp(t) == "2026-12-05T22:40:01.062500Z"
     assert utc_timestamp(t + 1.5) == "2026-12-05T22:40:02.562500Z"  # the next second, formatted anew
+
+
+def test_standard_library_records_are_json_lines(capfd: pytest.CaptureFixture[str]) -> None:
+    """aiohttp, asyncio and the policy chain log through the standard library: their records are JSON lines like
+    the rest, an exception's traceback in the line's `exception` key (before: plain text on stderr, a
+    traceback over many lines)."""
+    configure_logging("info")
+    try:
+        _ = 1 // 0
+    except ZeroDivisionError:
+        logging.getLogger("stirgate.policies").exception("policy %s raised on call %s", "risk_score", "c-1")
+    logging.getLogger("asyncio").error("Task exception was never retrieved")
+    logging.getLogger("redis.connection").debug("below the level")
+    err = capfd.readouterr().err
+    policy, task = lines(err)  # every line is JSON (lines() would raise), and these two are all
+    assert (policy["component"], policy["level"], policy["event"], policy["logger"]) == (
+        "policies", "error", "policy risk_score raised on call c-1", "stirgate.policies")
+    assert "ZeroDivisionError" in str(policy["exception"])
+    assert (task["component"], task["level"], task["event"]) == (
+        "server", "error", "Task exception was never retrieved")
+
+
+def test_standard_library_records_follow_component_levels(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging("warning", {"policies": "critical", "redis": "debug"})
+    logging.getLogger("stirgate.policies").error("silenced")
+    logging.getLogger("redis.connection").debug("let through")
+    assert [(e["component"], e["event"]) for e in lines(capfd.readouterr().err)] == [("redis", "let through")]
+
+
+def test_components_of_standard_library_loggers() -> None:
+    assert [component_of(n) for n in ("stirgate.policies", "stirgate", "aiohttp.server", "aiohttp.client",
+                                      "asyncio", "psycopg.pool", "redis")] == [
+        "policies", "server", "api", "api", "server", "psycopg", "redis"]
