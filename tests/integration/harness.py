@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,6 +317,13 @@ def send_options(
                 return int(m.group(1))
 
 
+def api_listen(config: Path | Mapping[str, Any]) -> tuple[str, int]:
+    """Where a stirgate's HTTP API listens (`api.listen` of its config file, or of the config as loaded)."""
+    cfg = yaml.safe_load(config.read_text()) if isinstance(config, Path) else config
+    host, _, port = str(cfg["api"]["listen"]).rpartition(":")
+    return host, int(port)
+
+
 class Stirgate:
     """A stirgate subprocess on a config file; JSON logs to `log_path`."""
 
@@ -428,6 +435,17 @@ class Stirgate:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def api_address(self) -> tuple[str, int]:
+        """(host, port) of its HTTP API."""
+        return api_listen(self.config)
+
+    @property
+    def api_base(self) -> str:
+        """The URL its HTTP API's paths go after, e.g. f"{sg.api_base}/metrics"."""
+        host, port = self.api_address
+        return f"http://{host}:{port}"
 
     def log_tail(self, lines: int = 40) -> str:
         try:

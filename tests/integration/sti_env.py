@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration import harness
-from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, SIP_PORT, STIRGATE_IP
+from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, SIP_PORT, STIRGATE_IP, api_listen
 from tests.integration.stir_env import StirgateAt, StirPki, stir_section, write_config
 
 TAG_IP = "127.0.0.30"  # a carrier trunk that verifies and only tags
@@ -204,12 +204,12 @@ def client(address: tuple[str, int], **kw: Any) -> Iterator[ApiClient]:
 
 def traceback_calls(cfg: dict[str, Any], orig: str, dest: str, want: int) -> list[dict[str, Any]]:
     """The records /traceback returns for orig -> dest around now, polled (bounded) until `want` are there."""
-    host, _, port = cfg["api"]["listen"].rpartition(":")
+    address = api_listen(cfg)
     found: list[dict[str, Any]] = []
 
     def enough() -> bool:
         nonlocal found
-        status, body = get_json((host, int(port)), f"/traceback?orig={orig.replace('+', '%2B')}&dest={dest}"
+        status, body = get_json(address, f"/traceback?orig={orig.replace('+', '%2B')}&dest={dest}"
                                                    f"&at={int(time.time())}&window=10m")
         found = body.get("calls", []) if status == 200 and isinstance(body, dict) else []
         return len(found) >= want

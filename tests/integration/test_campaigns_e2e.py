@@ -23,7 +23,6 @@ from tests.integration.conftest import StirgateFactory
 from tests.integration.harness import CUSTOMER_IP, Stirgate
 from tests.integration.test_policies_e2e import (
     Row,
-    api_base,
     assert_clean,
     call_ids,
     display_name,
@@ -52,7 +51,7 @@ def campaigns_cli(sg: Stirgate) -> dict[str, Any]:
 
 
 def post_feedback(sg: Stirgate, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(f"{api_base(sg)}/feedback", data=json.dumps(body).encode(), method="POST",
+    req = urllib.request.Request(f"{sg.api_base}/feedback", data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -91,7 +90,7 @@ def test_small_campaign_is_flagged_and_reported_as_one(stirgate_factory: Stirgat
     assert "first_seen_share 1.00" in c["samples"][0]["note"] and "neighbor_share 1.00" in c["samples"][0]["note"], c
 
     # The same through the API, and a label on one of its calls.
-    with urllib.request.urlopen(f"{api_base(sg)}/report?campaigns=1&since=1h", timeout=10) as resp:
+    with urllib.request.urlopen(f"{sg.api_base}/report?campaigns=1&since=1h", timeout=10) as resp:
         assert json.loads(resp.read())["campaigns"][0]["calls"] == CALLS - 4
     first_call = call_ids(r)[0]
     a_leg = next(s["a_call_id"] for s in c["samples"])

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.integration import harness
 from tests.integration.cluster import (
@@ -197,14 +196,10 @@ def carried_by(uas: SippResult, uac: Sipp | None = None) -> collections.Counter[
     return collections.Counter(seen.values())
 
 
-def api_url(sg: Stirgate) -> str:
-    return f"http://{yaml.safe_load(sg.config.read_text())['api']['listen']}"
-
-
 def metric(sg: Stirgate, name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{api_url(sg)}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"{sg.api_base}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     total = 0.0
     for family in text_string_to_metric_families(text):

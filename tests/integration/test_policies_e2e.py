@@ -196,16 +196,11 @@ def count_events(sg: Stirgate, name: str) -> int:
     return harness.count_event_lines(data, name)
 
 
-def api_base(sg: Stirgate) -> str:
-    cfg = yaml.safe_load(sg.config.read_text())
-    return f"http://{cfg['api']['listen']}"
-
-
 def policy_hits(sg: Stirgate) -> dict[tuple[str, str, str], float]:
     """/metrics stirgate_policy_hits: (policy, mode, action) -> count."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{api_base(sg)}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"{sg.api_base}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     out: dict[tuple[str, str, str], float] = {}
     for family in text_string_to_metric_families(text):

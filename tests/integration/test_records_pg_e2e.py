@@ -24,7 +24,7 @@ import pytest
 
 from tests.integration import harness
 from tests.integration.conftest import QUICK_TIMERS, log_problems
-from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, DIALLED, SIP_PORT, STIRGATE_IP, Sipp
+from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, DIALLED, SIP_PORT, STIRGATE_IP, Sipp, api_listen
 from tests.integration.stir_env import TERM_IP, StirgateAt
 from tests.integration.test_records_e2e import (
     CALLER,
@@ -51,12 +51,6 @@ def pg_records(dsn: str, spill: Path, **more: Any) -> dict[str, Any]:
     """`records:` for a node writing to PostgreSQL: a short flush and retry so the tests wait little."""
     return {"backend": "postgresql", "dsn": dsn, "spill_path": str(spill), "flush_interval": 0.1,
             "retry_interval": 0.2, "connect_timeout": 2, **more}  # fmt: skip
-
-
-def api_port_of(config: Path) -> int:
-    import yaml
-
-    return int(yaml.safe_load(config.read_text())["api"]["listen"].rsplit(":", 1)[1])
 
 
 Node = StirgateAt
@@ -127,7 +121,7 @@ def test_two_nodes_one_database_traceback_finds_every_call(nodes: NodeFactory, p
         made[name] = set(invite_ids(caller, "sent"))
         assert len(made[name]) == per_node
     for node in (a, b):
-        wait_metric(api_port_of(node.config), "stirgate_records_written_total", lambda v: v >= per_node,
+        wait_metric(api_listen(node.config)[1], "stirgate_records_written_total", lambda v: v >= per_node,
                     f"{node.ip}'s records written", sg=node)  # fmt: skip
     everything = made["a"] | made["b"]
     dbname = pg_dsn.rsplit("/", 1)[1]
@@ -145,10 +139,10 @@ def test_two_nodes_one_database_traceback_finds_every_call(nodes: NodeFactory, p
     # Node B's API answers for the calls node A carried, and the other way round.
     query = urllib.parse.urlencode({"orig": CALLER, "dest": DIALLED, "at": "now"})
     for node in (a, b):
-        status, body = http_get(api_port_of(node.config), f"/traceback?{query}")
+        status, body = http_get(api_listen(node.config)[1], f"/traceback?{query}")
         assert status == 200, body
         assert {c["a_call_id"] for c in json.loads(body)["calls"]} == everything
-        health = json.loads(http_get(api_port_of(node.config), "/healthz")[1])
+        health = json.loads(http_get(api_listen(node.config)[1], "/healthz")[1])
         assert (health["records_backend"], health["records_db"], health["records_spill_bytes"]) == (
             "postgresql", "up", 0), health
     # The table report over both nodes' calls.
@@ -170,7 +164,7 @@ def test_database_stopped_mid_load_every_completed_call_is_recorded(nodes: NodeF
     calls = 300
     dsn = pg_private.create_database("records")
     node = nodes(STIRGATE_IP, pg_records(dsn, tmp_path / "records.spill"), "node")
-    port = api_port_of(node.config)
+    port = api_listen(node.config)[1]
     callee = Sipp("uas_answer.xml", CARRIER_IP, tmp_path, name="uas", calls=calls)
     caller = Sipp("rec_uac_hold.xml", CUSTOMER_IP, tmp_path, name="uac", remote=(STIRGATE_IP, SIP_PORT),
                   calls=calls, extra=("-r", "50", "-l", "40", "-d", "200"))  # fmt: skip
@@ -211,7 +205,7 @@ def test_records_spilled_at_shutdown_are_replayed_by_the_next_run(nodes: NodeFac
     first = nodes(STIRGATE_IP, pg_records(dsn, spill), "first")
     caller, callee = call_through(tmp_path, STIRGATE_IP, "first", calls)
     assert_passed(caller, callee, calls=calls)
-    wait_metric(api_port_of(first.config), "stirgate_records_spilled_total", lambda v: v >= calls,
+    wait_metric(api_listen(first.config)[1], "stirgate_records_spilled_total", lambda v: v >= calls,
                 "the records spilled", sg=first)  # fmt: skip
     closed = stop_and_reap(first)
     assert (closed["written"], closed["spilled"], closed["lost"], closed["spill_dropped"]) == (0, calls, 0, 0), closed
@@ -220,7 +214,7 @@ def test_records_spilled_at_shutdown_are_replayed_by_the_next_run(nodes: NodeFac
 
     pg_private.start()
     second = nodes(STIRGATE_IP, pg_records(dsn, spill), "second")
-    m = wait_metric(api_port_of(second.config), "stirgate_records_replayed_total", lambda v: v >= calls,
+    m = wait_metric(api_listen(second.config)[1], "stirgate_records_replayed_total", lambda v: v >= calls,
                     "the first run's records replayed", sg=second)  # fmt: skip
     assert sample(m, "stirgate_records_spill_bytes") == 0
     stop_and_reap(second)

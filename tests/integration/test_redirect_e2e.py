@@ -13,7 +13,16 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, DIALLED, SIP_PORT, STIRGATE_IP, Sipp, SippResult
+from tests.integration.harness import (
+    CARRIER_IP,
+    CUSTOMER_IP,
+    DIALLED,
+    SIP_PORT,
+    STIRGATE_IP,
+    Sipp,
+    SippResult,
+    api_listen,
+)
 from tests.integration.sti_env import BLOCKED, JCARD, REDIRECT_PORT, TAG_IP, get_json, start_stirgate, sti_config
 from tests.integration.sti_env import traceback_calls as records_for
 from tests.integration.stir_env import (
@@ -155,8 +164,7 @@ def test_redirect_listener(sipp_bin: str, gate: tuple[StirgateAt, dict[str, Any]
     verstats = [contacts(m)[0][1]["From"][0].rsplit("verstat=", 1)[1] for m in got]
     assert verstats == ["TN-Validation-Passed>", "TN-Validation-Failed>"]
     assert contacts(got[0])[0][0] == f"sip:{DIALLED}@{CUSTOMER_IP}:{SIP_PORT}"
-    host, _, port = cfg["api"]["listen"].rpartition(":")
-    _, metrics = get_json((host, int(port)), "/metrics")
+    _, metrics = get_json(api_listen(cfg), "/metrics")
     redirected = re.search(r'stirgate_sip_events_total\{event="redirected"\} (\d+)', metrics)
     assert redirected is not None and int(redirected.group(1)) >= 2
     assert re.search(r'stirgate_calls_total\{attest="A",outcome="redirected",trunk="carrier-tag",'

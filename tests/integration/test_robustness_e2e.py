@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.integration import harness
 from tests.integration.conftest import StirgateFactory, log_problems
@@ -69,14 +68,9 @@ CLOSED_WITHIN = 8.0  # seconds for stirgate to close a TCP connection holding a 
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through an http_proxy
 
 
-def api_port(sg: Stirgate) -> int:
-    cfg = yaml.safe_load(sg.config.read_text())
-    return int(str(cfg["api"]["listen"]).rpartition(":")[2])
-
-
 def metrics(sg: Stirgate) -> dict[str, float]:
     """/metrics as {sample with labels: value} (e.g. 'stirgate_sip_events_total{event="invites"}')."""
-    with _HTTP.open(f"http://{STIRGATE_IP}:{api_port(sg)}/metrics", timeout=5.0) as resp:
+    with _HTTP.open(f"{sg.api_base}/metrics", timeout=5.0) as resp:
         body = resp.read().decode()
     out = {}
     for line in body.splitlines():

@@ -25,7 +25,6 @@ from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, SIP_PORT, Sipp, S
 from tests.integration.stir_env import CALLER, StirPki, X5uServer, demo_stir_pki, inf_file, serve_x5u, sign_identity
 from tests.integration.test_policies_e2e import (
     Row,
-    api_base,
     assert_clean,
     explain,
     finals,
@@ -80,7 +79,7 @@ def sip_events(sg: Stirgate) -> dict[str, float]:
     """/metrics stirgate_sip_events_total{event=...}."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{api_base(sg)}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"{sg.api_base}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):

@@ -27,7 +27,6 @@ from tests.integration.harness import (
     Sipp,
     SippResult,
 )
-from tests.integration.test_policies_e2e import api_base
 
 STIRGATE = (STIRGATE_IP, SIP_PORT)
 
@@ -405,7 +404,7 @@ def test_calls_leave_nothing_for_the_gc_pass(stirgate_factory: StirgateFactory, 
     assert found and all(n == 0 for n in found), found
     assert passes()[-1]["next_s"] == 1.0  # clean: doubled from 0.5, held at the cap
     logged = passes()
-    with urllib.request.urlopen(f"{api_base(sg)}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"{sg.api_base}/metrics", timeout=5) as resp:
         samples = {s.name: s.value for fam in text_string_to_metric_families(resp.read().decode())
                    for s in fam.samples if not s.labels}
     assert samples["stirgate_gc_pass_seconds_count"] >= len(logged) >= 3

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.integration.harness import api_listen
 from tests.integration.sti_env import (
     BLOCKED,
     C_ONLY_TOKEN,
@@ -220,8 +221,7 @@ def test_requests_leave_call_records_and_metrics(gate: tuple[StirgateAt, dict[st
     assert (v["verification"], v["verstat"], v["status"], v["end_reason"]) == ("failed", "TN-Validation-Failed",
                                                                               438, "rejected:438")
     assert "signature-invalid" in v["failures"]
-    host, _, port = cfg["api"]["listen"].rpartition(":")
-    status, text = get_json((host, int(port)), "/metrics")
+    status, text = get_json(api_listen(cfg), "/metrics")
     assert status == 200
     assert 'stirgate_sti_api_requests_total{op="signing",status="200"}' in text
     assert 'stirgate_sti_api_requests_total{op="verification",status="200"}' in text
@@ -294,8 +294,7 @@ def test_mutual_tls_on_its_own_listener(sti_pki: StirPki, sti_x5u: X5uServer, tm
         with client(addr, token=None, ssl_context=ctx(rogue)) as c, pytest.raises((ssl.SSLError, OSError)):
             c.sign(ORIG, [DEST], "A")  # a certificate from another CA: the handshake fails
         # The metrics API does not serve the STI endpoints when they have their own listener.
-        host, _, api_port = cfg["api"]["listen"].rpartition(":")
-        with client((host, int(api_port))) as plain:
+        with client(api_listen(cfg)) as plain:
             assert plain.sign(ORIG, [DEST], "A").status == 404
         calls = traceback_calls(cfg, ORIG, DEST, want=2)
         assert {(c["ingress"], c["transport"]) for c in calls} == {("sbc-east", "https"), ("sbc", "https")}

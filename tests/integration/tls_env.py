@@ -416,9 +416,7 @@ def metrics(config: Path) -> dict[str, float]:
     """The stirgate's /metrics as {sample with labels: value}."""
     import urllib.request
 
-    import yaml
-
-    port = int(str(yaml.safe_load(config.read_text())["api"]["listen"]).rpartition(":")[2])
+    port = harness.api_listen(config)[1]
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(f"http://{harness.STIRGATE_IP}:{port}/metrics", timeout=5.0) as resp:
         body = resp.read().decode()
