@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -324,6 +325,21 @@ def api_listen(config: Path | Mapping[str, Any]) -> tuple[str, int]:
     return host, int(port)
 
 
+def scrape_metrics(address: tuple[str, int]) -> dict[str, float]:
+    """A stirgate's /metrics as {sample with its labels: value}, e.g. 'stirgate_sip_events_total{event="invites"}'
+    (asked directly: loopback never goes through an http_proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{address[0]}:{address[1]}/metrics", timeout=5.0) as resp:
+        body = resp.read().decode()
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[name] = float(value)
+    return out
+
+
 class Stirgate:
     """A stirgate subprocess on a config file; JSON logs to `log_path`."""
 
@@ -446,6 +462,10 @@ class Stirgate:
         """The URL its HTTP API's paths go after, e.g. f"{sg.api_base}/metrics"."""
         host, port = self.api_address
         return f"http://{host}:{port}"
+
+    def metrics(self) -> dict[str, float]:
+        """Its /metrics now (`scrape_metrics`)."""
+        return scrape_metrics(self.api_address)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -65,20 +64,6 @@ CLOSED_WITHIN = 8.0  # seconds for stirgate to close a TCP connection holding a 
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through an http_proxy
-
-
-def metrics(sg: Stirgate) -> dict[str, float]:
-    """/metrics as {sample with labels: value} (e.g. 'stirgate_sip_events_total{event="invites"}')."""
-    with _HTTP.open(f"{sg.api_base}/metrics", timeout=5.0) as resp:
-        body = resp.read().decode()
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                out[name] = float(value)
-    return out
 
 
 def event_count(m: dict[str, float], event: str) -> float:
@@ -282,7 +267,7 @@ def test_malformed_input_is_refused_and_the_next_call_completes(
                           extra={"protection": {"tcp_message_timeout": 1.0}})  # fmt: skip
     cases = malformed_cases()
     assert len(cases) >= 45, [str(c) for c in cases]  # both manifests are read: a lost file would shrink this
-    invites_before = event_count(metrics(sg), "invites")
+    invites_before = event_count(sg.metrics(), "invites")
 
     # --- UDP, from the customer trunk's address
     wrong: list[str] = []
@@ -340,7 +325,7 @@ def test_malformed_input_is_refused_and_the_next_call_completes(
 
     # Neither cut-off INVITE became a call: the engine counted only the INVITEs taken over UDP.
     taken_invites = sum(1 for c in cases if seen[str(c)] == "parse" and c.data.startswith(b"INVITE"))
-    assert event_count(metrics(sg), "invites") - invites_before == taken_invites
+    assert event_count(sg.metrics(), "invites") - invites_before == taken_invites
 
     # --- and the next good call completes
     assert sg.alive(), sg.log_tail()
@@ -451,13 +436,13 @@ def flood_run(sipp_bin: str, tmp_path_factory: pytest.TempPathFactory) -> FloodR
             settled: list[float] = [-1.0]
 
             def calls_settled() -> bool:
-                settled[0] = metrics(sg).get("stirgate_active_calls", -1.0)
+                settled[0] = sg.metrics().get("stirgate_active_calls", -1.0)
                 return settled[0] == 0.0
 
             if alive:
                 with contextlib.suppress(TimeoutError):
                     harness.wait_until(calls_settled, "active calls back to 0", attempts=100, interval=0.1)
-            m = metrics(sg) if sg.alive() else {}
+            m = sg.metrics() if sg.alive() else {}
             rss_after = rss_kb(pid) if sg.alive() else 0
     finally:
         crashed = not sg.alive()
@@ -560,7 +545,7 @@ def test_scanners_find_nothing_from_outside_and_uniform_answers_from_a_trunk(
     itself show svmap a device), so svmap lists nothing and svwar finds no extension from 127.0.0.99;
     from the customer trunk's address svwar's probes all get one and the same answer."""
     sg = stirgate_factory(sip={"failover_timeout": 0.2}, extra={"unknown_source": "drop"})
-    dropped_before = event_count(metrics(sg), "dropped_unknown_source")
+    dropped_before = event_count(sg.metrics(), "dropped_unknown_source")
 
     # --- from an address no trunk owns
     out = svmap(sipvicious, UNKNOWN_IP, tmp_path)
@@ -569,7 +554,7 @@ def test_scanners_find_nothing_from_outside_and_uniform_answers_from_a_trunk(
         out = svwar(UNKNOWN_IP, tmp_path, "-m", method, "-e", "100-199")
         assert "found nothing" in out and "exists" not in out, out
         assert "b'SIP/2.0" not in out, out  # not a single answer came back
-    dropped = event_count(metrics(sg), "dropped_unknown_source") - dropped_before
+    dropped = event_count(sg.metrics(), "dropped_unknown_source") - dropped_before
     assert dropped >= 3, f"the probes never reached stirgate (dropped_unknown_source += {dropped})"
 
     # --- control: the same svmap from the customer trunk's address does see stirgate (the tool works)
@@ -623,7 +608,7 @@ def test_carrier_stops_answering_mid_call_bye_408_and_call_freed(
     assert ended_at - killed_at >= 64 * T1, f"408 after {ended_at - killed_at:.1f} s, timer F is {64 * T1} s"
 
     def freed() -> bool:
-        return metrics(sg).get("stirgate_active_calls") == 0.0
+        return sg.metrics().get("stirgate_active_calls") == 0.0
 
     harness.wait_until(freed, "stirgate_active_calls back to 0", attempts=50, interval=0.1)
     call_id = result.requests("INVITE", "sent")[0].header("Call-ID")

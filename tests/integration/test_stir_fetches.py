@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -29,22 +28,11 @@ from proxy.stir.trust_list import TrustListFetcher
 from proxy.stir.verifier import VERSTAT_FAILED, VERSTAT_PASSED, Verifier, VerifierSettings
 from proxy.stir.x5u import X5uPolicy
 from proxy.stir.x5u_server import server_ssl_context
+from tests.integration.test_x5u_https import LOOPBACK, Clock, Handler
 from tests.unit.stir.crl_helpers import make_crl, sp_with_cdp
 from tests.unit.stir.helpers import DEST, ORIG, ORIGID, Pki, make_pki, utc
 
 pytestmark = pytest.mark.integration
-
-LOOPBACK = X5uPolicy(allow_private=True, allow_any_port=True)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:

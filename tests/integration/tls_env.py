@@ -414,19 +414,7 @@ def base_config(ip: str, trunks: list[dict[str, Any]], routes: list[dict[str, An
 
 def metrics(config: Path) -> dict[str, float]:
     """The stirgate's /metrics as {sample with labels: value}."""
-    import urllib.request
-
-    port = harness.api_listen(config)[1]
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://{harness.STIRGATE_IP}:{port}/metrics", timeout=5.0) as resp:
-        body = resp.read().decode()
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                out[name] = float(value)
-    return out
+    return harness.scrape_metrics(harness.api_listen(config))
 
 
 def event_count(config: Path, event: str) -> float:
