@@ -311,10 +311,7 @@ class RedisState:
         if self._in_flight is not None or not (self._calls or self._writes):
             return
         if time.monotonic() < self._down_until:
-            calls, self._calls = self._calls, []
-            writes, self._writes = self._writes, []
-            self._fail(calls, writes)
-            if calls:
+            if self._fail_waiting():
                 self.done()
             return
         if self._conn is None:
@@ -434,15 +431,20 @@ class RedisState:
         for calls, writes in failed:
             self._fail(calls, writes)
             answered = answered or bool(calls)
+        if self._fail_waiting() or answered:
+            self.done()
+
+    def _fail_waiting(self) -> bool:
+        """Every call and write still waiting, and the batch in flight (its reply did not come in time), fail;
+        whether any call was answered."""
         calls, self._calls = self._calls, []
         writes, self._writes = self._writes, []
-        if self._in_flight is not None:  # its reply did not come in time: its calls fail with the rest
+        if self._in_flight is not None:
             calls += self._in_flight[0]
             writes += self._in_flight[1]
             self._in_flight = None
         self._fail(calls, writes)
-        if answered or calls:
-            self.done()
+        return bool(calls)
 
     def _fail(self, calls: list[tuple[str, list[Op], float]], writes: list[tuple[list[Op], float]]) -> None:
         self.stats["state_failures"] += len(calls)
@@ -470,14 +472,7 @@ class RedisState:
             self._deadline = None
         if self._connecting is not None:
             self._connecting.cancel()
-        calls, self._calls = self._calls, []
-        writes, self._writes = self._writes, []
-        if self._in_flight is not None:  # its reply did not come in time: its calls fail with the rest
-            calls += self._in_flight[0]
-            writes += self._in_flight[1]
-            self._in_flight = None
-        self._fail(calls, writes)
-        if calls:
+        if self._fail_waiting():
             self.done()  # as after any answer: what the engine decided for them goes out
         conn, self._conn = self._conn, None
         if conn is not None:
