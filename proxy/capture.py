@@ -36,6 +36,7 @@ import structlog
 from proxy.b2bua import Call
 from proxy.config import HepSettings
 from proxy.hep import HepEncoder
+from proxy.tracebacks import forget_frames
 
 __all__ = ["HepSender", "call_id_of"]
 
@@ -157,6 +158,7 @@ class HepSender:
                     log.info("hep_connected", address=f"{host}:{port}")
                 except (OSError, TimeoutError) as exc:
                     log.debug("hep_connect_failed", address=f"{host}:{port}", error=str(exc))
+                    forget_frames(exc)  # (a cycle for the GC pass per retry while the capture server is down)
                     delay = min(delay * 2, 10.0)
             await asyncio.sleep(delay)
 

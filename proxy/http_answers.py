@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from proxy.stir.fetcher import forget_frames
+from proxy.tracebacks import forget_frames
 
 __all__ = ["plain_http_errors"]
 

@@ -22,7 +22,7 @@ from typing import Any, Final
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
-from proxy.stir.fetcher import forget_frames
+from proxy.tracebacks import forget_frames
 
 __all__ = ["StructlogHandler", "component_of", "install"]
 

@@ -32,6 +32,7 @@ from redis.connection import parse_url
 
 from policies.state import Claim, Group, Op, Part, Recent, Tally, Window
 from proxy.config import StateSettings
+from proxy.tracebacks import forget_frames
 
 __all__ = ["SCRIPT", "RedisState", "command", "decode", "encode", "width"]
 
@@ -349,6 +350,7 @@ class RedisState:
         except (TimeoutError, OSError) as exc:
             self._connecting = None
             self._down(str(exc) or type(exc).__name__)
+            forget_frames(exc)  # a cycle for the GC pass otherwise, once per retry while Redis is down
             return
         self._connecting = None
         self._conn = conn

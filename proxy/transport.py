@@ -42,6 +42,7 @@ from proxy.rxqueue import ReceiveQueue
 from proxy.sip.message import ParseError, frame_stream
 from proxy.sip.transaction import Target
 from proxy.stir.certs import CertEntry
+from proxy.tracebacks import forget_frames
 
 __all__ = ["SipServer", "cert_names_match"]
 
@@ -493,16 +494,18 @@ class SipServer:
             ctx = self._context(tls, True)
             await asyncio.wait_for(self.loop.connect_accepted_socket(lambda: conn, sock, ssl=ctx,
                                                                      ssl_handshake_timeout=timeout + 1.0), timeout)
-        except TimeoutError:
+        except TimeoutError as exc:
             self.count("tls_handshake_timeouts")
             log.info("tls_handshake_timeout", peer=peer, side="server")
             conn.release()
             sock.close()
+            forget_frames(exc)  # (each failed handshake's chain would be a cycle for the GC pass)
         except (OSError, EOFError, ValueError) as exc:  # ssl.SSLError is an OSError
             self.count("tls_handshake_failures")
             log.info("tls_handshake_failed", peer=peer, side="server", error=str(exc))
             conn.release()
             sock.close()
+            forget_frames(exc)
 
     def sample_queues(self) -> None:
         """The fullest UDP receive queue, as the engine's overload signal."""
@@ -753,11 +756,13 @@ class SipServer:
         except ssl.SSLCertVerificationError as exc:
             self._connect_failed(conn, scheme, host, port, f"peer certificate refused: {exc.verify_message}",
                                  "tls_handshake_failures")
+            forget_frames(exc)  # (each failed connection's chain would be a cycle for the GC pass)
         except (TimeoutError, OSError, EOFError) as exc:
             slow = ctx is not None and self.loop.time() - started >= handshake
             kind = "tls_handshake_timeouts" if slow else ("tls_handshake_failures" if ctx is not None and
                                                            isinstance(exc, ssl.SSLError) else "connect_failures")
             self._connect_failed(conn, scheme, host, port, str(exc) or type(exc).__name__, kind)
+            forget_frames(exc)
 
     def _connect_failed(self, conn: _StreamConnection, scheme: str, host: str, port: int, why: str,
                         counter: str) -> None:

@@ -20,7 +20,6 @@ import ipaddress
 import socket
 import ssl
 import time
-import traceback
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -29,6 +28,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from cachetools import TLRUCache
 from cryptography import x509
+
+from proxy.tracebacks import forget_frames
 
 from .certs import CertEntry, TrustStore
 from .x5u import DEFAULT_X5U_POLICY, X5uPolicy, check_x5u, is_forbidden_address
@@ -111,24 +112,6 @@ FETCH_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, aiohttp.ClientErr
 
 def error_detail(exc: BaseException) -> str:
     return type(exc).__name__ + (f": {exc}" if str(exc) else "")
-
-
-def forget_frames(exc: BaseException) -> None:
-    """Drop the tracebacks of `exc` and of the exceptions it was raised from or during, clearing their frames'
-    locals: what makes an exception chain a reference cycle (a frame's local names the exception whose
-    traceback holds that frame)."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if e.__traceback__ is not None:
-            traceback.clear_frames(e.__traceback__)  # (the frame still running, the handler's, is left alone)
-            e.__traceback__ = None
-        todo.append(e.__cause__)
-        todo.append(e.__context__)
 
 
 T = TypeVar("T")

@@ -437,16 +437,16 @@ class Stirgate:
         self.terminated = True
         self.proc.send_signal(signal.SIGTERM)
 
-    def log_events(self) -> list[dict[str, Any]]:
-        """stirgate's JSON log lines so far (others skipped)."""
+    def log_events(self, event: str | None = None) -> list[dict[str, Any]]:
+        """stirgate's JSON log lines so far (others skipped); only those whose "event" is `event` when given."""
         out = []
         for line in _read(self.log_path).splitlines():
             try:
-                event = json.loads(line)
+                rec = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(event, dict):
-                out.append(event)
+            if isinstance(rec, dict) and (event is None or rec.get("event") == event):
+                out.append(rec)
         return out
 
     def alive(self) -> bool:

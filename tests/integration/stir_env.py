@@ -365,16 +365,6 @@ class StirgateAt(harness.Stirgate):
             raise RuntimeError(f"stirgate {self.ip} exited with {proc.returncode}:\n{self.log_tail()}")
         return self
 
-    def log_events(self, event: str) -> list[dict[str, Any]]:
-        """JSON log lines whose "event" is `event` (for diagnostics in failure messages)."""
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                rec = json.loads(line)
-                if isinstance(rec, dict) and rec.get("event") == event:
-                    out.append(rec)
-        return out
-
 
 def _trunk(name: str, role: str, ip: str, **more: Any) -> dict[str, Any]:
     return {"name": name, "role": role, "sources": [ip], "destination": f"{ip}:{SIP_PORT}",

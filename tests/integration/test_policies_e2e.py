@@ -187,7 +187,7 @@ def uri_user(value: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- stirgate helpers
 def events(sg: Stirgate, name: str) -> list[dict[str, Any]]:
-    return [e for e in sg.log_events() if e.get("event") == name]
+    return sg.log_events(name)
 
 
 def count_events(sg: Stirgate, name: str) -> int:

@@ -389,7 +389,7 @@ def test_calls_leave_nothing_for_the_gc_pass(stirgate_factory: StirgateFactory, 
     sg = stirgate_factory(sip={**QUICK_TIMERS, "gc_full_interval": 0.5, "gc_full_max_interval": 1.0})
 
     def passes() -> list[dict[str, object]]:
-        return [e for e in sg.log_events() if e.get("event") == "gc_full"]
+        return sg.log_events("gc_full")
 
     harness.wait_until(lambda: len(passes()) >= 1, "a first GC pass (start-up's leftovers)", attempts=500)
     before = len(passes())
@@ -409,6 +409,28 @@ def test_calls_leave_nothing_for_the_gc_pass(stirgate_factory: StirgateFactory, 
                    for s in fam.samples if not s.labels}
     assert samples["stirgate_gc_pass_seconds_count"] >= len(logged) >= 3
     assert samples["stirgate_gc_unreachable_total"] == sum(e["unreachable"] for e in logged)  # later ones find 0
+
+
+def test_unreachable_tcp_trunks_leave_nothing_for_the_gc_pass(stirgate_factory: StirgateFactory,
+                                                              tmp_path: Path) -> None:
+    """Both carriers over TCP with nothing listening: every call's two connection attempts are refused and it
+    gets 503. A refused connection's exception chain must not be left for the GC pass (before: ~22 objects per
+    attempt, so a trunk outage at a thousand calls a second kept every pass busy)."""
+    sg = stirgate_factory(sip={**QUICK_TIMERS, "gc_full_interval": 0.5, "gc_full_max_interval": 1.0},
+                          trunks={"carrier": {"transport": "tcp"}, "carrier2": {"transport": "tcp"}})
+    harness.wait_until(lambda: len(sg.log_events("gc_full")) >= 1, "a first GC pass (start-up's leftovers)",
+                       attempts=500)
+    start = len(sg.log_events("gc_full"))
+    for ip in (CARRIER_IP, CARRIER2_IP):
+        harness.wait_port_free(ip, SIP_PORT, "tcp")  # nothing may listen there (bounded wait, then fail)
+    caller = uac(tmp_path, "uac_503.xml", calls=10, extra=("-r", "10", "-l", "10")).start().wait()
+    assert_passed(caller, calls=10)
+    assert sg.metrics()['stirgate_sip_events_total{event="connect_failures"}'] == 20
+    ended = len(sg.log_events("gc_full"))
+    harness.wait_until(lambda: len(sg.log_events("gc_full")) >= ended + 2, "two GC passes after the calls",
+                       attempts=500)
+    found = [e["unreachable"] for e in sg.log_events("gc_full")[start:]]
+    assert all(n == 0 for n in found), found
 
 
 # ----------------------------------------------------------------------------------------------- the scenarios

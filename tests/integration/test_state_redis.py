@@ -4,6 +4,7 @@ one batch for many calls, and what a call sees while Redis is down and after it 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -267,3 +268,25 @@ def redis_client(url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+def test_a_refused_reconnect_leaves_no_garbage(redis_private: Redis) -> None:
+    """stirgate runs with the automatic cyclic GC off: each failed reconnect while Redis is down must not leave
+    its exception chain for the periodic full pass (before: ~21 objects per attempt, one attempt per
+    `retry_interval` for as long as Redis stays down)."""
+    d = Driver(redis_private.url, retry_interval=1e-6)  # every call below tries to reconnect
+    try:
+        assert d.run([Window("g", "a", 60, 5)], state_contract.T0) == [1]
+        with redis_private.stopped():
+            assert d.calls([("first", [Window("g", "b", 60, 5)], state_contract.T0)]) == [None]
+            gc.collect()
+            gc.disable()
+            try:
+                for i in range(20):
+                    assert d.calls([(f"down-{i}", [Window("g", "b", 60, 5)], state_contract.T0)]) == [None]
+                assert gc.collect() == 0
+            finally:
+                gc.enable()
+            assert d.state.stats["state_failures"] == 21
+    finally:
+        d.close()

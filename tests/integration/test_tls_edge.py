@@ -68,6 +68,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     routes = [{"from": ["customer", "carrier2"], "prefix": "", "trunks": ["carrier"]}]
     cfg = base_config(STIRGATE_IP, trunks, routes,
                       protection={"tcp_max_connections_per_source": CAP, "tls_handshake_timeout": HANDSHAKE_TIMEOUT})
+    cfg["sip"] |= {"gc_full_interval": 0.5, "gc_full_max_interval": 1.0}  # (the GC pass test below)
     sg = StirgateAt(write_config(workdir / "stirgate.yaml", cfg), workdir, STIRGATE_IP, PROBE_IP)
     sg.start()
     e = Env(sg, pki, workdir)
@@ -116,6 +117,30 @@ def test_mutual_tls_refuses_a_client_without_the_trunks_certificate(env: Env, cl
             assert read_response(s) is None
             assert closed_by_peer(s)
     harness.wait_until(lambda: env.count(counter) >= before + 1, f"{counter} to count the refusal")
+
+
+def test_refused_handshakes_leave_nothing_for_the_gc_pass(env: Env) -> None:
+    """stirgate runs with the automatic cyclic GC off and a periodic full pass: a refused handshake's exception
+    chain must not be left for the pass (before: a cycle per refusal), or a peer retrying with a bad certificate
+    would keep every pass busy."""
+    def passes() -> list[dict[str, object]]:
+        return env.sg.log_events("gc_full")
+
+    harness.wait_until(lambda: len(passes()) >= 1, "a first GC pass (start-up's leftovers)", attempts=500)
+    start = len(passes())
+    before = env.count("tls_handshake_failures")
+    for _ in range(10):
+        try:
+            s = tls_connect(client_context(env.pki, env.untrusted), CUSTOMER_IP)
+        except (ssl.SSLError, ConnectionError):
+            continue
+        with s:
+            assert read_response(s) is None
+    harness.wait_until(lambda: env.count("tls_handshake_failures") >= before + 10, "the refusals to be counted")
+    counted = len(passes())
+    harness.wait_until(lambda: len(passes()) >= counted + 2, "two GC passes after the refusals", attempts=500)
+    found = [e["unreachable"] for e in passes()[start:]]
+    assert all(n == 0 for n in found), found
 
 
 def test_tls_from_an_address_no_tls_trunk_owns_is_refused_before_any_handshake(env: Env) -> None:
