@@ -38,6 +38,7 @@ from psycopg.types.json import Jsonb
 from proxy.config import RecordsSettings
 from proxy.records import COLUMNS, CallRecord, Reader, RecordsError, WriterBase
 from proxy.records_spill import Spill
+from proxy.tracebacks import forget_frames
 
 __all__ = [
     "BATCHES",
@@ -340,7 +341,10 @@ class PgRecordWriter(WriterBase):
             self._conn = None
 
     def _failed(self, event: str, exc: BaseException, **kw: Any) -> None:
-        """The database refused or vanished: count, log (at most once a minute), reconnect later."""
+        """The database refused or vanished: count, log (at most once a minute), reconnect later. (The exception's
+        chain is let go: with the cyclic GC off, one per retry for as long as the database is down would wait for
+        the full pass.)"""
+        forget_frames(exc)
         self.write_errors += 1
         self._up = False
         self._close_conn()
