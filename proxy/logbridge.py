@@ -55,7 +55,7 @@ class StructlogHandler(logging.Handler):
                 log.log(level, "api_bad_request", peer=peer, status=exc.code, error=" ".join(exc.message.split()))
                 return
             kw: dict[str, Any] = {"logger": record.name}
-            if record.exc_info:
+            if exc is not None:  # (`logger.exception` outside a handler gives (None, None, None): nothing to show)
                 kw["exc_info"] = record.exc_info
             log.log(record.levelno, record.getMessage(), **kw)
         except Exception:  # a record that cannot be shown must not take its caller down
