@@ -30,6 +30,7 @@ import structlog
 from proxy.config import RecordsSettings
 from proxy.stir.signer import SignedCall
 from proxy.stir.tn import DEFAULT_TN_POLICY, TNPolicy, try_canonical_tn, user_part
+from proxy.tracebacks import forget_frames
 
 if TYPE_CHECKING:
     from proxy.admission import Gate
@@ -628,6 +629,9 @@ class WriterBase(ABC):
         return {"path": self.settings.path}
 
     def _log_failure(self, event: str, exc: BaseException, **kw: Any) -> None:
+        """Log a failed write (at most every LOG_EVERY); its exception's chain is let go (the cyclic GC is off:
+        one per flush for as long as the disk refuses would otherwise wait for the full pass)."""
+        forget_frames(exc)
         now = time.monotonic()
         if now - self._last_log >= self.LOG_EVERY:
             self._last_log = now
@@ -695,10 +699,7 @@ class RecordWriter(WriterBase):
             rows.append((r.at, r.seconds, r.trunk, r.offered, r.admitted, r.shed,
                          json.dumps(r.reasons, sort_keys=True) if r.reasons else None))
         try:
-            conn = self._connection()
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(LOAD_SQL, rows)
+            self._insert(LOAD_SQL, rows)
         except (sqlite3.Error, OSError) as exc:
             self.write_errors += 1
             self._close_conn()
@@ -707,10 +708,7 @@ class RecordWriter(WriterBase):
     def _commit_pending(self) -> bool:
         rows = self._pending
         try:
-            conn = self._connection()
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(INSERT_SQL, rows)
+            self._insert(INSERT_SQL, rows)
         except (sqlite3.Error, OSError) as exc:
             self.write_errors += 1
             self._pending_tries += 1
@@ -723,6 +721,14 @@ class RecordWriter(WriterBase):
         self.written += len(rows)
         self._pending = []
         return True
+
+    def _insert(self, sql: str, rows: list[Any]) -> None:
+        """`rows` in one transaction, taking the write lock at once (WAL: other workers' writers wait their
+        busy timeout rather than fail mid-transaction)."""
+        conn = self._connection()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(sql, rows)
 
     def _maybe_prune(self) -> None:
         days = self.settings.retention_days
