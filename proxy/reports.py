@@ -238,10 +238,10 @@ def plot_per_minute(series: dict[str, list[tuple[float, int]]], path: str | Path
         xs = [datetime.datetime.fromtimestamp(t, datetime.UTC) for t, _ in series[names[0]]]
         ax.stackplot(xs, *[[n for _, n in series[v]] for v in names], labels=names, step="post",
                      colors=[_PLOT_COLOURS.get(v, "#9e9e9e") for v in names], alpha=0.85)
+        ax.legend(loc="upper left", fontsize="small")  # (a window without calls has nothing to name)
     ax.set_ylabel("calls / minute")
     ax.set_xlabel("UTC")
     ax.set_title(title or "calls per minute by verstat")
-    ax.legend(loc="upper left", fontsize="small")
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
     fig.tight_layout()
