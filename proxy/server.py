@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -238,11 +239,17 @@ async def load_policy_set(config: Config, engine: Engine) -> PolicySet | None:
     return pset
 
 
+#: Config sections a reload cannot apply (their stores, listeners, connections and loggers are made at start).
+RESTART_ONLY: Final = ("state", "records", "api", "hep", "logging")
+
+
 async def reload(engine: Engine, worker: int, notifier: Notifier | None = None, sti: StiApi | None = None) -> None:
     """SIGHUP: re-read the config and policy files; on any error keep running on the old ones.
 
     Calls in progress keep the routes and policy chain they started with; new calls get the new ones. Under
     systemd (one worker) the reload is bracketed by RELOADING=1 and READY=1, so `systemctl reload` shows it.
+    A changed section a reload cannot apply (`RESTART_ONLY`) is named in a `settings_need_restart` warning and
+    the running one is kept, so the engine's config says what runs (and the next reload warns again).
     """
     path = engine.config.path
     if notifier is not None:
@@ -253,8 +260,11 @@ async def reload(engine: Engine, worker: int, notifier: Notifier | None = None, 
                                                                                sti.settings.tls):
             raise ValueError("sti_api listener changed: restart stirgate to apply it")
         policies = await load_policy_set(config, engine)
-        if config.state != engine.config.state:
-            log.warning("state_settings_need_restart", worker=worker)
+        running = engine.config
+        changed = [name for name in RESTART_ONLY if getattr(config, name) != getattr(running, name)]
+        if changed:
+            log.warning("settings_need_restart", worker=worker, sections=changed)
+            config = dataclasses.replace(config, **{name: getattr(running, name) for name in changed})
         engine.reconfigure(config, policies)
         if sti is not None:
             sti.reconfigure(config.sti_api)

@@ -30,7 +30,7 @@ import yaml
 from tests.integration import harness
 from tests.integration.conftest import StirgateFactory, log_problems
 from tests.integration.harness import CARRIER2_IP, CARRIER_IP, CUSTOMER_IP, SIP_PORT, STIRGATE_IP, Sipp, Stirgate
-from tests.integration.test_robustness_e2e import RssSampler, event_count, metrics, rss_kb
+from tests.integration.test_robustness_e2e import RssSampler, event_count, rss_kb
 
 pytestmark = pytest.mark.usefixtures("sipp_bin")
 
@@ -158,9 +158,9 @@ def flood_with_modest_caller(tmp: Path, *, seconds: int, overload: dict[str, Any
             assert sg.alive(), f"stirgate died under the flood:\n{sg.log_tail()}"
             # Calls the flood's SIPp gave up on end by stirgate's timers (a 2xx never ACKed: 64*T1 = 32 s).
             with contextlib.suppress(TimeoutError):
-                harness.wait_until(lambda: metrics(sg).get("stirgate_active_calls") == 0.0, "calls to end",
+                harness.wait_until(lambda: sg.metrics().get("stirgate_active_calls") == 0.0, "calls to end",
                                    attempts=400, interval=0.1)
-            m = metrics(sg)
+            m = sg.metrics()
     finally:
         rc = sg.stop()
     problems = log_problems(sg)
@@ -238,7 +238,7 @@ def test_max_cps_refuses_the_excess_and_passes_the_rate_below(stirgate_factory: 
     assert retry == {"2"}, retry
     assert under.successful == 40 and under.failed == 0, under.summary()
     assert not [m for m in under.responses() if m.status == 503], "a rate below max_cps was refused"
-    m = metrics(sg)
+    m = sg.metrics()
     assert shed_counts(m) == {("customer", "max-cps"): refused}, shed_counts(m)
 
 
@@ -266,7 +266,7 @@ def test_a_refused_invite_retransmitted_gets_the_same_503_and_no_transaction(
         first = _invite(f"first-{uuid.uuid4().hex}", port)
         s.sendto(first, STIRGATE)
         assert s.recv(65535).startswith(b"SIP/2.0 100 ")  # taken (no carrier runs: it fails over, then 503)
-        before = metrics(sg)
+        before = sg.metrics()
         invite = _invite(f"refused-{uuid.uuid4().hex}", port)
         answers = []
         for _ in range(4):  # the INVITE and three retransmissions of it, byte for byte
@@ -284,7 +284,7 @@ def test_a_refused_invite_retransmitted_gets_the_same_503_and_no_transaction(
         after: dict[str, float] = {}
 
         def counted() -> bool:
-            after.update(metrics(sg))
+            after.update(sg.metrics())
             return event_count(after, "stateless_acks") > event_count(before, "stateless_acks")
 
         harness.wait_until(counted, "the ACK counted as absorbed", attempts=50, interval=0.1)
@@ -295,7 +295,7 @@ def test_a_refused_invite_retransmitted_gets_the_same_503_and_no_transaction(
         final_to = next(ln for ln in final.split(b"\r\n") if ln.startswith(b"To:"))
         s.sendto(re.sub(rb"To: [^\r]*", final_to,
                         first.replace(b"INVITE sip:", b"ACK sip:", 1).replace(b"1 INVITE", b"1 ACK")), STIRGATE)
-    harness.wait_until(lambda: metrics(sg).get("stirgate_active_calls") == 0.0, "the first call to end",
+    harness.wait_until(lambda: sg.metrics().get("stirgate_active_calls") == 0.0, "the first call to end",
                        attempts=50, interval=0.1)
     # Refused once, re-answered three times, and never taken past the door: no INVITE reached the transaction
     # layer (the engine counts every INVITE that does), so no transaction was made for it.

@@ -1,0 +1,63 @@
+"""SIGHUP (`proxy.server.reload`): what a reload applies, and the sections it cannot, named and kept as they run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+import yaml
+
+from proxy.config import load_config
+from proxy.server import configure_logging, reload
+from tests.unit.core.sipfake import LOOPBACK, make_engine
+
+
+@pytest.fixture(autouse=True)
+def _json_lines() -> Iterator[None]:
+    configure_logging("info")
+    yield
+    structlog.reset_defaults()
+
+
+def write(path: Path, **changes: object) -> Path:
+    """examples/loopback.yaml without its STIR set-up (as the engine tests use it), with top-level changes."""
+    cfg = yaml.safe_load(LOOPBACK.read_text())
+    cfg.pop("stir", None)
+    for trunk in cfg["trunks"]:
+        trunk.pop("sign", None)
+    cfg.update(changes)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def events(err: str, name: str) -> list[dict[str, object]]:
+    return [e for e in (json.loads(line) for line in err.splitlines() if line.strip()) if e.get("event") == name]
+
+
+def test_sections_a_reload_cannot_apply_are_named_and_kept(tmp_path: Path,
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "stirgate.yaml")
+    engine = make_engine(load_config(path))
+    running = engine.config
+    write(path, logging={"level": "debug"}, records={"enabled": False},
+          sip={"failover_timeout": 7.0})  # sip: applied by a reload
+    asyncio.run(reload(engine, 0))
+    asyncio.run(reload(engine, 0))  # the file still differs from what runs: said again
+    (first, second) = events(capfd.readouterr().err, "settings_need_restart")
+    assert first["sections"] == second["sections"] == ["records", "logging"]
+    assert (engine.config.logging, engine.config.records) == (running.logging, running.records)  # what runs
+    assert engine.config.sip.failover_timeout == 7.0 and engine.settings.failover_timeout == 7.0
+
+
+def test_a_reload_that_changes_nothing_restart_only_says_nothing(tmp_path: Path,
+                                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "stirgate.yaml")
+    engine = make_engine(load_config(path))
+    write(path, sip={"failover_timeout": 7.0})
+    asyncio.run(reload(engine, 0))
+    err = capfd.readouterr().err
+    assert events(err, "settings_need_restart") == [] and len(events(err, "reloaded")) == 1
