@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final
 
+import msgspec
 import structlog
 
 from policies.loader import PolicySet, load_policies
@@ -239,8 +240,19 @@ async def load_policy_set(config: Config, engine: Engine) -> PolicySet | None:
     return pset
 
 
-#: Config sections a reload cannot apply (their stores, listeners, connections and loggers are made at start).
+#: Config sections a reload cannot apply (their stores, listeners, connections and loggers are made at start) ...
 RESTART_ONLY: Final = ("state", "records", "api", "hep", "logging")
+#: ... but for these `state:` settings, which are read call by call and so are applied.
+STATE_LIVE: Final = ("timeout_ms", "on_error")
+
+
+def kept_running(config: Config, running: Config) -> tuple[Config, list[str]]:
+    """`config` with the RESTART_ONLY sections as they run (`state`'s STATE_LIVE settings taken from `config`),
+    and the names of those whose file version differs from what runs."""
+    state = msgspec.structs.replace(running.state, **{f: getattr(config.state, f) for f in STATE_LIVE})
+    kept: dict[str, Any] = {name: getattr(running, name) for name in RESTART_ONLY} | {"state": state}
+    changed = [name for name in RESTART_ONLY if getattr(config, name) != kept[name]]
+    return dataclasses.replace(config, **kept), changed
 
 
 async def reload(engine: Engine, worker: int, notifier: Notifier | None = None, sti: StiApi | None = None) -> None:
@@ -249,7 +261,8 @@ async def reload(engine: Engine, worker: int, notifier: Notifier | None = None, 
     Calls in progress keep the routes and policy chain they started with; new calls get the new ones. Under
     systemd (one worker) the reload is bracketed by RELOADING=1 and READY=1, so `systemctl reload` shows it.
     A changed section a reload cannot apply (`RESTART_ONLY`) is named in a `settings_need_restart` warning and
-    the running one is kept, so the engine's config says what runs (and the next reload warns again).
+    the running one is kept (`state`'s per-call settings, STATE_LIVE, are applied), so the engine's config says
+    what runs, and the next reload warns again.
     """
     path = engine.config.path
     if notifier is not None:
@@ -260,11 +273,9 @@ async def reload(engine: Engine, worker: int, notifier: Notifier | None = None, 
                                                                                sti.settings.tls):
             raise ValueError("sti_api listener changed: restart stirgate to apply it")
         policies = await load_policy_set(config, engine)
-        running = engine.config
-        changed = [name for name in RESTART_ONLY if getattr(config, name) != getattr(running, name)]
+        config, changed = kept_running(config, engine.config)
         if changed:
             log.warning("settings_need_restart", worker=worker, sections=changed)
-            config = dataclasses.replace(config, **{name: getattr(running, name) for name in changed})
         engine.reconfigure(config, policies)
         if sti is not None:
             sti.reconfigure(config.sti_api)

@@ -61,3 +61,21 @@ def test_a_reload_that_changes_nothing_restart_only_says_nothing(tmp_path: Path,
     asyncio.run(reload(engine, 0))
     err = capfd.readouterr().err
     assert events(err, "settings_need_restart") == [] and len(events(err, "reloaded")) == 1
+
+
+def test_state_settings_read_per_call_are_applied_the_rest_named(tmp_path: Path,
+                                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    """`state.on_error` and `timeout_ms` are read call by call: a reload applies them (e.g. failing open during a
+    Redis incident without a restart). The store's own settings (here max_keys) need a restart."""
+    path = write(tmp_path / "stirgate.yaml")
+    engine = make_engine(load_config(path))
+    running = engine.config.state
+    write(path, state={"on_error": "closed", "timeout_ms": 50.0})
+    asyncio.run(reload(engine, 0))
+    assert events(capfd.readouterr().err, "settings_need_restart") == []
+    assert (engine.config.state.on_error, engine.config.state.timeout_ms) == ("closed", 50.0)
+    write(path, state={"on_error": "closed", "timeout_ms": 50.0, "max_keys": 10})
+    asyncio.run(reload(engine, 0))
+    (warned,) = events(capfd.readouterr().err, "settings_need_restart")
+    assert warned["sections"] == ["state"]
+    assert engine.config.state.max_keys == running.max_keys and engine.config.state.on_error == "closed"
