@@ -37,6 +37,7 @@ _CC_KEY = web.AppKey("country_code", str)
 _POOL_KEY = web.AppKey("readers", object)
 _WRITER_KEY = web.AppKey("writer", object)
 _FEEDBACK_KEY = web.AppKey("feedback", object)
+_READINESS_KEY = web.AppKey("readiness", object)
 log = structlog.get_logger("stirgate.api", component="server")
 
 
@@ -63,6 +64,18 @@ async def _healthz(request: web.Request) -> web.Response:
             body["records_db"] = "unknown" if up is None else "up" if up else "down"
             body["records_spill_bytes"] = writer.spill_bytes
     return _json(body)
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Whether this worker takes new calls, as its answer to an OPTIONS probe says: 200 `ready`, or 503 with why
+    not (`draining` after SIGTERM, `overloaded: <bound>`). For load balancers and orchestrators that probe over
+    HTTP; /healthz stays 200 while the process serves (a liveness probe must not restart a draining or
+    overloaded node)."""
+    readiness = request.app[_READINESS_KEY]
+    reason = readiness() if callable(readiness) else ""
+    if reason:
+        return _json({"status": reason}, status=503)
+    return _json({"status": "ready"})
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -195,9 +208,11 @@ async def _feedback(request: web.Request) -> web.Response:
 def build_app(metrics: Metrics, db: str | RecordsSettings | None, *, writer: WriterBase | None = None,
               country_code: str = "",
               feedback: Callable[[CallRecord, str], dict[str, Any]] | None = None,
-              extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
+              extra_routes: Callable[[web.Application], None] | None = None,
+              readiness: Callable[[], str] | None = None) -> web.Application:
     """`db`: the SQLite path, or the `records:` settings (their backend decides); None: no records.
-    `extra_routes` adds more endpoints (the ATIS-1000082 API when it has no listener of its own)."""
+    `extra_routes` adds more endpoints (the ATIS-1000082 API when it has no listener of its own); `readiness`
+    says why no new call is taken ("" when they are), for /readyz."""
     app = web.Application(middlewares=[plain_http_errors])
     app[_METRICS_KEY] = metrics
     app[_DB_KEY] = db or ""
@@ -211,8 +226,10 @@ def build_app(metrics: Metrics, db: str | RecordsSettings | None, *, writer: Wri
     app[_CC_KEY] = country_code
     app[_WRITER_KEY] = writer
     app[_FEEDBACK_KEY] = feedback
+    app[_READINESS_KEY] = readiness
     app.router.add_post("/feedback", _feedback)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/traceback", _traceback)
     app.router.add_get("/report", _report)
@@ -226,13 +243,14 @@ async def start_api(settings: ApiSettings, engine_stats_getter: Callable[[], Map
                     writer: WriterBase | None = None,
                     country_code: str = "", port: int | None = None,
                     feedback: Callable[[CallRecord, str], dict[str, Any]] | None = None,
-                    extra_routes: Callable[[web.Application], None] | None = None) -> web.AppRunner:
+                    extra_routes: Callable[[web.Application], None] | None = None,
+                    readiness: Callable[[], str] | None = None) -> web.AppRunner:
     """Serve the API; stop it with `await runner.cleanup()`. `port` overrides the configured one (a worker
     other than the first uses port + worker index: each worker has its own engine and counters)."""
     m = metrics if metrics is not None else Metrics()
     m.bind(engine_stats_getter, writer)
     runner = web.AppRunner(build_app(m, db, writer=writer, country_code=country_code, feedback=feedback,
-                                     extra_routes=extra_routes), access_log=None)
+                                     extra_routes=extra_routes, readiness=readiness), access_log=None)
     await runner.setup()
     host, configured = settings.host_port
     site = web.TCPSite(runner, host, configured if port is None else port, reuse_address=True)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -466,6 +467,16 @@ class Stirgate:
     def metrics(self) -> dict[str, float]:
         """Its /metrics now (`scrape_metrics`)."""
         return scrape_metrics(self.api_address)
+
+    def api_get(self, path: str) -> tuple[int, Any]:
+        """(status, JSON body) of a GET on its HTTP API, whatever the status."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(f"{self.api_base}{path}", timeout=5.0) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, json.loads(err.read())
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -336,7 +336,8 @@ def test_call_over_tcp(stirgate_factory: StirgateFactory, tmp_path: Path, uas_sf
 
 def test_sigterm_lets_the_call_in_progress_finish(stirgate_factory: StirgateFactory, tmp_path: Path) -> None:
     """Graceful stop (issue 2, Transport): on SIGTERM stirgate takes no new call (503) but lets the call in
-    progress end normally (its BYE still crosses), then exits 0 by itself."""
+    progress end normally (its BYE still crosses), then exits 0 by itself. /readyz says so over HTTP (503
+    draining) while /healthz stays 200."""
     sg = stirgate_factory(sip={**QUICK_TIMERS, "drain_grace": 20.0})
     sg.calls_active_at_drain = True
     callee = uas(tmp_path, "uas_call_up.xml")
@@ -347,8 +348,11 @@ def test_sigterm_lets_the_call_in_progress_finish(stirgate_factory: StirgateFact
         proc = caller.proc
         harness.wait_until(lambda: flag.exists() or proc.poll() is not None, "the call to be up", attempts=750)
         assert flag.exists(), caller.result().summary()
+        assert sg.api_get("/readyz") == (200, {"status": "ready"})
         sg.terminate()
         harness.wait_until(lambda: any(e.get("event") == "draining" for e in sg.log_events()), "stirgate to drain")
+        assert sg.api_get("/readyz") == (503, {"status": "draining"})
+        assert sg.api_get("/healthz")[0] == 200
         late = uac(tmp_path, "uac_503.xml", name="late_caller", port=SIP_PORT + 1).start().wait()
         caller_result, callee_result = caller.wait(), callee.wait()
     assert_passed(late)
