@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from tests.integration import harness
-from tests.integration.kamailio import kamailio_binary
+from tests.integration.kamailio import kamailio_binary, kamailio_command, launch
 from tests.services import end_process
 
 EXAMPLE = harness.ROOT / "examples" / "cluster"
@@ -65,10 +65,8 @@ class Front:
                  customers: Addr = (CUSTOMERS_IP, SIP_PORT), carriers: Addr = (CARRIERS_IP, SIP_PORT),
                  customer_peers: str = "127.0.0.10/32", carrier_peers: str = "127.0.0.20/32",
                  debug: int = 2, list_file: Path | None = None, probe: bool = True) -> None:  # fmt: skip
-        binary = kamailio_binary()
-        if binary is None:
+        if kamailio_binary() is None:
             raise FileNotFoundError("kamailio not found (Debian package kamailio)")
-        self.binary = binary
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.dests = list(dests)
@@ -106,19 +104,13 @@ class Front:
 
     def command(self) -> list[str]:
         defines = {**self.defines, "DS_LIST": f'"{self.write_list()}"', "CTL_SOCKET": f'"unix:{self.ctl}"'}
-        args = [self.binary, "-DD", "-E", "-m", str(self.shm_mb), "-M", "8", "-f", str(EXAMPLE / "kamailio.cfg"),
-                "--debug", str(self.debug)]  # fmt: skip
-        for name, value in defines.items():
-            args += ["-A", f"{name}={value}"]
-        return args
+        return kamailio_command(EXAMPLE / "kamailio.cfg", shm_mb=self.shm_mb, extra=("--debug", str(self.debug)),
+                                defines=[f"{name}={value}" for name, value in defines.items()])
 
     def start(self, seconds: float = 30.0) -> Front:
         for ip, port in (self.public, self.customers, self.carriers):
             harness.wait_port_free(ip, port, "udp")
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        proc = self.proc
+        self.proc = proc = launch(self.command(), self.workdir, self.log_path)
 
         def ready() -> bool:
             if proc.poll() is not None:

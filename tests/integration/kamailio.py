@@ -1,5 +1,6 @@
 """A Kamailio for tests: a config template rendered into the test's folder, its own address, started and
-stopped by the test (by PID), ready once it holds its UDP socket and answers an OPTIONS.
+stopped by the test (by PID), ready once it holds its UDP socket and answers an OPTIONS. `kamailio_command` and
+`launch` are how every Kamailio of the tests is started (the cluster's front, tests/integration/cluster.py, too).
 
     with Kamailio(TEMPLATE, tmp_path, listen=("127.0.0.1", 5070), values={"NEXTHOP": "sip:127.0.0.20:5060"}) as k:
         ...  # SIPp -> k.listen -> ...
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -34,6 +36,25 @@ def module_dir(*needed: str) -> str | None:
         if all((Path(d) / m).exists() for m in needed or ("tm.so",)):
             return d
     return None
+
+
+def kamailio_command(config: Path, *, shm_mb: int = 64, pkg_mb: int = 8, defines: Sequence[str] = (),
+                     extra: Sequence[str] = ()) -> list[str]:
+    """Kamailio in the foreground, logging to stderr (`-DD -E`), on `config`; each of `defines` as `-A`."""
+    binary = kamailio_binary()
+    if binary is None:
+        raise FileNotFoundError("kamailio not found (Debian package kamailio)")
+    cmd = [binary, "-DD", "-E", "-m", str(shm_mb), "-M", str(pkg_mb), "-f", str(config), *extra]
+    for d in defines:
+        cmd += ["-A", d]
+    return cmd
+
+
+def launch(command: Sequence[str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Started in a session of its own (so stopped by its PID alone), its output into `log_path`."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(list(command), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 class Kamailio:
@@ -67,13 +88,7 @@ class Kamailio:
         return text
 
     def command(self) -> list[str]:
-        binary = kamailio_binary()
-        if binary is None:
-            raise RuntimeError("kamailio not installed")
-        cmd = [binary, "-DD", "-E", "-m", "64", "-M", "8", "-f", str(self.config)]
-        for d in self.defines:
-            cmd += ["-A", d]
-        return cmd
+        return kamailio_command(self.config, defines=self.defines)
 
     def check(self) -> subprocess.CompletedProcess[str]:
         """`kamailio -c`: the rendered config parses and its modules load."""
@@ -83,11 +98,7 @@ class Kamailio:
     def start(self) -> Kamailio:
         self.config.write_text(self.render())
         harness.wait_port_free(self.listen[0], self.listen[1], "udp")
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        proc = self.proc
+        self.proc = proc = launch(self.command(), self.dir, self.log_path)
 
         def ready() -> bool:
             if proc.poll() is not None:
