@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.tracebacks import forget_frames
 
-__all__ = ["StructlogHandler", "component_of", "install"]
+__all__ = ["StructlogHandler", "component_of", "install", "uninstall"]
 
 #: Loggers outside the `stirgate` tree, by their first name, and the component they log under.
 _COMPONENTS: Final = {"aiohttp": "api", "asyncio": "server"}
@@ -65,10 +65,18 @@ class StructlogHandler(logging.Handler):
 def install(level: int) -> None:
     """Make the root logger's only handler a StructlogHandler, from `level` up (the lowest level any component
     is shown at; the components' own levels are applied by structlog)."""
+    uninstall()
+    root = logging.getLogger()
+    root.addHandler(StructlogHandler())
+    root.setLevel(level)
+    logging.getLogger(AIOHTTP_SERVER).setLevel(logging.DEBUG)
+
+
+def uninstall() -> None:
+    """The standard library's defaults again (tests that configured logging clean up with it)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, StructlogHandler):
             root.removeHandler(handler)
-    root.addHandler(StructlogHandler())
-    root.setLevel(level)
-    logging.getLogger(AIOHTTP_SERVER).setLevel(logging.DEBUG)
+    root.setLevel(logging.WARNING)
+    logging.getLogger(AIOHTTP_SERVER).setLevel(logging.NOTSET)

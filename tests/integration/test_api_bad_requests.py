@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import logging
 from collections.abc import Iterator
 
 import pytest
 import structlog
 import uvloop
 
+from proxy import logbridge
 from proxy.api import start_api
 from proxy.config import ApiSettings
-from proxy.logbridge import StructlogHandler
 from proxy.logsink import sink
 from proxy.server import configure_logging
 
@@ -28,10 +27,7 @@ def _json_logging() -> Iterator[None]:
     configure_logging("info")
     yield
     structlog.reset_defaults()
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, StructlogHandler)]:
-        root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
+    logbridge.uninstall()
 
 
 async def _ask(port: int, raw: bytes) -> bytes:

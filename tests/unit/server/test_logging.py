@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 import structlog
 
-from proxy.logbridge import StructlogHandler, component_of
+from proxy import logbridge
+from proxy.logbridge import component_of
 from proxy.logsink import sink, utc_timestamp
 from proxy.server import _call_logger, configure_logging
 
@@ -22,10 +23,7 @@ def _restore_structlog() -> Iterator[None]:
     structlog.reset_defaults()
     configure_logging("info")  # the per-call lines back on for whatever runs next
     structlog.reset_defaults()
-    root = logging.getLogger()  # the standard library's records as before
-    for handler in [h for h in root.handlers if isinstance(h, StructlogHandler)]:
-        root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
+    logbridge.uninstall()  # the standard library's records as before
 
 
 def lines(err: str) -> list[dict[str, object]]:

@@ -11,6 +11,7 @@ import pytest
 import structlog
 import yaml
 
+from proxy import logbridge
 from proxy.config import load_config
 from proxy.server import configure_logging, reload
 from tests.unit.core.sipfake import LOOPBACK, make_engine
@@ -21,6 +22,7 @@ def _json_lines() -> Iterator[None]:
     configure_logging("info")
     yield
     structlog.reset_defaults()
+    logbridge.uninstall()
 
 
 def write(path: Path, **changes: object) -> Path:
