@@ -7,27 +7,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from collections.abc import Iterator
 
 import pytest
-import structlog
 import uvloop
 
-from proxy import logbridge
 from proxy.api import start_api
 from proxy.config import ApiSettings
 from proxy.logsink import sink
-from proxy.server import configure_logging
 
 N = 20
 
 
-@pytest.fixture(autouse=True)
-def _json_logging() -> Iterator[None]:
-    configure_logging("info")
-    yield
-    structlog.reset_defaults()
-    logbridge.uninstall()
+pytestmark = pytest.mark.usefixtures("json_logging")
 
 
 async def _ask(port: int, raw: bytes) -> bytes:

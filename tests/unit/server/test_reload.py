@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 import yaml
 
-from proxy import logbridge
 from proxy.config import load_config
-from proxy.server import configure_logging, reload
+from proxy.server import reload
 from tests.unit.core.sipfake import LOOPBACK, make_engine
 
-
-@pytest.fixture(autouse=True)
-def _json_lines() -> Iterator[None]:
-    configure_logging("info")
-    yield
-    structlog.reset_defaults()
-    logbridge.uninstall()
+pytestmark = pytest.mark.usefixtures("json_logging")
 
 
 def write(path: Path, **changes: object) -> Path:
