@@ -436,7 +436,7 @@ class Engine(CallHost):
         elif method == "OPTIONS":
             # A load balancer's health probe (Kamailio dispatcher): 503 while draining or overloaded takes this
             # node out of rotation before it stops taking calls. Stateless either way.
-            if not self.accepting or self.draining or self.overloaded() is not None:
+            if self.not_ready():
                 self._reply_stateless(req, source, 503, "Service Unavailable",
                                       [Header.make("retry-after", str(self.config.overload.retry_after))])
                 return
@@ -446,6 +446,14 @@ class Engine(CallHost):
             self._reply_stateless(req, source, 481, "Call/Transaction Does Not Exist")
         else:
             self._reply_stateless(req, source, 405, "Method Not Allowed", [Header.make("allow", ALLOW)])
+
+    def not_ready(self) -> str:
+        """Why this worker takes no new call now ("" when it does): what an OPTIONS probe gets 503 for, and
+        what /readyz answers."""
+        if not self.accepting or self.draining:
+            return "draining"
+        bound = self.overloaded()
+        return "" if bound is None else f"overloaded: {bound}"
 
     def overloaded(self, source_ip: str = "") -> str | None:
         """Why no new call at all can be taken now (a hard bound reached), or None."""

@@ -240,14 +240,6 @@ async def load_policy_set(config: Config, engine: Engine) -> PolicySet | None:
     return pset
 
 
-def not_ready(engine: Engine) -> str:
-    """Why this worker takes no new call now ("" when it does): what makes it answer OPTIONS with 503."""
-    if not engine.accepting or engine.draining:
-        return "draining"
-    bound = engine.overloaded()
-    return f"overloaded: {bound}" if bound is not None else ""
-
-
 #: Config sections a reload cannot apply (their stores, listeners, connections and loggers are made at start) ...
 RESTART_ONLY: Final = ("state", "records", "api", "hep", "logging")
 #: ... but for these `state:` settings, which are read call by call and so are applied.
@@ -400,7 +392,7 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
                                   writer=writer, country_code=config.stir.country_code,
                                   port=config.api.host_port[1] + worker if workers > 1 else None,
                                   feedback=lambda rec, label: apply_feedback(engine, rec, label, server.flush),
-                                  readiness=lambda: not_ready(engine),
+                                  readiness=engine.not_ready,
                                   extra_routes=sti.add_routes if sti is not None and not config.sti_api.listen
                                   else None)
         except OSError as exc:

@@ -326,11 +326,13 @@ def api_listen(config: Path | Mapping[str, Any]) -> tuple[str, int]:
     return host, int(port)
 
 
+#: HTTP to a stirgate's API, asked directly: loopback never goes through an http_proxy.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def scrape_metrics(address: tuple[str, int]) -> dict[str, float]:
-    """A stirgate's /metrics as {sample with its labels: value}, e.g. 'stirgate_sip_events_total{event="invites"}'
-    (asked directly: loopback never goes through an http_proxy)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://{address[0]}:{address[1]}/metrics", timeout=5.0) as resp:
+    """A stirgate's /metrics as {sample with its labels: value}, e.g. 'stirgate_sip_events_total{event="invites"}'."""
+    with _DIRECT.open(f"http://{address[0]}:{address[1]}/metrics", timeout=5.0) as resp:
         body = resp.read().decode()
     out = {}
     for line in body.splitlines():
@@ -470,9 +472,8 @@ class Stirgate:
 
     def api_get(self, path: str) -> tuple[int, Any]:
         """(status, JSON body) of a GET on its HTTP API, whatever the status."""
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            with opener.open(f"{self.api_base}{path}", timeout=5.0) as resp:
+            with _DIRECT.open(f"{self.api_base}{path}", timeout=5.0) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as err:
             with err:

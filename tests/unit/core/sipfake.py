@@ -41,7 +41,7 @@ def uid() -> str:
     return f"{next(_ids):06d}"
 
 
-def loopback_config(**replace: str) -> Config:
+def loopback_yaml(**replace: str) -> str:
     """examples/loopback.yaml, optionally with text substitutions (old -> new), without its STIR set-up.
 
     The example signs and verifies with a demo PKI read from `demo-certs/` in the working directory; these
@@ -55,7 +55,12 @@ def loopback_config(**replace: str) -> Config:
     cfg.pop("stir", None)
     for trunk in cfg["trunks"]:
         trunk.pop("sign", None)
-    return load_config_text(yaml.safe_dump(cfg, sort_keys=False), str(LOOPBACK))
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def loopback_config(**replace: str) -> Config:
+    """`loopback_yaml` as a Config."""
+    return load_config_text(loopback_yaml(**replace), str(LOOPBACK))
 
 
 def make_engine(config: Config | None = None, **settings: object) -> Engine:

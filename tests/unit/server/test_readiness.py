@@ -1,8 +1,7 @@
-"""/readyz's answer (`proxy.server.not_ready`): the same judgement as the engine's answer to an OPTIONS probe."""
+"""/readyz's answer (`Engine.not_ready`): the same judgement as the engine's answer to an OPTIONS probe."""
 
 from __future__ import annotations
 
-from proxy.server import not_ready
 from tests.unit.core.sipfake import A, Harness, build_request, make_engine
 
 
@@ -16,9 +15,9 @@ def options_status(h: Harness) -> int | None:
 def test_ready_unless_draining_or_at_a_hard_bound() -> None:
     h = Harness(make_engine())
     engine = h.engine
-    assert not_ready(engine) == "" and options_status(h) == 200
+    assert engine.not_ready() == "" and options_status(h) == 200
     engine.calls_in_setup = engine.config.overload.max_calls_in_setup
-    assert not_ready(engine) == "overloaded: calls-in-setup" and options_status(h) == 503
+    assert engine.not_ready() == "overloaded: calls-in-setup" and options_status(h) == 503
     engine.calls_in_setup = 0
     engine.draining = True
-    assert not_ready(engine) == "draining" and options_status(h) == 503
+    assert engine.not_ready() == "draining" and options_status(h) == 503

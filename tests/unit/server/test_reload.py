@@ -11,17 +11,14 @@ import yaml
 
 from proxy.config import load_config
 from proxy.server import reload
-from tests.unit.core.sipfake import LOOPBACK, make_engine
+from tests.unit.core.sipfake import loopback_yaml, make_engine
 
 pytestmark = pytest.mark.usefixtures("json_logging")
 
 
 def write(path: Path, **changes: object) -> Path:
-    """examples/loopback.yaml without its STIR set-up (as the engine tests use it), with top-level changes."""
-    cfg = yaml.safe_load(LOOPBACK.read_text())
-    cfg.pop("stir", None)
-    for trunk in cfg["trunks"]:
-        trunk.pop("sign", None)
+    """The engine tests' loopback config (`loopback_yaml`), with top-level changes."""
+    cfg = yaml.safe_load(loopback_yaml())
     cfg.update(changes)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
