@@ -30,20 +30,29 @@ MAX_SOURCES = 65536
 
 
 class Gate:
-    """One trunk at the door: its token bucket, its calls in progress, its counters."""
+    """One trunk at the door: its token bucket, its calls in progress, its counters.
 
-    __slots__ = ("admitted", "burst", "calls", "drop", "max_calls", "name", "offered", "rate", "retry_after", "shed",
-                 "stamp", "tokens")
+    `rate`, `burst` and `max_calls` are what this process enforces: the contract's (`contract_*`) times its
+    `share` of the trunk's traffic. The share is 1 alone; when several workers or nodes take one trunk's calls
+    (a dispatcher front spreads them by Call-ID) each gets the part of the contract that its part of the
+    trunk's offered INVITEs calls for (`proxy.limit_shares`), so together they hold the contract."""
+
+    __slots__ = ("admitted", "burst", "calls", "contract_burst", "contract_calls", "contract_rate", "drop",
+                 "max_calls", "name", "offered", "rate", "retry_after", "share", "shed", "stamp", "tokens")
 
     def __init__(self, trunk: Trunk, retry_after: int) -> None:
         self.name = trunk.name
         limits = trunk.limits
-        self.rate = limits.max_cps if limits is not None else 0.0
+        self.contract_rate = limits.max_cps if limits is not None else 0.0
         burst = float(limits.burst) if limits is not None else 0.0
-        self.burst = burst if burst > 0 else max(1.0, self.rate)
+        self.contract_burst = burst if burst > 0 else max(1.0, self.contract_rate)
+        self.contract_calls = limits.max_calls if limits is not None else 0
+        self.share = 1.0
+        self.rate = self.contract_rate
+        self.burst = self.contract_burst
+        self.max_calls = self.contract_calls
         self.tokens = self.burst
         self.stamp = 0.0
-        self.max_calls = limits.max_calls if limits is not None else 0
         self.drop = limits is not None and limits.action == "drop"
         self.retry_after = limits.retry_after if limits is not None and limits.retry_after is not None \
             else retry_after
@@ -54,12 +63,30 @@ class Gate:
         self.admitted = 0
         self.shed: dict[str, int] = {}
 
+    @property
+    def limited(self) -> bool:
+        """Whether the trunk has a contracted rate or call count."""
+        return self.contract_rate > 0.0 or self.contract_calls > 0
+
+    def set_share(self, share: float) -> None:
+        """Enforce `share` (0-1) of the contract here. A share never takes the bucket below one call, nor the
+        call count below one: a process that gets a trunk's call can always take one (so the sum over N
+        processes may exceed the contract by at most N calls at once)."""
+        share = min(1.0, max(0.0, share))
+        self.share = share
+        self.rate = self.contract_rate * share
+        self.burst = max(1.0, self.contract_burst * share)
+        if self.tokens > self.burst:
+            self.tokens = self.burst
+        self.max_calls = max(1, round(self.contract_calls * share)) if self.contract_calls > 0 else 0
+
     def carry_over(self, old: Gate) -> None:
-        """A reload: what the trunk holds and has done stays (its limits are the new ones)."""
+        """A reload: what the trunk holds and has done stays (its limits are the new ones, at the old share)."""
         self.calls = old.calls
         self.offered = old.offered
         self.admitted = old.admitted
         self.shed = old.shed
+        self.set_share(old.share)
         self.tokens = min(old.tokens, self.burst)
         self.stamp = old.stamp
 

@@ -284,6 +284,10 @@ def _trunk_families(gates: Sequence[Gate]) -> Iterator[Metric]:
     admitted = CounterMetricFamily("stirgate_trunk_calls_admitted", "New calls taken from each trunk",
                                    labels=["trunk"])
     calls = GaugeMetricFamily("stirgate_trunk_calls", "Calls in progress per ingress trunk", labels=["trunk"])
+    share = GaugeMetricFamily("stirgate_trunk_limit_share",
+                              "The part of each limited trunk's contract this process holds (1 alone; with "
+                              "state.trunk_limits: shared, its part of the trunk's offered INVITEs)",
+                              labels=["trunk"])
     shed = CounterMetricFamily("stirgate_calls_shed",
                                "New INVITEs refused at the door (503 or dropped) by trunk and reason: max-cps, "
                                "max-calls (the trunk's limits), calls-in-setup, dialogs, transactions, "
@@ -293,9 +297,12 @@ def _trunk_families(gates: Sequence[Gate]) -> Iterator[Metric]:
         offered.add_metric([g.name], g.offered)
         admitted.add_metric([g.name], g.admitted)
         calls.add_metric([g.name], g.calls)
+        if g.limited:
+            share.add_metric([g.name], g.share)
         for reason, n in list(g.shed.items()):
             shed.add_metric([g.name, reason], n)
     yield offered
     yield admitted
     yield calls
+    yield share
     yield shed

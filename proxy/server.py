@@ -23,6 +23,7 @@ from proxy.b2bua import Call
 from proxy.config import Config, ConfigError, load_config
 from proxy.engine import Engine
 from proxy.feedback import apply_feedback
+from proxy.limit_shares import LimitShares
 from proxy.logsink import logger_factory, render_json, render_line, sink, utc_timestamp
 from proxy.metrics import Metrics, engine_snapshot
 from proxy.records import TrunkLoadMeter, WriterBase, call_end_hook, redirect_end_hook
@@ -411,6 +412,10 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
         loop.create_task(_refresh_trust_list(engine)),
     ]
+    shares = None
+    if config.state.backend == "redis" and config.state.trunk_limits == "shared":
+        shares = LimitShares(config.state, engine.instance_id, lambda: engine.admission.gates())
+        background.append(loop.create_task(shares.run()))
     meter = TrunkLoadMeter(time.time())
     if writer is not None:
         background.append(loop.create_task(_record_trunk_load(engine, writer, meter)))
@@ -435,6 +440,8 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         await api.cleanup()
     if server.state is not None:
         await server.state.close()
+    if shares is not None:
+        await shares.close()
     if sti_runner is not None:
         await sti_runner.cleanup()
     if writer is not None:

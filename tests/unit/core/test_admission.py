@@ -249,6 +249,46 @@ def test_token_bucket() -> None:
     assert adm.over_limit(gate, 100.0) == "" and gate.tokens == 5.0  # never beyond the burst
 
 
+def test_a_share_enforces_its_part_of_the_contract() -> None:
+    adm = Admission(config({"max_cps": 10, "burst": 20, "max_calls": 8}))
+    gate = adm.gate("customer")
+    assert gate is not None and gate.limited and gate.share == 1.0
+    gate.set_share(0.25)
+    assert (gate.rate, gate.burst, gate.max_calls) == (2.5, 5.0, 2)
+    assert gate.tokens == 5.0  # the bucket shrank with it
+    for _ in range(2):
+        assert adm.over_limit(gate, 1.0) == ""
+        adm.admitted(gate)
+    assert adm.over_limit(gate, 1.0) == "max-calls"  # 2 in progress, 2 allowed here
+    for _ in range(3):  # each call ends before the next: the 5 tokens of the smaller bucket
+        adm.released("customer")
+        assert adm.over_limit(gate, 1.0) == ""
+        adm.admitted(gate)
+    adm.released("customer")
+    assert adm.over_limit(gate, 1.0) == "max-cps"
+    assert adm.over_limit(gate, 1.5) == ""  # 0.5 s at 2.5/s: a token
+    gate.set_share(0.0)  # a process the front sends nothing: still one call when one comes
+    assert (gate.rate, gate.burst, gate.max_calls) == (0.0, 1.0, 1)
+    gate.set_share(1.0)
+    assert (gate.rate, gate.burst, gate.max_calls) == (10.0, 20.0, 8)
+
+
+def test_a_trunk_without_limits_is_not_shared() -> None:
+    adm = Admission(config())
+    gate = adm.gate("customer")
+    assert gate is not None and not gate.limited
+
+
+def test_a_reload_keeps_the_share_with_the_new_contract() -> None:
+    h = harness({"max_cps": 10})
+    gate = h.engine.admission.gate("customer")
+    assert gate is not None
+    gate.set_share(0.5)
+    h.engine.reconfigure(config({"max_cps": 40}), None)
+    gate = h.engine.admission.gate("customer")
+    assert gate is not None and gate.share == 0.5 and gate.rate == 20.0
+
+
 # --- bounded memory, stateless answers ---------------------------------------------------------------------------
 
 
