@@ -10,8 +10,8 @@ the shares follow the traffic one interval late. When Redis cannot be reached th
 
 One hash per trunk (`<key_prefix>limits:<trunk>`), one field per process (its instance id): the INVITEs it
 was offered in its last interval and when it said so (Redis's clock, so the nodes' clocks do not matter). A
-field not refreshed for `STALE_INTERVALS` intervals (a dead or stopped process) is dropped, and its share goes
-to the others.
+field not refreshed for `STALE_INTERVALS` intervals (a process that died) is dropped, and its share goes to
+the others; a process that stops removes its own.
 """
 
 from __future__ import annotations
@@ -123,4 +123,14 @@ class LimitShares:
         return True
 
     async def close(self) -> None:
+        """Give this process's shares back at once (the others take them at their next exchange), then close."""
+        said = [self.prefix + name for name in self._offered]
+        try:
+            if said and not self.failing:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for key in said:
+                        pipe.hdel(key, self.instance)
+                    await asyncio.wait_for(pipe.execute(), timeout=self.interval)
+        except (RedisError, OSError, TimeoutError) as exc:
+            forget_frames(exc)  # stale in STALE_INTERVALS anyway
         await self.client.aclose()

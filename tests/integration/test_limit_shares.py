@@ -74,6 +74,10 @@ def test_two_processes_split_the_contract_by_their_offered_load(redis_url: str, 
     # the load moves to b: the shares follow at the next exchange
     assert b.offer(90).tick() and a.offer(10).tick()
     assert a.gate.share == pytest.approx(share_of(10, 100, 2)) and a.gate.share < 0.15
+    # b stops: it takes its field with it, and a holds the whole contract at its next exchange
+    processes.remove(b)
+    b.close()
+    assert a.offer(10).tick() and a.gate.share == 1.0
 
 
 def test_a_process_not_heard_from_gives_its_share_back(redis_url: str, processes: list[Process]) -> None:
