@@ -9,7 +9,7 @@ CONFIG ?= examples/loopback.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUN  := python3-venv python3-dev gcc openssl
 APT_TEST := sip-tester secsipidx redis-server postgresql systemd kamailio kamailio-utils-modules kamailio-extra-modules sngrep
-APT_BENCH := kamailio kamailio-secsipid-modules sip-tester secsipidx postgresql wrk
+APT_BENCH := kamailio kamailio-secsipid-modules kamailio-tls-modules sip-tester secsipidx postgresql wrk
 
 .PHONY: run cluster test test-pure pure-tree bench lint fuzz certs venv venv-test sysdeps-run sysdeps-test sysdeps-bench compile pure clean
 

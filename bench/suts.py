@@ -20,6 +20,17 @@ VENV_BIN = REPO / ".venv" / "bin"
 PEERS = Path(os.environ.get("STIRGATE_PEERS_DIR", REPO.parent / "shared" / "peers"))
 
 
+def kamailio_command(exe: str, config: Path, shm_mb: int, defines: tuple[str, ...] = ()) -> list[str]:
+    """Kamailio in the foreground, logging to stderr, on `config` (`shm_mb` of shared memory, 32 MB per process);
+    each of `defines` as `-A`. The bench's SUT and its TLS front both start it so."""
+    return [exe, "-DD", "-E", "-m", str(shm_mb), "-M", "32", *(a for d in defines for a in ("-A", d)), "-f",
+            str(config)]
+
+
+def kamailio_binary() -> str:
+    return shutil.which("kamailio") or "/usr/sbin/kamailio"
+
+
 def sip_probe(src: Addr, dst: Addr, max_forwards: int = 70, timeout: float = 0.5) -> int | None:
     """Send one OPTIONS from `src` to `dst`; the status code of the first response, or None."""
     got = sip_probe_full(src, dst, max_forwards, timeout)
@@ -439,7 +450,7 @@ class Kamailio(SUT):
         self.tls_next_hop: str = ""
         self.tls_files: object = None
         self.config = self.workdir / "kamailio-bench.cfg"
-        self.exe = shutil.which("kamailio") or "/usr/sbin/kamailio"
+        self.exe = kamailio_binary()
 
     def set_mode(self, mode: Mode, pki: Pki | None) -> None:
         super().set_mode(mode, pki)
@@ -495,8 +506,8 @@ class Kamailio(SUT):
         return text.replace(f'"!UAS!sip:{self.uas}!g"', f'"!UAS!{self.tls_next_hop}!g"')
 
     def command(self) -> list[str]:
-        define = ["-A", self.mode.kamailio_define] if self.mode.kamailio_define else []
-        return [self.exe, "-DD", "-E", "-m", "4096", "-M", "32", *define, "-f", str(self.config)]
+        defines = (self.mode.kamailio_define,) if self.mode.kamailio_define else ()
+        return kamailio_command(self.exe, self.config, 4096, defines)
 
     def env(self) -> dict[str, str] | None:
         # secsipid fetches x5u with Go's net/http, which trusts SSL_CERT_FILE: the bench CA.

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .modes import Mode, Pki
 from .procs import Addr, stop_process
-from .suts import SUT, sip_probe
+from .suts import SUT, kamailio_binary, kamailio_command, sip_probe
 
 FRONT_A = "127.0.0.12"  # the customer side of the front: the SUT's TLS customer trunk
 FRONT_B = "127.0.0.22"  # the carrier side: the SUT's TLS carrier trunk
@@ -164,7 +163,7 @@ class TlsFront(SUT):
         self.tls_port = tls_port
         self.name = inner.name
         self.label = f"{inner.label.split(' (')[0]} over TLS (Kamailio TLS front)"
-        self.exe = shutil.which("kamailio") or "/usr/sbin/kamailio"
+        self.exe = kamailio_binary()
         self.front: subprocess.Popen[bytes] | None = None
         self.front_cfg = inner.workdir / "tls-front.cfg"
 
@@ -213,7 +212,7 @@ class TlsFront(SUT):
         self.front_cfg.write_text(FRONT_CFG.format(a=FRONT_A, b=FRONT_B, udp_port=self.udp_port,
                                                    tls_port=self.tls_port, tls_cfg=tls_cfg, sut=sut, uas=self.uas))
         log = open(stepdir / "tls-front.log", "wb")  # noqa: SIM115
-        self.front = subprocess.Popen([self.exe, "-DD", "-E", "-m", "1024", "-M", "32", "-f", str(self.front_cfg)],
+        self.front = subprocess.Popen(kamailio_command(self.exe, self.front_cfg, 1024),
                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                       cwd=self.inner.workdir, start_new_session=True)
         log.close()
