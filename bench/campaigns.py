@@ -818,10 +818,21 @@ def summarize(traffic: Traffic, replay: Replay, baseline: Replay | None = None,
         "legit_flagged": {"value": legit_share, "target": TARGET_LEGIT_FLAGGED,
                           "met": legit_share <= TARGET_LEGIT_FLAGGED},
     }
-    if "added_us_per_call" in cpu and baseline is not None and baseline.policies is None:
+    if "added_us_per_call" in cpu and baseline is not None:
+        # The analytics' target is met against the profile without them (bench/profile-without-risk.yaml);
+        # against no policy file the figure also holds the per-call checks and the chain itself.
         out["targets"]["added_cpu_us"] = {"value": cpu["added_us_per_call"], "target": TARGET_ADDED_US,
-                                          "met": cpu["added_us_per_call"] <= TARGET_ADDED_US}
+                                          "met": cpu["added_us_per_call"] <= TARGET_ADDED_US,
+                                          "against": _shown_path(baseline.policies)}
     return out
+
+
+def _shown_path(policies: str | None) -> str:
+    """A policy file as the summary names it: relative to the repository when inside it."""
+    if policies is None:
+        return "no policy file"
+    path = Path(policies)
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else policies
 
 
 def median_cpu(summary: dict[str, Any], pairs: Sequence[tuple[float, float]]) -> None:
@@ -903,7 +914,8 @@ def format_summary(s: dict[str, Any]) -> str:
     for name, t in s["targets"].items():
         val = f"{100 * t['value']:.2f}%" if name != "added_cpu_us" else f"{t['value']:.1f} µs"
         goal = f"{100 * t['target']:.1f}%" if name != "added_cpu_us" else f"{t['target']:.0f} µs"
-        lines.append(f"target {name}: {val} (target {'>=' if name == 'caught_after_5' else '<='} {goal}): "
+        against = f", against {t['against']}" if t.get("against") else ""
+        lines.append(f"target {name}: {val} (target {'>=' if name == 'caught_after_5' else '<='} {goal}{against}): "
                      f"{'met' if t['met'] else 'NOT met'}")
     ch = s["checks"]
     if any(ch.values()):
