@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -149,3 +150,33 @@ def test_put_from_sip_thread_while_writer_runs(tmp_path: Path) -> None:
     t.join()
     assert w.flush_and_close() == 0
     assert w.written + w.dropped == 20_000 and _count(tmp_path / "r.db") == w.written
+
+
+def test_workers_opening_a_new_database_at_once_all_get_it(tmp_path: Path) -> None:
+    """`--workers N` on SQLite: every worker's first flush opens the same new file at about the same moment.
+    Two processes released together, 20 times over, each on a new file: every open succeeds (before, the one
+    that lost the race to switch the file to WAL failed at once, in about two of three trials)."""
+    failed = []
+    for trial in range(20):
+        path = tmp_path / f"records{trial}.sqlite3"
+        go = time.time() + 0.05
+        pids = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:  # a worker
+                code = 1
+                try:
+                    while time.time() < go:  # released together (a spin: a sleep would blur the moment)
+                        pass
+                    conn = open_db(path)
+                    conn.execute("SELECT count(*) FROM calls").fetchone()
+                    conn.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(status):
+                failed.append(trial)
+    assert failed == []
