@@ -273,8 +273,8 @@ Mode = Literal["inline", "redirect"]
 class TrunkLimits(_Base, frozen=True):
     """A trunk's contracted call rate: new INVITEs beyond it are refused at the door, before any parsing beyond
     the source address and the method, statelessly (503 + Retry-After, or nothing with `action: drop`).
-    Each process holds the whole contract, unless `state` is Redis with `trunk_limits: shared` (the default
-    there): then the processes that take the trunk's calls hold it together (`proxy.limit_shares`)."""
+    The processes that take the trunk's calls hold it together (`state.trunk_limits: shared`, the default: the
+    workers of a node, and with Redis state every node; `proxy.limit_shares`)."""
 
     #: New calls per second (token bucket refill); 0: no rate limit.
     max_cps: Annotated[float, msgspec.Meta(ge=0)] = 0.0
@@ -399,8 +399,9 @@ class StateSettings(_Base, frozen=True):
     #: for others to share its round trip (one write, one wake-up for the reply); a call after a quiet spell goes
     #: at once. 0: each loop iteration's requests go together, no waiting. Less than `timeout_ms`.
     batch_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 5.0
-    #: Redis backend: shared: the processes that take a trunk's calls hold its `limits` together, each its share
-    #: of the trunk's offered INVITEs (`proxy.limit_shares`); per_worker: each process holds the whole contract.
+    #: shared: the processes that take a trunk's calls hold its `limits` together, each its share of the trunk's
+    #: offered INVITEs (`proxy.limit_shares`): with redis every worker of every node, with memory the workers of
+    #: this node. per_worker: each process holds the whole contract.
     trunk_limits: Literal["shared", "per_worker"] = "shared"
 
 

@@ -23,7 +23,7 @@ from proxy.b2bua import Call
 from proxy.config import Config, ConfigError, load_config
 from proxy.engine import Engine
 from proxy.feedback import apply_feedback
-from proxy.limit_shares import LimitShares
+from proxy.limit_shares import BoardExchange, Exchange, LimitShares, RedisExchange, ShareBoard
 from proxy.logsink import logger_factory, render_json, render_line, sink, utc_timestamp
 from proxy.metrics import Metrics, engine_snapshot
 from proxy.records import TrunkLoadMeter, WriterBase, call_end_hook, redirect_end_hook
@@ -295,9 +295,10 @@ async def reload(engine: Engine, worker: int, notifier: Notifier | None = None, 
 
 
 async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[str], object],
-                 notifier: Notifier | None) -> int:
+                 notifier: Notifier | None, board: ShareBoard | None = None) -> int:
     """One worker's life. `on_ready(status)` once its sockets are bound and its policies loaded; `notifier`
-    (the single process under systemd, else None) hears of the drain and of reloads."""
+    (the single process under systemd, else None) hears of the drain and of reloads; `board`: where the workers
+    of this node share their trunks' limits (several workers, `state: memory`)."""
     loop = asyncio.get_running_loop()
     inline = [x for x in config.listen if x.mode != "redirect"]
     udp_listens = [(x.transport, x.host, x.port) for x in inline]
@@ -412,9 +413,14 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
         loop.create_task(_refresh_trust_list(engine)),
     ]
-    shares = None
-    if config.state.backend == "redis" and config.state.trunk_limits == "shared":
-        shares = LimitShares(config.state, engine.instance_id, lambda: engine.admission.gates())
+    exchange: Exchange | None = None
+    if config.state.trunk_limits == "shared":
+        if config.state.backend == "redis":
+            exchange = RedisExchange(config.state, engine.instance_id)
+        elif board is not None:
+            exchange = BoardExchange(board, worker)
+    shares = LimitShares(exchange, lambda: engine.admission.gates()) if exchange is not None else None
+    if shares is not None:
         background.append(loop.create_task(shares.run()))
     meter = TrunkLoadMeter(time.time())
     if writer is not None:
@@ -462,14 +468,14 @@ def _log_records_closed(writer: WriterBase, worker: int, unwritten: int) -> None
 
 
 def _run_worker(config: Config, worker: int, workers: int, on_ready: Callable[[str], object],
-                notifier: Notifier | None) -> int:
+                notifier: Notifier | None, board: ShareBoard | None = None) -> int:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
         log.warning("uvloop_missing")
-    return asyncio.run(_serve(config, worker, workers, on_ready, notifier))
+    return asyncio.run(_serve(config, worker, workers, on_ready, notifier, board))
 
 
 def _warn_if_python() -> None:
@@ -510,6 +516,9 @@ def run(config: Config, workers: int = 1) -> int:
     # Several workers: each tells the parent it is listening through a pipe; once all have, the parent tells
     # systemd. Workers never notify themselves (systemd would ignore them and log it).
     ready_r, ready_w = os.pipe()
+    # Mapped before the forks, so that every worker shares it (with Redis state the nodes share through Redis).
+    board = ShareBoard(workers) if config.state.backend == "memory" and config.state.trunk_limits == "shared" \
+        else None
     children: list[int] = []
     for i in range(workers):
         pid = os.fork()
@@ -523,7 +532,7 @@ def run(config: Config, workers: int = 1) -> int:
                     os.write(fd, b"r")
                     os.close(fd)
 
-                code = _run_worker(config, i, workers, worker_ready, None)
+                code = _run_worker(config, i, workers, worker_ready, None, board)
             finally:
                 os._exit(code)
         children.append(pid)

@@ -9,24 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-import yaml
 
-from proxy.admission import Admission, Gate
-from proxy.config import StateSettings, load_config_text
-from proxy.limit_shares import LimitShares, share_of
+from proxy.config import StateSettings
+from proxy.limit_shares import LimitShares, RedisExchange, share_of
 from tests.services import Redis
-from tests.unit.core.sipfake import loopback_yaml
+from tests.unit.core.test_limit_shares import customer_gate
 
 PREFIX = "lim-test:"
-
-
-def customer_gate() -> Gate:
-    """The customer trunk's gate, with a contract of 100 calls/s and 40 calls at once."""
-    cfg = yaml.safe_load(loopback_yaml())
-    next(t for t in cfg["trunks"] if t["name"] == "customer")["limits"] = {"max_cps": 100, "max_calls": 40}
-    gate = Admission(load_config_text(yaml.safe_dump(cfg), "test.yaml")).gate("customer")
-    assert gate is not None
-    return gate
 
 
 class Process:
@@ -39,7 +28,7 @@ class Process:
 
     async def _make(self, url: str, instance: str) -> LimitShares:
         settings = StateSettings(backend="redis", url=url, key_prefix=PREFIX)
-        return LimitShares(settings, instance, lambda: [self.gate], interval=0.25)
+        return LimitShares(RedisExchange(settings, instance, interval=0.25), lambda: [self.gate], interval=0.25)
 
     def offer(self, n: int) -> Process:
         self.gate.offered += n

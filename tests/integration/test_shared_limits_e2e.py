@@ -1,4 +1,5 @@
-"""A trunk's contract held by two nodes together (state.trunk_limits: shared, proxy.limit_shares).
+"""A trunk's contract held by the processes that take its calls together (state.trunk_limits: shared,
+proxy.limit_shares): two nodes sharing Redis, and the two workers of one node.
 
     SIPp customer 127.0.0.10 --(50 calls/s)--> stirgate node A 127.0.0.1 --\\
                              --(50 calls/s)--> stirgate node B 127.0.0.2 ---+-> SIPp carrier UAS 127.0.0.20
@@ -19,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration import harness
-from tests.integration.conftest import StirgateFactory
-from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, SIP_PORT, Sipp, SippResult, Stirgate
+from tests.integration.conftest import StirgateFactory, log_problems
+from tests.integration.harness import CARRIER_IP, CUSTOMER_IP, SIP_PORT, STIRGATE_IP, Sipp, SippResult, Stirgate
 from tests.integration.test_fair_overload import QuietSipp, shed_counts
 
 pytestmark = pytest.mark.usefixtures("sipp_bin")
@@ -74,3 +75,39 @@ def test_two_nodes_hold_one_contract_together(stirgate_factory: StirgateFactory,
     for sg, refused in ((a, refused_a), (b, refused_b)):
         assert shed_counts(sg.metrics()) == {("customer", "max-cps"): refused}
         assert 0.0 < share(sg) < 1.0
+
+
+def test_the_workers_of_one_node_hold_one_contract_together(tmp_path: Path) -> None:
+    """`--workers 2`, state in memory: SO_REUSEPORT spreads the customer's source ports over the two workers
+    (by a hash: with six ports, all on one worker is a 1-in-32 chance, and the contract then holds trivially)."""
+    config = harness.make_config(tmp_path / "stirgate.yaml",
+                                 trunks={"customer": {"limits": {"max_cps": MAX_CPS, "burst": MAX_CPS}}},
+                                 extra={"logging": {"level": "info"}})
+    sg = Stirgate(config, tmp_path, run_args=["--workers", "2"])
+    host, port = sg.api_address
+    carrier = QuietSipp("uas_answer.xml", CARRIER_IP, tmp_path, calls=10**5, name="carrier")
+    calls = 120
+    uacs = [Sipp("rob_uac_flood.xml", CUSTOMER_IP, tmp_path, remote=(STIRGATE_IP, SIP_PORT), calls=calls,
+                 name=f"uac{i}", port=harness.free_port(CUSTOMER_IP), extra=["-r", "15", "-rp", "1000"])
+            for i in range(6)]
+    sg.start()
+    try:
+        with harness.running(carrier):
+            t0 = time.monotonic()
+            for uac in uacs:
+                uac.start()
+            results = [uac.wait() for uac in uacs]
+            spent = time.monotonic() - t0
+        workers = [harness.scrape_metrics((host, port + i)) for i in range(2)]
+    finally:
+        rc = sg.stop()
+    assert rc == 0 and not log_problems(sg), log_problems(sg)
+    finals = [m.status for r in results for m in r.responses() if m.method == "INVITE" and (m.status or 0) >= 200]
+    assert len(finals) == 6 * calls, [r.summary() for r in results]
+    taken = finals.count(200)
+    offered = [w.get('stirgate_trunk_invites_total{trunk="customer"}', 0.0) for w in workers]
+    assert taken <= MAX_CPS + MAX_CPS * spent + 2 * MAX_CPS, f"{taken} taken in {spent:.1f} s (offered {offered})"
+    assert taken >= MAX_CPS * spent / 2, f"{taken} taken in {spent:.1f} s: the contract starved"
+    assert sum(offered) == 6 * calls
+    if min(offered) > 0:  # both workers took part: each holds a share of the contract
+        assert all(0.0 < w['stirgate_trunk_limit_share{trunk="customer"}'] < 1.0 for w in workers)
