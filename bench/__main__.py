@@ -130,6 +130,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--setup-rate", type=float, default=None,
                    help="concurrency mode: calls/s at which they are set up (and later ended; default 2000, "
                         "quick 1000)")
+    p.add_argument("--hold-mode", choices=("relay", "sign"), default="relay",
+                   help="concurrency mode: stirgate relays the held calls (relay) or signs them on the way (sign: "
+                        "an Identity header on each B-leg INVITE, the bench PKI); with --records it also writes "
+                        "their records")
     p.add_argument("--api-listen", default="127.0.0.1:8180",
                    help="concurrency mode: stirgate's HTTP API, polled for its gauges (--port-offset applies)")
     p.add_argument("--rest-listen", default="127.0.0.1:8190",
@@ -594,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     pki: Pki | None = None
     x5u: X5uServer | None = None
     sink: HepSink | None = None
-    if any(MODES[m].needs_pki for m in sip_modes) or "state" in args.modes or "rest" in args.modes:
+    if any(MODES[m].needs_pki for m in sip_modes) or "state" in args.modes or "rest" in args.modes \
+            or ("concurrency" in args.modes and args.hold_mode == "sign"):
         pki = make_pki(rundir, VENV_BIN / "stirgate", Addr.parse(args.x5u_listen).offset(off))
     all_sweeps: dict[str, dict[str, Sweep]] = {}
     results: dict[str, Any] = {}
@@ -708,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         results["service_vs_inline"] = service_vs_inline(results)
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
-            results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped)
+            results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped, pki)
         if "flood" in args.modes or "fairness" in args.modes:
             results["fairness"] = run_fairness(args, rundir, names, skipped)
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .modes import MODES, Pki
 from .procs import Addr, descendants, udp_bound
 from .sipp import BUFF, SCENARIOS, SIPP, _counts, _int, _last_row, _rusage_wait
 from .step import _log_warnings, wait_free
@@ -106,7 +107,11 @@ class HoldStirgate(Stirgate):
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.api = api
         self.dialogs = dialogs
-        self.label = "stirgate (1 worker)"
+        self.label = "stirgate (1 worker" + (", records" if self.records else "") + ")"
+
+    def set_mode(self, mode: Any, pki: Any) -> None:
+        super().set_mode(mode, pki)
+        self.label = self.label.replace("worker", f"worker, {mode.name}", 1) if mode.name != "relay" else self.label
 
     def config_text(self) -> str:
         text = super().config_text()
@@ -567,8 +572,9 @@ def print_results(results: list[HoldResult], args: argparse.Namespace) -> None:
 
 
 def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], uac: Addr, uas: Addr,
-                    skipped: dict[str, str]) -> dict[str, Any]:
-    """--mode concurrency: each named SUT in turn (stirgate, optionally kamailio); the JSON entry."""
+                    skipped: dict[str, str], pki: Pki | None = None) -> dict[str, Any]:
+    """--mode concurrency: each named SUT in turn (stirgate, optionally kamailio); the JSON entry. stirgate holds
+    the calls as `--hold-mode` says (relay, or sign with `pki`), writing their records with `--records`."""
     off = args.port_offset
     results: list[HoldResult] = []
     for name in names:
@@ -576,7 +582,10 @@ def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], ua
         if name == "stirgate":
             sut = HoldStirgate(Addr.parse(args.stirgate_listen).offset(off), uas, [uac], rundir, workers=1,
                                log_level=args.log_level, worker_port_base=5100 + off,
-                               api=Addr.parse(args.api_listen).offset(off), dialogs=args.dialogs)
+                               api=Addr.parse(args.api_listen).offset(off), dialogs=args.dialogs,
+                               records=args.records)
+            if args.hold_mode == "sign":
+                sut.set_mode(MODES["sign"], pki)
         elif name == "kamailio":
             sut = HoldKamailio(Addr.parse(args.peer_listen).offset(off), uas, [uac], rundir, pike=False)
         else:
@@ -593,6 +602,7 @@ def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], ua
         print(f"{sut.label} [mode concurrency]:", flush=True)
         results.append(run_hold(sut, args, rundir, uac, uas))
     print_results(results, args)
-    return {"dialogs": args.dialogs, "setup_rate_cps": args.setup_rate,
+    return {"dialogs": args.dialogs, "setup_rate_cps": args.setup_rate, "hold_mode": args.hold_mode,
+            "records": args.records,
             "results": {r.sut: asdict(r) for r in results}}
 
