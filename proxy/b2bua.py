@@ -716,6 +716,8 @@ class Call:
             self.host.call_answered(self)
             self._start_retx(self.a, self.host.txns.respond(a_txn, out, now), now)
             self.invite = None  # no failover after an answer: free the original INVITE
+            if isinstance(self.signed, SignedCall):
+                self.signed = self.signed.spent()  # nor its Identity header values
             return
         # Final failure from this trunk.
         self.deadlines.pop("noanswer", None)

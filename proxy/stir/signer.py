@@ -194,6 +194,11 @@ class SignedCall:
     extra: tuple[str, ...] = ()
     div: str | None = None
 
+    def spent(self) -> SignedCall:
+        """What an answered call keeps (no B-leg INVITE will carry the headers again): the attestation, origid
+        and iat its record and log line need, not the header values (~600 bytes per held dialog)."""
+        return SignedCall("", None, self.attest, self.origid, self.iat)
+
 
 def load_signing_key(path: str | Path, password: bytes | None = None) -> ec.EllipticCurvePrivateKey:
     """A P-256 private key from PEM (ES256 needs exactly that curve)."""

@@ -12,6 +12,7 @@ from proxy.b2bua import Call
 from proxy.records import CallRecord, call_end_hook, record_from_call
 from proxy.sip.grammar import parse_name_addr
 from proxy.sip.message import Request
+from proxy.stir.signer import SignedCall
 from proxy.stir.tn import TNPolicy
 from tests.unit.core.sipfake import A, B, Callee, Caller, Harness, build_request
 from tests.unit.records.helpers import (
@@ -80,6 +81,9 @@ def test_signed_call_carries_our_attest_and_origid(pki: Path) -> None:
     assert r.attest == "A"  # +1212... is in the customer's prefixes
     assert r.origid == ORIGID
     assert r.verification is None
+    # Answered, the call let go of the header values it sent (no failover now), and kept what the record needs.
+    kept = calls[0].signed
+    assert isinstance(kept, SignedCall) and kept.identity == "" and kept.extra == () and kept.attest == "A"
 
 
 def _verified_call(h: Harness, pki: Path, identity: str | None) -> Call:
