@@ -41,10 +41,28 @@ def node(factory: StirgateFactory, ip: str, redis_url: str) -> Stirgate:
                "logging": {"level": "info"}, "state": {"backend": "redis", "url": redis_url}})
 
 
-def taken_and_refused(r: SippResult) -> tuple[int, int]:
+def taken_and_refused(r: SippResult, calls: int = CALLS) -> tuple[int, int]:
     finals = [m.status for m in r.responses() if m.method == "INVITE" and (m.status or 0) >= 200]
-    assert len(finals) == CALLS and r.returncode == 0, r.summary()
+    assert len(finals) == calls and r.returncode == 0, r.summary()
     return finals.count(200), finals.count(503)
+
+
+def play(uacs: list[Sipp], workdir: Path) -> tuple[list[SippResult], float]:
+    """The UACs at once, towards a carrier that answers every call: their results, and how long they sent for."""
+    carrier = QuietSipp("uas_answer.xml", CARRIER_IP, workdir, calls=10**5, name="carrier")
+    with harness.running(carrier):
+        t0 = time.monotonic()
+        for uac in uacs:
+            uac.start()
+        results = [uac.wait() for uac in uacs]
+        return results, time.monotonic() - t0
+
+
+def assert_one_contract(taken: int, spent: float, detail: str) -> None:
+    """One bucket (burst 20, 20/s) over the time SIPp sent for, plus each process's whole bucket before its
+    first exchange told it of the other. Each process holding the contract alone would take about twice that."""
+    assert taken <= MAX_CPS + MAX_CPS * spent + 2 * MAX_CPS, f"{taken} taken in {spent:.1f} s ({detail})"
+    assert taken >= MAX_CPS * spent / 2, f"{taken} taken in {spent:.1f} s ({detail}): the contract starved"
 
 
 def share(sg: Stirgate) -> float:
@@ -55,22 +73,12 @@ def test_two_nodes_hold_one_contract_together(stirgate_factory: StirgateFactory,
                                               redis_url: str) -> None:
     a = node(stirgate_factory, NODE_A, redis_url)
     b = node(stirgate_factory, NODE_B, redis_url)
-    carrier = QuietSipp("uas_answer.xml", CARRIER_IP, tmp_path, calls=10**5, name="carrier")
     uacs = [Sipp("rob_uac_flood.xml", CUSTOMER_IP, tmp_path, remote=(ip, SIP_PORT), calls=CALLS, name=f"to-{ip}",
                  port=harness.free_port(CUSTOMER_IP), extra=["-r", str(RATE), "-rp", "1000"])
             for ip in (NODE_A, NODE_B)]
-    with harness.running(carrier):
-        t0 = time.monotonic()
-        for uac in uacs:
-            uac.start()
-        results = [uac.wait() for uac in uacs]
-        spent = time.monotonic() - t0
+    results, spent = play(uacs, tmp_path)
     (taken_a, refused_a), (taken_b, refused_b) = (taken_and_refused(r) for r in results)
-    taken = taken_a + taken_b
-    # One bucket (burst 20, 20/s) over the time SIPp sent for, plus each node's whole bucket before the first
-    # exchange told it of the other. Each node holding the contract alone would take about twice that.
-    assert taken <= MAX_CPS + MAX_CPS * spent + 2 * MAX_CPS, f"{taken_a} + {taken_b} taken in {spent:.1f} s"
-    assert taken >= MAX_CPS * spent / 2, f"{taken_a} + {taken_b} taken in {spent:.1f} s: the contract starved"
+    assert_one_contract(taken_a + taken_b, spent, f"{taken_a} + {taken_b}")
     assert taken_a > 0 and taken_b > 0
     for sg, refused in ((a, refused_a), (b, refused_b)):
         assert shed_counts(sg.metrics()) == {("customer", "max-cps"): refused}
@@ -85,29 +93,20 @@ def test_the_workers_of_one_node_hold_one_contract_together(tmp_path: Path) -> N
                                  extra={"logging": {"level": "info"}})
     sg = Stirgate(config, tmp_path, run_args=["--workers", "2"])
     host, port = sg.api_address
-    carrier = QuietSipp("uas_answer.xml", CARRIER_IP, tmp_path, calls=10**5, name="carrier")
     calls = 120
     uacs = [Sipp("rob_uac_flood.xml", CUSTOMER_IP, tmp_path, remote=(STIRGATE_IP, SIP_PORT), calls=calls,
                  name=f"uac{i}", port=harness.free_port(CUSTOMER_IP), extra=["-r", "15", "-rp", "1000"])
             for i in range(6)]
     sg.start()
     try:
-        with harness.running(carrier):
-            t0 = time.monotonic()
-            for uac in uacs:
-                uac.start()
-            results = [uac.wait() for uac in uacs]
-            spent = time.monotonic() - t0
+        results, spent = play(uacs, tmp_path)
         workers = [harness.scrape_metrics((host, port + i)) for i in range(2)]
     finally:
         rc = sg.stop()
     assert rc == 0 and not log_problems(sg), log_problems(sg)
-    finals = [m.status for r in results for m in r.responses() if m.method == "INVITE" and (m.status or 0) >= 200]
-    assert len(finals) == 6 * calls, [r.summary() for r in results]
-    taken = finals.count(200)
+    taken = sum(taken_and_refused(r, calls)[0] for r in results)
     offered = [w.get('stirgate_trunk_invites_total{trunk="customer"}', 0.0) for w in workers]
-    assert taken <= MAX_CPS + MAX_CPS * spent + 2 * MAX_CPS, f"{taken} taken in {spent:.1f} s (offered {offered})"
-    assert taken >= MAX_CPS * spent / 2, f"{taken} taken in {spent:.1f} s: the contract starved"
+    assert_one_contract(taken, spent, f"offered to the workers: {offered}")
     assert sum(offered) == 6 * calls
     if min(offered) > 0:  # both workers took part: each holds a share of the contract
         assert all(0.0 < w['stirgate_trunk_limit_share{trunk="customer"}'] < 1.0 for w in workers)
