@@ -36,7 +36,8 @@ from proxy.admission import Gate
 from proxy.config import StateSettings
 from proxy.tracebacks import forget_frames
 
-__all__ = ["INTERVAL", "SCRIPT", "BoardExchange", "LimitShares", "RedisExchange", "ShareBoard", "share_of"]
+__all__ = ["INTERVAL", "SCRIPT", "BoardExchange", "LimitShares", "RedisExchange", "ShareBoard", "board_for",
+           "limit_shares", "share_of"]
 
 log = structlog.get_logger("stirgate.state", component="server")
 
@@ -152,6 +153,8 @@ return out
 
 
 class RedisExchange:
+    """Every process of every node, in Redis (one Lua script per exchange)."""
+
     def __init__(self, settings: StateSettings, instance: str, interval: float = INTERVAL,
                  client: aioredis.Redis | None = None) -> None:
         self.instance = instance
@@ -226,6 +229,8 @@ class ShareBoard:
 
 
 class BoardExchange:
+    """The workers of this node, on the supervisor's `ShareBoard`."""
+
     def __init__(self, board: ShareBoard, worker: int, interval: float = INTERVAL,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.board = board
@@ -252,3 +257,26 @@ class BoardExchange:
 
     async def close(self) -> None:
         return None
+
+
+# --- which exchange a process takes -------------------------------------------------------------------------------
+
+def board_for(settings: StateSettings, workers: int) -> ShareBoard | None:
+    """The board the supervisor maps before forking `workers` (None when they do not share through one: one
+    worker, Redis state, or `trunk_limits: per_worker`)."""
+    if workers > 1 and settings.backend == "memory" and settings.trunk_limits == "shared":
+        return ShareBoard(workers)
+    return None
+
+
+def limit_shares(settings: StateSettings, instance: str, worker: int, board: ShareBoard | None,
+                 gates: Callable[[], Sequence[Gate]]) -> LimitShares | None:
+    """A process's exchange of its trunks' shares: through Redis with Redis state, else through the node's
+    board; None when its limits are its own (alone, or `trunk_limits: per_worker`)."""
+    if settings.trunk_limits != "shared":
+        return None
+    if settings.backend == "redis":
+        return LimitShares(RedisExchange(settings, instance), gates)
+    if board is not None:
+        return LimitShares(BoardExchange(board, worker), gates)
+    return None

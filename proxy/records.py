@@ -412,6 +412,7 @@ def open_db(path: str | Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection
 
 
 def _set_up(conn: sqlite3.Connection) -> None:
+    """WAL, the sync level and the schema (each step may meet another worker's lock)."""
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:

@@ -23,7 +23,7 @@ from proxy.b2bua import Call
 from proxy.config import Config, ConfigError, load_config
 from proxy.engine import Engine
 from proxy.feedback import apply_feedback
-from proxy.limit_shares import BoardExchange, Exchange, LimitShares, RedisExchange, ShareBoard
+from proxy.limit_shares import ShareBoard, board_for, limit_shares
 from proxy.logsink import logger_factory, render_json, render_line, sink, utc_timestamp
 from proxy.metrics import Metrics, engine_snapshot
 from proxy.records import TrunkLoadMeter, WriterBase, call_end_hook, redirect_end_hook
@@ -413,13 +413,7 @@ async def _serve(config: Config, worker: int, workers: int, on_ready: Callable[[
         loop.create_task(_refresh_crls(engine, config.stir.crl_refresh if config.stir.crl_dir else 0)),
         loop.create_task(_refresh_trust_list(engine)),
     ]
-    exchange: Exchange | None = None
-    if config.state.trunk_limits == "shared":
-        if config.state.backend == "redis":
-            exchange = RedisExchange(config.state, engine.instance_id)
-        elif board is not None:
-            exchange = BoardExchange(board, worker)
-    shares = LimitShares(exchange, lambda: engine.admission.gates()) if exchange is not None else None
+    shares = limit_shares(config.state, engine.instance_id, worker, board, lambda: engine.admission.gates())
     if shares is not None:
         background.append(loop.create_task(shares.run()))
     meter = TrunkLoadMeter(time.time())
@@ -516,9 +510,7 @@ def run(config: Config, workers: int = 1) -> int:
     # Several workers: each tells the parent it is listening through a pipe; once all have, the parent tells
     # systemd. Workers never notify themselves (systemd would ignore them and log it).
     ready_r, ready_w = os.pipe()
-    # Mapped before the forks, so that every worker shares it (with Redis state the nodes share through Redis).
-    board = ShareBoard(workers) if config.state.backend == "memory" and config.state.trunk_limits == "shared" \
-        else None
+    board = board_for(config.state, workers)  # mapped before the forks, so that every worker shares it
     children: list[int] = []
     for i in range(workers):
         pid = os.fork()

@@ -10,8 +10,19 @@ import pytest
 import yaml
 
 from proxy.admission import Admission, Gate
-from proxy.config import load_config_text
-from proxy.limit_shares import INTERVAL, STALE_INTERVALS, BoardExchange, LimitShares, ShareBoard, _trunk_id, share_of
+from proxy.config import StateSettings, load_config_text
+from proxy.limit_shares import (
+    INTERVAL,
+    STALE_INTERVALS,
+    BoardExchange,
+    LimitShares,
+    RedisExchange,
+    ShareBoard,
+    _trunk_id,
+    board_for,
+    limit_shares,
+    share_of,
+)
 
 from .sipfake import loopback_yaml
 
@@ -104,3 +115,22 @@ def test_shares_follow_the_board() -> None:
     assert gates[0].share == pytest.approx(share_of(90, 100, 2))
     assert gates[1].share == pytest.approx(share_of(10, 100, 2))
     assert gates[0].rate == pytest.approx(100 * 91 / 102) and gates[1].max_calls == round(40 * 11 / 102)
+
+
+def test_which_exchange_a_process_takes() -> None:
+    memory, redis = StateSettings(), StateSettings(backend="redis")
+    own = StateSettings(trunk_limits="per_worker")
+    assert board_for(memory, 1) is None and board_for(redis, 2) is None and board_for(own, 2) is None
+    board = board_for(memory, 2)
+    assert isinstance(board, ShareBoard) and board.workers == 2
+
+    def gates() -> list[Gate]:
+        return []
+
+    shared = limit_shares(memory, "w0", 0, board, gates)
+    assert shared is not None and isinstance(shared.exchange, BoardExchange)
+    assert limit_shares(memory, "w0", 0, None, gates) is None  # one worker: its limits are its own
+    assert limit_shares(own, "w0", 0, board, gates) is None
+    through_redis = limit_shares(redis, "w0", 0, None, gates)
+    assert through_redis is not None and isinstance(through_redis.exchange, RedisExchange)
+    asyncio.run(through_redis.exchange.close())
