@@ -107,11 +107,11 @@ class HoldStirgate(Stirgate):
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.api = api
         self.dialogs = dialogs
-        self.label = "stirgate (1 worker" + (", records" if self.records else "") + ")"
 
     def set_mode(self, mode: Any, pki: Any) -> None:
         super().set_mode(mode, pki)
-        self.label = self.label.replace("worker", f"worker, {mode.name}", 1) if mode.name != "relay" else self.label
+        if mode.name != "relay":  # the held calls signed on the way: the label says so (Stirgate's names the rest)
+            self.label = f"{self.label[:-1]}, {mode.name})"
 
     def config_text(self) -> str:
         text = super().config_text()

@@ -195,8 +195,8 @@ class SignedCall:
     div: str | None = None
 
     def spent(self) -> SignedCall:
-        """What an answered call keeps (no B-leg INVITE will carry the headers again): the attestation, origid
-        and iat its record and log line need, not the header values (~600 bytes per held dialog)."""
+        """What an answered call keeps (no B-leg INVITE will carry the headers again): the attestation and origid
+        its record and log line need (and iat, a number), not the header values (~600 bytes per held dialog)."""
         return SignedCall("", None, self.attest, self.origid, self.iat)
 
 
