@@ -130,10 +130,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--setup-rate", type=float, default=None,
                    help="concurrency mode: calls/s at which they are set up (and later ended; default 2000, "
                         "quick 1000)")
-    p.add_argument("--hold-mode", choices=("relay", "sign"), default="relay",
-                   help="concurrency mode: stirgate relays the held calls (relay) or signs them on the way (sign: "
-                        "an Identity header on each B-leg INVITE, the bench PKI); with --records it also writes "
-                        "their records")
+    p.add_argument("--hold-mode", choices=("relay", "sign", "verify"), default="relay",
+                   help="concurrency mode: stirgate relays the held calls (relay), signs them on the way (sign: "
+                        "an Identity header on each B-leg INVITE, the bench PKI) or verifies the caller's Identity "
+                        "(verify: one PASSporT per call from the UAC, x5u served by the bench); with --records it "
+                        "also writes their records")
+    p.add_argument("--hold-transport", choices=("udp", "tcp"), default="udp",
+                   help="concurrency mode: the transport of both SIPp trunks (tcp: SIPp -t t1, one connection "
+                        "each way; stirgate also listens on TCP)")
     p.add_argument("--api-listen", default="127.0.0.1:8180",
                    help="concurrency mode: stirgate's HTTP API, polled for its gauges (--port-offset applies)")
     p.add_argument("--rest-listen", default="127.0.0.1:8190",
@@ -599,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     x5u: X5uServer | None = None
     sink: HepSink | None = None
     if any(MODES[m].needs_pki for m in sip_modes) or "state" in args.modes or "rest" in args.modes \
-            or ("concurrency" in args.modes and args.hold_mode == "sign"):
+            or ("concurrency" in args.modes and args.hold_mode != "relay"):
         pki = make_pki(rundir, VENV_BIN / "stirgate", Addr.parse(args.x5u_listen).offset(off))
     all_sweeps: dict[str, dict[str, Sweep]] = {}
     results: dict[str, Any] = {}
@@ -615,6 +619,14 @@ def main(argv: list[str] | None = None) -> int:
         sink = HepSink(VENV_BIN / "python", Addr.parse(args.hep_listen).offset(off), transport, rundir)
         sink.start()
         print(f"HEP sink ({transport}) on {sink.listen} (PID {sink.proc.pid if sink.proc else '?'})", flush=True)
+
+    def x5u_running() -> None:
+        """The bench's x5u server started once for the run (stirgate fetches the certificate from it)."""
+        nonlocal x5u
+        if x5u is None and pki is not None:
+            x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
+            x5u.start()
+            print(f"x5u server on https://{x5u.listen}/ (PID {x5u.proc.pid if x5u.proc else '?'})", flush=True)
     skipped: dict[str, str] = {}
     try:
         for name in [m for m in args.modes if m in STANDALONE_MODES]:
@@ -626,10 +638,8 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[sut.name] = why
         for m in sip_modes:
             mode = MODES[m]
-            if mode.needs_x5u_server and x5u is None and pki is not None:
-                x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
-                x5u.start()
-                print(f"x5u server on https://{x5u.listen}/ (PID {x5u.proc.pid if x5u.proc else '?'})", flush=True)
+            if mode.needs_x5u_server:
+                x5u_running()
             if mode.hep:
                 hep_sink(mode.hep)
             sweeps: dict[str, Sweep] = {}
@@ -683,9 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         # before the x5u server stops: stirgate fetches the certificate again in every step
         results["added_over_relay_us"] = added_over_relay(all_sweeps, args, hep_sink)
         if "state" in args.modes and pki is not None:
-            if x5u is None:
-                x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
-                x5u.start()
+            x5u_running()
             results["state"] = run_state(args, rundir, pki, uacs[0], uas,
                                          Addr.parse(args.stirgate_listen).offset(off))
         if "wheel" in args.modes:
@@ -698,9 +706,7 @@ def main(argv: list[str] | None = None) -> int:
                 args, rundir, uacs, uas, lambda sut, mode: Sweep(sut, args, rundir, uacs[:1], uas, mode))
             all_sweeps["cluster"] = cluster_runners  # type: ignore[assignment]  # their steps go into the JSON too
         if "rest" in args.modes and pki is not None:
-            if x5u is None:
-                x5u = X5uServer(VENV_BIN / "python", pki, Addr.parse(args.x5u_listen).offset(off), rundir)
-                x5u.start()
+            x5u_running()
             print(f"rest: the ATIS-1000082 API, {args.rest_duration:g} s per operation", flush=True)
             try:
                 results["rest"] = run_rest(rundir, VENV_BIN / "stirgate", pki,
@@ -713,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         results["service_vs_inline"] = service_vs_inline(results)
         if "concurrency" in args.modes:
             held = names if args.sut_given else ["stirgate"]
+            if args.hold_mode == "verify":
+                x5u_running()
             results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped, pki)
         if "flood" in args.modes or "fairness" in args.modes:
             results["fairness"] = run_fairness(args, rundir, names, skipped)

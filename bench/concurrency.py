@@ -13,12 +13,17 @@ second, bounded, and reads the memory of the SUT's process tree from /proc at ev
 - after the calls ended (SIPp sends the BYEs at the set-up rate), and once their transactions expired.
 
 stirgate's generated config is the relay's with the HTTP API on (`--api-listen`, port offset applied) and an
-`overload:` block raised so that nothing is refused for being too many dialogs or a slow loop.
+`overload:` block raised so that nothing is refused for being too many dialogs or a slow loop. `--hold-mode`
+says what stirgate does to each held call: relay it, sign it (the B-leg INVITE gets an Identity), or verify it
+(the UAC is a carrier trunk sending one freshly signed PASSporT per call from a SIPp injection file,
+`uac_hold_identity.xml`; stirgate rejects what fails). `--hold-transport tcp` puts both SIPp trunks on TCP (SIPp
+`-t t1`: one connection each way).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import resource
@@ -31,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .modes import MODES, Pki
+from .modes import MODES, Pki, write_identity_pool
 from .procs import Addr, descendants, udp_bound
 from .sipp import BUFF, SCENARIOS, SIPP, _counts, _int, _last_row, _rusage_wait
 from .step import _log_warnings, wait_free
@@ -42,6 +47,7 @@ MARGIN_S = 20.0        # hold beyond set-up + settle, for the samples and a slow
 POLL_S = 1.0
 LATE_S = 35.0          # build-up polls after this many seconds: the set-up transaction pool is steady
 QUICK_DIALOGS = 20_000
+VERIFIED = "TN-Validation-Passed"  # the verstat of a call whose caller's PASSporT passed
 
 
 @dataclass
@@ -91,6 +97,18 @@ def tcp_free(a: Addr) -> bool:
     return True
 
 
+def build_up_bound_s(dialogs: int, rate: float) -> float:
+    """How long the build-up is watched at most: 1.5 x the set-up time at `rate`, plus 30 s."""
+    return dialogs / rate * 1.5 + 30
+
+
+def iat_window_s(dialogs: int, rate: float) -> int:
+    """stir.verify.iat_max_age for hold mode verify: the pool is signed just before the UAC starts, so the last
+    PASSporT is at most the build-up bound old when it arrives (plus a minute for a slow start); never below
+    stirgate's default of 60 s."""
+    return max(60, math.ceil(build_up_bound_s(dialogs, rate) + 60))
+
+
 def _raise_nofile() -> None:
     """SIPp's open-files limit up to the hard limit (a child's preexec: it holds a call table of N)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -103,15 +121,20 @@ def _raise_nofile() -> None:
 class HoldStirgate(Stirgate):
     """The bench's relay config with the HTTP API on (to read its gauges) and overload bounds out of the way."""
 
-    def __init__(self, *a: object, api: Addr, dialogs: int, **kw: object) -> None:
+    def __init__(self, *a: object, api: Addr, dialogs: int, transport: str = "udp", **kw: object) -> None:
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.api = api
         self.dialogs = dialogs
+        self.trunk_transport = transport
+        self.base_label = self.label
+        self.set_mode(MODES["relay"], None)
 
     def set_mode(self, mode: Any, pki: Any) -> None:
+        """The label adds what Stirgate's does not name: the hold mode (signed or verified calls) and TCP."""
         super().set_mode(mode, pki)
-        if mode.name != "relay":  # the held calls signed on the way: the label says so (Stirgate's names the rest)
-            self.label = f"{self.label[:-1]}, {mode.name})"
+        extra = [mode.name] if mode.name != "relay" else []
+        extra += ["TCP"] if self.trunk_transport == "tcp" else []
+        self.label = f"{self.base_label[:-1]}{''.join(f', {x}' for x in extra)})"
 
     def config_text(self) -> str:
         text = super().config_text()
@@ -152,7 +175,20 @@ overload:
         return {"established": max(0, min(established, out["active_calls"])), "live": out["active_calls"],
                 "transactions": out.get("transactions", 0), "answered": out.get("answered", 0),
                 "calls_ended": out.get("calls_ended", 0), "invites": out.get("invites", 0),
-                "overload_rejected": out.get("overload_rejected", 0)}
+                "overload_rejected": out.get("overload_rejected", 0), **ended_by_verstat(text)}
+
+
+def ended_by_verstat(metrics: str) -> dict[str, int]:
+    """Ended calls from stirgate's `stirgate_calls_total` counter: `ended_verified` (verstat
+    TN-Validation-Passed) and `ended_other` (any other verstat, "none" included): hold mode verify's proof."""
+    verified = other = 0
+    for m in re.finditer(r'^stirgate_calls_total\{([^}]*)\} ([0-9.e+]+)$', metrics, re.M):
+        n = int(float(m.group(2)))
+        if f'verstat="{VERIFIED}"' in m.group(1):
+            verified += n
+        else:
+            other += n
+    return {"ended_verified": verified, "ended_other": other}
 
 
 class HoldKamailio(Kamailio):
@@ -276,6 +312,9 @@ class HoldResult:
     reached: bool = False
     max_established: int = 0
     setup_s: float | None = None
+    transport: str = "udp"                                     # the SIPp trunks'
+    identities_signed: int = 0                                 # hold mode verify: PASSporTs in the UAC's pool
+    all_verified: bool | None = None                           # every ended call verified, none failed (verify)
     uac: dict[str, int] = field(default_factory=dict)
     uas: dict[str, int] = field(default_factory=dict)
     sipp_peak_rss_kb: dict[str, int] = field(default_factory=dict)
@@ -294,6 +333,20 @@ class HoldResult:
     timeline: list[Sample] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+
+
+def hold_scenario(verifying: bool) -> str:
+    """The UAC's scenario: the plain hold, or the one carrying the caller's Identity from the -inf pool."""
+    return "uac_hold_identity.xml" if verifying else "uac_hold.xml"
+
+
+def every_call_verified(res: HoldResult) -> bool:
+    """Hold mode verify: no call failed at the UAC (a 403/438 would), N were established, and every call that
+    ended had its PASSporT pass (stirgate's calls counter by verstat, read after the calls ended)."""
+    last = res.after or res.ended
+    ended = last.extra if last is not None else {}
+    return (res.uac.get("FailedCall(C)", 0) == 0 and res.max_established >= res.dialogs
+            and ended.get("ended_other", 0) == 0 and ended.get("ended_verified", 0) >= res.dialogs)
 
 
 def _slope(samples: list[Sample], pss: bool = False) -> float | None:
@@ -316,8 +369,9 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
     setup_s = n / rate
     hold_s = setup_s * 1.25 + SETTLE_S + MARGIN_S
     total_s = hold_s + setup_s * 1.5 + SETTLE_S + 60
+    tcp = args.hold_transport == "tcp"
     res = HoldResult(sut=sut.name, label=sut.label, dialogs=n, setup_rate=rate, hold_s=round(hold_s, 1),
-                     memory_basis="pss" if isinstance(sut, Kamailio) else "rss")
+                     memory_basis="pss" if isinstance(sut, Kamailio) else "rss", transport=args.hold_transport)
     d = rundir / "concurrency" / sut.name
     d.mkdir(parents=True, exist_ok=True)
     state = sut.state  # type: ignore[attr-defined]
@@ -326,13 +380,20 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
     if busy:
         res.error = f"address busy: {', '.join(map(str, busy))}"
         return res
-    if isinstance(sut, HoldStirgate) and not tcp_free(sut.api):
-        res.error = f"API address {sut.api} busy"
+    tcp_needed = [sut.api] if isinstance(sut, HoldStirgate) else []
+    tcp_needed += [sut.listen, uas_addr, uac_addr] if tcp else []
+    busy = [a for a in tcp_needed if not tcp_free(a)]
+    if busy:
+        res.error = f"TCP address busy: {', '.join(map(str, busy))}"
         return res
 
-    uas = HoldSipp("uas", [SIPP, "-sf", str(SCENARIOS / "uas_hold.xml"), "-i", uas_addr.host,
+    pool = d / "identities.csv"
+    verifying = sut.mode.identity_pool and sut.pki is not None
+    transport = ["-t", "t1"] if tcp else []  # one connection each way
+    uas = HoldSipp("uas", [SIPP, "-sf", str(SCENARIOS / "uas_hold.xml"), "-i", uas_addr.host, *transport,
                            "-p", str(uas_addr.port), *sipp_common(2 * n + 1000, total_s + 30)], d / "uas")
-    uac = HoldSipp("uac", [SIPP, str(sut.listen), "-sf", str(SCENARIOS / "uac_hold.xml"), "-i", uac_addr.host,
+    uac = HoldSipp("uac", [SIPP, str(sut.listen), "-sf", str(SCENARIOS / hold_scenario(verifying)), *transport,
+                           *(["-inf", str(pool)] if verifying else []), "-i", uac_addr.host,
                            "-p", str(uac_addr.port), "-s", "12025550199", "-r", f"{rate:g}", "-rp", "1000",
                            "-m", str(n), "-d", str(int(hold_s * 1000)),
                            *sipp_common(n + 1000, total_s)], d / "uac")
@@ -384,6 +445,10 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
         if res.idle is None:
             raise RuntimeError(f"cannot read {sut.name}'s state")
         res.timeline.clear()
+        if verifying:
+            assert sut.pki is not None
+            res.identities_signed, took = write_identity_pool(sut.pki, pool, n, cap=None)  # iat: now
+            print(f"  {res.identities_signed:,} Identity values signed in {took:.1f} s", flush=True)
         uas.start()
         time.sleep(0.5)
         if not uas.running():
@@ -397,7 +462,7 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
         marks = [round(n * k / 10) for k in range(1, 10)]
         stalled_since: float | None = None
         last_est = -1
-        deadline = time.monotonic() + setup_s * 1.5 + 30
+        deadline = time.monotonic() + build_up_bound_s(n, rate)
         while time.monotonic() < deadline:
             s = sample("build-up")
             if sut.proc is not None and sut.proc.poll() is not None:
@@ -470,6 +535,8 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
         counts["cpu_ms"] = int(p.cpu * 1000)
         getattr(res, name).update(counts)
     res.log_warnings, res.log_sample = _log_warnings(sut.log_path)
+    if verifying:
+        res.all_verified = every_call_verified(res)
     if res.idle and res.settled and res.settled.established:
         res.bytes_per_dialog = round((res.settled.rss_kb - res.idle.rss_kb) * 1024 / res.settled.established)
         res.bytes_per_dialog_pss = round((res.settled.pss_kb - res.idle.pss_kb) * 1024 / res.settled.established)
@@ -516,7 +583,7 @@ def per(x: float | None) -> str:
 def print_results(results: list[HoldResult], args: argparse.Namespace) -> None:
     print()
     print(f"Results, mode concurrency ({time.strftime('%Y-%m-%d %H:%M')}): {args.dialogs:,} calls held, set up at "
-          f"{args.setup_rate:g} cps, one UAC, UDP")
+          f"{args.setup_rate:g} cps, one UAC, {args.hold_transport.upper()}")
     print("Memory as RSS / PSS of the SUT's process tree (PSS counts shared pages once: Kamailio's processes "
           "share its memory); bytes per dialog = (set-up transactions expired - idle) / established.")
     print("| system | established (of N) | failed calls | idle | at N | set-up txns expired | "
@@ -563,6 +630,9 @@ def print_results(results: list[HoldResult], args: argparse.Namespace) -> None:
             print(f"  after the BYEs: {r.ended.live} calls left, RSS {mb(r.ended.rss_kb)} at {r.ended.t:.0f} s"
                   + (f"; {r.after.transactions} transactions, RSS {mb(r.after.rss_kb)} at {r.after.t:.0f} s"
                      if r.after else ""))
+        if r.all_verified is not None:
+            print(f"  verification: {r.identities_signed:,} PASSporTs signed (one per call); "
+                  f"{verified_summary(r)}")
         for note in r.notes:
             print(f"  note: {note}")
         if r.error:
@@ -571,10 +641,20 @@ def print_results(results: list[HoldResult], args: argparse.Namespace) -> None:
             print(f"  {r.log_warnings} warning/error log lines, e.g. {r.log_sample[:2]}")
 
 
+def verified_summary(r: HoldResult) -> str:
+    """What hold mode verify found: every call verified, or what was not."""
+    last = r.after or r.ended
+    extra = last.extra if last is not None else {}
+    counts = (f"{extra.get('ended_verified', 0):,} ended calls {VERIFIED}, {extra.get('ended_other', 0):,} "
+              f"with another verstat, {r.uac.get('FailedCall(C)', 0)} failed calls at the UAC")
+    return f"{'every call verified' if r.all_verified else 'NOT every call verified'} ({counts})"
+
+
 def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], uac: Addr, uas: Addr,
                     skipped: dict[str, str], pki: Pki | None = None) -> dict[str, Any]:
     """--mode concurrency: each named SUT in turn (stirgate, optionally kamailio); the JSON entry. stirgate holds
-    the calls as `--hold-mode` says (relay, or sign with `pki`), writing their records with `--records`."""
+    the calls as `--hold-mode` says (relay, or sign / verify with `pki`), writing their records with `--records`,
+    over `--hold-transport`."""
     off = args.port_offset
     results: list[HoldResult] = []
     for name in names:
@@ -583,9 +663,16 @@ def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], ua
             sut = HoldStirgate(Addr.parse(args.stirgate_listen).offset(off), uas, [uac], rundir, workers=1,
                                log_level=args.log_level, worker_port_base=5100 + off,
                                api=Addr.parse(args.api_listen).offset(off), dialogs=args.dialogs,
-                               records=args.records)
-            if args.hold_mode == "sign":
-                sut.set_mode(MODES["sign"], pki)
+                               records=args.records, transport=args.hold_transport)
+            if args.hold_mode != "relay":
+                sut.set_mode(MODES[args.hold_mode], pki)
+            if args.hold_mode == "verify":
+                sut.iat_max_age = iat_window_s(args.dialogs, args.setup_rate)
+        elif name == "kamailio" and args.hold_transport != "udp":
+            print(f"{name}: its dialog config listens on UDP only: not run with --hold-transport "
+                  f"{args.hold_transport}", flush=True)
+            skipped.setdefault(name, f"concurrency over {args.hold_transport}")
+            continue
         elif name == "kamailio":
             sut = HoldKamailio(Addr.parse(args.peer_listen).offset(off), uas, [uac], rundir, pike=False)
         else:
@@ -603,6 +690,6 @@ def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], ua
         results.append(run_hold(sut, args, rundir, uac, uas))
     print_results(results, args)
     return {"dialogs": args.dialogs, "setup_rate_cps": args.setup_rate, "hold_mode": args.hold_mode,
-            "records": args.records,
+            "hold_transport": args.hold_transport, "records": args.records,
             "results": {r.sut: asdict(r) for r in results}}
 

@@ -138,15 +138,17 @@ class X5uServer:
             stop_process(self.proc, term_wait=5.0)
 
 
-def write_identity_pool(pki: Pki, path: Path, calls: int, now: float | None = None) -> tuple[int, float]:
+def write_identity_pool(pki: Pki, path: Path, calls: int, now: float | None = None,
+                        cap: int | None = MAX_POOL) -> tuple[int, float]:
     """A SIPp injection file (SEQUENTIAL; field0 = JWS token, field1 = x5u URL: SIPp splits fields on ';')
-    with one freshly signed shaken PASSporT per call, iat = now. Returns (values written, seconds taken)."""
+    with one freshly signed shaken PASSporT per call, iat = now, at most `cap` (None: one per call, as held
+    dialogs need: SIPp cycling through the file would repeat an origid). Returns (values written, seconds)."""
     from proxy.stir.signer import Signer, SigningProfile
 
     t0 = time.monotonic()
     now = time.time() if now is None else now
     signer = Signer(SigningProfile("bench", str(pki.key), pki.x5u))
-    n = max(1, min(calls, MAX_POOL))
+    n = max(1, calls if cap is None else min(calls, cap))
     lines = ["SEQUENTIAL"]
     for _ in range(n):
         value = signer.sign(ORIG, [DEST], "A", str(uuid.uuid4()), now)
