@@ -721,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
             held = names if args.sut_given else ["stirgate"]
             if args.hold_mode == "verify":
                 x5u_running()
-            results["concurrency"] = run_concurrency(args, rundir, held, uacs[0], uas, skipped, pki)
+            results["concurrency"] = run_concurrency(args, rundir, held, uacs, uas, skipped, pki)
         if "flood" in args.modes or "fairness" in args.modes:
             results["fairness"] = run_fairness(args, rundir, names, skipped)
     except KeyboardInterrupt:

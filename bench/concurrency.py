@@ -17,7 +17,9 @@ stirgate's generated config is the relay's with the HTTP API on (`--api-listen`,
 says what stirgate does to each held call: relay it, sign it (the B-leg INVITE gets an Identity), or verify it
 (the UAC is a carrier trunk sending one freshly signed PASSporT per call from a SIPp injection file,
 `uac_hold_identity.xml`; stirgate rejects what fails). `--hold-transport tcp` puts both SIPp trunks on TCP (SIPp
-`-t t1`: one connection each way).
+`-t t1`: one connection each way). With `--workers 2` there is one UAC per worker (`--uacs`, placed on the workers
+as the sweeps place theirs), N and the rate shared; the gauges are every worker's API added up, the memory that
+of the whole tree (supervisor and workers).
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ class HoldStirgate(Stirgate):
         off = "api:\n  enabled: false\n"
         if off not in text:
             raise RuntimeError("the generated stirgate config has no `api: enabled: false` block to replace")
-        text = text.replace(off, f"api:\n  enabled: true\n  listen: {self.api}   # bench only: the gauges polled\n")
+        text = text.replace(off, f"api:\n  enabled: true\n  listen: {self.api}   # bench only: the gauges polled "
+                                 f"(worker i: port + i)\n")
         return text + f"""
 # Concurrency mode: nothing refused for holding many dialogs (or their set-up transactions), for loop lag or a
 # filling receive queue while they build up.
@@ -156,10 +159,20 @@ overload:
     def extra_addrs(self) -> list[Addr]:
         return []
 
+    def apis(self) -> list[Addr]:
+        """Each worker's HTTP API (its own engine and counters): the configured port plus the worker's index."""
+        return [Addr(self.api.host, self.api.port + i) for i in range(self.workers)]
+
     def state(self) -> dict[str, int] | None:
-        """stirgate's gauges and counters from /metrics, or None when it does not answer."""
+        """stirgate's gauges and counters, every worker's added up, or None when one does not answer."""
+        rows = [self.worker_state(api) for api in self.apis()]
+        return None if any(r is None for r in rows) else summed([r for r in rows if r is not None])
+
+    @staticmethod
+    def worker_state(api: Addr) -> dict[str, int] | None:
+        """One worker's gauges and counters from its /metrics, or None when it does not answer."""
         try:
-            with urllib.request.urlopen(f"http://{self.api}/metrics", timeout=3) as r:
+            with urllib.request.urlopen(f"http://{api}/metrics", timeout=3) as r:
                 text = r.read().decode()
         except OSError:
             return None
@@ -335,6 +348,17 @@ class HoldResult:
     error: str | None = None
 
 
+def sipp_counts(p: HoldSipp) -> dict[str, int]:
+    """A SIPp's final counters (calls, failures, retransmissions), its per-message counts and CPU time."""
+    st = p.stat()
+    keys = ("TotalCallCreated", "IncomingCall(C)", "SuccessfulCall(C)", "FailedCall(C)", "Retransmissions(C)",
+            "FailedTimeoutOnRecv(C)", "FailedUnexpectedMessage(C)", "OutOfCallMsgs(C)", "DeadCallMsgs(C)")
+    counts = {k: _int(st, k) for k in keys if k in st}
+    counts.update({f"msg_{k}": v for k, v in _counts(p.dir).items()})
+    counts["cpu_ms"] = int(p.cpu * 1000)
+    return counts
+
+
 def hold_scenario(verifying: bool) -> str:
     """The UAC's scenario: the plain hold, or the one carrying the caller's Identity from the -inf pool."""
     return "uac_hold_identity.xml" if verifying else "uac_hold.xml"
@@ -363,8 +387,23 @@ def _slope(samples: list[Sample], pss: bool = False) -> float | None:
     return sum((x - mx) * (y - my) for x, y in pts) / sxx
 
 
-def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, uas_addr: Addr) -> HoldResult:
-    """One SUT holding `args.dialogs` calls; every wait bounded, SIPp and the SUT stopped by PID at the end."""
+def split_calls(n: int, rate: float, parts: int) -> list[tuple[int, float]]:
+    """(calls, calls/s) of each of `parts` UACs sharing N calls at `rate`: as even as whole calls allow."""
+    return [(n // parts + (1 if i < n % parts else 0), rate / parts) for i in range(parts)]
+
+
+def summed(rows: list[dict[str, int]]) -> dict[str, int]:
+    """Counters of several SIPp UACs added up, key by key."""
+    out: dict[str, int] = {}
+    for row in rows:
+        for k, v in row.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addrs: list[Addr], uas_addr: Addr) -> HoldResult:
+    """One SUT holding `args.dialogs` calls, from one SIPp UAC per address (stirgate --workers 2: one per worker);
+    every wait bounded, SIPp and the SUT stopped by PID at the end."""
     n, rate = args.dialogs, args.setup_rate
     setup_s = n / rate
     hold_s = setup_s * 1.25 + SETTLE_S + MARGIN_S
@@ -376,27 +415,36 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
     d.mkdir(parents=True, exist_ok=True)
     state = sut.state  # type: ignore[attr-defined]
 
-    busy = wait_free([sut.listen, uas_addr, uac_addr], args.busy_wait)
+    busy = wait_free([sut.listen, uas_addr, *uac_addrs], args.busy_wait)
     if busy:
         res.error = f"address busy: {', '.join(map(str, busy))}"
         return res
-    tcp_needed = [sut.api] if isinstance(sut, HoldStirgate) else []
-    tcp_needed += [sut.listen, uas_addr, uac_addr] if tcp else []
+    tcp_needed = sut.apis() if isinstance(sut, HoldStirgate) else []
+    tcp_needed += [sut.listen, uas_addr, *uac_addrs] if tcp else []
     busy = [a for a in tcp_needed if not tcp_free(a)]
     if busy:
         res.error = f"TCP address busy: {', '.join(map(str, busy))}"
         return res
 
-    pool = d / "identities.csv"
     verifying = sut.mode.identity_pool and sut.pki is not None
     transport = ["-t", "t1"] if tcp else []  # one connection each way
     uas = HoldSipp("uas", [SIPP, "-sf", str(SCENARIOS / "uas_hold.xml"), "-i", uas_addr.host, *transport,
                            "-p", str(uas_addr.port), *sipp_common(2 * n + 1000, total_s + 30)], d / "uas")
-    uac = HoldSipp("uac", [SIPP, str(sut.listen), "-sf", str(SCENARIOS / hold_scenario(verifying)), *transport,
-                           *(["-inf", str(pool)] if verifying else []), "-i", uac_addr.host,
-                           "-p", str(uac_addr.port), "-s", "12025550199", "-r", f"{rate:g}", "-rp", "1000",
-                           "-m", str(n), "-d", str(int(hold_s * 1000)),
-                           *sipp_common(n + 1000, total_s)], d / "uac")
+    uacs: list[HoldSipp] = []  # made once the SUT runs: stirgate --workers 2 places them on its workers
+    pools: list[tuple[Path, int]] = []  # hold mode verify: each UAC's -inf file and its calls
+
+    def make_uacs(addrs: list[Addr]) -> None:
+        for i, (a, (calls, cps)) in enumerate(zip(addrs, split_calls(n, rate, len(addrs)), strict=True)):
+            name = "uac" if len(addrs) == 1 else f"uac{i}"
+            pool = d / f"identities-{name}.csv"
+            if verifying:
+                pools.append((pool, calls))
+            uacs.append(HoldSipp(name, [
+                SIPP, str(sut.listen), "-sf", str(SCENARIOS / hold_scenario(verifying)), *transport,
+                *(["-inf", str(pool)] if verifying else []), "-i", a.host, "-p", str(a.port), "-s", "12025550199",
+                "-r", f"{cps:g}", "-rp", "1000", "-m", str(calls), "-d", str(int(hold_s * 1000)),
+                *sipp_common(calls + 1000, total_s)], d / name))
+
     t0 = time.monotonic()
 
     def sample(label: str = "") -> Sample | None:
@@ -404,15 +452,16 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
         if st is None or sut.proc is None:
             return None
         rss, pss = tree_memory(sut.pid)
-        u = uac.stat()
+        stats = [u.stat() for u in uacs]
         s = Sample(t=round(time.monotonic() - t0, 1), established=st["established"], live=st["live"],
                    transactions=st["transactions"], rss_kb=rss, pss_kb=pss,
-                   uac_created=_int(u, "TotalCallCreated"), uac_failed=_int(u, "FailedCall(C)"), label=label,
+                   uac_created=sum(_int(u, "TotalCallCreated") for u in stats),
+                   uac_failed=sum(_int(u, "FailedCall(C)") for u in stats), label=label,
                    extra={k: v for k, v in st.items() if k not in ("established", "live", "transactions")})
         res.timeline.append(s)
         res.max_established = max(res.max_established, s.established)
-        for name, p in (("uac", uac), ("uas", uas)):
-            res.sipp_peak_rss_kb[name] = max(res.sipp_peak_rss_kb.get(name, 0), p.rss_kb())
+        for p in (*uacs, uas):
+            res.sipp_peak_rss_kb[p.name] = max(res.sipp_peak_rss_kb.get(p.name, 0), p.rss_kb())
         return s
 
     def poll_until(cond: Any, limit: float, label: str) -> Sample | None:
@@ -445,16 +494,20 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
         if res.idle is None:
             raise RuntimeError(f"cannot read {sut.name}'s state")
         res.timeline.clear()
+        make_uacs(sut.step_uacs or uac_addrs)
         if verifying:
             assert sut.pki is not None
-            res.identities_signed, took = write_identity_pool(sut.pki, pool, n, cap=None)  # iat: now
-            print(f"  {res.identities_signed:,} Identity values signed in {took:.1f} s", flush=True)
+            for pool, calls in pools:
+                signed, took = write_identity_pool(sut.pki, pool, calls, cap=None)  # iat: now
+                res.identities_signed += signed
+                print(f"  {signed:,} Identity values signed in {took:.1f} s ({pool.name})", flush=True)
         uas.start()
         time.sleep(0.5)
         if not uas.running():
             raise RuntimeError(f"SIPp UAS exited at start: {uas.dir / 'screen.txt'}")
         t0 = time.monotonic()
-        uac.start()
+        for u in uacs:
+            u.start()
         print(f"  {sut.name}: {n} calls at {rate:g} cps (set-up ~{setup_s:.0f} s), held {hold_s:.0f} s each",
               flush=True)
 
@@ -511,29 +564,24 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addr: Addr, u
 
         # 3. the calls end (SIPp sends the BYEs at the set-up rate once each hold is over)
         left = total_s - (time.monotonic() - t0)
-        ended = poll_until(lambda s: s.live == 0 or not uac.running(), max(10.0, left), "ending")
-        uac.wait(timeout=30)
+        ended = poll_until(lambda s: s.live == 0 or not any(u.running() for u in uacs), max(10.0, left), "ending")
+        for u in uacs:
+            u.wait(timeout=30)
         ended = poll_until(lambda s: s.live == 0, 15.0, "ended") or ended
         res.ended = ended
         res.after = poll_until(lambda s: s.transactions == 0, SETTLE_S, "after")
     except Exception as e:  # reported in the results; the run goes on to the next SUT
         res.error = str(e)
     finally:
-        for p in (uac, uas):
+        for p in (*uacs, uas):
             if p.running():
                 p.stop()
             else:
                 p.wait(timeout=5)  # exited: reap it, with its CPU time
         sut.stop()
 
-    for name, p in (("uac", uac), ("uas", uas)):
-        st = p.stat()
-        keys = ("TotalCallCreated", "IncomingCall(C)", "SuccessfulCall(C)", "FailedCall(C)", "Retransmissions(C)",
-                "FailedTimeoutOnRecv(C)", "FailedUnexpectedMessage(C)", "OutOfCallMsgs(C)", "DeadCallMsgs(C)")
-        counts = {k: _int(st, k) for k in keys if k in st}
-        counts.update({f"msg_{k}": v for k, v in _counts(p.dir).items()})
-        counts["cpu_ms"] = int(p.cpu * 1000)
-        getattr(res, name).update(counts)
+    res.uac = summed([sipp_counts(p) for p in uacs])
+    res.uas = sipp_counts(uas)
     res.log_warnings, res.log_sample = _log_warnings(sut.log_path)
     if verifying:
         res.all_verified = every_call_verified(res)
@@ -583,7 +631,7 @@ def per(x: float | None) -> str:
 def print_results(results: list[HoldResult], args: argparse.Namespace) -> None:
     print()
     print(f"Results, mode concurrency ({time.strftime('%Y-%m-%d %H:%M')}): {args.dialogs:,} calls held, set up at "
-          f"{args.setup_rate:g} cps, one UAC, {args.hold_transport.upper()}")
+          f"{args.setup_rate:g} cps, {args.uacs} UAC(s), {args.hold_transport.upper()}")
     print("Memory as RSS / PSS of the SUT's process tree (PSS counts shared pages once: Kamailio's processes "
           "share its memory); bytes per dialog = (set-up transactions expired - idle) / established.")
     print("| system | established (of N) | failed calls | idle | at N | set-up txns expired | "
@@ -650,7 +698,7 @@ def verified_summary(r: HoldResult) -> str:
     return f"{'every call verified' if r.all_verified else 'NOT every call verified'} ({counts})"
 
 
-def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], uac: Addr, uas: Addr,
+def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], uacs: list[Addr], uas: Addr,
                     skipped: dict[str, str], pki: Pki | None = None) -> dict[str, Any]:
     """--mode concurrency: each named SUT in turn (stirgate, optionally kamailio); the JSON entry. stirgate holds
     the calls as `--hold-mode` says (relay, or sign / verify with `pki`), writing their records with `--records`,
@@ -660,7 +708,7 @@ def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], ua
     for name in names:
         sut: SUT
         if name == "stirgate":
-            sut = HoldStirgate(Addr.parse(args.stirgate_listen).offset(off), uas, [uac], rundir, workers=1,
+            sut = HoldStirgate(Addr.parse(args.stirgate_listen).offset(off), uas, uacs, rundir, workers=args.workers,
                                log_level=args.log_level, worker_port_base=5100 + off,
                                api=Addr.parse(args.api_listen).offset(off), dialogs=args.dialogs,
                                records=args.records, transport=args.hold_transport)
@@ -674,7 +722,7 @@ def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], ua
             skipped.setdefault(name, f"concurrency over {args.hold_transport}")
             continue
         elif name == "kamailio":
-            sut = HoldKamailio(Addr.parse(args.peer_listen).offset(off), uas, [uac], rundir, pike=False)
+            sut = HoldKamailio(Addr.parse(args.peer_listen).offset(off), uas, uacs, rundir, pike=False)
         else:
             print(f"{name}: no dialog count to read: not run in mode concurrency", flush=True)
             skipped.setdefault(name, "not in mode concurrency")
@@ -687,7 +735,7 @@ def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], ua
         if udp_bound(sut.listen.host, sut.listen.port):
             print(f"{name}: {sut.listen} is busy; waiting up to {args.busy_wait:g} s", flush=True)
         print(f"{sut.label} [mode concurrency]:", flush=True)
-        results.append(run_hold(sut, args, rundir, uac, uas))
+        results.append(run_hold(sut, args, rundir, uacs, uas))
     print_results(results, args)
     return {"dialogs": args.dialogs, "setup_rate_cps": args.setup_rate, "hold_mode": args.hold_mode,
             "hold_transport": args.hold_transport, "records": args.records,
