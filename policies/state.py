@@ -122,8 +122,9 @@ class Group(_Value):
     `names`, aligned with `ops` when given: what the memory store files the parts under in the entry, in place
     of the ops' keys. Short constant strings (one op, one name, in every group of that `key`): found by
     identity, and not kept per entry as the keys' own strings would be (a number's entry is held long, and
-    each object in it is a cache miss on the next call). Redis ignores them. Result: the list of the ops'
-    results, in order."""
+    each object in it is a cache miss on the next call). Redis ignores them. At most one Claim and one Recent
+    per group: the memory store keeps them in the entry itself. Result: the list of the ops' results, in
+    order."""
 
     __slots__ = ("key", "names", "ops")
     _fields = ("key", "ops", "names")
@@ -228,25 +229,28 @@ class _Table(Generic[E]):
         self.front, self.front_expiry = None, _NEVER
 
 
-class _Held(_Entry):
-    """A claim kept in a group: its value, from `last` (when claimed) for `span` (its ttl)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str, ttl: float, now: float) -> None:
-        super().__init__(ttl)
-        self.value = value
-        self.last = now
-
-
 class _Group(_Entry):
-    """A group's parts by name (`Group.names`, else op key); its span is the longest of theirs."""
+    """A group's parts: its Claim and its Recent list kept in the entry itself, any other part (tallies,
+    windows) by name in `parts`, made when first needed. A number's entry is then one object and its values:
+    it is looked up cold (there are tens of thousands), and each object in it is one more cache miss. A group
+    holds at most one Claim and one Recent (a subject is claimed once, and has one list of recent members).
+    Its span is the longest of its parts'."""
 
-    __slots__ = ("parts",)
+    __slots__ = ("claim", "claim_name", "claim_until", "parts", "recent", "recent_keep", "recent_name",
+                 "recent_until")
 
     def __init__(self) -> None:
         super().__init__(0.0)
-        self.parts: dict[str, _Entry] = {}
+        #: The Claim's value, its name (`Group.names`, else its op's key) and until when it holds.
+        self.claim = ""
+        self.claim_name: str | None = None
+        self.claim_until = _NEVER
+        #: The Recent list, newest first (the tuple its op answers with), its length, name and until when it holds.
+        self.recent: tuple[str, ...] = ()
+        self.recent_keep = 0
+        self.recent_name: str | None = None
+        self.recent_until = _NEVER
+        self.parts: dict[str, _Entry] | None = None
 
 
 class _Claims:
@@ -385,53 +389,56 @@ class MemoryStore:
         return None
 
     def _group(self, group: Group, now: float) -> list[Any]:
-        """A group's ops on its parts: each part is found in the group's entry (one lookup in the table) and
-        starts again once its own lifetime has passed."""
+        """A group's ops on its parts: found in the group's entry (one lookup in the table); each part starts
+        again once its own lifetime has passed."""
         groups = self._groups
         g = groups.entries.get(group.key)
         if g is None:
             g = groups.entries[group.key] = _Group()
         g.last = now
-        parts = g.parts
         names = group.names
         out: list[Any] = []
         for i, op in enumerate(group.ops):
             name = names[i] if names else op.key
-            part = parts.get(name)
-            if part is not None and not part.last + part.span > now:
-                part = None  # expired: as a key gone from Redis
-            if isinstance(op, Tally):
-                if not isinstance(part, _Buckets) or len(part.totals) != len(op.fields):
-                    if not self._counts(op):
-                        out.append(_zeros(len(op.fields)))
-                        continue
-                    part = parts[name] = _Buckets(len(op.fields), op.buckets, op.span)
-                    g.span = max(g.span, op.span)
-                part.last = now
-                out.append(self._tally(part, op, now))
-            elif isinstance(op, Claim):
-                if isinstance(part, _Held):
-                    self._claimed = False
-                    out.append(None if part.value == op.value else part.value)
-                    continue
-                parts[name] = _Held(op.value, op.ttl, now)
-                g.span = max(g.span, op.ttl)
-                self._claimed = True
-                out.append(None)
-            elif isinstance(op, Window):
-                if not isinstance(part, _Members):
-                    part = parts[name] = _Members(op.span)
-                    g.span = max(g.span, op.span)
-                part.last = now
-                out.append(_add_member(part, op, now))
+            if isinstance(op, Claim):
+                out.append(self._group_claim(g, name, op, now))
+            elif isinstance(op, Recent):
+                out.append(_group_push(g, name, op, now))
             else:
-                if not isinstance(part, _Recent) or part.keep != op.keep:
-                    part = parts[name] = _Recent(op.keep, op.ttl)
-                    g.span = max(g.span, op.ttl)
-                part.last = now
-                out.append(_push(part, op))
+                out.append(self._group_part(g, name, op, now))
         groups.touch(group.key, now)  # once its span covers its parts (a new group's is 0 until then)
         return out
+
+    def _group_claim(self, g: _Group, name: str, op: Claim, now: float) -> str | None:
+        if g.claim_name is not None and g.claim_name != name:
+            raise ValueError(f"a group holds one Claim: {name!r} beside {g.claim_name!r}")
+        if g.claim_until > now:
+            self._claimed = False
+            return None if g.claim == op.value else g.claim
+        g.claim, g.claim_name, g.claim_until = op.value, name, now + op.ttl
+        g.span = max(g.span, op.ttl)
+        self._claimed = True
+        return None
+
+    def _group_part(self, g: _Group, name: str, op: Tally | Window, now: float) -> Any:
+        """A tally or window of a group, filed by name."""
+        parts = g.parts
+        part = parts.get(name) if parts is not None else None
+        if part is not None and not part.last + part.span > now:
+            part = None  # expired: as a key gone from Redis
+        if isinstance(op, Tally):
+            if not isinstance(part, _Buckets) or len(part.totals) != len(op.fields):
+                if not self._counts(op):
+                    return _zeros(len(op.fields))
+                part = _Buckets(len(op.fields), op.buckets, op.span)
+                _file(g, name, part)
+            part.last = now
+            return self._tally(part, op, now)
+        if not isinstance(part, _Members):
+            part = _Members(op.span)
+            _file(g, name, part)
+        part.last = now
+        return _add_member(part, op, now)
 
     def _tally(self, b: _Buckets, op: Tally, now: float) -> tuple[int, ...]:
         current = int(now // b.width)
@@ -481,11 +488,34 @@ def _add_member(w: _Members, op: Window, now: float) -> int:
 
 def _push(r: _Recent, op: Recent) -> tuple[str, ...]:
     """Recent: the member pushed onto the list, the list (newest first) kept and answered."""
-    keep = r.keep
-    # a slice that covers the whole tuple is the tuple itself: one new tuple per push
-    items = (op.member,) + r.items[: keep - 1] if keep > 0 else ()  # noqa: RUF005 (compiled, unpacking builds a list first)
-    r.items = items
+    items = r.items = _pushed(r.items, op.member, r.keep)
     return items
+
+
+def _pushed(items: tuple[str, ...], member: str, keep: int) -> tuple[str, ...]:
+    """`member` pushed onto `items` (newest first), at most `keep` kept."""
+    # a slice that covers the whole tuple is the tuple itself: one new tuple per push
+    return (member,) + items[: keep - 1] if keep > 0 else ()  # noqa: RUF005 (compiled, unpacking builds a list first)
+
+
+def _group_push(g: _Group, name: str, op: Recent, now: float) -> tuple[str, ...]:
+    """A group's Recent list: started again after its ttl (or with another length), then pushed."""
+    if g.recent_name is not None and g.recent_name != name:
+        raise ValueError(f"a group holds one Recent: {name!r} beside {g.recent_name!r}")
+    if not g.recent_until > now or g.recent_keep != op.keep:
+        g.recent, g.recent_keep, g.recent_name = (), op.keep, name
+        g.span = max(g.span, op.ttl)
+    g.recent_until = now + op.ttl
+    items = g.recent = _pushed(g.recent, op.member, op.keep)
+    return items
+
+
+def _file(g: _Group, name: str, part: _Entry) -> None:
+    """A new tally or window part in its group; the group lives as long as its longest part."""
+    if g.parts is None:
+        g.parts = {}
+    g.parts[name] = part
+    g.span = max(g.span, part.span)
 
 
 def run_ops(store: StateStore, ops: Sequence[Op], now: float) -> list[Any]:

@@ -70,7 +70,23 @@ def test_a_groups_parts_are_filed_under_their_names() -> None:
     assert store.execute(call, 0.0) == [[None, (0,)]]
     store.record([Group("n:1", (Tally("f:1", ("robocall",), (1,), 60),), ("fb",))], 1.0)
     assert store.execute(call, 2.0) == [[None, (1,)]]
-    assert sorted(store._groups.entries["n:1"].parts) == ["fb", "seen"]
+    entry = store._groups.entries["n:1"]
+    assert entry.claim_name == "seen" and entry.parts is not None and sorted(entry.parts) == ["fb"]
+
+
+def test_a_group_holds_one_claim_and_one_recent_list() -> None:
+    """The memory store keeps a group's Claim and Recent in the entry itself (a number's entry is one object): a
+    second of either under another name is refused, not silently merged; a window sits beside them."""
+    store = MemoryStore()
+    window = Window("w:1", "x", 60, 5)
+    assert store.execute([Group("g", (Claim("c:1", "a", 60), Recent("r:1", "x", 3, 60), window))], 0.0) == [
+        [None, ("x",), 1]]
+    with pytest.raises(ValueError, match="one Claim"):
+        store.execute([Group("g", (Claim("c:2", "a", 60),))], 1.0)
+    with pytest.raises(ValueError, match="one Recent"):
+        store.execute([Group("g", (Recent("r:2", "y", 3, 60),))], 1.0)
+    assert store.execute([Group("g", (Recent("r:1", "y", 3, 60), Window("w:1", "y", 60, 5)))], 2.0) == [
+        [("y", "x"), 2]]
 
 
 def test_groups_count_towards_max_keys() -> None:
