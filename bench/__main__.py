@@ -138,6 +138,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hold-transport", choices=("udp", "tcp"), default="udp",
                    help="concurrency mode: the transport of both SIPp trunks (tcp: SIPp -t t1, one connection "
                         "each way; stirgate also listens on TCP)")
+    p.add_argument("--hold-reinvite", action="store_true",
+                   help="concurrency mode: each held call sends a re-INVITE (answered, ACKed) right after its ACK, "
+                        "before the hold (not with --hold-mode verify)")
     p.add_argument("--api-listen", default="127.0.0.1:8180",
                    help="concurrency mode: stirgate's HTTP API, polled for its gauges (--port-offset applies)")
     p.add_argument("--rest-listen", default="127.0.0.1:8190",
@@ -169,6 +172,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bad = [m for m in a.modes if m not in known]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}: {', '.join(known)}")
+    if a.hold_reinvite and a.hold_mode == "verify":
+        p.error("--hold-reinvite has no scenario with the caller's Identity: not with --hold-mode verify")
     a.sut_given = a.sut is not None
     a.sut = a.sut or "stirgate,kamailio,sippy"
     a.dialogs = a.dialogs or (QUICK_DIALOGS if a.quick else 100_000)

@@ -17,9 +17,10 @@ stirgate's generated config is the relay's with the HTTP API on (`--api-listen`,
 says what stirgate does to each held call: relay it, sign it (the B-leg INVITE gets an Identity), or verify it
 (the UAC is a carrier trunk sending one freshly signed PASSporT per call from a SIPp injection file,
 `uac_hold_identity.xml`; stirgate rejects what fails). `--hold-transport tcp` puts both SIPp trunks on TCP (SIPp
-`-t t1`: one connection each way). With `--workers 2` there is one UAC per worker (`--uacs`, placed on the workers
-as the sweeps place theirs), N and the rate shared; the gauges are every worker's API added up, the memory that
-of the whole tree (supervisor and workers).
+`-t t1`: one connection each way). `--hold-reinvite` has each call send a re-INVITE right after its ACK, before
+the hold (`uac_hold_reinvite.xml`, `uas_hold_reinvite.xml`). With `--workers 2` there is one UAC per worker
+(`--uacs`, placed on the workers as the sweeps place theirs), N and the rate shared; the gauges are every
+worker's API added up, the memory that of the whole tree (supervisor and workers).
 """
 
 from __future__ import annotations
@@ -123,19 +124,23 @@ def _raise_nofile() -> None:
 class HoldStirgate(Stirgate):
     """The bench's relay config with the HTTP API on (to read its gauges) and overload bounds out of the way."""
 
-    def __init__(self, *a: object, api: Addr, dialogs: int, transport: str = "udp", **kw: object) -> None:
+    def __init__(self, *a: object, api: Addr, dialogs: int, transport: str = "udp", reinvite: bool = False,
+                 **kw: object) -> None:
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.api = api
         self.dialogs = dialogs
         self.trunk_transport = transport
+        self.reinvite = reinvite
         self.base_label = self.label
         self.set_mode(MODES["relay"], None)
 
     def set_mode(self, mode: Any, pki: Any) -> None:
-        """The label adds what Stirgate's does not name: the hold mode (signed or verified calls) and TCP."""
+        """The label adds what Stirgate's does not name: the hold mode (signed or verified calls), TCP and the
+        re-INVITE."""
         super().set_mode(mode, pki)
         extra = [mode.name] if mode.name != "relay" else []
         extra += ["TCP"] if self.trunk_transport == "tcp" else []
+        extra += ["re-INVITE"] if self.reinvite else []
         self.label = f"{self.base_label[:-1]}{''.join(f', {x}' for x in extra)})"
 
     def config_text(self) -> str:
@@ -359,9 +364,12 @@ def sipp_counts(p: HoldSipp) -> dict[str, int]:
     return counts
 
 
-def hold_scenario(verifying: bool) -> str:
-    """The UAC's scenario: the plain hold, or the one carrying the caller's Identity from the -inf pool."""
-    return "uac_hold_identity.xml" if verifying else "uac_hold.xml"
+def hold_scenarios(verifying: bool, reinvite: bool) -> tuple[str, str]:
+    """The UAC's and the UAS's scenarios: the plain hold, the one carrying the caller's Identity from the -inf
+    pool, or the one with a re-INVITE before the hold."""
+    if reinvite:
+        return "uac_hold_reinvite.xml", "uas_hold_reinvite.xml"
+    return ("uac_hold_identity.xml" if verifying else "uac_hold.xml"), "uas_hold.xml"
 
 
 def every_call_verified(res: HoldResult) -> bool:
@@ -428,7 +436,8 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addrs: list[A
 
     verifying = sut.mode.identity_pool and sut.pki is not None
     transport = ["-t", "t1"] if tcp else []  # one connection each way
-    uas = HoldSipp("uas", [SIPP, "-sf", str(SCENARIOS / "uas_hold.xml"), "-i", uas_addr.host, *transport,
+    uac_scenario, uas_scenario = hold_scenarios(verifying, args.hold_reinvite)
+    uas = HoldSipp("uas", [SIPP, "-sf", str(SCENARIOS / uas_scenario), "-i", uas_addr.host, *transport,
                            "-p", str(uas_addr.port), *sipp_common(2 * n + 1000, total_s + 30)], d / "uas")
     uacs: list[HoldSipp] = []  # made once the SUT runs: stirgate --workers 2 places them on its workers
     pools: list[tuple[Path, int]] = []  # hold mode verify: each UAC's -inf file and its calls
@@ -440,7 +449,7 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addrs: list[A
             if verifying:
                 pools.append((pool, calls))
             uacs.append(HoldSipp(name, [
-                SIPP, str(sut.listen), "-sf", str(SCENARIOS / hold_scenario(verifying)), *transport,
+                SIPP, str(sut.listen), "-sf", str(SCENARIOS / uac_scenario), *transport,
                 *(["-inf", str(pool)] if verifying else []), "-i", a.host, "-p", str(a.port), "-s", "12025550199",
                 "-r", f"{cps:g}", "-rp", "1000", "-m", str(calls), "-d", str(int(hold_s * 1000)),
                 *sipp_common(calls + 1000, total_s)], d / name))
@@ -711,7 +720,7 @@ def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], ua
             sut = HoldStirgate(Addr.parse(args.stirgate_listen).offset(off), uas, uacs, rundir, workers=args.workers,
                                log_level=args.log_level, worker_port_base=5100 + off,
                                api=Addr.parse(args.api_listen).offset(off), dialogs=args.dialogs,
-                               records=args.records, transport=args.hold_transport)
+                               records=args.records, transport=args.hold_transport, reinvite=args.hold_reinvite)
             if args.hold_mode != "relay":
                 sut.set_mode(MODES[args.hold_mode], pki)
             if args.hold_mode == "verify":
@@ -738,6 +747,6 @@ def run_concurrency(args: argparse.Namespace, rundir: Path, names: list[str], ua
         results.append(run_hold(sut, args, rundir, uacs, uas))
     print_results(results, args)
     return {"dialogs": args.dialogs, "setup_rate_cps": args.setup_rate, "hold_mode": args.hold_mode,
-            "hold_transport": args.hold_transport, "records": args.records,
+            "hold_transport": args.hold_transport, "hold_reinvite": args.hold_reinvite, "records": args.records,
             "results": {r.sut: asdict(r) for r in results}}
 
