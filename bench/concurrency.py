@@ -372,11 +372,16 @@ def hold_scenarios(verifying: bool, reinvite: bool) -> tuple[str, str]:
     return ("uac_hold_identity.xml" if verifying else "uac_hold.xml"), "uas_hold.xml"
 
 
+def ended_counts(res: HoldResult) -> dict[str, int]:
+    """The SUT's counters at the last sample, once the calls ended (`ended_verified`, `ended_other`, ...)."""
+    last = res.after or res.ended
+    return last.extra if last is not None else {}
+
+
 def every_call_verified(res: HoldResult) -> bool:
     """Hold mode verify: no call failed at the UAC (a 403/438 would), N were established, and every call that
     ended had its PASSporT pass (stirgate's calls counter by verstat, read after the calls ended)."""
-    last = res.after or res.ended
-    ended = last.extra if last is not None else {}
+    ended = ended_counts(res)
     return (res.uac.get("FailedCall(C)", 0) == 0 and res.max_established >= res.dialogs
             and ended.get("ended_other", 0) == 0 and ended.get("ended_verified", 0) >= res.dialogs)
 
@@ -401,7 +406,7 @@ def split_calls(n: int, rate: float, parts: int) -> list[tuple[int, float]]:
 
 
 def summed(rows: list[dict[str, int]]) -> dict[str, int]:
-    """Counters of several SIPp UACs added up, key by key."""
+    """Counters added up key by key (several SIPp UACs, or stirgate's workers)."""
     out: dict[str, int] = {}
     for row in rows:
         for k, v in row.items():
@@ -700,8 +705,7 @@ def print_results(results: list[HoldResult], args: argparse.Namespace) -> None:
 
 def verified_summary(r: HoldResult) -> str:
     """What hold mode verify found: every call verified, or what was not."""
-    last = r.after or r.ended
-    extra = last.extra if last is not None else {}
+    extra = ended_counts(r)
     counts = (f"{extra.get('ended_verified', 0):,} ended calls {VERIFIED}, {extra.get('ended_other', 0):,} "
               f"with another verstat, {r.uac.get('FailedCall(C)', 0)} failed calls at the UAC")
     return f"{'every call verified' if r.all_verified else 'NOT every call verified'} ({counts})"
