@@ -52,6 +52,13 @@ class InboundOutcome:
     from_value: str | None = None
     extra: tuple[Header, ...] = ()
 
+    def spent(self) -> InboundOutcome:
+        """What an answered call still needs: the verdict (its record and log line read it), not the B-leg's
+        header edits, which only a failover to another trunk would apply again, and none follows an answer."""
+        if self.pai is None and self.from_value is None and not self.extra:
+            return self
+        return InboundOutcome(self.result)
+
 
 def add_verstat(value: str, verstat: str) -> str:
     """`verstat=` as a URI parameter (3GPP TS 24.229) on a name-addr, replacing one already there.
@@ -334,8 +341,10 @@ class Authenticator:
         if values is None:
             values = self.identity_values(invite)
         orig, dests = self.call_tns(invite)
+        # A call holds its verdict for its life (policies, record, log line), not the per-header results:
+        # ~350 bytes per held verified call (docs/PERFORMANCE.md, concurrency).
         result = self.verifier.verify(values, orig, dests, invite.header("date"), wall_now,
-                                      self.certs_for(values, fetched))
+                                      self.certs_for(values, fetched), per_header=False)
         rejected = self.rejection(result, ingress)
         if rejected is not None:
             return rejected

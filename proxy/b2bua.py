@@ -718,6 +718,8 @@ class Call:
             self.invite = None  # no failover after an answer: free the original INVITE
             if isinstance(self.signed, SignedCall):
                 self.signed = self.signed.spent()  # nor its Identity header values
+            if self.inbound is not None:
+                self.inbound = self.inbound.spent()  # nor the edits verification made to its B-leg INVITE
             return
         # Final failure from this trunk.
         self.deadlines.pop("noanswer", None)

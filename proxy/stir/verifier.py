@@ -275,9 +275,12 @@ class Verifier:
         now: float,
         certs_by_url: Mapping[str, CertEntry],
         contents: Mapping[str, ContentEntry] | None = None,
+        *,
+        per_header: bool = True,
     ) -> VerificationResult:
         """Evaluate every Identity header against the call; no I/O, no clock read. `contents`: digests of the RCD
-        content the headers pin (default: what the content fetcher has cached)."""
+        content the headers pin (default: what the content fetcher has cached). Without `per_header` the result
+        keeps only the verdict (its `headers` empty): what a call holds for its whole life needs no more."""
         if not identity_values:
             return MISSING_RESULT
         tn_policy = self.settings.tn_policy
@@ -290,7 +293,7 @@ class Verifier:
         )
         if len(results) > 1 and any(r.ppt == PPT_DIV for r in results):
             results = self._link_diversions(results, call_dest)
-        return self._combine(results)
+        return self._combine(results, per_header)
 
     def _link_diversions(
         self, results: tuple[HeaderResult, ...], call_dest: frozenset[str]
@@ -322,8 +325,9 @@ class Verifier:
                     changed = True
         return tuple(out)
 
-    def _combine(self, results: tuple[HeaderResult, ...]) -> VerificationResult:
+    def _combine(self, results: tuple[HeaderResult, ...], per_header: bool = True) -> VerificationResult:
         single = len(results) == 1
+        kept = results if per_header else ()
         failures = results[0].failures if single else tuple(f for r in results for f in r.failures)
         passing = [r for r in results if r.passed]
         ok = bool(passing) if self.settings.multi_header == "any" else len(passing) == len(results)
@@ -339,7 +343,7 @@ class Verifier:
                 best.spc,
                 best.cert_subject,
                 failures,
-                results,
+                kept,
                 best.rcd_name if single else next((r.rcd_name for r in passing if r.rcd_name), None),
             )
         worst = next(r for r in results if not r.passed)
@@ -353,7 +357,7 @@ class Verifier:
             worst.spc,
             worst.cert_subject,
             failures,
-            results,
+            kept,
         )
 
     def _date_check(self, date_header: str | None, now: float) -> tuple[float | None, list[Failure]]:

@@ -86,7 +86,7 @@ def test_signed_call_carries_our_attest_and_origid(pki: Path) -> None:
     assert isinstance(kept, SignedCall) and kept.identity == "" and kept.extra == () and kept.attest == "A"
 
 
-def _verified_call(h: Harness, pki: Path, identity: str | None) -> Call:
+def _verified_call(h: Harness, pki: Path, identity: str | None, answer: tuple[int, str] = (486, "Busy Here")) -> Call:
     calls = collect(h)
     extra = [f"Identity: {identity}"] if identity else []
     invite = build_request(
@@ -105,7 +105,9 @@ def _verified_call(h: Harness, pki: Path, identity: str | None) -> Call:
     to_customer = outs.to(A).requests("INVITE")
     if to_customer:
         callee = Callee(h, cast(Request, to_customer.one().msg), addr=A)
-        h.feed(callee.reply(None, 486, "Busy Here"), A)
+        h.feed(callee.reply(None, *answer), A)
+    if not calls:  # answered: the call is still up
+        return h.engine.calls["v-1@127.0.0.20"][0]
     (call,) = calls
     return call
 
@@ -122,6 +124,20 @@ def test_verified_call(pki: Path) -> None:
     assert (r.ingress, r.source_ip, r.egress, r.status) == ("carrier", "127.0.0.20", "customer", 486)
     # Without `pai` kept on the Call, the From user stands in for the signalled caller.
     assert r.orig == "15551230001" and r.dest == "12125550100" and r.display_name == "Carol"
+
+
+def test_an_answered_verified_call_keeps_its_verdict_only(pki: Path) -> None:
+    """A held verified call keeps what its record needs (the verdict), neither the per-header results nor the
+    edits verification made to its B-leg INVITE (no failover can follow an answer)."""
+    h = wall_harness(stir_config(pki))
+    call = _verified_call(h, pki, sign_identity(pki, "15551230001", "12125550100", "B"), (200, "OK"))
+    assert call.final_status == 200
+    kept = call.inbound
+    assert kept is not None and kept.result.status == "passed" and kept.result.headers == ()
+    assert (kept.pai, kept.from_value, kept.extra) == (None, None, ())
+    r = record_from_call(call, h.engine.wall_offset, h.engine.auth.tn_policy)
+    assert (r.verification, r.verstat, r.attest, r.origid, r.spc) == ("passed", "TN-Validation-Passed", "B",
+                                                                       ORIGID, "1234")
 
 
 def test_unsigned_and_bad_verified_calls(pki: Path) -> None:
