@@ -487,8 +487,8 @@ class Call:
         #: (policy, mode, action, note) per chain entry, for the call record: the note says which rule fired
         #: with what value.
         self.decisions: Sequence[tuple[str, str, str, str]] = ()
-        #: Relayed re-INVITE client transactions: an INVITE in Proceeding has no timer of its own (RFC 3261
-        #: 17.1.1), so when the call ends the ones still open are answered and dropped here.
+        #: Relayed re-INVITE client transactions not answered yet: an INVITE in Proceeding has no timer of its
+        #: own (RFC 3261 17.1.1), so when the call ends the ones still open are answered and dropped here.
         #: (None until the first: a dialog holds as few GC-tracked objects as it can, see docs/RELIABILITY.md.)
         self.reinvites: list[Transaction] | None = None
         #: Header changes the policies asked for on the B-leg INVITE.
@@ -602,6 +602,8 @@ class Call:
             return
         if txn.method == "CANCEL":
             return
+        if resp.status >= 200 and self.reinvites is not None:
+            self._forget_reinvite(txn)
         peer = txn.peer
         if peer is None or peer.state not in (PROCEEDING, TRYING):
             if resp.status >= 200 and txn.method == "INVITE":
@@ -620,6 +622,15 @@ class Call:
         if txn.method == "BYE" and resp.status >= 200:
             self._end("bye", now)
 
+    def _forget_reinvite(self, txn: Transaction) -> None:
+        """A relayed re-INVITE that got its final answer (or timed out) needs no 487 at the call's end: let it go
+        (a held call would otherwise keep every re-INVITE it relayed, ~700 bytes each, until it ends)."""
+        pending = self.reinvites
+        if pending is not None and txn in pending:
+            pending.remove(txn)
+            if not pending:
+                self.reinvites = None
+
     def _leg_of(self, txn: Transaction) -> Leg | None:
         """The leg a transaction belongs to, by its Call-ID."""
         return self.a if txn.request.call_id == self.a.call_id else self.b
@@ -631,6 +642,8 @@ class Call:
             return
         if not txn.is_client:
             return  # our non-2xx was never ACKed: nothing to undo
+        if self.reinvites is not None:
+            self._forget_reinvite(txn)
         peer = txn.peer
         if peer is not None and peer.state in (PROCEEDING, TRYING):
             resp = self.host.make_response(peer.request, 408, "Request Timeout", None)

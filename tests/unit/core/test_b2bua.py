@@ -434,6 +434,7 @@ def test_reinvite_from_a_relayed_with_sdp_and_ack_mapped(h: Harness) -> None:
     outs = h.feed(callee.reply(reinv, 200, body=new_answer), B)
     ok = resp_of(outs.to(A).one())
     assert ok.status == 200 and ok.body == new_answer and ok.cseq == (caller.cseq, "INVITE")
+    assert h.engine.calls[caller.call_id][0].reinvites is None  # answered: nothing left to 487 at the end
     outs = h.feed(caller.ack(cseq=caller.cseq), A)
     ack = req_of(outs.to(B).one())
     assert ack.method == "ACK" and ack.cseq == (reinv.cseq[0], "ACK") and ack.call_id == callee.call_id
