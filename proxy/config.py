@@ -75,7 +75,9 @@ class SipSettings(_Base, frozen=True):
     #: makes no garbage should run it rarely.
     gc_full_max_interval: Annotated[float, msgspec.Meta(ge=0)] = 21600.0
     #: RFC 5626 3.5.1 keep-alive on the TCP/TLS connections stirgate opens: a CRLFCRLF ping after this many quiet
-    #: seconds; no answer (any byte) within `keepalive_timeout` closes the connection. 0: no pings.
+    #: seconds; no answer (any byte) within `keepalive_timeout` closes the connection, if its peer answered a
+    #: ping before (pongs are optional: a peer that never sends one is left to the kernel's TCP keepalive, set
+    #: to the same interval). 0: no pings, no TCP keepalive.
     keepalive_interval: float = 30.0
     keepalive_timeout: float = 10.0
 

@@ -54,7 +54,8 @@ TIMER_RESOLUTION = 0.01
 CONNECT_TIMEOUT = 5.0
 #: Counters the transport keeps in the engine's stats (exported with the engine's counters).
 TRANSPORT_STATS = ("tls_refused", "tls_handshake_failures", "tls_handshake_timeouts", "tls_peer_name_mismatch",
-                   "connect_failures", "keepalive_timeouts", "hep_sent", "hep_dropped", "hep_oversize")
+                   "connect_failures", "keepalive_timeouts", "keepalive_unanswered", "hep_sent", "hep_dropped",
+                   "hep_oversize")
 #: The UDP receive queues are sampled every this many messages (and every 100 ms): an overload fills them
 #: within tens of milliseconds, and one getsockopt per 64 datagrams costs nothing measurable.
 QUEUE_SAMPLE_EVERY = 64
@@ -115,7 +116,14 @@ class _StreamConnection(asyncio.Protocol):
         now = server.loop.time()
         self.last_activity = now
         self.last_received = now
+        #: When the ping waiting for an answer went out (0: none waiting), and when the last one did.
         self.ping_sent = 0.0
+        self.last_ping = 0.0
+        #: The peer answered a ping on this connection (pongs are optional for a trunk peer: RFC 5626 pongs
+        #: come from peers that support them; SIPp and some SBCs never send one). Only such a peer's silence
+        #: after a ping closes the connection; the kernel's TCP keepalive finds the others dead.
+        self.answers_pings = False
+        self.pings_unanswered = 0
         self.inbound = peer is None
         #: Counted against its source address's connection cap (accepted ones only).
         self.counted = False
@@ -169,6 +177,9 @@ class _StreamConnection(asyncio.Protocol):
         now = server.loop.time()
         self.last_activity = self.last_received = now
         server.connections[self.key] = self
+        if not self.inbound:
+            sip = server.engine.config.sip
+            tcp_keepalive(t, sip.keepalive_interval, sip.keepalive_timeout)
         if self.verified and self.inbound and self.peer is not None:
             server.verified_peers[self.peer[0]] = self
         for data in self.pending:
@@ -212,6 +223,8 @@ class _StreamConnection(asyncio.Protocol):
                     self.transport.write(b"\r\n")
             else:
                 del buffer[:2]
+                if self.ping_sent:
+                    self.answers_pings = True  # a pong
         self.ping_sent = 0.0
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -409,13 +422,23 @@ class SipServer:
                 if conn.last_received >= conn.ping_sent:
                     conn.ping_sent = 0.0
                 elif now - conn.ping_sent > sip.keepalive_timeout:
-                    self.count("keepalive_timeouts")
-                    log.info("keepalive_timeout", peer=conn.peer, transport=conn.scheme)
-                    t.abort()
+                    conn.ping_sent = 0.0
+                    if conn.answers_pings:
+                        self.count("keepalive_timeouts")
+                        log.info("keepalive_timeout", peer=conn.peer, transport=conn.scheme)
+                        t.abort()
+                        continue
+                    conn.pings_unanswered += 1
+                    if conn.pings_unanswered == 1:
+                        self.count("keepalive_unanswered")
+                        log.info("keepalive_unanswered", peer=conn.peer, transport=conn.scheme,
+                                 detail="the peer does not answer CRLF pings: its connection is kept, and "
+                                        "TCP keepalive probes find it if it dies")
                 continue
-            if now - conn.last_received >= interval:
+            if now - max(conn.last_received, conn.last_ping) >= interval:
                 t.write(b"\r\n\r\n")
-                conn.ping_sent = now
+                conn.ping_sent = conn.last_ping = now
+                conn.last_activity = now  # a connection kept alive is not idle
 
     def close(self) -> None:
         if self._timer is not None:
@@ -781,6 +804,22 @@ def _ip_proto(transport: str) -> int:
     """The IP protocol a HEP copy names for a SIP transport ("udp"; "tcp" and "tls" ride on TCP)."""
     return IPPROTO_UDP if transport == "udp" else IPPROTO_TCP
 
+
+
+def tcp_keepalive(t: asyncio.Transport, interval: float, timeout: float) -> None:
+    """The kernel's TCP keepalive on a connection stirgate dialled, probing after `interval` quiet seconds and
+    giving up ~`timeout` later: any TCP stack answers its probes, so a dead peer is found even when the peer
+    never answers CRLF pings. Nothing with `interval` 0 (keep-alives off)."""
+    sock = t.get_extra_info("socket")
+    if sock is None or interval <= 0:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, round(interval)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, round(timeout / 3)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError:
+        pass  # (a platform without these options: the CRLF pings still run)
 
 def _listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)

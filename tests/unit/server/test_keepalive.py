@@ -40,7 +40,9 @@ async def _recv_until(loop: asyncio.AbstractEventLoop, conn: socket.socket, want
     return data
 
 
-async def _scenario() -> tuple[bytes, bytes, bytes, int]:
+async def _scenario(pong_first: bool = True) -> tuple[bytes, bytes, bytes, int]:
+    """A call's INVITE makes stirgate dial the carrier; the carrier answers the first ping with a pong (or never
+    answers any, as SIPp) and then stays silent."""
     loop = asyncio.get_running_loop()
     port = _free("127.0.0.1", socket.SOCK_DGRAM)
     peer = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -73,9 +75,19 @@ routes:
         conn.setblocking(False)
         invite = await _recv_until(loop, conn, b"\r\n\r\n", 5)
         first_ping = await _recv_until(loop, conn, b"\r\n\r\n", 5)  # after ~1 s of silence
-        await loop.sock_sendall(conn, b"\r\n")  # pong: the connection stays
+        if pong_first:
+            await loop.sock_sendall(conn, b"\r\n")  # pong: the connection stays
         second_ping = await _recv_until(loop, conn, b"\r\n\r\n", 5)
-        closed = await _recv_until(loop, conn, b"<never>", 6)  # no pong this time: stirgate closes it
+        if pong_first:
+            closed = await _recv_until(loop, conn, b"<never>", 6)  # no pong this time: stirgate closes it
+        else:
+            # never a pong: the connection is kept (the pings go on), and the kernel's keepalive watches it
+            closed = await _recv_until(loop, conn, b"\r\n\r\n", 5)
+            (kept,) = server.connections.values()
+            sock = kept.transport.get_extra_info("socket") if kept.transport is not None else None
+            assert sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 1
+            assert engine.stats["keepalive_unanswered"] == 1
         conn.close()
     finally:
         server.close()
@@ -92,3 +104,14 @@ def test_pings_pongs_and_a_dead_peer() -> None:
     assert second == b"\r\n\r\n"
     assert after.endswith(b"<EOF>")
     assert timeouts == 1
+
+
+def test_a_peer_that_never_answers_pings_keeps_its_connection() -> None:
+    """Pongs are optional for a trunk peer (SIPp, some SBCs never send one): its silence after a ping does not
+    close the connection its calls run on; TCP keepalive probes, which any TCP stack answers, are set instead."""
+    invite, first_ping, rest, timeouts = uvloop.run(_scenario(pong_first=False))
+    assert invite.startswith(b"INVITE ")
+    assert first_ping == b"\r\n\r\n"
+    second, _, third = rest.partition(b"|")
+    assert second == b"\r\n\r\n" and third == b"\r\n\r\n"  # still pinged, never closed
+    assert timeouts == 0
