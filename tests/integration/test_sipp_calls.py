@@ -334,6 +334,20 @@ def test_call_over_tcp(stirgate_factory: StirgateFactory, tmp_path: Path, uas_sf
     assert callee.requests("INVITE")[0].body == caller.requests("INVITE", "sent")[0].body
 
 
+def test_a_quiet_tcp_call_outlives_pings_its_peer_never_answers(stirgate_factory: StirgateFactory,
+                                                                 tmp_path: Path) -> None:
+    """SIPp never answers CRLF keep-alive pings (pongs are optional for a trunk peer). A call held quiet for 3 s
+    over the connection stirgate dialled to it, pinged every ~1 s here, still ends with its BYE: the connection is
+    kept (noted once as `keepalive_unanswered`), not closed for the missing pong."""
+    sg = stirgate_factory(sip={**QUICK_TIMERS, "keepalive_interval": 0.5, "keepalive_timeout": 0.5},
+                          trunks={"carrier": {"transport": "tcp"}})
+    caller, callee = run_pair(uas(tmp_path, "uas_basic.xml", transport="t1"),
+                              uac(tmp_path, "uac_long_call.xml", transport="t1"))  # BYE 3 s after the answer
+    assert_passed(caller, callee)
+    assert callee.requests("BYE"), callee.summary()
+    assert len(sg.log_events("keepalive_unanswered")) == 1 and not sg.log_events("keepalive_timeout")
+
+
 def test_sigterm_lets_the_call_in_progress_finish(stirgate_factory: StirgateFactory, tmp_path: Path) -> None:
     """Graceful stop (issue 2, Transport): on SIGTERM stirgate takes no new call (503) but lets the call in
     progress end normally (its BYE still crosses), then exits 0 by itself. /readyz says so over HTTP (503
