@@ -805,7 +805,6 @@ def _ip_proto(transport: str) -> int:
     return IPPROTO_UDP if transport == "udp" else IPPROTO_TCP
 
 
-
 def tcp_keepalive(t: asyncio.Transport, interval: float, timeout: float) -> None:
     """The kernel's TCP keepalive on a connection stirgate dialled, probing after `interval` quiet seconds and
     giving up ~`timeout` later: any TCP stack answers its probes, so a dead peer is found even when the peer
