@@ -410,6 +410,7 @@ class MemoryStore:
         return out
 
     def _group_claim(self, g: _Group, name: str, op: Claim, now: float) -> str | None:
+        """A group's Claim, held in the entry itself: the value another call holds, or None."""
         if g.claim_name is not None and g.claim_name != name:
             raise ValueError(f"a group holds one Claim: {name!r} beside {g.claim_name!r}")
         if g.claim_until > now:
