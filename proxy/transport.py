@@ -123,7 +123,8 @@ class _StreamConnection(asyncio.Protocol):
         #: come from peers that support them; SIPp and some SBCs never send one). Only such a peer's silence
         #: after a ping closes the connection; the kernel's TCP keepalive finds the others dead.
         self.answers_pings = False
-        self.pings_unanswered = 0
+        #: An unanswered ping was noted (logged and counted once per connection).
+        self.unanswered_noted = False
         self.inbound = peer is None
         #: Counted against its source address's connection cap (accepted ones only).
         self.counted = False
@@ -428,8 +429,8 @@ class SipServer:
                         log.info("keepalive_timeout", peer=conn.peer, transport=conn.scheme)
                         t.abort()
                         continue
-                    conn.pings_unanswered += 1
-                    if conn.pings_unanswered == 1:
+                    if not conn.unanswered_noted:
+                        conn.unanswered_noted = True
                         self.count("keepalive_unanswered")
                         log.info("keepalive_unanswered", peer=conn.peer, transport=conn.scheme,
                                  detail="the peer does not answer CRLF pings: its connection is kept, and "
