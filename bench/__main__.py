@@ -73,6 +73,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "mode concurrency: stirgate alone unless given, kamailio with the dialog module; "
                         "mode cluster: stirgate, front, cluster)")
     p.add_argument("--workers", type=int, default=1, choices=(1, 2), help="stirgate worker processes")
+    p.add_argument("--pin-sut", type=int, default=None, metavar="CPU",
+                   help="run the SUT alone on this CPU and the bench's other processes (SIPp, sinks, x5u server) "
+                        "on the others: its CPU per call then leaves out what sharing a core with them costs it")
     p.add_argument("--uacs", type=int, default=None, choices=(1, 2),
                    help="SIPp UACs (source addresses) sharing the load, for every SUT (default: --workers; "
                         "SO_REUSEPORT pins one source to one stirgate worker)")
@@ -578,6 +581,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     uas = Addr.parse(args.uas).offset(off)
     names = [s.strip() for s in args.sut.split(",") if s.strip()]
+    if args.pin_sut is not None:
+        everything = os.sched_getaffinity(0)
+        if args.pin_sut not in everything or len(everything) < 2:
+            print(f"--pin-sut {args.pin_sut}: this process may run on CPUs {sorted(everything)}; it needs that one "
+                  "and another", file=sys.stderr)
+            return 2
+        SUT.cpus = frozenset({args.pin_sut})
+        os.sched_setaffinity(0, everything - SUT.cpus)  # the bench and every process it starts but the SUT
     suts: list[SUT] = []
     for name in names:
         if name == "stirgate":

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -18,6 +19,11 @@ from .procs import Addr, stop_process, tree_cpu_split, udp_bound
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 PEERS = Path(os.environ.get("STIRGATE_PEERS_DIR", REPO.parent / "shared" / "peers"))
+
+
+def _pinned(cpus: frozenset[int]) -> Callable[[], None]:
+    """What the SUT's child runs before its program: keep it (and what it forks) on `cpus`."""
+    return lambda: os.sched_setaffinity(0, cpus)
 
 
 def kamailio_command(exe: str, config: Path, shm_mb: int, defines: tuple[str, ...] = ()) -> list[str]:
@@ -89,6 +95,8 @@ class SUT:
 
     name = "?"
     label = "?"
+    #: The CPUs the SUT's processes run on (`--pin-sut`; None: wherever the kernel puts them).
+    cpus: frozenset[int] | None = None
 
     def __init__(self, listen: Addr, uas: Addr, uacs: list[Addr], workdir: Path) -> None:
         self.listen = listen
@@ -148,6 +156,7 @@ class SUT:
             cwd=self.workdir,
             start_new_session=True,
             env=self.env(),
+            preexec_fn=None if self.cpus is None else _pinned(self.cpus),
         )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
