@@ -74,8 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "mode cluster: stirgate, front, cluster)")
     p.add_argument("--workers", type=int, default=1, choices=(1, 2), help="stirgate worker processes")
     p.add_argument("--pin-sut", type=int, default=None, metavar="CPU",
-                   help="run the SUT alone on this CPU and the bench's other processes (SIPp, sinks, x5u server) "
-                        "on the others: its CPU per call then leaves out what sharing a core with them costs it")
+                   help="SIP modes: run the SUT alone on this CPU and the bench's other processes (SIPp, sinks, x5u "
+                        "server) on the others: its CPU per call then leaves out what sharing a core with them "
+                        "costs it")
     p.add_argument("--uacs", type=int, default=None, choices=(1, 2),
                    help="SIPp UACs (source addresses) sharing the load, for every SUT (default: --workers; "
                         "SO_REUSEPORT pins one source to one stirgate worker)")
@@ -587,8 +588,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--pin-sut {args.pin_sut}: this process may run on CPUs {sorted(everything)}; it needs that one "
                   "and another", file=sys.stderr)
             return 2
-        SUT.cpus = frozenset({args.pin_sut})
-        os.sched_setaffinity(0, everything - SUT.cpus)  # the bench and every process it starts but the SUT
+        # the bench and every process it starts but the SUTs (before any is started)
+        os.sched_setaffinity(0, everything - {args.pin_sut})
     suts: list[SUT] = []
     for name in names:
         if name == "stirgate":
@@ -606,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown SUT {name!r} (stirgate, kamailio, sippy)", file=sys.stderr)
             return 2
 
+    if args.pin_sut is not None:
+        for sut in suts:
+            sut.cpus = frozenset({args.pin_sut})
     sip_modes = [m for m in args.modes if m in SIP_MODES]
     systems = (", ".join(names) if sip_modes else "stirgate from a wheel, kamailio" if "wheel" in args.modes
                else "stirgate, the Kamailio front, both" if "cluster" in args.modes else "-")

@@ -95,8 +95,6 @@ class SUT:
 
     name = "?"
     label = "?"
-    #: The CPUs the SUT's processes run on (`--pin-sut`; None: wherever the kernel puts them).
-    cpus: frozenset[int] | None = None
 
     def __init__(self, listen: Addr, uas: Addr, uacs: list[Addr], workdir: Path) -> None:
         self.listen = listen
@@ -111,6 +109,8 @@ class SUT:
         self.mode: Mode = MODES["relay"]
         self.pki: Pki | None = None
         self._cpu_known: set[int] | None = None
+        #: The CPUs the SUT's processes run on (`--pin-sut`; None: wherever the kernel puts them).
+        self.cpus: frozenset[int] | None = None
 
     def set_mode(self, mode: Mode, pki: Pki | None) -> None:
         self.mode = mode
