@@ -582,14 +582,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     uas = Addr.parse(args.uas).offset(off)
     names = [s.strip() for s in args.sut.split(",") if s.strip()]
-    if args.pin_sut is not None:
-        everything = os.sched_getaffinity(0)
-        if args.pin_sut not in everything or len(everything) < 2:
-            print(f"--pin-sut {args.pin_sut}: this process may run on CPUs {sorted(everything)}; it needs that one "
-                  "and another", file=sys.stderr)
-            return 2
-        # the bench and every process it starts but the SUTs (before any is started)
-        os.sched_setaffinity(0, everything - {args.pin_sut})
     suts: list[SUT] = []
     for name in names:
         if name == "stirgate":
@@ -608,6 +600,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     if args.pin_sut is not None:
+        everything = os.sched_getaffinity(0)
+        if args.pin_sut not in everything or len(everything) < 2:
+            print(f"--pin-sut {args.pin_sut}: this process may run on CPUs {sorted(everything)}; it needs that one "
+                  "and another", file=sys.stderr)
+            return 2
+        # the bench and every process it starts on the other CPUs (none is started yet), each SUT on its own
+        os.sched_setaffinity(0, everything - {args.pin_sut})
         for sut in suts:
             sut.cpus = frozenset({args.pin_sut})
     sip_modes = [m for m in args.modes if m in SIP_MODES]

@@ -821,6 +821,7 @@ def tcp_keepalive(t: asyncio.Transport, interval: float, timeout: float) -> None
     except OSError:
         pass  # (a platform without these options: the CRLF pings still run)
 
+
 def _listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
