@@ -53,7 +53,8 @@ def tree_cpu(root: int, known: set[int] | None = None) -> tuple[float, set[int]]
 
 def tree_cpu_split(root: int, known: set[int] | None = None) -> tuple[float, float, set[int]]:
     """As `tree_cpu`, with the stime (s) of that total apart: the kernel's share (syscalls, and on loopback the
-    receiving side's network processing, which the sender pays for)."""
+    receiving side's network processing, which the sender pays for). On a kernel with tick-based CPU accounting
+    (this bench's VM) the total is exact but the split is sampled at the tick: good over many steps, not one."""
     pids = descendants(root) | (known or set())
     total = kernel = 0.0
     alive = set()
