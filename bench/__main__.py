@@ -142,9 +142,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hold-transport", choices=("udp", "tcp"), default="udp",
                    help="concurrency mode: the transport of both SIPp trunks (tcp: SIPp -t t1, one connection "
                         "each way; stirgate also listens on TCP)")
-    p.add_argument("--hold-reinvite", action="store_true",
+    p.add_argument("--hold-reinvite", nargs="?", const="before", choices=("before", "during"), default=None,
                    help="concurrency mode: each held call sends a re-INVITE (answered, ACKed) right after its ACK, "
-                        "before the hold (not with --hold-mode verify)")
+                        "before the hold, or with `during` in the middle of it (the bench then also measures the "
+                        "dialogs once the re-INVITEs' transactions expired); not with --hold-mode verify")
     p.add_argument("--api-listen", default="127.0.0.1:8180",
                    help="concurrency mode: stirgate's HTTP API, polled for its gauges (--port-offset applies)")
     p.add_argument("--rest-listen", default="127.0.0.1:8190",

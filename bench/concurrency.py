@@ -18,7 +18,10 @@ says what stirgate does to each held call: relay it, sign it (the B-leg INVITE g
 (the UAC is a carrier trunk sending one freshly signed PASSporT per call from a SIPp injection file,
 `uac_hold_identity.xml`; stirgate rejects what fails). `--hold-transport tcp` puts both SIPp trunks on TCP (SIPp
 `-t t1`: one connection each way). `--hold-reinvite` has each call send a re-INVITE right after its ACK, before
-the hold (`uac_hold_reinvite.xml`, `uas_hold_reinvite.xml`). With `--workers 2` there is one UAC per worker
+the hold (`uac_hold_reinvite.xml`, `uas_hold_reinvite.xml`); `--hold-reinvite during` in the middle of it
+(`uac_hold_reinvite_during.xml`: the hold twice, before and after the re-INVITE), and the bench then also samples
+once the re-INVITEs have all been answered and their transactions expired (**bytes per dialog after a re-INVITE
+during the hold**), before the BYEs begin. With `--workers 2` there is one UAC per worker
 (`--uacs`, placed on the workers as the sweeps place theirs), N and the rate shared; the gauges are every
 worker's API added up, the memory that of the whole tree (supervisor and workers).
 """
@@ -124,7 +127,7 @@ def _raise_nofile() -> None:
 class HoldStirgate(Stirgate):
     """The bench's relay config with the HTTP API on (to read its gauges) and overload bounds out of the way."""
 
-    def __init__(self, *a: object, api: Addr, dialogs: int, transport: str = "udp", reinvite: bool = False,
+    def __init__(self, *a: object, api: Addr, dialogs: int, transport: str = "udp", reinvite: str | None = None,
                  **kw: object) -> None:
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.api = api
@@ -140,7 +143,7 @@ class HoldStirgate(Stirgate):
         super().set_mode(mode, pki)
         extra = [mode.name] if mode.name != "relay" else []
         extra += ["TCP"] if self.trunk_transport == "tcp" else []
-        extra += ["re-INVITE"] if self.reinvite else []
+        extra += [f"re-INVITE {self.reinvite} the hold"] if self.reinvite else []
         self.label = f"{self.base_label[:-1]}{''.join(f', {x}' for x in extra)})"
 
     def config_text(self) -> str:
@@ -325,6 +328,8 @@ class HoldResult:
     growth: list[Sample] = field(default_factory=list)        # first poll past each 10 % of N
     at_n: Sample | None = None
     settled: Sample | None = None
+    reinvited: Sample | None = None                            # --hold-reinvite during: after the re-INVITEs
+    reinvites_acked: int = 0                                   # re-INVITEs the UACs had ACKed by then
     ended: Sample | None = None                                # every call ended
     after: Sample | None = None                                # and their transactions expired
     reached: bool = False
@@ -338,6 +343,7 @@ class HoldResult:
     sipp_peak_rss_kb: dict[str, int] = field(default_factory=dict)
     bytes_per_dialog: float | None = None                      # (settled - idle) / established, RSS
     bytes_per_dialog_pss: float | None = None
+    bytes_per_dialog_reinvited: float | None = None            # (re-INVITEd - idle) / established, RSS
     shm_bytes_per_dialog: float | None = None                  # Kamailio: shm real_used, settled - idle
     bytes_per_dialog_at_n: float | None = None                 # (at N - idle) / established: txns included
     slope_bytes_per_dialog: float | None = None                # least squares over the growth samples
@@ -364,12 +370,30 @@ def sipp_counts(p: HoldSipp) -> dict[str, int]:
     return counts
 
 
-def hold_scenarios(verifying: bool, reinvite: bool) -> tuple[str, str]:
+def hold_scenarios(verifying: bool, reinvite: str | None) -> tuple[str, str]:
     """The UAC's and the UAS's scenarios: the plain hold, the one carrying the caller's Identity from the -inf
-    pool, or the one with a re-INVITE before the hold."""
+    pool, or the one with a re-INVITE `before` the hold or `during` it."""
+    if reinvite == "during":
+        return "uac_hold_reinvite_during.xml", "uas_hold_reinvite.xml"
     if reinvite:
         return "uac_hold_reinvite.xml", "uas_hold_reinvite.xml"
     return ("uac_hold_identity.xml" if verifying else "uac_hold.xml"), "uas_hold.xml"
+
+
+def reinvites_acked(uacs: list[HoldSipp]) -> int:
+    """How many re-INVITEs the UACs have ACKed (`--hold-reinvite`): the second ACK of their scenario, from
+    SIPp's per-message counts (-trace_counts, written every second)."""
+    return sum(second_ack_sent(u.dir) for u in uacs)
+
+
+def second_ack_sent(d: Path) -> int:
+    """The sent count of the second ACK in a SIPp's last -trace_counts row (0 before it has one)."""
+    files = sorted(d.glob("*_counts.csv"))
+    if not files:
+        return 0
+    row = _last_row(files[-1])
+    acks = sorted((int(k.split("_", 1)[0]), k) for k in row if re.fullmatch(r"\d+_ACK_Sent", k))
+    return _int(row, acks[1][1]) if len(acks) > 1 else 0
 
 
 def ended_counts(res: HoldResult) -> dict[str, int]:
@@ -420,7 +444,8 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addrs: list[A
     n, rate = args.dialogs, args.setup_rate
     setup_s = n / rate
     hold_s = setup_s * 1.25 + SETTLE_S + MARGIN_S
-    total_s = hold_s + setup_s * 1.5 + SETTLE_S + 60
+    during = args.hold_reinvite == "during"  # the hold twice: before the re-INVITE and after it
+    total_s = hold_s * (2 if during else 1) + setup_s * 1.5 + SETTLE_S + 60
     tcp = args.hold_transport == "tcp"
     res = HoldResult(sut=sut.name, label=sut.label, dialogs=n, setup_rate=rate, hold_s=round(hold_s, 1),
                      memory_basis="pss" if isinstance(sut, Kamailio) else "rss", transport=args.hold_transport)
@@ -576,6 +601,27 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addrs: list[A
                   f"transactions {settled.transactions}  t {settled.t:.0f} s (set-up transactions expired)",
                   flush=True)
 
+        # 2b. --hold-reinvite during: the re-INVITEs (each call's one hold after its ACK, so at the set-up rate in
+        # the set-up order) all answered and ACKed, then their transactions expired, before the BYEs begin
+        if during and settled is not None:
+            held = settled.established
+            wave_end = hold_s + at_n.t + 30  # the last call's re-INVITE, since the UACs started, and a margin
+            wave = poll_until(lambda s: reinvites_acked(uacs) >= held or s.established < held,
+                              max(10.0, wave_end - (time.monotonic() - t0)), "re-INVITEs")
+            if wave is not None:
+                print(f"    {reinvites_acked(uacs):>7} re-INVITEs ACKed  RSS {wave.rss_kb / 1024:7.1f} MiB  "
+                      f"transactions {wave.transactions}  t {wave.t:.0f} s", flush=True)
+            reinvited = poll_until(lambda s: s.transactions <= max(50, n // 1000) or s.established < held,
+                                   SETTLE_S, "re-INVITEd")
+            if reinvited is not None:
+                res.reinvited = reinvited
+                res.reinvites_acked = reinvites_acked(uacs)
+                if reinvited.established < held:
+                    res.notes.append("calls began to end before the re-INVITEs' transactions expired")
+                print(f"    {reinvited.established:>7} established  RSS {reinvited.rss_kb / 1024:7.1f} MiB  "
+                      f"transactions {reinvited.transactions}  t {reinvited.t:.0f} s (re-INVITE transactions "
+                      f"expired)", flush=True)
+
         # 3. the calls end (SIPp sends the BYEs at the set-up rate once each hold is over)
         left = total_s - (time.monotonic() - t0)
         ended = poll_until(lambda s: s.live == 0 or not any(u.running() for u in uacs), max(10.0, left), "ending")
@@ -606,6 +652,9 @@ def run_hold(sut: SUT, args: argparse.Namespace, rundir: Path, uac_addrs: list[A
             res.shm_bytes_per_dialog = round((res.settled.extra["shm_real_used_kb"]
                                               - res.idle.extra.get("shm_real_used_kb", 0)) * 1024
                                              / res.settled.established)
+    if res.idle and res.reinvited and res.reinvited.established:
+        res.bytes_per_dialog_reinvited = round((res.reinvited.rss_kb - res.idle.rss_kb) * 1024
+                                               / res.reinvited.established)
     if res.idle and res.at_n and res.at_n.established:
         res.bytes_per_dialog_at_n = round((res.at_n.rss_kb - res.idle.rss_kb) * 1024 / res.at_n.established)
     pss = res.memory_basis == "pss"
@@ -688,6 +737,12 @@ def print_results(results: list[HoldResult], args: argparse.Namespace) -> None:
             bits.append("SIPp peak RSS " + ", ".join(f"{k} {mb(v)}" for k, v in r.sipp_peak_rss_kb.items()))
         if bits:
             print("  " + "; ".join(bits))
+        if r.reinvited is not None:
+            grew = (f", {r.bytes_per_dialog_reinvited - r.bytes_per_dialog:+,} B/dialog against before them"
+                    if r.bytes_per_dialog_reinvited is not None and r.bytes_per_dialog is not None else "")
+            print(f"  after {r.reinvites_acked:,} re-INVITEs during the hold and their transactions: RSS "
+                  f"{mb(r.reinvited.rss_kb)}, {r.reinvited.transactions:,} transactions at {r.reinvited.t:.0f} s; "
+                  f"{per(r.bytes_per_dialog_reinvited)} B/dialog{grew}")
         if r.ended:
             print(f"  after the BYEs: {r.ended.live} calls left, RSS {mb(r.ended.rss_kb)} at {r.ended.t:.0f} s"
                   + (f"; {r.after.transactions} transactions, RSS {mb(r.after.rss_kb)} at {r.after.t:.0f} s"
