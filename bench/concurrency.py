@@ -387,13 +387,11 @@ def reinvites_acked(uacs: list[HoldSipp]) -> int:
 
 
 def second_ack_sent(d: Path) -> int:
-    """The sent count of the second ACK in a SIPp's last -trace_counts row (0 before it has one)."""
-    files = sorted(d.glob("*_counts.csv"))
-    if not files:
-        return 0
-    row = _last_row(files[-1])
-    acks = sorted((int(k.split("_", 1)[0]), k) for k in row if re.fullmatch(r"\d+_ACK_Sent", k))
-    return _int(row, acks[1][1]) if len(acks) > 1 else 0
+    """The sent count of the second ACK in a SIPp's last -trace_counts row (0 before it has one: `_counts` keeps
+    only the counts above 0, and the first ACK is always sent before the second)."""
+    counts = _counts(d)
+    acks = sorted((int(k.split("_", 1)[0]), k) for k in counts if k.endswith("_ACK_Sent"))
+    return counts[acks[1][1]] if len(acks) > 1 else 0
 
 
 def ended_counts(res: HoldResult) -> dict[str, int]:

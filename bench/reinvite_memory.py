@@ -14,6 +14,7 @@ stirgate --hold-reinvite during`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import tracemalloc
@@ -23,17 +24,14 @@ from proxy.engine import Engine
 from proxy.server import tune_gc
 from proxy.sip.message import parse
 
+from .concurrency import tree_memory
 from .engine_calls import LOCAL, SDP, UAC, UAS, _take, _uac_request, _uas_response, config_text
 
 TARGET = "sip:127.0.0.1:5060"  # the engine's Contact towards the UAC
 
 
 def rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    return tree_memory(os.getpid())[0]
 
 
 def exchange(engine: Engine, i: int, cseq: int, now: float, to_tag: str = "") -> str:
@@ -72,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         now += step
         tags.append(exchange(engine, i, 1, now))
 
-    def report(label: str, before: int | None, alive_kb: int = 0) -> int:
-        now_expired = now + 60.0  # every transaction of the wave ended (64*T1 = 32 s)
-        engine.handle_timer(now_expired)
+    def expire() -> None:
+        """Every transaction ends (64*T1 = 32 s later); the calls stay."""
+        engine.handle_timer(now + 60.0)
         engine.outbox.clear()
         assert len(engine.txns) == 0 and len(engine.calls) == 2 * a.calls, (len(engine.txns), len(engine.calls))
+
+    def report(label: str, before: int | None, alive_kb: int = 0) -> int:
         traced = tracemalloc.get_traced_memory()[0] if a.trace else 0
         line = f"{label:>8}: RSS {rss_kb() / 1024:7.1f} MiB"
         if alive_kb:
@@ -88,13 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         return traced
 
+    expire()
     traced = report("held", None)
     for wave in range(a.waves):
         now += 60.0
         for i in range(a.calls):
             now += step
             exchange(engine, i, 2 + wave, now, tags[i])
-        traced = report(f"wave {wave + 1}", traced, rss_kb())
+        alive_kb = rss_kb()
+        expire()
+        traced = report(f"wave {wave + 1}", traced, alive_kb)
     return 0
 
 
